@@ -1,0 +1,1 @@
+"""Subcommands of the ``genbound`` CLI; see :mod:`genbound.cli`."""
