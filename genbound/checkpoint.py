@@ -1,0 +1,472 @@
+"""The genbound checkpoint: a directory holding ``genbound.json`` and ``tensors.safetensors``.
+
+Layout
+------
+``genbound.json``          metadata: format version, genbound version, method, rank, alpha, scale, chain,
+                           every adapted layer (name, out_features n, in_features m), backbone name and
+                           weight fingerprint, dataset, split seed and sizes (N = training examples), stored
+                           dtype, all hyperparameters, seed, metrics and final results.
+``tensors.safetensors``    the trained tensors: per adapted layer ``<layer>.B`` (n, k r) with ``<layer>.A``
+                           (k r, m) for low-rank methods or ``<layer>.columns`` (k r,) for column methods (all
+                           links concatenated; for PaCA B = P - P0, the change of the trained columns); the
+                           head as ``head.weight`` / ``head.bias``; for fft every parameter as ``model.<name>``.
+``trajectory.safetensors`` optional: the same tensors at saved steps, keys ``step<S>/<key>``.
+
+Loading reads only JSON and safetensors (never pickle), checks every key, shape and dtype against the
+metadata, refuses non-finite values, and refuses a backbone whose fingerprint or layer shapes differ.
+Writing is atomic: the directory is assembled beside its target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .atomic import atomic_directory
+from .backbones import Backbone, get_backbone
+from .errors import CheckpointError, GenboundError
+from .methods import Method, get_method
+from .update import LayerUpdate
+
+META_FILE = "genbound.json"
+TENSOR_FILE = "tensors.safetensors"
+TRAJECTORY_FILE = "trajectory.safetensors"
+FORMAT = "genbound-checkpoint"
+FORMAT_VERSION = 1
+MAX_META_BYTES = 16 << 20
+MAX_HEADER_BYTES = 64 << 20
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64}
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    out_features: int  # n
+    in_features: int  # m
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything a checkpoint records besides its tensors (the parsed ``genbound.json``)."""
+
+    method: str
+    rank: int
+    alpha: float
+    scale: float
+    chain: int
+    layers: list[LayerInfo]
+    backbone: str
+    fingerprint: str
+    dataset: str
+    split_seed: int
+    max_length: int | None
+    num_labels: int
+    head_in_features: int
+    classes: list[str]
+    n_train: int
+    sizes: dict[str, int]
+    dtype: str
+    seed: int
+    paca_columns: str = "random"
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    trajectory_steps: list[int] = field(default_factory=list)
+    genbound_version: str = __version__
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def has_trajectory(self) -> bool:
+        return bool(self.trajectory_steps)
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        return [(li.out_features, li.in_features) for li in self.layers]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- validation of untrusted metadata ----------------------------------------------------------------
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "method": (str,), "rank": (int,), "alpha": (int, float), "scale": (int, float), "chain": (int,),
+    "layers": (list,), "backbone": (str,), "fingerprint": (str,), "dataset": (str,), "split_seed": (int,),
+    "max_length": (int, type(None)), "num_labels": (int,), "head_in_features": (int,), "classes": (list,), "n_train": (int,),
+    "sizes": (dict,), "dtype": (str,), "seed": (int,), "paca_columns": (str,), "hyperparameters": (dict,),
+    "params": (dict,), "metrics": (dict,), "results": (dict,), "history": (list,),
+    "trajectory_steps": (list,), "genbound_version": (str,), "format": (str,), "format_version": (int,),
+}
+_REQUIRED = [k for k in _FIELD_TYPES if k not in ("hyperparameters", "params", "metrics", "results", "history",
+                                                  "trajectory_steps", "paca_columns", "genbound_version")]
+
+
+def _meta_from_json(raw: Any, where: Path) -> CheckpointMeta:
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where}: metadata is not a JSON object")
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: not a genbound checkpoint (format field is {raw.get('format')!r})")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: checkpoint format version {raw.get('format_version')!r} is not supported "
+            f"(this genbound reads version {FORMAT_VERSION})"
+        )
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise CheckpointError(f"{where}: metadata lacks {', '.join(missing)}; the checkpoint is incomplete")
+    for key, types in _FIELD_TYPES.items():
+        if key in raw and (not isinstance(raw[key], types) or isinstance(raw[key], bool)):
+            raise CheckpointError(f"{where}: metadata field '{key}' has the wrong type ({type(raw[key]).__name__})")
+    layers = []
+    for i, li in enumerate(raw["layers"]):
+        ok = isinstance(li, dict) and isinstance(li.get("name"), str) and all(
+            isinstance(li.get(k), int) and not isinstance(li.get(k), bool) and 0 < li[k] <= 1 << 20
+            for k in ("out_features", "in_features")
+        )
+        if not ok:
+            raise CheckpointError(f"{where}: layer entry {i} is malformed")
+        layers.append(LayerInfo(li["name"], li["out_features"], li["in_features"]))
+    if len({li.name for li in layers}) != len(layers):
+        raise CheckpointError(f"{where}: a layer is listed twice")
+    kwargs = {k: raw[k] for k in _FIELD_TYPES if k in raw and k != "layers"}
+    meta = CheckpointMeta(layers=layers, **kwargs)
+    for key in ("rank", "chain", "n_train", "num_labels", "head_in_features"):
+        if not 0 < getattr(meta, key) <= 1 << 40:
+            raise CheckpointError(f"{where}: metadata field '{key}' = {getattr(meta, key)} is out of range")
+    if not math.isfinite(meta.scale) or not math.isfinite(meta.alpha):
+        raise CheckpointError(f"{where}: alpha or scale is not finite")
+    if meta.dtype not in ("float32", "float64", "float16", "bfloat16"):
+        raise CheckpointError(f"{where}: stored dtype '{meta.dtype}' is not supported")
+    try:
+        method = get_method(meta.method)
+    except GenboundError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    if meta.chain > 1 and not method.chained:
+        raise CheckpointError(f"{where}: method {meta.method} cannot have chain {meta.chain}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in meta.trajectory_steps):
+        raise CheckpointError(f"{where}: trajectory steps must be non-negative integers")
+    return meta
+
+
+def read_safetensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
+                     allow_extra_prefix: str | None = None) -> dict[str, Tensor]:
+    """Read a safetensors file defensively: header size bounded and consistent with the file, every
+    tensor's byte range inside the file, keys / shapes / dtypes equal to ``expected``, values finite."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: file is truncated (no safetensors header)")
+        (hlen,) = struct.unpack("<Q", head)
+        if hlen > MAX_HEADER_BYTES or 8 + hlen > size:
+            raise CheckpointError(f"{path}: safetensors header claims {hlen} bytes; the file is corrupt")
+        try:
+            header = json.loads(fh.read(hlen))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path}: safetensors header is not valid JSON; the file is corrupt") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    data_len = size - 8 - hlen
+    for key, info in header.items():
+        if not isinstance(info, dict) or info.get("dtype") not in DTYPES:
+            raise CheckpointError(f"{path}: tensor '{key}' has an unsupported or missing dtype")
+        shape, offs = info.get("shape"), info.get("data_offsets")
+        if (not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d <= 1 << 32 for d in shape)
+                or not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and 0 <= o <= data_len for o in offs) or offs[0] > offs[1]):
+            raise CheckpointError(f"{path}: tensor '{key}' has a malformed shape or byte range")
+        nbytes = math.prod(shape) * DTYPES[info["dtype"]].itemsize
+        if offs[1] - offs[0] != nbytes:
+            raise CheckpointError(f"{path}: tensor '{key}' byte range does not match its shape and dtype")
+    if expected is not None:
+        keys = set(header)
+        missing = sorted(set(expected) - keys)
+        extra = sorted(k for k in keys - set(expected) if not (allow_extra_prefix and k.startswith(allow_extra_prefix)))
+        if missing:
+            raise CheckpointError(f"{path}: missing tensor '{missing[0]}' ({len(missing)} missing)")
+        if extra:
+            raise CheckpointError(f"{path}: unexpected tensor '{extra[0]}' ({len(extra)} extra)")
+        for key, (shape, dtype) in expected.items():
+            if tuple(header[key]["shape"]) != tuple(shape):
+                raise CheckpointError(
+                    f"{path}: tensor '{key}' has shape {tuple(header[key]['shape'])}, metadata says {tuple(shape)}"
+                )
+            if DTYPES[header[key]["dtype"]] != dtype:
+                raise CheckpointError(f"{path}: tensor '{key}' has dtype {header[key]['dtype']}, expected {dtype}")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({str(exc).splitlines()[0]})") from None
+    for key, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: tensor '{key}' contains NaN or Inf")
+    return tensors
+
+
+# -- the checkpoint ------------------------------------------------------------------------------------
+
+
+def expected_tensors(meta: CheckpointMeta, model_shapes: dict[str, tuple[int, ...]] | None = None,
+                     chain_links: int | None = None) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The keys, shapes and dtypes a checkpoint with ``meta`` must hold."""
+    method = get_method(meta.method)
+    dtype = getattr(torch, meta.dtype)
+    out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    if not method.adapter:
+        if model_shapes is None:
+            return {}
+        return {f"model.{k}": (tuple(s), dtype) for k, s in model_shapes.items()}
+    R = meta.rank * (chain_links if chain_links is not None else meta.chain)
+    out["head.weight"] = ((meta.num_labels, meta.head_in_features), dtype)
+    out["head.bias"] = ((meta.num_labels,), dtype)
+    for li in meta.layers:
+        out[f"{li.name}.B"] = ((li.out_features, R), dtype)
+        if method.uses_columns:
+            out[f"{li.name}.columns"] = ((R,), torch.int64)
+        else:
+            out[f"{li.name}.A"] = ((R, li.in_features), dtype)
+    return out
+
+
+class Checkpoint:
+    """A loaded checkpoint: metadata, trained tensors, and the means to rebuild the fine-tuned model."""
+
+    def __init__(self, path: Path, meta: CheckpointMeta, tensors: dict[str, Tensor]):
+        self.path = path
+        self.meta = meta
+        self.tensors = tensors
+        self.method: Method = get_method(meta.method)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r}, method={self.meta.method}, rank={self.meta.rank})"
+
+    # -- factored updates, no model needed ---------------------------------------------------------
+
+    def _updates_from(self, tensors: dict[str, Tensor], prefix: str = "") -> dict[str, LayerUpdate]:
+        out = {}
+        for li in self.meta.layers:
+            B = tensors[f"{prefix}{li.name}.B"]
+            if self.method.uses_columns:
+                cols = tensors[f"{prefix}{li.name}.columns"]
+                A = torch.zeros(cols.numel(), li.in_features, dtype=B.dtype)
+                A[torch.arange(cols.numel()), cols] = 1.0
+            else:
+                cols, A = None, tensors[f"{prefix}{li.name}.A"]
+            out[li.name] = LayerUpdate(li.name, li.out_features, li.in_features, self.meta.scale, B, A, cols)
+        return out
+
+    def layer_updates(self) -> dict[str, LayerUpdate]:
+        """dW of each adapted layer, factored (fft: dense, W_trained - W0)."""
+        if self.method.adapter:
+            return self._updates_from(self.tensors)
+        base = self.base_weights()
+        return {
+            li.name: LayerUpdate(li.name, li.out_features, li.in_features,
+                                 dense=self.tensors[f"model.{li.name}.weight"] - base[li.name])
+            for li in self.meta.layers
+        }
+
+    def head(self) -> dict[str, Tensor]:
+        prefix = "model." if not self.method.adapter else ""
+        return {k: self.tensors[f"{prefix}head.{k}"] for k in ("weight", "bias")}
+
+    # -- backbone, data, model -------------------------------------------------------------------------
+
+    def load_backbone(self) -> Backbone:
+        """The recorded backbone, refused if its weights' fingerprint differs from the checkpoint's."""
+        backbone = get_backbone(self.meta.backbone)
+        if backbone.fingerprint != self.meta.fingerprint:
+            raise CheckpointError(
+                f"{self.path}: backbone '{self.meta.backbone}' has weights {backbone.fingerprint[:19]}… but the "
+                f"checkpoint was trained on {self.meta.fingerprint[:19]}…; use the backbone it was trained on"
+            )
+        return backbone
+
+    def load_splits(self):
+        """The dataset split the checkpoint was trained on (same name, split seed and max length)."""
+        from .datasets import get_dataset
+
+        splits = get_dataset(self.meta.dataset).load(self.load_backbone(), self.meta.split_seed,
+                                                     self.meta.max_length or 128)
+        if splits.sizes["train"] != self.meta.n_train:
+            raise CheckpointError(
+                f"{self.path}: dataset '{self.meta.dataset}' now has {splits.sizes['train']} training examples, "
+                f"the checkpoint recorded {self.meta.n_train}; the data changed since training"
+            )
+        return splits
+
+    def _pristine(self, device: torch.device | str) -> tuple[Backbone, nn.Module]:
+        backbone = self.load_backbone()
+        model = backbone.build(self.meta.num_labels, self.meta.seed).to(device)
+        names = dict(model.named_modules())
+        for li in self.meta.layers:
+            mod = names.get(li.name)
+            if not isinstance(mod, nn.Linear) or (mod.out_features, mod.in_features) != (li.out_features, li.in_features):
+                got = f"{mod.out_features}x{mod.in_features}" if isinstance(mod, nn.Linear) else "no Linear"
+                raise CheckpointError(
+                    f"{self.path}: layer {li.name} is {li.out_features}x{li.in_features} in the checkpoint but "
+                    f"{got} in backbone '{self.meta.backbone}'"
+                )
+        return backbone, model
+
+    def base_weights(self) -> dict[str, Tensor]:
+        """The pretrained W0 of every adapted layer."""
+        _, model = self._pristine("cpu")
+        mods = dict(model.named_modules())
+        return {li.name: mods[li.name].weight.detach().clone() for li in self.meta.layers}
+
+    def build_model(self, device: torch.device | str = "cpu", merged: bool = False) -> nn.Module:
+        """The fine-tuned model in eval mode: backbone + adapters with the trained factors (the past links of
+        a chain re-merged in training order, so the weights are bit-identical to training's), or with
+        ``merged`` a plain model whose adapted weights are W0 + dW."""
+        from .adapters import attach_adapters, merge_adapters
+
+        _, model = self._pristine("cpu")
+        m = self.meta
+        if not self.method.adapter:
+            state = {k[len("model."):]: v for k, v in self.tensors.items()}
+            missing = set(dict(model.named_parameters())) - set(state)
+            if missing:
+                raise CheckpointError(f"{self.path}: fft checkpoint lacks parameter '{sorted(missing)[0]}'")
+            model.load_state_dict(state, strict=False)
+            for p in model.parameters():
+                p.requires_grad_(True)
+        else:
+            adapters = attach_adapters(model, self.method, [li.name for li in m.layers], m.rank, m.alpha, m.seed,
+                                       m.paca_columns)
+            r = m.rank
+            with torch.no_grad():
+                for name, ad in adapters.items():
+                    B = self.tensors[f"{name}.B"].to(ad.past_B.dtype)
+                    for link in range(m.chain):
+                        block = slice(link * r, (link + 1) * r)
+                        if self.method.uses_columns:
+                            cols = self.tensors[f"{name}.columns"][block]
+                            if not torch.equal(cols, ad.idx.cpu()):
+                                raise CheckpointError(
+                                    f"{self.path}: layer {name} link {link} selects columns that seed {m.seed} does "
+                                    "not draw; the checkpoint was altered"
+                                )
+                            if self.method.family == "column":
+                                ad.P.copy_(ad.P0 + B[:, block])
+                            else:
+                                ad.B.copy_(B[:, block])
+                        else:
+                            A = self.tensors[f"{name}.A"][block].to(B.dtype)
+                            if not self.method.a_trained and not torch.equal(A, ad.A):
+                                raise CheckpointError(
+                                    f"{self.path}: layer {name} link {link} has a frozen A that seed {m.seed} does "
+                                    "not draw; the checkpoint was altered"
+                                )
+                            ad.A.copy_(A)
+                            ad.B.copy_(B[:, block])
+                        if link < m.chain - 1:
+                            ad.next_link()
+                model.head.weight.copy_(self.tensors["head.weight"])
+                model.head.bias.copy_(self.tensors["head.bias"])
+            if merged:
+                merge_adapters(model)
+                for li in m.layers:
+                    model.get_submodule(li.name).weight.requires_grad_(True)
+        model.to(device)
+        model.eval()
+        return model
+
+    def trained_parameter_names(self, model: nn.Module) -> list[str]:
+        """Names in ``model.named_parameters()`` of the trained tensors (for a merged model: the adapted
+        layers' weights and the head)."""
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+
+    def trajectory(self) -> list[dict[str, LayerUpdate]]:
+        """dW of every adapted layer at each saved step (``meta.trajectory_steps``), oldest first."""
+        if not self.meta.has_trajectory:
+            raise CheckpointError(
+                f"{self.path} was saved without a trajectory; retrain with --save-trajectory to use PCA directions"
+            )
+        tensors = read_safetensors(self.path / TRAJECTORY_FILE)
+        out = []
+        for step in self.meta.trajectory_steps:
+            prefix = f"step{step}/"
+            if self.method.adapter:
+                out.append(self._updates_from(tensors, prefix))
+            else:
+                base = self.base_weights()
+                out.append({
+                    li.name: LayerUpdate(li.name, li.out_features, li.in_features,
+                                         dense=tensors[f"{prefix}model.{li.name}.weight"] - base[li.name])
+                    for li in self.meta.layers
+                })
+        return out
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / META_FILE).is_file()
+
+
+def load_meta(path: str | Path) -> CheckpointMeta:
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint directory (train one with `genbound train`)")
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path} is not a genbound checkpoint: it has no {META_FILE}")
+    if meta_path.stat().st_size > MAX_META_BYTES:
+        raise CheckpointError(f"{meta_path} is implausibly large; the checkpoint is corrupt")
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({exc.__class__.__name__}); the checkpoint is corrupt") from None
+    return _meta_from_json(raw, path)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint directory; reads only JSON and safetensors and validates both."""
+    path = Path(path)
+    meta = load_meta(path)
+    if get_method(meta.method).adapter:
+        tensors = read_safetensors(path / TENSOR_FILE, expected_tensors(meta))
+        for li in meta.layers:
+            if get_method(meta.method).uses_columns:
+                cols = tensors[f"{li.name}.columns"]
+                if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= li.in_features):
+                    raise CheckpointError(f"{path}: layer {li.name} selects a column outside 0..{li.in_features - 1}")
+    else:
+        tensors = read_safetensors(path / TENSOR_FILE)
+        bad = [k for k in tensors if not k.startswith("model.")]
+        if bad:
+            raise CheckpointError(f"{path}: unexpected tensor '{bad[0]}' in an fft checkpoint")
+    return Checkpoint(path, meta, tensors)
+
+
+def save_checkpoint(path: str | Path, meta: CheckpointMeta, tensors: dict[str, Tensor],
+                    trajectory: dict[str, Tensor] | None = None, overwrite: bool = False) -> Path:
+    """Write a checkpoint directory atomically (temporary directory, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        save_file(clean, str(tmp / TENSOR_FILE), metadata={"format": FORMAT, "genbound": __version__})
+        if trajectory:
+            traj = {k: v.detach().to("cpu").contiguous() for k, v in trajectory.items()}
+            save_file(traj, str(tmp / TRAJECTORY_FILE), metadata={"format": FORMAT})
+        (tmp / META_FILE).write_text(json.dumps(meta.to_json(), indent=2, allow_nan=False) + "\n")
+    return path

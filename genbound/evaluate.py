@@ -1,0 +1,50 @@
+"""Loss and accuracy of a model over an EvalSet, in eval mode, averaged exactly by example count.
+
+The empirical generalization gap (THEORY.md section 5) is G = L_test - L_train with both losses computed
+this way: the same per-example cross-entropy over the full splits at the same checkpoint, never a running
+training-loss average.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import NonFiniteError
+from .evalset import EvalSet
+
+
+@dataclass
+class Evaluation:
+    loss: float  # mean cross-entropy (nats)
+    accuracy: float
+    error: float  # 1 - accuracy (the 0-1 loss)
+    n: int
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: EvalSet, batch_size: int = 64, device: torch.device | str | None = None,
+    where: str = "evaluation",
+) -> Evaluation:
+    """Mean cross-entropy and accuracy over ``data`` in eval mode; the model's mode is restored."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    try:
+        for feats, labels in data.batches(batch_size, device):
+            logits = model(**feats)
+            total_loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+            correct += int((logits.argmax(-1) == labels).sum())
+    finally:
+        model.train(was_training)
+    n = len(data)
+    loss = total_loss / n
+    if not math.isfinite(loss):
+        raise NonFiniteError(f"the loss is not finite in {where}; the model or its inputs hold NaN or Inf")
+    return Evaluation(loss=loss, accuracy=correct / n, error=1 - correct / n, n=n)

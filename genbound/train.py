@@ -1,0 +1,323 @@
+"""Reference training of every method in the catalogue, into a checkpoint.
+
+AdamW, linear warm-up then linear decay, gradient clipping, the LoRA+ learning-rate ratio applied once
+(lr(B) = ratio * lr(A)), the classification head trained for every method, validation each epoch, and at
+the end train / validation / test loss and accuracy in eval mode over the full splits with the empirical
+gap G = L_test - L_train. Chains of k links are spread evenly over the step budget: at each boundary every
+adapter merges its link into the base weight and starts fresh factors with fresh optimizer state.
+
+Every random choice comes from ``seed`` (head, factors, selectors, data order, dropout) or ``split_seed``
+(the split), both recorded in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from . import __version__
+from .adapters import AdaptedLinear, attach_adapters
+from .backbones import get_backbone
+from .checkpoint import CheckpointMeta, LayerInfo, is_checkpoint, save_checkpoint
+from .datasets import default_dataset_for, get_dataset
+from .errors import GenboundError, NonFiniteError
+from .evaluate import evaluate
+from .methods import get_method, layer_generator
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a run; recorded whole in the checkpoint's hyperparameters."""
+
+    method: str = "lora"
+    backbone: str = "minilm"
+    dataset: str | None = None  # default: bbc for text backbones, digits for mlp
+    rank: int = 16
+    alpha: float = 32.0
+    chain: int = 1
+    epochs: int | None = 1
+    steps: int | None = None  # overrides epochs when given
+    lr: float = 5e-4
+    lr_ratio: float | None = None  # LoRA+ ratio lr(B) / lr(A); default from the catalogue (16)
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_length: int = 128
+    warmup: float = 0.1  # fraction of steps
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    seed: int = 0
+    split_seed: int = 0
+    targets: list[str] | None = None  # default: the backbone's (MiniLM: query, value)
+    paca_columns: str = "random"  # "random" (from the seed) or "first"
+    device: str = "cpu"
+    save_trajectory: bool = False
+    trajectory_every: int | None = None  # steps between snapshots; default once per epoch
+    progress: bool | None = None  # tqdm; None hides it when not a terminal
+
+    def validate(self) -> None:
+        method = get_method(self.method)
+        if self.rank < 1 and method.adapter:
+            raise GenboundError(f"rank must be at least 1, got {self.rank}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise GenboundError(f"learning rate must be positive, got {self.lr}")
+        if self.steps is not None and self.steps <= 0:
+            raise GenboundError(f"steps must be positive, got {self.steps}")
+        if self.steps is None and (self.epochs is None or self.epochs <= 0):
+            raise GenboundError(f"epochs must be positive, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise GenboundError(f"batch size must be positive, got {self.batch_size}")
+        if self.lr_ratio is not None and not self.lr_ratio > 0:
+            raise GenboundError(f"the LoRA+ ratio must be positive, got {self.lr_ratio}")
+        if not 0 <= self.warmup < 1:
+            raise GenboundError(f"warm-up is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.paca_columns not in ("random", "first"):
+            raise GenboundError(f"paca columns must be 'random' or 'first', got '{self.paca_columns}'")
+        method.effective_chain(self.chain)
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    meta: CheckpointMeta
+    history: list[dict] = field(default_factory=list)
+
+
+# -- pieces ------------------------------------------------------------------------------------------
+
+
+def trained_tensors(model: nn.Module, adapters: dict[str, AdaptedLinear], full: bool) -> dict[str, Tensor]:
+    """The checkpoint's tensors (see genbound.checkpoint): factors of all links, head; fft: everything."""
+    if full:
+        return {f"model.{k}": p.detach().clone() for k, p in model.named_parameters()}
+    out: dict[str, Tensor] = {}
+    for name, ad in adapters.items():
+        u = ad.update()
+        out[f"{name}.B"] = u.B
+        if u.columns is not None:
+            out[f"{name}.columns"] = u.columns
+        else:
+            out[f"{name}.A"] = u.A
+    out["head.weight"] = model.head.weight.detach().clone()
+    out["head.bias"] = model.head.bias.detach().clone()
+    return out
+
+
+def param_groups(model: nn.Module, adapters: dict[str, AdaptedLinear], lr: float, b_ratio: float,
+                 weight_decay: float) -> list[dict]:
+    """AdamW groups: B factors at ``b_ratio * lr`` (LoRA+, applied once), everything else at ``lr``."""
+    b_params = [ad.B for ad in adapters.values() if "B" in ad.trained_parameters()]
+    b_ids = {id(p) for p in b_params}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in b_ids]
+    groups = [{"params": rest, "lr": lr, "name": "A/head/other"}]
+    if b_params:
+        groups.append({"params": b_params, "lr": lr * b_ratio, "name": "B"})
+    return [g for g in groups if g["params"]]
+
+
+def warmup_linear(total: int, warmup_frac: float):
+    warm = int(round(warmup_frac * total))
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return factor
+
+
+def chain_boundaries(total_steps: int, k: int) -> list[int]:
+    """Steps after which link j (1..k-1) ends: k links spread evenly over the budget."""
+    return [round(j * total_steps / k) for j in range(1, k)]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=layer_generator(seed, "data-order", f"epoch{epoch}"))
+
+
+class PeakMemory:
+    """Peak memory of a region: CUDA's allocator peak (reset at start) or, on CPU, the process's peak
+    resident set (VmHWM, reset through /proc/self/clear_refs where Linux allows it)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu_reset = False
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self.cpu_reset = True
+        except OSError:
+            self.cpu_reset = False
+
+    def peak_bytes(self) -> int | None:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+    def kind(self) -> str:
+        if self.device.type == "cuda":
+            return "cuda max_memory_allocated (reset at start of run)"
+        return "cpu peak RSS of the process" + (" (reset at start of run)" if self.cpu_reset else " (since start)")
+
+
+# -- the loop ------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=None) -> TrainResult:
+    """Train ``config`` and write the checkpoint to ``out`` (atomically). ``splits`` may be passed to reuse
+    an already tokenized dataset."""
+    from tqdm.auto import tqdm
+
+    from .commands.common import resolve_device
+
+    config.validate()
+    out = Path(out)
+    if out.exists() and not overwrite and (is_checkpoint(out) or any(out.iterdir())):
+        raise GenboundError(f"{out} already holds {'a checkpoint' if is_checkpoint(out) else 'files'}; "
+                            "pass --overwrite or choose another --out")
+    device = resolve_device(config.device)
+    method = get_method(config.method)
+    backbone = get_backbone(config.backbone)
+    dataset_name = config.dataset or default_dataset_for(backbone)
+    config.dataset = dataset_name
+    if splits is None:
+        splits = get_dataset(dataset_name).load(backbone, config.split_seed, config.max_length)
+    torch.manual_seed(config.seed)  # dropout; everything else has its own generator
+    model = backbone.build(splits.num_labels, config.seed)
+    layers = backbone.adaptable_layers(model, config.targets)
+    modules = dict(model.named_modules())
+    shapes = [(modules[n].out_features, modules[n].in_features) for n in layers]
+    method.check_rank(shapes, config.rank, config.chain)
+    adapters = attach_adapters(model, method, layers, config.rank, config.alpha, config.seed, config.paca_columns)
+    model.to(device)
+
+    n_train = len(splits.train)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    total_steps = config.steps or config.epochs * steps_per_epoch
+    boundaries = set(chain_boundaries(total_steps, config.chain)) if method.chained else set()
+    b_ratio = (config.lr_ratio or method.b_lr_ratio) if method.b_lr_ratio != 1.0 else 1.0
+
+    def make_optimizer():
+        return torch.optim.AdamW(param_groups(model, adapters, config.lr, b_ratio, config.weight_decay),
+                                 lr=config.lr, weight_decay=config.weight_decay)
+
+    optimizer = make_optimizer()
+    schedule = warmup_linear(total_steps, config.warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in model.parameters())
+    head_params = sum(p.numel() for p in model.head.parameters())
+
+    snapshots: dict[str, Tensor] = {}
+    traj_steps: list[int] = []
+    every = config.trajectory_every or steps_per_epoch
+
+    def snapshot(step: int) -> None:
+        if config.save_trajectory and step not in traj_steps:
+            for k, v in trained_tensors(model, adapters, not method.adapter).items():
+                snapshots[f"step{step}/{k}"] = v.cpu()
+            traj_steps.append(step)
+
+    history: list[dict] = []
+    memory = PeakMemory(device)
+    model.train()
+    snapshot(0)
+    memory.start()
+    step, epoch, running, step_times = 0, 0, 0.0, []
+    bar = tqdm(total=total_steps, desc=f"train {method.name}", disable=None if config.progress is None else not config.progress, leave=False)
+    t_start = time.perf_counter()
+    while step < total_steps:
+        order = epoch_order(n_train, config.seed, epoch)
+        for start in range(0, n_train, config.batch_size):
+            if step >= total_steps:
+                break
+            t0 = time.perf_counter()
+            idx = order[start : start + config.batch_size]
+            feats = {k: v[idx].to(device, non_blocking=True) for k, v in splits.train.features.items()}
+            labels = splits.train.labels[idx].to(device, non_blocking=True)
+            loss = F.cross_entropy(model(**feats), labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"training loss became {float(loss)} at step {step}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip:
+                nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_times.append(time.perf_counter() - t0)
+            value = float(loss.detach())
+            running = 0.9 * running + 0.1 * value if step > 1 else value
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.3f}")
+            if step in boundaries:
+                for ad in adapters.values():
+                    ad.next_link()
+                    for p in ad.trained_parameters().values():
+                        optimizer.state.pop(p, None)  # fresh optimizer state for the new link
+            if config.save_trajectory and step % every == 0:
+                snapshot(step)
+        epoch += 1
+        val = evaluate(model, splits.val, config.eval_batch_size, device, "validation")
+        history.append({"epoch": epoch, "step": step, "train_loss_running": running,
+                        "val_loss": val.loss, "val_accuracy": val.accuracy})
+        model.train()
+    train_seconds = time.perf_counter() - t_start
+    peak = memory.peak_bytes()
+    bar.close()
+    snapshot(step)
+
+    results = {}
+    for split in ("train", "val", "test"):
+        ev = evaluate(model, splits.split(split), config.eval_batch_size, device, f"the {split} split")
+        results[f"{split}_loss"] = ev.loss
+        results[f"{split}_accuracy"] = ev.accuracy
+    results["gap"] = results["test_loss"] - results["train_loss"]
+    results["gap_01"] = results["train_accuracy"] - results["test_accuracy"]
+
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    meta = CheckpointMeta(
+        method=method.name, rank=config.rank, alpha=config.alpha,
+        scale=(1.0 if method.family == "column" else config.alpha / config.rank), chain=config.chain,
+        layers=[LayerInfo(n, o, i) for n, (o, i) in zip(layers, shapes)],
+        backbone=config.backbone, fingerprint=backbone.fingerprint, dataset=dataset_name,
+        split_seed=config.split_seed, max_length=config.max_length if backbone.kind == "hf" else None,
+        num_labels=splits.num_labels, head_in_features=model.head.in_features, classes=splits.classes,
+        n_train=n_train, sizes=splits.sizes, dtype=dtype, seed=config.seed, paca_columns=config.paca_columns,
+        hyperparameters={**asdict(config), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                         "b_lr_ratio_applied": b_ratio, "chain_boundaries": sorted(boundaries)},
+        params={"trainable": trainable, "total": total_params, "head": head_params,
+                "data_dependent": method.data_dependent_params(shapes, config.rank, config.chain, head_params,
+                                                               total_params)},
+        metrics={"device": str(device), "steps": step, "train_seconds": train_seconds,
+                 "seconds_per_step": train_seconds / max(step, 1),
+                 "median_seconds_per_step": sorted(step_times)[len(step_times) // 2] if step_times else None,
+                 "examples_per_second": step * config.batch_size / train_seconds if train_seconds else None,
+                 "peak_memory_bytes": peak, "peak_memory_kind": memory.kind(),
+                 "torch": torch.__version__, "genbound": __version__},
+        results=results, history=history, trajectory_steps=sorted(traj_steps),
+    )
+    tensors = trained_tensors(model, adapters, not method.adapter)
+    save_checkpoint(out, meta, tensors, snapshots if config.save_trajectory else None, overwrite=overwrite)
+    return TrainResult(out, meta, history)
