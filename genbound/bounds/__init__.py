@@ -1,0 +1,29 @@
+"""Generalization bounds for every fine-tuning method (shared/THEORY.md sections 1-4).
+
+mi          the mutual-information bound and the paper's Table 1 (configurations, presets)
+theorem1    Theorem 1's correction terms: O(L) recursion (default), printed form, brute-force enumeration
+transformer which chain of maps Theorem 1 sees, and why it does not apply to a transformer
+common      kl, kl-inverse, Hoeffding, sigma from the loss range, q from the dtype
+occam       compression (Occam) bound on the quantized model
+pacbayes    PAC-Bayes bound with the prior at the data-independent initialization
+hypothesis  the coded tensors of a checkpoint and their data-independent start
+report      dataclasses for a configuration or checkpoints; Markdown / LaTeX Table 1
+"""
+
+from .common import binary_kl, bits_for_dtype, hoeffding_gap, kl_inverse_upper, sigma_for_loss
+from .mi import BoundConfig, MIBound, load_config, method_bound, mi_gap_bound, parse_layers, table1
+from .theorem1 import (
+    ChainLayer,
+    Theorem1Result,
+    output_deviation,
+    phi_enumerated,
+    phi_printed,
+    phi_recursion,
+    theorem1,
+)
+
+__all__ = [
+    "BoundConfig", "ChainLayer", "MIBound", "Theorem1Result", "binary_kl", "bits_for_dtype", "hoeffding_gap",
+    "kl_inverse_upper", "load_config", "method_bound", "mi_gap_bound", "output_deviation", "parse_layers",
+    "phi_enumerated", "phi_printed", "phi_recursion", "sigma_for_loss", "table1", "theorem1",
+]
