@@ -60,7 +60,8 @@ def kl_inverse_upper(p_hat: float, c: float, tol: float = 1e-12) -> float:
     """sup { q in [p_hat, 1] : kl(p_hat || q) <= c } by bisection to ``tol``.
 
     kl(p_hat || .) is continuous and increasing on [p_hat, 1], so the set is an interval [p_hat, q*].
-    Returns 1.0 when kl(p_hat || 1) <= c (the bound is vacuous). Exact to ``tol`` in q.
+    Returns 1.0 when kl(p_hat || 1) <= c (the bound is vacuous). Bisection runs to float resolution
+    (finer than ``tol``) and returns the upper end of the final bracket, so the result is never below q*.
     """
     if not 0.0 <= p_hat <= 1.0:
         raise GenboundError(f"an empirical risk must lie in [0, 1], got {p_hat}")
@@ -71,13 +72,18 @@ def kl_inverse_upper(p_hat: float, c: float, tol: float = 1e-12) -> float:
     if binary_kl(p_hat, 1.0) <= c:
         return 1.0
     lo, hi = p_hat, 1.0
-    while hi - lo > tol:
+    # Bisect to float resolution (at least ``tol``): near q = 1 kl is steep, so a 1e-12 interval in q
+    # could still be 1e-9 in kl. Return the upper end: kl(p_hat || hi) >= c, so hi >= q* (conservative).
+    for _ in range(2000):
         mid = 0.5 * (lo + hi)
+        if mid <= lo or mid >= hi:
+            break
         if binary_kl(p_hat, mid) > c:
             hi = mid
         else:
             lo = mid
-    return lo
+    assert hi - lo <= max(tol, 4e-16)
+    return hi
 
 
 def hoeffding_gap(n: int, delta: float, loss_range: float = 1.0) -> float:

@@ -71,6 +71,8 @@ def quantize(t: Tensor, levels: int, kind: str = "kmeans", iters: int = 30) -> t
             centers = x.mean().reshape(1)
         else:
             centers = torch.linspace(float(lo), float(hi), levels, dtype=torch.float64, device=x.device)
+    elif kind == "kmeans" and torch.unique(x).numel() <= levels:
+        centers = torch.unique(x)  # lossless: every distinct value gets its own level
     elif kind == "kmeans":
         q = torch.linspace(0, 1, 2 * levels + 1, dtype=torch.float64, device=x.device)[1::2]
         centers = torch.quantile(x, q) if x.numel() <= 16_000_000 else x[torch.linspace(

@@ -211,7 +211,8 @@ def _rows(reports: list[BoundsReport]) -> list[tuple[str, MIBound]]:
 def to_markdown(reports: list[BoundsReport]) -> str:
     """Table 1 (Markdown): variant, chaining, the bound as printed in the paper's layout, D, value, vacuity."""
     ckpt = any(r.kind == "checkpoint" for r in reports)
-    head = ["Variant", "Chaining?", r"$\mathcal{G}(W_0 + \Delta W) \le \Phi_{W_0} +$", "D", "value of the root", "vacuous?"]
+    head = ["Variant", "Chaining?", r"$\mathcal{G}(W_0 + \Delta W) \le \Phi_{W_0} +$", "D", "value of the root",
+            "vacuous?"]
     if ckpt:
         head = ["checkpoint"] + head + ["measured 0-1 gap"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
