@@ -119,8 +119,12 @@ class Backbone:
             body = {k: v for k, v in state.items() if not k.startswith("head.")}
             model.load_state_dict(body, strict=False)
         else:
+            import transformers
             from transformers import AutoModel
 
+            # The load report lists the unused pooler of the sentence-transformers checkpoint: not news.
+            transformers.logging.set_verbosity_error()
+            transformers.logging.disable_progress_bar()
             try:
                 encoder = AutoModel.from_pretrained(
                     str(self.folder),

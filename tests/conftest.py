@@ -1,0 +1,38 @@
+"""Shared fixtures: small real checkpoints (the pretrained mlp backbone fine-tuned on digits 5-9)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory):
+    """A directory of small checkpoints, one per method, trained once per test session on demand."""
+    from genbound.testing import make_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    cache: dict[tuple, object] = {}
+
+    def get(method: str = "lora", **kw):
+        key = (method, tuple(sorted(kw.items())))
+        if key not in cache:
+            name = f"{method}-" + "-".join(f"{k}{v}" for k, v in sorted(kw.items())) if kw else None
+            cache[key] = make_checkpoint(root, method, name=name, **kw)
+        return cache[key]
+
+    return get
