@@ -1,0 +1,150 @@
+"""``genbound landscape``: a loss-landscape slice around a checkpoint (random, PCA or interpolation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import GenboundError
+from .common import add_device, add_json, format_table, print_json, resolve_device, to_jsonable
+
+HELP = "loss-landscape slice around a checkpoint: filter-normalized random, trajectory-PCA or interpolation"
+DESCRIPTION = (
+    "Evaluate loss and accuracy on a 1-D or 2-D grid centred exactly on the trained point (odd --grid; the "
+    "centre is a grid point). Directions: 'random' (seeded Gaussian, filter-normalized, orthogonal), 'pca' "
+    "(top-2 principal components of the saved training trajectory) or 'interpolate' (the line through two "
+    "checkpoints, the plane through three). The perturbed space: dw (merged adapted weights and head), "
+    "factors (the trained adapter factors) or all (every weight)."
+)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint directory (2 or 3 to interpolate)")
+    p.add_argument("--directions", choices=["random", "pca", "interpolate"], default=None,
+                   help="direction kind (default: interpolate for several checkpoints, else random)")
+    p.add_argument("--dims", type=int, choices=[1, 2], default=None, help="1 (line) or 2 (plane) for random")
+    p.add_argument("--grid", type=int, default=21, help="points per axis, odd (default 21)")
+    p.add_argument("--range", dest="span", type=float, default=None,
+                   help="the axes run from -RANGE to +RANGE in direction units (default 1; pca: the trajectory)")
+    p.add_argument("--space", choices=["dw", "factors", "all"], default="dw",
+                   help="coordinates perturbed: merged adapted weights + head (dw), adapter factors, or all")
+    p.add_argument("--normalization", choices=["filter", "layer", "none"], default="filter",
+                   help="normalization of random directions (default filter, Li et al. 2018)")
+    p.add_argument("--samples", default="512",
+                   help="seeded evaluation subset size, or 'all' for the whole split (default 512)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="train", help="evaluation split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random directions and of the subset")
+    p.add_argument("--engine", choices=["batched", "sequential"], default="batched",
+                   help="batched (vmap, default) or the point-by-point reference")
+    p.add_argument("--points-per-batch", type=int, default=None, help="grid points per forward (default: by memory)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per forward (default: by memory)")
+    p.add_argument("--basin-rise", type=float, default=0.1,
+                   help="basin threshold = centre loss + this (nats, default 0.1)")
+    p.add_argument("--output", type=Path, default=None, help="also write the full result as JSON to this file")
+    p.add_argument("--plot", type=Path, default=None, help="write a figure (png, pdf or svg) to this file")
+    add_device(p)
+    add_json(p)
+
+
+def _samples(value: str) -> int | None:
+    if str(value).lower() in ("all", "none", "0"):
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise GenboundError(f"--samples must be a positive integer or 'all', got '{value}'") from None
+    if n <= 0:
+        raise GenboundError(f"--samples must be positive, got {n}; use 'all' for the whole split")
+    return n
+
+
+def plot_landscape(result, path: Path) -> Path:
+    """A line plot (loss and accuracy) or a contour plot of a slice, written atomically.
+
+    Kept self-contained so that it can move to a shared figures module."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import atomic_file
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    axes = [a.numpy() for a in result.axes]
+    loss = result.loss.numpy()
+    if result.kind == "line":
+        ax.plot(axes[0], loss, color="C0", label="loss")
+        ax.set_xlabel("t (direction 1)")
+        ax.set_ylabel("loss", color="C0")
+        twin = ax.twinx()
+        twin.plot(axes[0], result.accuracy.numpy(), color="C1", linestyle="--", label="accuracy")
+        twin.set_ylabel("accuracy", color="C1")
+        ax.axvline(0.0, color="grey", linewidth=0.8)
+        if result.path is not None:
+            for (t,), label in zip(result.path.tolist(), result.path_labels or []):
+                ax.annotate(label, (t, float(loss[min(range(len(axes[0])), key=lambda i: abs(axes[0][i] - t))])))
+    else:
+        cs = ax.contourf(axes[0], axes[1], loss.T, levels=30, cmap="viridis")
+        ax.contour(axes[0], axes[1], loss.T, levels=15, colors="white", linewidths=0.4)
+        fig.colorbar(cs, ax=ax, label="loss")
+        ax.plot([0], [0], marker="*", color="red", markersize=10)
+        if result.path is not None:
+            pts = result.path.numpy()
+            style = "-o" if result.directions_kind == "pca" else "o"
+            ax.plot(pts[:, 0], pts[:, 1], style, color="white", markersize=3)
+            for (x, y), label in zip(pts.tolist(), result.path_labels or []):
+                if result.directions_kind != "pca":
+                    ax.annotate(label, (x, y), color="white")
+        ax.set_xlabel("t1")
+        ax.set_ylabel("t2")
+    ax.set_title(f"{result.directions_kind} slice, space {result.space}")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run(args) -> int:
+    from ..atomic import write_json
+    from ..landscape import landscape_from_checkpoints
+
+    device = resolve_device(args.device)
+    if args.plot is not None and args.plot.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise GenboundError(f"--plot {args.plot}: use a .png, .pdf or .svg file name")
+    result = landscape_from_checkpoints(
+        args.checkpoints, args.directions, space=args.space, dims=args.dims, grid=args.grid, span=args.span,
+        samples=_samples(args.samples), split=args.split, seed=args.seed, normalization=args.normalization,
+        device=device, engine=args.engine, points_per_batch=args.points_per_batch, batch_size=args.batch_size,
+        basin_rise=args.basin_rise,
+    )
+    if args.output is not None:
+        write_json(args.output, to_jsonable(result))
+    if args.plot is not None:
+        plot_landscape(result, args.plot)
+    if args.json:
+        print_json(result)
+        return 0
+    s = result.summary
+    print(f"{result.kind} slice, {result.directions_kind} directions, space {result.space}, "
+          f"{len(result.axes[0])} points per axis in [-{float(result.axes[0].max()):.4g}, "
+          f"{float(result.axes[0].max()):.4g}], {result.n_examples} examples of the {args.split} split")
+    print(f"centre loss {s.centre_loss:.6g} (plain evaluation {result.reference_loss:.6g}), accuracy "
+          f"{s.centre_accuracy:.4g}; {result.timing['points']} points in {result.timing['seconds']:.3g} s "
+          f"({result.timing['engine']}, {result.timing['points_per_batch']} per forward)")
+    if result.cosine is not None:
+        print(f"cosine between the directions: {result.cosine:.3g}")
+    rows = []
+    for d, c in zip(result.directions, s.curvature):
+        rows.append([c.direction + 1, d.kind, d.normalization, d.seed, d.norm, d.explained_variance,
+                     c.finite_difference, c.quadratic_fit])
+    print(format_table(rows, ["dir", "kind", "normalization", "seed", "norm", "expl. var", "curv (fd)",
+                              "curv (fit)"]))
+    sharp = ", ".join(f"r={x.radius:.3g}: +{x.max_rise:.4g}" for x in s.sharpness)
+    print(f"sharpness (max loss rise within radius): {sharp}")
+    b = s.basin
+    print(f"basin below {b.threshold:.4g}: {b.points} points ({100 * b.fraction:.1f}% of the grid, area "
+          f"{b.area:.4g}){' reaching the edge: a lower bound' if b.touches_edge else ''}")
+    for note in s.notes:
+        print(f"note: {note}")
+    return 0

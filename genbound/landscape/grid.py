@@ -1,0 +1,378 @@
+"""Evaluating a model on a grid of points theta* + sum_i t_i d_i: batched and exact.
+
+Grids
+-----
+One axis per direction, ``grid`` points (odd, >= 1) from ``-span`` to ``+span``:
+t_j = span (j - c) / c with c = (grid - 1) / 2, so the centre t = 0 is a grid point and its weights are
+theta* exactly (theta* + 0 d is bit-identical to theta*).
+
+Engines
+-------
+``sequential``  the reference: one ``torch.func.functional_call`` per point with the weights
+                W = theta* + t_1 d_1 + t_2 d_2, on a private copy of the model in eval mode.
+``batched``     several points per forward pass: ``torch.vmap`` over ``functional_call`` with the point's
+                coefficients t as the mapped input, so every weight is built per point inside the mapped
+                function and everything that does not depend on t (embeddings, an unperturbed prefix, the
+                inputs of the first perturbed layer) is computed once per forward, not once per point.
+                Points come in chunks sized to a memory budget.
+
+Prefix caching (exact algebra). A Linear layer whose weight moves and whose input x does not depend on the
+point (every layer before it is unperturbed) computes
+
+    (W* + sum_i t_i D_i) x + (b* + sum_i t_i db_i) = (W* x + b*) + sum_i t_i (D_i x + db_i),
+
+so its k + 1 products are computed once per data batch and reused by every point and every chunk; only the
+k scalar-times-vector combinations are per point. This halves the work for an MLP whose first layer moves.
+The identity is exact in real arithmetic; in float32 it differs from the reference by rounding only
+(tests check 1e-6 on the loss). Which layers qualify is found by a probe pass (their input does not require
+grad when only the coordinates do) and re-checked at run time: a batched input disables the cache.
+
+The caller's model is never touched: engines work on a deep copy (eval mode, no grad).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..errors import GenboundError
+from ..evalset import EvalSet
+
+ENGINES = ("batched", "sequential")
+
+try:  # private but stable since torch 2.0; without it the prefix cache is simply not used
+    from torch._C._functorch import is_batchedtensor as _is_batched
+except ImportError:  # pragma: no cover
+    _is_batched = None
+
+
+def check_grid(grid: int) -> int:
+    """An odd positive resolution, else a one-line error."""
+    if isinstance(grid, bool) or not isinstance(grid, int) and not (isinstance(grid, float) and grid.is_integer()):
+        raise GenboundError(f"grid resolution must be an odd positive integer, got {grid!r}")
+    grid = int(grid)
+    if grid <= 0:
+        raise GenboundError(f"grid resolution must be positive, got {grid}; use an odd number such as 21")
+    if grid % 2 == 0:
+        raise GenboundError(
+            f"grid resolution must be odd so that the trained point is a grid point, got {grid}; use {grid + 1}"
+        )
+    return grid
+
+
+def check_span(span: float) -> float:
+    span = float(span)
+    if not math.isfinite(span) or span <= 0:
+        raise GenboundError(f"the range must be a positive finite number, got {span}")
+    return span
+
+
+def grid_axis(grid: int, span: float) -> Tensor:
+    """``grid`` float64 values from -span to span, centre exactly 0 (module docstring)."""
+    grid, span = check_grid(grid), check_span(span)
+    if grid == 1:
+        return torch.zeros(1, dtype=torch.float64)
+    c = (grid - 1) // 2
+    return span * torch.arange(-c, c + 1, dtype=torch.float64) / c
+
+
+def grid_points(axes: Sequence[Tensor]) -> Tensor:
+    """All points of a 1-D or 2-D grid as (P, k) rows, first axis slowest (so loss.view(G1, G2)[i, j] is
+    the point (axes[0][i], axes[1][j]))."""
+    if len(axes) == 1:
+        return axes[0].reshape(-1, 1)
+    a, b = torch.meshgrid(axes[0], axes[1], indexing="ij")
+    return torch.stack([a.reshape(-1), b.reshape(-1)], 1)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PointValues:
+    """Mean cross-entropy and accuracy at each evaluated point, with how they were computed."""
+
+    loss: Tensor  # (P,) float64
+    accuracy: Tensor  # (P,) float64
+    engine: str
+    seconds: float
+    points_per_batch: int
+    batch_size: int
+    cached_layers: list[str] = field(default_factory=list)
+
+
+class _GridLinear(nn.Module):
+    """A Linear whose weight moves along k directions but whose input is the same for every point:
+    y = (W* x + b*) + sum_i coef_i (D_i x + db_i), the products cached per data batch (module docstring)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, dweight: Tensor, dbias: Tensor | None):
+        super().__init__()
+        k = dweight.shape[0]
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.register_buffer("dweight", dweight.reshape(k * weight.shape[0], weight.shape[1]))
+        self.register_buffer("dbias", dbias)
+        self.register_buffer("coef", torch.zeros(k, dtype=weight.dtype, device=weight.device))
+        self.k, self.out_features = k, weight.shape[0]
+        self.token: object | None = None
+        self._cache: tuple[object, Tensor, Tensor] | None = None
+        self.uncached_calls = 0
+
+    def _products(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        base = F.linear(x, self.weight, self.bias)
+        proj = F.linear(x, self.dweight).unflatten(-1, (self.k, self.out_features))
+        if self.dbias is not None:
+            proj = proj + self.dbias
+        return base, proj
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _is_batched is None or _is_batched(x):
+            # The input depends on the point after all: still exact, just not cached.
+            self.uncached_calls += 1
+            base, proj = self._products(x)
+        elif self._cache is not None and self._cache[0] is self.token and self.token is not None:
+            base, proj = self._cache[1], self._cache[2]
+        else:
+            base, proj = self._products(x)
+            self._cache = (self.token, base, proj)
+        y = base
+        for i in range(self.k):
+            y = y + self.coef[i] * proj[..., i, :]
+        return y
+
+
+def _combine(centre: Tensor, dirs: Tensor, t: Tensor) -> Tensor:
+    """theta* + sum_i t_i d_i, in this order, by elementwise ops only: the sequential and the vmapped
+    engines build bit-identical weights."""
+    w = centre
+    for i in range(dirs.shape[0]):
+        w = w + t[i] * dirs[i]
+    return w
+
+
+class GridEvaluator:
+    """Loss and accuracy of ``model`` at points theta* + sum_i t_i d_i (module docstring).
+
+    ``coords``: the centre theta* (names of parameters or buffers of ``model``); ``directions``: k dicts of
+    tensors over the same names. The model is deep-copied; the caller's model is not changed."""
+
+    def __init__(self, model: nn.Module, coords: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]],
+                 evalset: EvalSet, device: torch.device | str | None = None, batch_size: int | None = None,
+                 points_per_batch: int | None = None, memory_budget: int | None = None,
+                 cache_prefix: bool = True, progress: bool | None = None):
+        if not directions:
+            raise GenboundError("a grid needs at least one direction")
+        if len(evalset) == 0:
+            raise GenboundError("the evaluation set is empty; pass a split with examples")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.names = list(coords)
+        own = dict(model.named_parameters()) | dict(model.named_buffers())
+        for n in self.names:
+            if n not in own:
+                raise GenboundError(f"coordinate '{n}' is not a parameter of the model")
+            if tuple(own[n].shape) != tuple(coords[n].shape):
+                raise GenboundError(f"coordinate '{n}' has shape {tuple(coords[n].shape)}, the model's is "
+                                    f"{tuple(own[n].shape)}")
+            for d in directions:
+                if n not in d or tuple(d[n].shape) != tuple(coords[n].shape):
+                    raise GenboundError(f"a direction lacks coordinate '{n}' or has the wrong shape for it")
+        self.k = len(directions)
+        self.centre = {n: coords[n].detach().to(self.device) for n in self.names}
+        self.dirs = {n: torch.stack([d[n].detach().to(self.device, self.centre[n].dtype) for d in directions])
+                     for n in self.names}
+        self.model = self._private_copy(model)
+        self.data = evalset.to(self.device)
+        self.progress = progress
+        self.cache_prefix = cache_prefix
+        self._probe()
+        self.batch_size, self.points_per_batch = self._plan(batch_size, points_per_batch, memory_budget)
+        self._batched_model: nn.Module | None = None
+        self._grid_modules: dict[str, _GridLinear] = {}
+
+    # -- setup ---------------------------------------------------------------------------------------
+
+    def _private_copy(self, model: nn.Module) -> nn.Module:
+        m = copy.deepcopy(model).to(self.device)
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+        return m
+
+    def _probe(self) -> None:
+        """One forward on two examples with the coordinates requiring grad: which Linear layers see an
+        input that does not depend on the point, how often each module runs, and activation sizes."""
+        from torch.func import functional_call
+
+        calls: dict[str, int] = {}
+        input_free: dict[str, bool] = {}
+        out_numel: list[int] = []
+        hooks = []
+        n_probe = min(2, len(self.data))
+
+        def hook(name):
+            def fn(mod, args, out):
+                calls[name] = calls.get(name, 0) + 1
+                tensors = [a for a in args if isinstance(a, Tensor)]
+                input_free[name] = input_free.get(name, True) and not any(t.requires_grad for t in tensors)
+                if isinstance(out, Tensor):
+                    out_numel.append(out.numel())
+                elif isinstance(out, (tuple, list)):
+                    out_numel.append(sum(o.numel() for o in out if isinstance(o, Tensor)))
+                elif hasattr(out, "to_tuple"):
+                    out_numel.append(sum(o.numel() for o in out.to_tuple() if isinstance(o, Tensor)))
+            return fn
+
+        for name, mod in self.model.named_modules():
+            hooks.append(mod.register_forward_hook(hook(name)))
+        feats = {k: v[:n_probe] for k, v in self.data.features.items()}
+        params = {n: self.centre[n].clone().requires_grad_(True) for n in self.names}
+        try:
+            with torch.enable_grad():
+                functional_call(self.model, params, args=(), kwargs=feats, strict=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        per_example = max(out_numel) / n_probe if out_numel else 0.0
+        self._act_bytes_per_example = 4.0 * per_example * 4  # a few such tensors are alive at once
+        self._eligible = []
+        names = set(self.names)
+        for mname, mod in self.model.named_modules():
+            if type(mod) is not nn.Linear or calls.get(mname, 0) != 1 or not input_free.get(mname, False):
+                continue
+            wname = f"{mname}.weight" if mname else "weight"
+            if wname in names:
+                self._eligible.append(mname)
+
+    def _plan(self, batch_size: int | None, points_per_batch: int | None, budget: int | None) -> tuple[int, int]:
+        n = len(self.data)
+        if budget is None:
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                budget = int(0.5 * free)
+            else:
+                budget = 1 << 30
+        weight_bytes = 2 * sum(t.numel() * t.element_size() for t in self.centre.values())
+        cap = 256 if self.device.type == "cuda" else 8
+        if batch_size is None:
+            batch_size = n
+            while batch_size > 1 and budget // (weight_bytes + batch_size * self._act_bytes_per_example) < 2:
+                batch_size = (batch_size + 1) // 2
+        if batch_size <= 0:
+            raise GenboundError(f"batch size must be positive, got {batch_size}")
+        if points_per_batch is None:
+            points_per_batch = int(budget // (weight_bytes + batch_size * self._act_bytes_per_example))
+            points_per_batch = max(1, min(cap, points_per_batch))
+        if points_per_batch <= 0:
+            raise GenboundError(f"points per batch must be positive, got {points_per_batch}")
+        return int(min(batch_size, n)), int(points_per_batch)
+
+    def _batched(self) -> nn.Module:
+        """A second private copy in which cacheable Linear layers are replaced by :class:`_GridLinear`."""
+        if self._batched_model is not None:
+            return self._batched_model
+        model = self.model if not (self.cache_prefix and self._eligible) else copy.deepcopy(self.model)
+        self._grid_modules = {}
+        if self.cache_prefix and _is_batched is not None:
+            for mname in self._eligible:
+                lin = model.get_submodule(mname)
+                wname, bname = f"{mname}.weight", f"{mname}.bias"
+                bias = self.centre.get(bname, lin.bias.detach() if lin.bias is not None else None)
+                dbias = self.dirs.get(bname)
+                gl = _GridLinear(self.centre[wname], bias, self.dirs[wname], dbias)
+                parent_name, _, child = mname.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, child, gl)
+                self._grid_modules[mname] = gl
+        self._batched_model = model
+        return model
+
+    # -- evaluation ------------------------------------------------------------------------------------
+
+    def evaluate(self, points: Tensor, engine: str = "batched") -> PointValues:
+        """Mean loss and accuracy at ``points`` (P, k) of coefficients t."""
+        if engine not in ENGINES:
+            raise GenboundError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
+        points = torch.as_tensor(points, dtype=torch.float64)
+        if points.dim() != 2 or points.shape[1] != self.k:
+            raise GenboundError(f"points must have shape (P, {self.k}), got {tuple(points.shape)}")
+        t0 = time.perf_counter()
+        P = points.shape[0]
+        loss_sum = torch.zeros(P, dtype=torch.float64)
+        correct = torch.zeros(P, dtype=torch.float64)
+        step = self.points_per_batch if engine == "batched" else 1
+        chunks = [(s, min(s + step, P)) for s in range(0, P, step)]
+        batches = list(self.data.batches(self.batch_size))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=P * len(batches), desc=f"landscape ({engine})", unit="pt", leave=False,
+                   disable=None if self.progress is None else not self.progress)
+        with torch.no_grad():
+            if engine == "batched":
+                model = self._batched()
+            for feats, labels in batches:
+                token = object()
+                for gl in self._grid_modules.values():
+                    gl.token = token
+                for s, e in chunks:
+                    t = points[s:e].to(self.device)
+                    if engine == "batched":
+                        logits = self._forward_batched(model, t, feats)
+                    else:
+                        logits = self._forward_point(t[0], feats).unsqueeze(0)
+                    ls, cs = _score(logits, labels)
+                    loss_sum[s:e] += ls
+                    correct[s:e] += cs
+                    bar.update(e - s)
+        bar.close()
+        for gl in self._grid_modules.values():
+            gl._cache, gl.token = None, None
+        n = len(self.data)
+        cached = [m for m, gl in self._grid_modules.items() if gl.uncached_calls == 0] if engine == "batched" else []
+        return PointValues(loss_sum / n, correct / n, engine, time.perf_counter() - t0,
+                           step, self.batch_size, cached)
+
+    def _weights(self, t: Tensor, skip: Sequence[str] = ()) -> dict[str, Tensor]:
+        return {n: _combine(self.centre[n], self.dirs[n], t.to(self.centre[n].dtype))
+                for n in self.names if n not in skip}
+
+    def _forward_point(self, t: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        from torch.func import functional_call
+
+        return functional_call(self.model, self._weights(t), args=(), kwargs=feats, strict=False)
+
+    def _forward_batched(self, model: nn.Module, t: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        from torch.func import functional_call, vmap
+
+        skip = set()
+        for mname in self._grid_modules:
+            skip.update({f"{mname}.weight", f"{mname}.bias"})
+
+        def one(tp: Tensor) -> Tensor:
+            params = self._weights(tp, skip)
+            for mname, gl in self._grid_modules.items():
+                params[f"{mname}.coef"] = tp.to(gl.coef.dtype)
+            return functional_call(model, params, args=(), kwargs=feats, strict=False)
+
+        return vmap(one)(t)
+
+
+def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per point: summed cross-entropy (float64) and number correct, for logits (P, n, C)."""
+    P, n, C = logits.shape
+    ce = F.cross_entropy(logits.float().reshape(P * n, C), labels.repeat(P), reduction="none").view(P, n)
+    correct = (logits.argmax(-1) == labels.unsqueeze(0)).sum(1)
+    return ce.double().sum(1).cpu(), correct.double().cpu()
+
+
+def evaluate_points(model: nn.Module, coords: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]],
+                    points: Tensor, evalset: EvalSet, engine: str = "batched",
+                    device: torch.device | str | None = None, **kwargs) -> PointValues:
+    """Loss and accuracy at arbitrary points theta* + sum_i t_i d_i (rows of ``points``)."""
+    ev = GridEvaluator(model, coords, directions, evalset, device=device, **kwargs)
+    return ev.evaluate(points, engine)
