@@ -327,6 +327,10 @@ class Checkpoint:
                 )
         return backbone, model
 
+    def initial_model(self, device: torch.device | str = "cpu") -> nn.Module:
+        """The data-independent starting point: the pretrained backbone with the head drawn from the seed."""
+        return self._pristine(device)[1].eval()
+
     def base_weights(self) -> dict[str, Tensor]:
         """The pretrained W0 of every adapted layer."""
         _, model = self._pristine("cpu")

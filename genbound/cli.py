@@ -17,7 +17,7 @@ from . import __version__
 from .errors import GenboundError
 
 # Order is the order of ``genbound --help``.
-COMMANDS = ["list", "train"]
+COMMANDS = ["list", "train", "compare", "bounds", "spectra"]
 
 
 def build_parser() -> argparse.ArgumentParser:

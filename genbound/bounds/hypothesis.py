@@ -79,7 +79,7 @@ def from_checkpoint(ckpt, device: torch.device | str = "cpu") -> Hypothesis:
 
     meta, method = ckpt.meta, ckpt.method
     model = ckpt.build_model(device, merged=True)
-    _, pristine = ckpt._pristine(device)
+    pristine = ckpt.initial_model(device)
     pristine_params = dict(pristine.named_parameters())
     if not method.adapter:
         trained = {k[len("model."):]: v.to(device) for k, v in ckpt.tensors.items() if k.startswith("model.")}

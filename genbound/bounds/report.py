@@ -103,7 +103,7 @@ def _mlp_theorem1(ckpt, splits, *, input_bound, loss_lipschitz, clip, delta, mi_
     from .theorem1 import chain_from_linears, input_norm_bound, theorem1
     from .transformer import MLP_CHAIN
 
-    _, initial = ckpt._pristine(device)
+    initial = ckpt.initial_model(device)
     trained = ckpt.build_model(device, merged=True)
     names = ["fc1", "fc2", "head"]
     updates = {k: v for k, v in ckpt.layer_updates().items() if k in names}
@@ -153,7 +153,8 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
     if "gap_01" in results:
         report.notes.append(f"measured 0-1 gap (test - train) {results['gap_01']:.4g} vs Table 1 bound "
                             f"{row.value:.4g}" if row.value is not None else "")
-    need_data = theorem or compression or pac_bayes
+    # Theorem 1 needs data only where it applies (the mlp chain); for a transformer it is a statement.
+    need_data = (theorem and meta.backbone == "mlp") or compression or pac_bayes
     splits = ckpt.load_splits() if need_data else None
     num_labels = int(meta.num_labels)
     chance = 1.0 - 1.0 / num_labels

@@ -1,0 +1,503 @@
+"""Side-by-side comparison of two fine-tuned checkpoints: one row per quantity, the better value marked.
+
+Sections (each computed by the module that owns the quantity, never recomputed here):
+
+* run, parameters, fit     the checkpoints' metadata: method, trainable and data-dependent parameters,
+                           train / test loss and accuracy, the empirical gap G = L_test - L_train;
+* bounds                   genbound.bounds: the paper's Table 1 bound, Theorem 1 (or why it does not apply),
+                           the compression bound (and PAC-Bayes on request), each flagged vacuous or not;
+* spectra, intruders       genbound.spectra / genbound.intruders: per-layer norms and ranks of dW, intruder
+                           dimensions of W0 + dW;
+* similarity               genbound.similarity: principal angles between A's and B's updates;
+* hessian, landscape       optional (``hessian=True`` / ``landscape=True``): genbound.hessian top eigenvalues
+                           and trace; genbound.landscape sharpness around each checkpoint and the loss along
+                           the straight line from A to B.
+
+"Better" is marked only where it means something: lower loss, bound, gap, parameter count, intruder count and
+sharpness; higher accuracy. Rows that need both checkpoints on one backbone say why they are empty otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import GenboundError
+
+LOWER, HIGHER = "lower", "higher"
+
+
+@dataclass
+class Row:
+    section: str
+    quantity: str
+    a: Any
+    b: Any
+    better: str | None = None  # "a", "b", "=" or None (no meaningful order)
+    note: str = ""
+
+
+@dataclass
+class CompareReport:
+    a: str
+    b: str
+    labels: list[str]
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def row(self, section: str, quantity: str) -> Row:
+        for r in self.rows:
+            if r.section == section and r.quantity == quantity:
+                return r
+        raise KeyError((section, quantity))
+
+    def to_dict(self) -> dict:
+        from .commands.common import to_jsonable
+
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CompareReport:
+        rows = [Row(**r) for r in d["rows"]]
+        return cls(d["a"], d["b"], list(d["labels"]), rows, list(d.get("notes", [])), dict(d.get("settings", {})),
+                   list(d.get("figures", [])), dict(d.get("timing", {})))
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or x is None:
+        return None
+    if isinstance(x, (int, float)) and math.isfinite(x):
+        return float(x)
+    return None
+
+
+def better(a: Any, b: Any, prefer: str | None) -> str | None:
+    """Which value is better under ``prefer`` ("lower" / "higher"); None when not comparable."""
+    x, y = _num(a), _num(b)
+    if prefer is None or x is None or y is None:
+        return None
+    if math.isclose(x, y, rel_tol=1e-12, abs_tol=0.0):
+        return "="
+    return ("a" if x < y else "b") if prefer == LOWER else ("a" if x > y else "b")
+
+
+class _Rows:
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+
+    def add(self, section: str, quantity: str, a: Any, b: Any, prefer: str | None = None, note: str = "") -> None:
+        self.rows.append(Row(section, quantity, a, b, better(a, b, prefer), note))
+
+
+def _short(layer: str) -> str:
+    return layer.replace("backbone.encoder.layer.", "L").replace(".attention.self.", ".")
+
+
+def _load(path: str | Path, backbone: str | None):
+    from .peft_import import load_any
+
+    try:
+        return load_any(path, backbone)
+    except GenboundError:
+        raise
+    except FileNotFoundError as exc:
+        raise GenboundError(f"{path} is not a checkpoint: {exc}") from None
+
+
+def _is_genbound(ck) -> bool:
+    from .checkpoint import Checkpoint
+
+    return isinstance(ck, Checkpoint)
+
+
+def _same_backbone(a, b) -> str | None:
+    """None if both sit on one backbone (same fingerprint and layer shapes), else the reason."""
+    fa, fb = getattr(a.meta, "fingerprint", None), getattr(b.meta, "fingerprint", None)
+    if fa is None or fb is None:
+        return "the backbone of a peft adapter is not known exactly; pass --backbone"
+    if fa != fb:
+        return f"different backbones ({a.meta.backbone} vs {b.meta.backbone})"
+    return None
+
+
+def compare(
+    path_a: str | Path,
+    path_b: str | Path,
+    *,
+    device: str = "cpu",
+    top_k: int = 10,
+    eps: float = 0.5,
+    data_bounds: bool | None = None,
+    pac_bayes: bool = False,
+    hessian: bool = False,
+    landscape: bool = False,
+    samples: int = 256,
+    grid: int = 11,
+    seed: int = 0,
+    n_train: int | None = None,
+    backbone: str | None = None,
+    figures: str | Path | None = None,
+    progress: bool | None = None,
+) -> CompareReport:
+    """Compare two checkpoints (genbound or peft). ``data_bounds`` (default: on for the mlp backbone,
+    off for transformers, where it costs minutes) adds the compression bound; ``pac_bayes`` the PAC-Bayes
+    bound. ``hessian`` / ``landscape`` add those sections on a seeded subset of ``samples`` training examples.
+    """
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    a, b = _load(path_a, backbone), _load(path_b, backbone)
+    labels = [str(a.meta.method), str(b.meta.method)]
+    if labels[0] == labels[1]:
+        labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
+    R = _Rows()
+    notes: list[str] = []
+    raw: dict[str, Any] = {}
+    same = _same_backbone(a, b)
+
+    # -- run, parameters, fit -----------------------------------------------------------------------------
+    for key, title in (("method", "method"), ("backbone", "backbone"), ("dataset", "dataset"), ("rank", "rank r"),
+                       ("chain", "chain k"), ("n_train", "training examples N"), ("seed", "seed")):
+        R.add("run", title, getattr(a.meta, key, None), getattr(b.meta, key, None))
+    pa, pb = a.meta.params or {}, b.meta.params or {}
+    R.add("parameters", "trainable", pa.get("trainable"), pb.get("trainable"), LOWER)
+    R.add("parameters", "data-dependent D", pa.get("data_dependent"), pb.get("data_dependent"), LOWER,
+          "what the information-theoretic bounds count")
+    ra, rb = getattr(a.meta, "results", {}) or {}, getattr(b.meta, "results", {}) or {}
+    for key, title, prefer in (("train_loss", "train loss", LOWER), ("train_accuracy", "train accuracy", HIGHER),
+                               ("test_loss", "test loss", LOWER), ("test_accuracy", "test accuracy", HIGHER),
+                               ("gap", "gap G = L_test - L_train", LOWER),
+                               ("gap_01", "0-1 gap (train acc - test acc)", LOWER)):
+        note = "" if (ra and rb) else "a peft adapter records no results"
+        R.add("fit", title, ra.get(key), rb.get(key), prefer, note)
+    timing["metadata"] = time.perf_counter() - t0
+
+    # -- bounds -------------------------------------------------------------------------------------------
+    t = time.perf_counter()
+    reports = []
+    for ck, path in ((a, path_a), (b, path_b)):
+        reports.append(_bounds(ck, path, device, data_bounds, pac_bayes, seed, n_train, progress, notes))
+    raw["bounds"] = reports
+    ta, tb = (r.table1[0] if r is not None else None for r in reports)
+    R.add("bounds", "Table 1 MI bound (expected gap)", ta and ta.value, tb and tb.value, LOWER,
+          _vacuity(ta, tb))
+    th = [r.theorem1 if r is not None else None for r in reports]
+    R.add("bounds", "Theorem 1 bound on G(W0 + dW)", *(_theorem_value(x) for x in th), LOWER,
+          "; ".join(sorted({_theorem_note(x) for x in th if _theorem_note(x)})))
+    comp = [getattr(r, "compression", None) if r is not None else None for r in reports]
+    R.add("bounds", "compression bound (test error)", *(_bound_value(c) for c in comp), LOWER,
+          _data_note(comp, "compression"))
+    if pac_bayes:
+        pbs = [getattr(r, "pac_bayes", None) if r is not None else None for r in reports]
+        R.add("bounds", "PAC-Bayes bound (test error)", *(_bound_value(c) for c in pbs), LOWER,
+              _data_note(pbs, "PAC-Bayes"))
+    timing["bounds"] = time.perf_counter() - t
+
+    # -- spectra, intruders, similarity --------------------------------------------------------------------
+    t = time.perf_counter()
+    from .intruders import eps_sweep, intruders
+    from .similarity import compare_updates
+    from .spectra import spectra
+
+    ua, ub = a.layer_updates(), b.layer_updates()
+    sa, sb = spectra(ua, top_k=top_k, device=device, progress=False), spectra(ub, top_k=top_k, device=device,
+                                                                              progress=False)
+    raw["spectra"] = (sa, sb)
+    R.add("spectra", "overall ||dW||_2", sa.overall.spectral_norm, sb.overall.spectral_norm)
+    R.add("spectra", "overall ||dW||_F", sa.overall.frobenius_norm, sb.overall.frobenius_norm)
+    R.add("spectra", "mean stable rank", sa.overall.mean_stable_rank, sb.overall.mean_stable_rank)
+    R.add("spectra", "mean effective rank", sa.overall.mean_effective_rank, sb.overall.mean_effective_rank)
+    la, lb = {x.name: x for x in sa.layers}, {x.name: x for x in sb.layers}
+    for name in [n for n in la if n in lb]:
+        x, y = la[name], lb[name]
+        s = _short(name)
+        R.add("spectra", f"{s} ||dW||_2", x.spectral_norm, y.spectral_norm)
+        R.add("spectra", f"{s} ||dW||_F", x.frobenius_norm, y.frobenius_norm)
+        R.add("spectra", f"{s} stable rank", x.stable_rank, y.stable_rank)
+        R.add("spectra", f"{s} effective rank", x.effective_rank, y.effective_rank)
+    timing["spectra"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sweep = eps_sweep(10)
+    ia = ib = None
+    try:
+        ia = intruders(a.base_weights(), ua, k=top_k, eps=eps, sweep=sweep, device=device, progress=False)
+        ib = intruders(b.base_weights(), ub, k=top_k, eps=eps, sweep=sweep, device=device, progress=False)
+    except GenboundError as exc:
+        notes.append(f"intruder dimensions skipped: {exc}")
+    raw["intruders"] = (ia, ib)
+    if ia is not None and ib is not None:
+        R.add("intruders", f"total (k = {top_k}, eps = {eps})", ia.total, ib.total, LOWER,
+              "Shuttleworth et al. 2024: fewer intruders, less forgetting")
+        ca, cb = {x.name: x.count for x in ia.layers}, {x.name: x.count for x in ib.layers}
+        for name in [n for n in ca if n in cb]:
+            R.add("intruders", f"{_short(name)} count", ca[name], cb[name], LOWER)
+    timing["intruders"] = time.perf_counter() - t
+    if same is None:
+        sim = compare_updates(ua, ub, k=min(8, top_k), device=device)
+        raw["similarity"] = sim
+        R.add("similarity", "mean subspace overlap of A's and B's dW", sim.mean_overlap, sim.mean_overlap,
+              note=f"between the two updates (1 = same top-{sim.k} subspaces, 0 = orthogonal)")
+    else:
+        R.add("similarity", "mean subspace overlap of A's and B's dW", None, None, note=f"empty: {same}")
+
+    # -- optional: Hessian and landscape -----------------------------------------------------------------------
+    if hessian:
+        t = time.perf_counter()
+        raw["hessian"] = _hessian_rows(R, a, b, path_a, path_b, samples, device, seed, notes)
+        timing["hessian"] = time.perf_counter() - t
+    if landscape:
+        t = time.perf_counter()
+        raw["landscape"] = _landscape_rows(R, a, b, path_a, path_b, same, samples, grid, device, seed, notes)
+        timing["landscape"] = time.perf_counter() - t
+
+    report = CompareReport(str(path_a), str(path_b), labels, R.rows, notes,
+                           {"device": str(device), "top_k": top_k, "eps": eps, "seed": seed, "samples": samples,
+                            "grid": grid, "hessian": hessian, "landscape": landscape,
+                            "data_bounds": data_bounds, "pac_bayes": pac_bayes},
+                           [], timing)
+    if figures is not None:
+        t = time.perf_counter()
+        report.figures = [str(p) for p in write_figures(report, raw, figures)]
+        timing["figures"] = time.perf_counter() - t
+    timing["total"] = time.perf_counter() - t0
+    return report
+
+
+# -- section helpers -------------------------------------------------------------------------------------------
+
+
+def _bounds(ck, path, device, data_bounds, pac_bayes, seed, n_train, progress, notes):
+    from .bounds.report import config_from_meta, report_for_checkpoint
+
+    if not _is_genbound(ck):
+        from .bounds.mi import method_bound
+        from .bounds.report import BoundsReport
+
+        n = n_train
+        if n is None:
+            notes.append(f"{path}: a peft adapter records no N; pass --n to bound it")
+            return None
+        cfg = config_from_meta(ck.meta, n=n, source=str(path))
+        from .methods import get_method
+
+        return BoundsReport(str(path), "checkpoint", cfg, True, [method_bound(get_method("lora"), cfg, True)])
+    mlp = ck.meta.backbone == "mlp"
+    use_data = mlp if data_bounds is None else data_bounds
+    return report_for_checkpoint(path, compression=use_data, pac_bayes=pac_bayes and use_data, seed=seed,
+                                 device=device, progress=progress, theorem=True)
+
+
+def _vacuity(*rows) -> str:
+    flags = ["vacuous" if getattr(r, "vacuous", False) else "non-vacuous" for r in rows if r is not None]
+    return " / ".join(flags)
+
+
+def _theorem_value(t) -> float | None:
+    if t is None or not getattr(t, "applicable", False):
+        return None
+    return getattr(t, "bound", None)
+
+
+def _theorem_note(t) -> str:
+    if t is None:
+        return ""
+    if not t.applicable:
+        return "not applicable to a transformer (residuals, attention, LayerNorm): see `genbound bounds`"
+    return getattr(t, "verdict", "") or ""
+
+
+def _bound_value(c) -> float | None:
+    return None if c is None else getattr(c, "bound", None)
+
+
+def _data_note(items, what: str) -> str:
+    if all(c is None for c in items):
+        return f"skipped: pass --data-bounds to evaluate the {what} bound on the full training split"
+    flags = ["-" if c is None else ("vacuous" if getattr(c, "vacuous", False) else "non-vacuous") for c in items]
+    return " / ".join(flags)
+
+
+def _hessian_rows(R: _Rows, a, b, path_a, path_b, samples, device, seed, notes):
+    from .hessian import hessian_from_checkpoint
+
+    reps = []
+    for ck, path in ((a, path_a), (b, path_b)):
+        if not _is_genbound(ck):
+            notes.append(f"{path}: Hessian needs the training data; a peft adapter records none")
+            reps.append(None)
+            continue
+        reps.append(hessian_from_checkpoint(ck, samples=samples, device=device, seed=seed, top_k=3, trace=True,
+                                            density=True))
+    top = [r.eigen.top if r is not None and r.eigen is not None else [] for r in reps]
+    for i in range(3):
+        va = top[0][i] if len(top[0]) > i else None
+        vb = top[1][i] if len(top[1]) > i else None
+        R.add("hessian", f"eigenvalue {i + 1}", va, vb, LOWER if i == 0 else None,
+              "lower top eigenvalue: flatter minimum" if i == 0 else "")
+    tr = [r.trace.estimate if r is not None and r.trace is not None else None for r in reps]
+    R.add("hessian", "trace (Hutch++)", tr[0], tr[1], LOWER,
+          f"on {samples} seeded training examples, trained parameters")
+    return reps
+
+
+def _landscape_rows(R: _Rows, a, b, path_a, path_b, same, samples, grid, device, seed, notes):
+    from .landscape import landscape_from_checkpoints
+
+    out: dict[str, Any] = {}
+    planes = []
+    for ck, path in ((a, path_a), (b, path_b)):
+        if not _is_genbound(ck):
+            notes.append(f"{path}: landscapes need the training data; a peft adapter records none")
+            planes.append(None)
+            continue
+        planes.append(landscape_from_checkpoints([path], "random", grid=grid, samples=samples, seed=seed,
+                                                 device=device))
+    out["planes"] = planes
+    sums = [p.summary if p is not None else None for p in planes]
+    R.add("landscape", "max loss rise within radius (sharpness)",
+          *(s.sharpness[-1].max_rise if s is not None and s.sharpness else None for s in sums), LOWER,
+          "filter-normalized random plane" if any(sums) else "")
+    R.add("landscape", "curvature along d1", *(s.curvature[0].finite_difference if s else None for s in sums),
+          LOWER)
+    R.add("landscape", "basin area below threshold", *(s.basin.area if s else None for s in sums), HIGHER)
+    if same is None:
+        line = landscape_from_checkpoints([path_a, path_b], "interpolate", grid=grid, samples=samples, seed=seed,
+                                          device=device)
+        out["interpolation"] = line
+        loss = line.loss.cpu().tolist()
+        coords = line.axes[0].cpu().tolist()
+        ends = [loss[coords.index(min(coords, key=lambda c: abs(c - e)))] for e in (0.0, 1.0)]
+        barrier = max(loss[coords.index(min(coords, key=lambda c: abs(c))):]) - max(ends)
+        R.add("landscape", "barrier on the line A -> B", barrier, barrier,
+              note="max loss on the segment minus the higher end point (0: linearly connected)")
+    else:
+        R.add("landscape", "barrier on the line A -> B", None, None, note=f"empty: {same}")
+    return out
+
+
+# -- output ---------------------------------------------------------------------------------------------------
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "nan"
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3e}"
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def to_text(report: CompareReport) -> str:
+    """Terminal table; the better value carries a '*'."""
+    from .commands.common import format_table
+
+    rows = []
+    for r in report.rows:
+        ca, cb = _cell(r.a), _cell(r.b)
+        if r.better == "a":
+            ca += " *"
+        elif r.better == "b":
+            cb += " *"
+        rows.append([r.section, r.quantity, ca, cb, r.note])
+    out = [f"A = {report.a} ({report.labels[0]})", f"B = {report.b} ({report.labels[1]})", "",
+           format_table(rows, ["section", "quantity", report.labels[0], report.labels[1], "note"]), "",
+           "* marks the better value where 'better' is meaningful."]
+    out += [f"note: {n}" for n in report.notes]
+    if report.figures:
+        out.append("figures: " + ", ".join(report.figures))
+    return "\n".join(out)
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def to_markdown(report: CompareReport) -> str:
+    lines = [f"| section | quantity | {report.labels[0]} | {report.labels[1]} | note |", "|---|---|---:|---:|---|"]
+    for r in report.rows:
+        ca, cb = _cell(r.a), _cell(r.b)
+        if r.better == "a":
+            ca = f"**{ca}**"
+        elif r.better == "b":
+            cb = f"**{cb}**"
+        lines.append(f"| {r.section} | {_md_escape(r.quantity)} | {ca} | {cb} | {_md_escape(r.note)} |")
+    lines.append("")
+    lines.append(f"A = `{report.a}`, B = `{report.b}`; bold marks the better value where that is meaningful.")
+    return "\n".join(lines) + "\n"
+
+
+def _tex(s: str) -> str:
+    for k, v in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("^", r"\^{}"), ("~", r"\~{}")):
+        s = s.replace(k, v)
+    return s
+
+
+def to_latex(report: CompareReport) -> str:
+    out = [r"\begin{tabular}{llrr}", r"\toprule",
+           f"section & quantity & {_tex(report.labels[0])} & {_tex(report.labels[1])} \\\\", r"\midrule"]
+    last = None
+    for r in report.rows:
+        if last is not None and r.section != last:
+            out.append(r"\midrule")
+        last = r.section
+        ca, cb = _tex(_cell(r.a)), _tex(_cell(r.b))
+        if r.better == "a":
+            ca = rf"\textbf{{{ca}}}"
+        elif r.better == "b":
+            cb = rf"\textbf{{{cb}}}"
+        out.append(f"{_tex(r.section)} & {_tex(r.quantity)} & {ca} & {cb} \\\\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+def write_figures(report: CompareReport, raw: dict, directory: str | Path) -> list[Path]:
+    """The pair's figures: singular values per layer, intruders against eps, bound against gap, and with the
+    optional sections the Hessian density, landscape contours and the A -> B interpolation."""
+    from . import figures as F
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    methods = dict(zip(report.labels, (report.row("run", "method").a, report.row("run", "method").b)))
+    paths: list[Path] = []
+    sa, sb = raw["spectra"]
+    paths += F.save(F.singular_values({report.labels[0]: sa, report.labels[1]: sb}, methods),
+                    directory / "singular_values")
+    ia, ib = raw.get("intruders", (None, None))
+    if ia is not None and ib is not None:
+        paths += F.save(F.intruders_vs_eps({report.labels[0]: ia, report.labels[1]: ib}, methods),
+                        directory / "intruders_vs_eps")
+    bound_row = report.row("bounds", "Table 1 MI bound (expected gap)")
+    gap_row = report.row("fit", "0-1 gap (train acc - test acc)")
+    pts = [{"method": methods[lab], "label": lab, "bound": bnd, "gap": gap}
+           for lab, bnd, gap in zip(report.labels, (bound_row.a, bound_row.b), (gap_row.a, gap_row.b))
+           if bnd is not None and gap is not None]
+    if pts:
+        paths += F.save(F.bound_vs_gap(pts), directory / "bound_vs_gap")
+    hs = raw.get("hessian")
+    if hs and any(h is not None and h.density is not None for h in hs):
+        paths += F.save(F.hessian_density({lab: h for lab, h in zip(report.labels, hs) if h is not None}, methods),
+                        directory / "hessian_density")
+    ls = raw.get("landscape")
+    if ls:
+        for lab, plane in zip(report.labels, ls["planes"]):
+            if plane is not None:
+                safe = "".join(ch if ch.isalnum() else "_" for ch in lab).strip("_")
+                paths += F.save(F.landscape_contour(plane, f"{lab}: random plane"), directory / f"landscape_{safe}")
+                paths += F.save(F.landscape_surface(plane, f"{lab}: loss surface"), directory / f"surface_{safe}")
+        if "interpolation" in ls:
+            paths += F.save(F.landscape_lines({"A -> B": ls["interpolation"]}, title="interpolation A -> B"),
+                            directory / "interpolation")
+    return paths
