@@ -17,7 +17,7 @@ from . import __version__
 from .errors import GenboundError
 
 # Order is the order of ``genbound --help``.
-COMMANDS = ["list", "train", "compare", "bounds", "spectra"]
+COMMANDS = ["demo", "list", "train", "compare", "bounds", "spectra", "landscape"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,150 @@
+"""Step time and peak training memory of every method relative to LoRA (issue: reference training).
+
+Each method runs in its own subprocess (so one method's peak memory cannot leak into another's): the
+MiniLM backbone (pretrained weights on CPU; on CUDA a randomly initialised BertConfig of the same shape
+when the weights are not present), batch 32, sequence 128, rank 16, alpha 32, adapters on query and value;
+``--warmup`` untimed steps then ``--steps`` timed ones. Peak memory is CUDA's max_memory_allocated (reset
+after warm-up) or, on CPU, the process's peak resident set (VmHWM, reset through /proc/self/clear_refs
+after warm-up). Results go to benchmarks/results/training.md.
+
+    python benchmarks/bench_training.py [--device cpu|cuda] [--steps 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["lora", "lora_plus", "asym", "cola", "rac", "cla", "rcla", "c3la", "rc3la", "paca", "fft"]
+# Parameter-matched baselines: a sparse method trains r*n per layer, as asym does; cla's paper baseline.
+MATCHED = {"cla": "asym", "rcla": "asym", "paca": "asym", "c3la": "rac", "rc3la": "rac"}
+
+
+def one(method: str, device: str, steps: int, warmup: int, batch: int, seq: int, rank: int, random_init: bool) -> dict:
+    import torch
+    from torch.nn import functional as F
+
+    from genbound.adapters import attach_adapters
+    from genbound.backbones import TextClassifier, get_backbone
+    from genbound.methods import get_method
+    from genbound.train import PeakMemory, param_groups
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    bb = None
+    if random_init:
+        from transformers import BertConfig, BertModel
+
+        cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                         intermediate_size=1536)
+        model = TextClassifier(BertModel(cfg, add_pooling_layer=False), 5)
+        layers = [n for n, m in model.named_modules() if n.endswith(("query", "value"))]
+    else:
+        bb = get_backbone("minilm")
+        model = bb.build(5, seed=0)
+        layers = bb.adaptable_layers(model)
+    method = get_method(method)
+    adapters = attach_adapters(model, method, layers, rank, 2.0 * rank, seed=0)
+    model.to(dev).train()
+    lr = 1e-5 if method.name == "fft" else 3e-4
+    ratio = method.b_lr_ratio
+    groups = param_groups(model, adapters, lr, ratio, 0.0) if method.adapter else model.parameters()
+    opt = torch.optim.AdamW(groups, lr=lr)
+    ids = torch.randint(1000, 30000, (batch, seq), device=dev)
+    mask = torch.ones(batch, seq, dtype=torch.long, device=dev)
+    labels = torch.randint(0, 5, (batch,), device=dev)
+    mem = PeakMemory(dev)
+
+    def step():
+        loss = F.cross_entropy(model(input_ids=ids, attention_mask=mask), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    for _ in range(warmup):
+        step()
+    mem.start()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"method": method.name, "median_s": statistics.median(times), "mean_s": statistics.fmean(times),
+            "peak_bytes": mem.peak_bytes(), "peak_kind": mem.kind(),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--random-init", action="store_true", help="BertConfig of MiniLM's shape, random weights")
+    ap.add_argument("--quick", action="store_true", help="3 methods, 2 steps, sequence 64")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training.md"))
+    args = ap.parse_args()
+    if args.quick:
+        args.methods, args.steps, args.warmup, args.seq = ["lora", "cla", "paca"], 2, 1, 64
+    if args.one:
+        print(json.dumps(one(args.one, args.device, args.steps, args.warmup, args.batch, args.seq, args.rank,
+                             args.random_init)))
+        return
+    rows = []
+    for m in args.methods:
+        cmd = [sys.executable, __file__, "--one", m, "--device", args.device, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--batch", str(args.batch), "--seq", str(args.seq),
+               "--rank", str(args.rank)] + (["--random-init"] if args.random_init else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{m:10s} {rows[-1]['median_s']:.3f} s/step  peak {rows[-1]['peak_bytes'] / 2**20:.0f} MiB", flush=True)
+    by = {r["method"]: r for r in rows}
+    base = by.get("lora")
+    import torch
+
+    lines = [
+        "## Training step time and peak memory (all methods relative to LoRA)",
+        "",
+        f"- date: {datetime.date.today()}; machine: {platform.machine()}, {__import__('os').cpu_count()} CPU cores, "
+        f"device {args.device}; torch {torch.__version__}",
+        f"- command: `python benchmarks/bench_training.py --device {args.device} --steps {args.steps}"
+        f"{' --random-init' if args.random_init else ''}`",
+        f"- MiniLM ({'random init, same shape' if args.random_init else 'pretrained'}), batch {args.batch}, "
+        f"sequence {args.seq}, r = {args.rank}, query + value; {args.warmup} warm-up + {args.steps} timed steps; "
+        f"peak memory: {rows[0]['peak_kind']}",
+        "",
+        "| method | trainable | median s/step | time vs lora | peak MiB | memory vs lora | matched baseline "
+        "| time vs it | memory vs it |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        t = r["median_s"] / base["median_s"] if base else float("nan")
+        mm = r["peak_bytes"] / base["peak_bytes"] if base else float("nan")
+        mb = by.get(MATCHED.get(r["method"], ""))
+        tb = f"{r['median_s'] / mb['median_s']:.3f}" if mb else "-"
+        mbr = f"{r['peak_bytes'] / mb['peak_bytes']:.3f}" if mb else "-"
+        lines.append(f"| {r['method']} | {r['trainable']:,} | {r['median_s']:.3f} | {t:.3f} | "
+                     f"{r['peak_bytes'] / 2**20:.0f} | {mm:.3f} | {MATCHED.get(r['method'], '-')} | {tb} | {mbr} |")
+    lines.append("")
+    from genbound.atomic import write_text
+
+    write_text(args.out, "\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
