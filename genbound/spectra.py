@@ -202,10 +202,17 @@ class SpectraReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _zero_tol(s: Tensor, shape: tuple[int, int]) -> float:
+def _zero_tol(s: Tensor, shape: tuple[int, int], eps: float | None = None) -> float:
+    """Singular values below sigma_1 max(n, m) eps are rounding, with eps that of the stored tensors (a float32
+    update's smallest singular values are float32 noise even when computed in float64)."""
     if s.numel() == 0:
         return 0.0
-    return float(s.max()) * max(shape) * float(torch.finfo(s.dtype).eps)
+    return float(s.max()) * max(shape) * (float(torch.finfo(s.dtype).eps) if eps is None else eps)
+
+
+def _stored_eps(u: LayerUpdate) -> float | None:
+    t = u.dense if u.dense is not None else u.B
+    return float(torch.finfo(t.dtype).eps) if t is not None and t.is_floating_point() else None
 
 
 def stable_rank(s: Tensor) -> float | None:
@@ -267,10 +274,10 @@ def fit_power_law(eigs: Tensor, min_points: int = MIN_POWER_LAW_POINTS,
 
 
 def spectral_density(s: Tensor, shape: tuple[int, int], bins: int = 20,
-                     min_points: int = MIN_POWER_LAW_POINTS) -> SpectralDensity:
+                     min_points: int = MIN_POWER_LAW_POINTS, eps: float | None = None) -> SpectralDensity:
     """Histogram of sigma_i^2 on ``bins`` log10-spaced bins, and a power-law fit where it is meaningful."""
     s = s.to(torch.float64).cpu()
-    nz = s[s > _zero_tol(s, shape)] if s.numel() else s
+    nz = s[s > _zero_tol(s, shape, eps)] if s.numel() else s
     eig = nz**2
     n_zero = int(s.numel() - nz.numel())
     if eig.numel() == 0:
@@ -288,9 +295,9 @@ def spectral_density(s: Tensor, shape: tuple[int, int], bins: int = 20,
 
 
 def summarize_singular_values(name: str, s: Tensor, shape: tuple[int, int], rank_bound: int,
-                              top_k: int = 10, bins: int = 20) -> LayerSpectrum:
+                              top_k: int = 10, bins: int = 20, eps: float | None = None) -> LayerSpectrum:
     s = torch.sort(s.to(torch.float64).cpu(), descending=True).values
-    tol = _zero_tol(s, shape)
+    tol = _zero_tol(s, shape, eps)
     return LayerSpectrum(
         name=name,
         out_features=int(shape[0]),
@@ -304,7 +311,7 @@ def summarize_singular_values(name: str, s: Tensor, shape: tuple[int, int], rank
         effective_rank=effective_rank(s),
         energy_top_k=energy_top_k(s, top_k),
         top_k=int(top_k),
-        density=spectral_density(s, shape, bins),
+        density=spectral_density(s, shape, bins, eps=eps),
     )
 
 
@@ -312,7 +319,7 @@ def layer_spectrum(u: LayerUpdate, top_k: int = 10, bins: int = 20, device: torc
                    dtype: torch.dtype = torch.float64) -> LayerSpectrum:
     """Singular values of one layer's dW (from its factors) and their summaries."""
     s = singular_values(u, device, dtype)
-    return summarize_singular_values(u.name, s, u.shape, u.rank_bound, top_k, bins)
+    return summarize_singular_values(u.name, s, u.shape, u.rank_bound, top_k, bins, _stored_eps(u))
 
 
 def _mean(xs: list[float | None]) -> float | None:
@@ -332,12 +339,14 @@ def spectra(updates: Mapping[str, LayerUpdate], top_k: int = 10, bins: int = 20,
         raise GenboundError("the checkpoint has no adapted layers: nothing to take the spectrum of")
     layers: list[LayerSpectrum] = []
     pooled: list[Tensor] = []
+    eps_all = 0.0
     bar = tqdm(updates.items(), desc="spectra", unit="layer", disable=None if progress is None else not progress)
     for name, u in bar:
         if u.name != name:
             u = LayerUpdate(name, u.out_features, u.in_features, u.scale, u.B, u.A, u.columns, u.dense)
         s = singular_values(u, device, dtype)
-        layers.append(summarize_singular_values(name, s, u.shape, u.rank_bound, top_k, bins))
+        layers.append(summarize_singular_values(name, s, u.shape, u.rank_bound, top_k, bins, _stored_eps(u)))
+        eps_all = max(eps_all, _stored_eps(u) or 0.0)
         pooled.append(s.to(torch.float64).cpu())
     allsv = torch.sort(torch.cat(pooled), descending=True).values
     big = (max(lay.out_features for lay in layers), max(lay.in_features for lay in layers))
@@ -350,7 +359,7 @@ def spectra(updates: Mapping[str, LayerUpdate], top_k: int = 10, bins: int = 20,
         energy_top_k=energy_top_k(allsv, top_k),
         mean_stable_rank=_mean([lay.stable_rank for lay in layers]),
         mean_effective_rank=_mean([lay.effective_rank for lay in layers]),
-        density=spectral_density(allsv, big, bins),
+        density=spectral_density(allsv, big, bins, eps=eps_all or None),
     )
     notes = []
     if overall.density.power_law is not None:
