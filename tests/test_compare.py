@@ -1,0 +1,117 @@
+"""genbound compare: every row equals what its module returns; JSON round-trips; figures; bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from genbound.checkpoint import load_checkpoint
+from genbound.compare import CompareReport, better, compare, to_latex, to_markdown, to_text
+
+
+@pytest.fixture(scope="module")
+def pair(ckpt_dir, tmp_path_factory):
+    a, b = ckpt_dir("lora"), ckpt_dir("cla")
+    figs = tmp_path_factory.mktemp("figs")
+    report = compare(a, b, hessian=True, landscape=True, samples=128, grid=5, figures=figs, progress=False)
+    return a, b, report, figs
+
+
+def test_rows_equal_the_underlying_modules(pair):
+    from genbound.bounds.report import report_for_checkpoint
+    from genbound.intruders import intruders
+    from genbound.similarity import compare_updates
+    from genbound.spectra import spectra
+
+    a, b, report, _ = pair
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert report.row("run", "method").a == "lora" and report.row("run", "method").b == "cla"
+    assert report.row("fit", "test accuracy").a == ca.meta.results["test_accuracy"]
+    assert report.row("fit", "gap G = L_test - L_train").b == cb.meta.results["gap"]
+    assert report.row("parameters", "data-dependent D").a == ca.meta.params["data_dependent"]
+    ba = report_for_checkpoint(a, compression=True, progress=False)
+    assert report.row("bounds", "Table 1 MI bound (expected gap)").a == ba.table1[0].value
+    assert report.row("bounds", "compression bound (test error)").a == ba.compression.bound
+    assert report.row("bounds", "Theorem 1 bound on G(W0 + dW)").a == ba.theorem1.bound
+    sb = spectra(cb.layer_updates(), top_k=10, progress=False)
+    assert report.row("spectra", "overall ||dW||_2").b == sb.overall.spectral_norm
+    assert report.row("spectra", "fc2 stable rank").b == next(x for x in sb.layers if x.name == "fc2").stable_rank
+    ia = intruders(ca.base_weights(), ca.layer_updates(), k=10, eps=0.5, progress=False)
+    assert report.row("intruders", "total (k = 10, eps = 0.5)").a == ia.total
+    sim = compare_updates(ca.layer_updates(), cb.layer_updates(), k=8)
+    assert report.row("similarity", "mean subspace overlap of A's and B's dW").a == pytest.approx(sim.mean_overlap)
+    assert report.row("hessian", "eigenvalue 1").a is not None
+    assert report.row("landscape", "barrier on the line A -> B").a is not None
+
+
+def test_better_marks():
+    assert better(1.0, 2.0, "lower") == "a" and better(1.0, 2.0, "higher") == "b"
+    assert better(1.0, 1.0, "lower") == "=" and better(1.0, None, "lower") is None and better(1, 2, None) is None
+
+
+def test_every_section_present(pair):
+    sections = {r.section for r in pair[2].rows}
+    assert sections == {"run", "parameters", "fit", "bounds", "spectra", "intruders", "similarity", "hessian",
+                        "landscape"}
+
+
+def test_json_round_trips(pair):
+    report = pair[2]
+    text = json.dumps(report.to_dict(), allow_nan=False)
+    again = CompareReport.from_dict(json.loads(text))
+    assert again.to_dict() == json.loads(text)
+    assert again.rows == [type(r)(**json.loads(json.dumps(r.__dict__))) for r in report.rows]
+
+
+def test_text_markdown_latex(pair):
+    report = pair[2]
+    assert "test accuracy" in to_text(report)
+    md = to_markdown(report)
+    assert md.count("\n|") >= len(report.rows)
+    tex = to_latex(report)
+    assert r"\toprule" in tex and r"\bottomrule" in tex and tex.count(r"\\") >= len(report.rows)
+
+
+def test_figures_written_and_non_empty(pair):
+    _, _, report, figs = pair
+    names = {p.name for p in figs.iterdir()}
+    for stem in ("singular_values", "intruders_vs_eps", "bound_vs_gap", "hessian_density", "interpolation",
+                 "landscape_lora", "surface_cla"):
+        for ext in ("pdf", "png"):
+            assert f"{stem}.{ext}" in names
+            assert (figs / f"{stem}.{ext}").stat().st_size > 1000
+    assert len(report.figures) == len(names)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "genbound.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_json_and_bad_paths(ckpt_dir, tmp_path):
+    a, b = ckpt_dir("lora"), ckpt_dir("asym")
+    proc = run_cli("compare", str(a), str(b), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["labels"] == ["lora", "asym"]
+    bad = run_cli("compare", str(a), str(tmp_path / "nothing"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_different_backbones_leave_rows_empty_with_a_reason(ckpt_dir, tmp_path):
+    """An mlp checkpoint against a MiniLM one: the rows that need one backbone say why they are empty,
+    every other row is filled."""
+    from genbound.train import TrainConfig, train
+
+    mini = train(TrainConfig(method="cla", backbone="minilm", rank=2, alpha=4, steps=1, batch_size=4, max_length=8,
+                             eval_batch_size=512, progress=False), tmp_path / "mini").path
+    report = compare(ckpt_dir("lora"), mini, landscape=False, progress=False)
+    sim = report.row("similarity", "mean subspace overlap of A's and B's dW")
+    assert sim.a is None and "different backbones" in sim.note
+    assert report.row("fit", "test accuracy").b is not None
+    assert report.row("spectra", "overall ||dW||_2").b is not None
+    assert report.row("bounds", "Table 1 MI bound (expected gap)").b is not None
