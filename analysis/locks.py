@@ -1,0 +1,154 @@
+"""Per-run lock files, so that several sweep processes can share one output directory.
+
+A lock is a file created with ``O_CREAT | O_EXCL`` (atomic: exactly one process creates it) holding the
+owner's host, pid and process start time. It is removed when the run is done. A lock whose owner is dead is
+stale and may be taken over; dead means: same host and no process with that pid, or a process with that pid
+that started at another time (the pid was reused). A lock from another host is never judged stale (its
+liveness cannot be checked here); remove it by hand if its owner is gone.
+
+Taking over is the one racy step (two processes could both find the lock stale, one removes it and creates
+its own, and the other would then remove that live lock). It is therefore done under an exclusive ``flock``
+on the directory, with the lock re-read inside, so only one process can replace a given stale lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux /proc), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime) counts after the command name, which is in parentheses and may hold spaces.
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_record() -> dict:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid)}
+
+
+def read_owner(path: Path) -> dict | None:
+    """The lock's owner record; None when the file is gone. An unreadable record is returned as {}."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def is_stale(owner: dict | None) -> bool:
+    """True when the recorded owner is provably gone (see the module docstring)."""
+    if owner is None:
+        return True
+    if not owner:
+        # A half-written record (the owner died between create and write) or garbage: it cannot belong to a
+        # live sweep, since a live owner writes its record right after creating the file.
+        return True
+    if owner.get("host") != socket.gethostname():
+        return False
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    if not _alive(pid):
+        return True
+    start = owner.get("start")
+    now = _start_time(pid)
+    return start is not None and now is not None and start != now
+
+
+@contextlib.contextmanager
+def _directory_flock(directory: Path) -> Iterator[None]:
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _create(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(owner_record()))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def try_acquire(path: str | os.PathLike) -> bool:
+    """Create the lock ``path`` for this process; take it over if its owner is dead. False if held."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if _create(path):
+        return True
+    # Held, or stale: decide and replace under the directory flock (see the module docstring). The grace
+    # for an empty record covers a live owner caught between its O_EXCL create and its write.
+    with _directory_flock(path.parent):
+        owner = read_owner(path)
+        if owner == {} and _young(path):
+            return False
+        if not is_stale(owner):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return _create(path)
+
+
+def _young(path: Path, seconds: float = 5.0) -> bool:
+    import time
+
+    try:
+        return time.time() - path.stat().st_mtime < seconds
+    except FileNotFoundError:
+        return False
+
+
+def release(path: str | os.PathLike) -> None:
+    """Remove the lock if this process owns it."""
+    path = Path(path)
+    owner = read_owner(path)
+    if owner and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def held(path: str | os.PathLike) -> Iterator[bool]:
+    """``with held(p) as ok:`` ok is True when this process holds the lock (released on exit)."""
+    ok = try_acquire(path)
+    try:
+        yield ok
+    finally:
+        if ok:
+            release(path)

@@ -1,0 +1,432 @@
+"""The analysis sweep: every method over seeds on one configuration, then the paper's tables and answer.
+
+    python -m analysis.sweep --preset mlp --seeds 0 1 --out runs/sweep
+    python -m analysis.sweep --preset paper-minilm --seeds 0 1 2 --out runs/paper --device cuda --compression
+
+Layout of ``--out``::
+
+    runs/<method>-s<seed>/      one genbound checkpoint per run (written atomically by genbound.train)
+    runs/.<name>.lock           held while a process works on that run (see analysis.locks)
+    runs/.<name>.state          a killed run's training state (genbound.train resumes it)
+    derived/<name>.json         the bounds computed for a checkpoint (reused while the checkpoint is unchanged)
+    tables.md, results.tex, bounds.tex, kendall.tex, summary.md, summary.json, figures/*.pdf|png
+
+Resumable: a run whose directory holds a checkpoint whose recorded hyperparameters equal the run's
+configuration is not trained again (a different configuration is an error unless ``--overwrite``); a run
+killed part-way continues from its saved state. Several processes may work on one ``--out`` at once: each
+run is claimed with a lock file, runs held by another live process are waited for (``--no-wait`` leaves them
+out), and a dead process's lock is taken over.
+
+Then, over the finished runs: accuracy and the empirical gaps (test - train cross-entropy; test - train
+error), the Table 1 bound with and without the head, optionally the Occam compression bound
+(``--compression``) and Theorem 1 (``--theorem1``, mlp only), each as mean ± std over seeds with n, in Markdown
+and LaTeX (booktabs); the figures bound-against-gap and accuracy per method; and Kendall's tau-b (with its
+p-value) between each bound's ordering of the methods and the measured gaps (analysis.tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genbound.errors import GenboundError
+
+from . import locks
+from .presets import PRESETS, Preset, get_preset, train_config, with_budget
+from .tables import BOUNDS, RunRecord
+
+IGNORED_KEYS = ("device", "progress")  # do not change what is computed (as in genbound.resume)
+
+
+@dataclass
+class RunSpec:
+    method: str
+    seed: int
+    name: str
+    path: Path
+    config: Any  # genbound.train.TrainConfig
+
+    @property
+    def lock(self) -> Path:
+        return self.path.parent / f".{self.name}.lock"
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did and found: its runs, the per-method rows, the correlations and the files written."""
+
+    preset: Preset
+    seeds: list[int]
+    methods: list[str]
+    out: Path
+    records: list[RunRecord]
+    rows: list = field(default_factory=list)  # analysis.tables.MethodRow
+    correlations: list = field(default_factory=list)  # analysis.tables.Correlation
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from .tables import summary_dict
+
+        return {"preset": self.preset.to_dict(), "seeds": self.seeds, "methods": self.methods, "out": str(self.out),
+                **summary_dict(self.rows, self.correlations), "runs": [asdict(r) for r in self.records],
+                "notes": self.notes, "files": [str(p) for p in self.files]}
+
+
+def plan(preset: Preset, methods: list[str], seeds: list[int], out: str | Path, device: str = "cpu",
+         progress: bool | None = False) -> list[RunSpec]:
+    """One RunSpec per (method, seed), in method-major order."""
+    runs = Path(out) / "runs"
+    specs = []
+    for m in methods:
+        for s in seeds:
+            name = f"{m}-s{s}"
+            specs.append(RunSpec(m, int(s), name, runs / name, train_config(preset, m, s, device, progress)))
+    return specs
+
+
+def _normal(v: Any) -> Any:
+    return json.loads(json.dumps(v))
+
+
+def config_mismatch(hyperparameters: dict[str, Any], config) -> str | None:
+    """The first configuration field where a checkpoint's recorded hyperparameters differ from ``config``
+    (device and progress do not count), or None when they match."""
+    wanted = _normal(asdict(config))
+    for key in sorted(wanted):
+        if key in IGNORED_KEYS:
+            continue
+        if hyperparameters.get(key) != wanted[key]:
+            return f"{key}={hyperparameters.get(key)!r} (this sweep: {wanted[key]!r})"
+    return None
+
+
+def finished_run(spec: RunSpec) -> tuple[bool, str | None]:
+    """(is a checkpoint, mismatch or None)."""
+    from genbound.checkpoint import is_checkpoint, load_meta
+
+    if not is_checkpoint(spec.path):
+        return False, None
+    return True, config_mismatch(load_meta(spec.path).hyperparameters, spec.config)
+
+
+class _SplitCache:
+    """Tokenized splits shared by the runs of a sweep (tokenizing BBC News for MiniLM takes seconds)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple, Any] = {}
+
+    def get(self, config) -> Any:
+        from genbound.backbones import get_backbone
+        from genbound.datasets import get_dataset
+
+        key = (config.backbone, config.dataset, config.split_seed, config.max_length)
+        if key not in self.cache:
+            self.cache[key] = get_dataset(config.dataset).load(get_backbone(config.backbone), config.split_seed,
+                                                               config.max_length)
+        return self.cache[key]
+
+
+def _train_one(spec: RunSpec, splits: _SplitCache, overwrite: bool) -> str:
+    """Train ``spec`` unless finished; returns the status. The caller holds the run's lock."""
+    from genbound.resume import state_dir_for
+    from genbound.train import train
+
+    done, mismatch = finished_run(spec)
+    if done and mismatch is None:
+        return "skipped"
+    if done and not overwrite:
+        raise GenboundError(f"{spec.path} holds a checkpoint trained with {mismatch}; use another --out, or "
+                            "--overwrite to retrain runs whose configuration differs")
+    resumed = state_dir_for(spec.path).exists() and not done
+    train(spec.config, spec.path, overwrite=done, resume=not done, splits=splits.get(spec.config))
+    return "resumed" if resumed else "trained"
+
+
+def train_runs(specs: list[RunSpec], overwrite: bool = False, wait: bool = True, poll: float = 2.0,
+               wait_timeout: float | None = None, progress: bool | None = None) -> dict[str, str]:
+    """Train every run not yet finished, claiming each with its lock; returns name -> status.
+
+    Runs another live process holds are retried until it releases them (its checkpoint then exists) or
+    dies (its lock is taken over and its saved state resumed); with ``wait=False`` they are reported as
+    "locked". A run that fails with a GenboundError (e.g. a diverging loss) is "failed: <message>".
+    """
+    from tqdm.auto import tqdm
+
+    status: dict[str, str] = {}
+    splits = _SplitCache()
+    pending = list(specs)
+    start = time.monotonic()
+    bar = tqdm(total=len(specs), desc="sweep", unit="run", disable=None if progress is None else not progress)
+    try:
+        while pending:
+            waiting = []
+            for spec in pending:
+                bar.set_postfix_str(spec.name)
+                with locks.held(spec.lock) as mine:
+                    if not mine:
+                        waiting.append(spec)
+                        continue
+                    try:
+                        status[spec.name] = _train_one(spec, splits, overwrite)
+                    except GenboundError as exc:
+                        if "--overwrite" in str(exc) and "holds a checkpoint" in str(exc):
+                            raise
+                        status[spec.name] = f"failed: {exc}"
+                bar.update(1)
+            pending = waiting
+            if pending:
+                if not wait or (wait_timeout is not None and time.monotonic() - start > wait_timeout):
+                    for spec in pending:
+                        owner = locks.read_owner(spec.lock) or {}
+                        status[spec.name] = f"locked by pid {owner.get('pid')} on {owner.get('host')}"
+                    break
+                bar.set_postfix_str(f"waiting for {len(pending)} run(s) held by another process")
+                time.sleep(poll)
+    finally:
+        bar.close()
+    return status
+
+
+# -- bounds per checkpoint -----------------------------------------------------------------------------------
+
+
+def checkpoint_bounds(path: str | Path, compression: bool = False, theorem1: bool = False,
+                      device: str = "cpu", seed: int = 0) -> tuple[dict[str, float | None], dict[str, bool]]:
+    """The bounds of one checkpoint: Table 1 with and without the head (sigma = 1/2 for the 0-1 loss, q from
+    the stored dtype), the trainable count, and on request the Occam bound and Theorem 1 (mlp only)."""
+    from genbound.bounds.mi import method_bound
+    from genbound.bounds.report import config_from_meta, report_for_checkpoint
+    from genbound.checkpoint import load_meta
+    from genbound.methods import get_method
+
+    meta = load_meta(path)
+    cfg = config_from_meta(meta, source=str(path))
+    method = get_method(meta.method)
+    values: dict[str, float | None] = {}
+    vacuous: dict[str, bool] = {}
+    for key, head in (("mi", True), ("mi_paper", False)):
+        row = method_bound(method, cfg, include_head=head)
+        values[key], vacuous[key] = row.value, row.vacuous
+    values["trainable"] = float(meta.params.get("trainable")) if meta.params.get("trainable") is not None else None
+    want_t1 = theorem1 and meta.backbone == "mlp"
+    if compression or want_t1:
+        rep = report_for_checkpoint(path, theorem=want_t1, compression=compression, device=device, seed=seed,
+                                    progress=False)
+        if compression and rep.compression is not None:
+            values["compression"], vacuous["compression"] = rep.compression.bound, rep.compression.vacuous
+        if want_t1 and rep.theorem1 is not None and rep.theorem1.applicable:
+            values["theorem1"], vacuous["theorem1"] = rep.theorem1.bound, rep.theorem1.vacuous
+    return values, vacuous
+
+
+def _meta_digest(path: Path) -> str:
+    from genbound.checkpoint import META_FILE, TENSOR_FILE
+
+    h = hashlib.sha256((path / META_FILE).read_bytes())
+    st = (path / TENSOR_FILE).stat()
+    h.update(f"{st.st_size}".encode())
+    return h.hexdigest()
+
+
+def cached_bounds(spec: RunSpec, out: Path, compression: bool, theorem1: bool, device: str
+                  ) -> tuple[dict[str, float | None], dict[str, bool]]:
+    """:func:`checkpoint_bounds`, cached in ``derived/<name>.json`` while the checkpoint and options are the
+    same (the compression bound takes seconds to minutes per checkpoint)."""
+    from genbound.atomic import write_json
+
+    cache = out / "derived" / f"{spec.name}.json"
+    key = {"checkpoint": _meta_digest(spec.path), "compression": compression, "theorem1": theorem1, "seed": 0}
+    if cache.is_file():
+        try:
+            data = json.loads(cache.read_text())
+            if data.get("key") == key:
+                return data["bounds"], data["vacuous"]
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+    values, vacuous = checkpoint_bounds(spec.path, compression, theorem1, device)
+    write_json(cache, {"key": key, "bounds": values, "vacuous": vacuous})
+    return values, vacuous
+
+
+def collect(specs: list[RunSpec], status: dict[str, str], out: Path, compression: bool = False,
+            theorem1: bool = False, device: str = "cpu", progress: bool | None = None) -> list[RunRecord]:
+    """A RunRecord per run: measured values from the checkpoint, bounds computed (or read from the cache)."""
+    from tqdm.auto import tqdm
+
+    from genbound.checkpoint import load_meta
+
+    records = []
+    for spec in tqdm(specs, desc="bounds", unit="run", disable=None if progress is None else not progress):
+        st = status.get(spec.name)
+        done, mismatch = finished_run(spec)
+        if st is None:
+            st = "skipped" if done and mismatch is None else "missing"
+        rec = RunRecord(spec.method, spec.seed, spec.name, str(spec.path), st.split()[0].rstrip(":"))
+        if st.startswith(("failed", "locked")):
+            rec.error = st
+        if rec.finished and not (done and mismatch is None):
+            rec.status, rec.error = "missing", f"no matching checkpoint at {spec.path}"
+        if rec.finished:
+            meta = load_meta(spec.path)
+            rec.results = {k: v for k, v in meta.results.items() if isinstance(v, (int, float))}
+            rec.params = {k: int(v) for k, v in meta.params.items() if isinstance(v, (int, float))}
+            rec.train_seconds = meta.metrics.get("train_seconds")
+            rec.bounds, rec.vacuous = cached_bounds(spec, out, compression, theorem1, device)
+        records.append(rec)
+    return records
+
+
+# -- the whole sweep --------------------------------------------------------------------------------------
+
+
+def run_sweep(preset: str | Preset, seeds: list[int], out: str | Path, methods: list[str] | None = None,
+              device: str = "auto", steps: int | None = None, epochs: int | None = None,
+              compression: bool = False, theorem1: bool = False, train: bool = True, overwrite: bool = False,
+              wait: bool = True, wait_timeout: float | None = None, progress: bool | None = None,
+              figures: bool = True) -> SweepResult:
+    """Train (unless ``train=False``) every (method, seed) of ``preset`` into ``out``, then write the tables,
+    figures and summary there. Returns the :class:`SweepResult`."""
+    from genbound.atomic import write_json, write_text
+    from genbound.commands.common import resolve_device, to_jsonable
+    from genbound.methods import METHODS, get_method
+
+    from . import tables as T
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    preset = with_budget(preset, steps, epochs)
+    methods = list(METHODS) if not methods or methods == ["all"] else [get_method(m).name for m in methods]
+    if len(set(methods)) != len(methods):
+        raise GenboundError(f"--methods lists a method twice: {' '.join(methods)}")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise GenboundError("no seeds given; pass --seeds 0 1 2")
+    if len(set(seeds)) != len(seeds):
+        raise GenboundError(f"--seeds lists a seed twice: {' '.join(map(str, seeds))}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GenboundError(f"--out {out} is a file; choose a directory")
+    dev = str(resolve_device(device))
+    specs = plan(preset, methods, seeds, out, dev, progress=False)
+    status = train_runs(specs, overwrite=overwrite, wait=wait, wait_timeout=wait_timeout,
+                        progress=progress) if train else {}
+    records = collect(specs, status, out, compression, theorem1, dev, progress)
+    rows = T.aggregate(records, methods)
+    corrs = T.correlations(rows)
+    notes = _notes(preset, records, rows, compression, theorem1)
+    result = SweepResult(preset, seeds, methods, out, records, rows, corrs, notes=notes)
+    files = T.write_tables(rows, corrs, out)
+    if figures:
+        files += T.write_figures(rows, out / "figures")
+    context = [f"preset `{preset.name}`: {preset.description}",
+               f"methods: {', '.join(methods)}; seeds: {', '.join(map(str, seeds))}; device {dev}",
+               f"runs: {sum(r.finished for r in records)} of {len(records)} finished "
+               f"({', '.join(f'{k} {v}' for k, v in _count(records).items())})"]
+    files.append(out / "summary.md")
+    files.append(out / "summary.json")
+    result.files = files
+    write_text(out / "summary.md", T.summary_markdown("Sweep summary", context, rows, corrs, notes))
+    write_json(out / "summary.json", to_jsonable(result.to_dict()))
+    return result
+
+
+def _count(records: list[RunRecord]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return counts
+
+
+def _notes(preset: Preset, records: list[RunRecord], rows: list, compression: bool, theorem1: bool) -> list[str]:
+    notes = []
+    for r in records:
+        if not r.finished:
+            notes.append(f"{r.name}: {r.status}" + (f" ({r.error})" if r.error else "") + "; left out of the tables")
+    n = sorted({row.n for row in rows})
+    if n and max(n) < 2:
+        notes.append("one seed per method: no spread over seeds (std needs n >= 2)")
+    elif n and max(n) < 5:
+        notes.append(f"{max(n)} seeds per method: the standard deviations are rough")
+    notes.append("Table 1 bounds are vacuous whenever they reach 2 sigma = 1 (the largest possible 0-1 gap); "
+                 "they depend only on the configuration, so they do not vary over seeds")
+    if theorem1 and preset.backbone != "mlp":
+        notes.append("Theorem 1 was asked for but does not apply to a transformer backbone (see genbound bounds)")
+    if not compression:
+        notes.append("the Occam compression bound was not computed (pass --compression)")
+    return notes
+
+
+# -- command line ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.sweep",
+        description="Train every method over seeds on a preset configuration (resumable; several processes may "
+                    "share --out), then write paper-style tables (Markdown, LaTeX), figures and the Kendall tau "
+                    "between each bound's ordering of the methods and the measured gaps.")
+    p.add_argument("--preset", default="paper-minilm",
+                   help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()) + " (default paper-minilm)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run seeds (default 0 1 2)")
+    p.add_argument("--out", required=True, help="sweep directory (created; reused to resume)")
+    p.add_argument("--methods", nargs="+", default=None, help="methods to train (default: all eleven)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None, help="override the preset's budget with N steps")
+    budget.add_argument("--epochs", type=int, default=None, help="override the preset's budget with N epochs")
+    p.add_argument("--compression", action="store_true", help="also compute the Occam compression bound per run")
+    p.add_argument("--theorem1", action="store_true", help="also compute Theorem 1's bound (mlp backbone only)")
+    p.add_argument("--tables-only", action="store_true", help="train nothing: tables from the finished runs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain runs whose checkpoint was made with another configuration")
+    p.add_argument("--no-wait", action="store_true",
+                   help="leave out runs that another live process is training instead of waiting for them")
+    p.add_argument("--wait-timeout", type=float, default=None, help="stop waiting for other processes after S s")
+    p.add_argument("--no-figures", action="store_true", help="write the tables and summary but no figures")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    prog = p.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show tqdm")
+    prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show tqdm")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run_sweep(args.preset, args.seeds, args.out, args.methods, args.device, args.steps, args.epochs,
+                           args.compression, args.theorem1, train=not args.tables_only, overwrite=args.overwrite,
+                           wait=not args.no_wait, wait_timeout=args.wait_timeout, progress=args.progress,
+                           figures=not args.no_figures)
+    except GenboundError as exc:
+        print(f"analysis.sweep: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("analysis.sweep: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    if args.json:
+        from genbound.commands.common import print_json
+
+        print_json(result.to_dict())
+        return 0
+    from .tables import correlation_table, headline, results_table
+
+    print(results_table(result.rows))
+    print()
+    print(correlation_table([c for c in result.correlations if c.bound in BOUNDS]))
+    print()
+    print(headline(result.correlations, result.rows))
+    for n in result.notes:
+        print(f"note: {n}")
+    print(f"\nwrote {result.out / 'summary.md'}, {result.out / 'tables.md'}, LaTeX tables and "
+          f"{result.out / 'figures'}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
