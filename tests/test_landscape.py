@@ -366,7 +366,8 @@ def test_cli(ckpts, tmp_path, capsys):
                  "--plot", str(tmp_path / "line.svg")]) == 0
     assert "line slice" in capsys.readouterr().out
     assert _cli([str(ckpts["a"]), "--grid", "4", "--device", "cpu"]) == 2
-    assert "odd" in capsys.readouterr().out + capsys.readouterr().err
+    cap = capsys.readouterr()
+    assert "odd" in cap.out + cap.err
     assert _cli([str(ckpts["b"]), "--directions", "pca", "--device", "cpu"]) == 2
 
 

@@ -10,22 +10,24 @@ Engines
 -------
 ``sequential``  the reference: one ``torch.func.functional_call`` per point with the weights
                 W = theta* + t_1 d_1 + t_2 d_2, on a private copy of the model in eval mode.
-``batched``     several points per forward pass: ``torch.vmap`` over ``functional_call`` with the point's
-                coefficients t as the mapped input, so every weight is built per point inside the mapped
-                function and everything that does not depend on t (embeddings, an unperturbed prefix, the
-                inputs of the first perturbed layer) is computed once per forward, not once per point.
-                Points come in chunks sized to a memory budget.
+``batched``     several points per forward pass: ``torch.vmap`` over ``functional_call``. For a chunk of P
+                points with coefficient rows c = (1, t_1, .., t_k), every moving tensor is built by one matrix
+                product (P, k+1) x (k+1, numel) of c with [theta*; d_1; ..; d_k] and mapped over; everything
+                that does not depend on the point (embeddings, an unperturbed prefix) is computed once per
+                forward, not once per point. Points come in chunks sized to a memory budget (on a CPU also
+                to the cache: a large model is compute-bound at one point per forward).
 
 Prefix caching (exact algebra). A Linear layer whose weight moves and whose input x does not depend on the
 point (every layer before it is unperturbed) computes
 
     (W* + sum_i t_i D_i) x + (b* + sum_i t_i db_i) = (W* x + b*) + sum_i t_i (D_i x + db_i),
 
-so its k + 1 products are computed once per data batch and reused by every point and every chunk; only the
-k scalar-times-vector combinations are per point. This halves the work for an MLP whose first layer moves.
-The identity is exact in real arithmetic; in float32 it differs from the reference by rounding only
-(tests check 1e-6 on the loss). Which layers qualify is found by a probe pass (their input does not require
-grad when only the coordinates do) and re-checked at run time: a batched input disables the cache.
+so its k + 1 products are computed once per data batch and reused by every point and every chunk; per
+point only their combination with c remains (one (P, k+1) x (k+1, M) product per chunk). This halves the
+work for an MLP whose first layer moves. The identity is exact in real arithmetic; in float32 it differs
+from the reference by rounding only (tests check 1e-6 on the loss). Which layers qualify is found by a
+probe pass (their input does not require grad when only the coordinates do) and re-checked at run time:
+a batched input disables the cache.
 
 The caller's model is never touched: engines work on a deep copy (eval mode, no grad).
 """
@@ -46,6 +48,7 @@ from ..errors import GenboundError
 from ..evalset import EvalSet
 
 ENGINES = ("batched", "sequential")
+CPU_CHUNK_BYTES = 64 << 20  # target activation bytes per chunk of points on a CPU
 
 try:  # private but stable since torch 2.0; without it the prefix cache is simply not used
     from torch._C._functorch import is_batchedtensor as _is_batched
@@ -109,48 +112,51 @@ class PointValues:
 
 
 class _GridLinear(nn.Module):
-    """A Linear whose weight moves along k directions but whose input is the same for every point:
-    y = (W* x + b*) + sum_i coef_i (D_i x + db_i), the products cached per data batch (module docstring)."""
+    """A Linear whose weight moves along k directions but whose input is the same for every point.
+
+    With c = (1, t_1, .., t_k) and the stacked products S = [W* x + b*; D_1 x + db_1; ..; D_k x + db_k]
+    (computed once per data batch and cached), the output is c @ S: under vmap a single (P, k+1) x (k+1, M)
+    matrix product for a whole chunk of points (module docstring)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, dweight: Tensor, dbias: Tensor | None):
         super().__init__()
-        k = dweight.shape[0]
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)
-        self.register_buffer("dweight", dweight.reshape(k * weight.shape[0], weight.shape[1]))
-        self.register_buffer("dbias", dbias)
-        self.register_buffer("coef", torch.zeros(k, dtype=weight.dtype, device=weight.device))
-        self.k, self.out_features = k, weight.shape[0]
+        k, out = dweight.shape[0], weight.shape[0]
+        self.register_buffer("stacked_weight", torch.cat([weight.unsqueeze(0), dweight]).reshape((k + 1) * out, -1))
+        if bias is None and dbias is None:
+            stacked_bias = None
+        else:
+            b0 = bias if bias is not None else torch.zeros(out, dtype=weight.dtype, device=weight.device)
+            db = dbias if dbias is not None else torch.zeros(k, out, dtype=weight.dtype, device=weight.device)
+            stacked_bias = torch.cat([b0.unsqueeze(0), db]).reshape(-1)
+        self.register_buffer("stacked_bias", stacked_bias)
+        self.register_buffer("coef", torch.zeros(k + 1, dtype=weight.dtype, device=weight.device))
+        self.k, self.out_features = k, out
         self.token: object | None = None
-        self._cache: tuple[object, Tensor, Tensor] | None = None
+        self._cache: tuple[object, Tensor, tuple[int, ...]] | None = None
         self.uncached_calls = 0
 
-    def _products(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        base = F.linear(x, self.weight, self.bias)
-        proj = F.linear(x, self.dweight).unflatten(-1, (self.k, self.out_features))
-        if self.dbias is not None:
-            proj = proj + self.dbias
-        return base, proj
+    def _products(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        y = F.linear(x, self.stacked_weight, self.stacked_bias)  # (..., (k+1) out)
+        lead = tuple(y.shape[:-1])
+        stacked = y.reshape(-1, self.k + 1, self.out_features).transpose(0, 1).reshape(self.k + 1, -1)
+        return stacked.contiguous(), lead
 
     def forward(self, x: Tensor) -> Tensor:
         if _is_batched is None or _is_batched(x):
             # The input depends on the point after all: still exact, just not cached.
             self.uncached_calls += 1
-            base, proj = self._products(x)
-        elif self._cache is not None and self._cache[0] is self.token and self.token is not None:
-            base, proj = self._cache[1], self._cache[2]
+            stacked, lead = self._products(x)
+        elif self._cache is not None and self.token is not None and self._cache[0] is self.token:
+            stacked, lead = self._cache[1], self._cache[2]
         else:
-            base, proj = self._products(x)
-            self._cache = (self.token, base, proj)
-        y = base
-        for i in range(self.k):
-            y = y + self.coef[i] * proj[..., i, :]
-        return y
+            stacked, lead = self._products(x)
+            self._cache = (self.token, stacked, lead)
+        return (self.coef @ stacked).reshape(*lead, self.out_features)
 
 
 def _combine(centre: Tensor, dirs: Tensor, t: Tensor) -> Tensor:
-    """theta* + sum_i t_i d_i, in this order, by elementwise ops only: the sequential and the vmapped
-    engines build bit-identical weights."""
+    """theta* + sum_i t_i d_i, in this order, by elementwise ops: the reference engine's definition of a
+    point (the batched engine's matrix-product form differs from it by rounding only)."""
     w = centre
     for i in range(dirs.shape[0]):
         w = w + t[i] * dirs[i]
@@ -259,15 +265,22 @@ class GridEvaluator:
             else:
                 budget = 1 << 30
         weight_bytes = 2 * sum(t.numel() * t.element_size() for t in self.centre.values())
-        cap = 256 if self.device.type == "cuda" else 8
+        act = self._act_bytes_per_example
         if batch_size is None:
             batch_size = n
-            while batch_size > 1 and budget // (weight_bytes + batch_size * self._act_bytes_per_example) < 2:
+            while batch_size > 1 and budget // (weight_bytes + batch_size * act) < 2:
                 batch_size = (batch_size + 1) // 2
         if batch_size <= 0:
             raise GenboundError(f"batch size must be positive, got {batch_size}")
         if points_per_batch is None:
-            points_per_batch = int(budget // (weight_bytes + batch_size * self._act_bytes_per_example))
+            points_per_batch = int(budget // (weight_bytes + batch_size * act))
+            if self.device.type == "cuda":
+                cap = 256
+            else:
+                # On a CPU a large model is compute-bound at one point per forward and more points only
+                # spill the caches; a small one is overhead-bound and gains from many: aim at a chunk
+                # whose activations stay near the size of a last-level cache.
+                cap = int(max(1, min(64, CPU_CHUNK_BYTES // max(1.0, batch_size * act))))
             points_per_batch = max(1, min(cap, points_per_batch))
         if points_per_batch <= 0:
             raise GenboundError(f"points per batch must be positive, got {points_per_batch}")
@@ -286,6 +299,7 @@ class GridEvaluator:
                 bias = self.centre.get(bname, lin.bias.detach() if lin.bias is not None else None)
                 dbias = self.dirs.get(bname)
                 gl = _GridLinear(self.centre[wname], bias, self.dirs[wname], dbias)
+                gl.to(self.device)
                 parent_name, _, child = mname.rpartition(".")
                 setattr(model.get_submodule(parent_name) if parent_name else model, child, gl)
                 self._grid_modules[mname] = gl
@@ -349,17 +363,35 @@ class GridEvaluator:
     def _forward_batched(self, model: nn.Module, t: Tensor, feats: dict[str, Tensor]) -> Tensor:
         from torch.func import functional_call, vmap
 
+        # c = (1, t_1, .., t_k) per point; every moving tensor of the chunk is one (P, k+1) x (k+1, numel)
+        # product, built before vmap and mapped over.
         skip = set()
         for mname in self._grid_modules:
             skip.update({f"{mname}.weight", f"{mname}.bias"})
+        weights = {}
+        for n in self.names:
+            if n in skip:
+                continue
+            stacked = self._stacked(n)
+            c = torch.cat([torch.ones_like(t[:, :1]), t], 1).to(stacked.dtype)
+            weights[n] = (c @ stacked).reshape(t.shape[0], *self.centre[n].shape)
+        coefs = torch.cat([torch.ones_like(t[:, :1]), t], 1)
+        coef_dtype = {m: gl.coef.dtype for m, gl in self._grid_modules.items()}
 
-        def one(tp: Tensor) -> Tensor:
-            params = self._weights(tp, skip)
-            for mname, gl in self._grid_modules.items():
-                params[f"{mname}.coef"] = tp.to(gl.coef.dtype)
+        def one(w: dict[str, Tensor], c: Tensor) -> Tensor:
+            params = dict(w)
+            for mname in self._grid_modules:
+                params[f"{mname}.coef"] = c.to(coef_dtype[mname])
             return functional_call(model, params, args=(), kwargs=feats, strict=False)
 
-        return vmap(one)(t)
+        return vmap(one)(weights, coefs)
+
+    def _stacked(self, name: str) -> Tensor:
+        """[theta*; d_1; ..; d_k] of one coordinate as a (k+1, numel) matrix (built once)."""
+        cache = self.__dict__.setdefault("_stacked_cache", {})
+        if name not in cache:
+            cache[name] = torch.cat([self.centre[name].unsqueeze(0), self.dirs[name]]).reshape(self.k + 1, -1)
+        return cache[name]
 
 
 def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
