@@ -17,7 +17,7 @@ from . import __version__
 from .errors import GenboundError
 
 # Order is the order of ``genbound --help``.
-COMMANDS = ["demo", "list", "train", "compare", "bounds", "spectra", "landscape"]
+COMMANDS = ["demo", "list", "train", "compare", "bounds", "spectra", "hessian", "landscape"]
 
 
 def build_parser() -> argparse.ArgumentParser:
