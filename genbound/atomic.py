@@ -3,13 +3,23 @@
 A file is written to a temporary sibling, flushed and fsynced, then renamed over the target
 (``os.replace`` is atomic on POSIX within one filesystem). A directory (a checkpoint) is assembled in a
 temporary sibling directory and renamed into place, so an interrupted run never leaves half of one.
+
+Replacing an existing directory uses Linux's ``renameat2(RENAME_EXCHANGE)`` where the filesystem has it, so
+the target path always names a complete directory, old or new; elsewhere the old one is moved aside first
+(a moment without either). The swap holds an exclusive ``flock`` on the parent directory, so two processes
+writing one target serialize there: without ``overwrite`` the first one wins and the second gets
+``FileExistsError``; with it the last one wins, whole. Temporaries carry the writer's pid
+(``.<name>.<pid>-XXXX.tmp``), so :func:`clean_stale` can remove those that a killed process left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -34,11 +44,83 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries (``.<name>.<pid>-*.tmp`` / ``.old``) that a killed writer of ``path`` left
+    beside it; those of a live process are kept. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)-[a-z0-9_]{8}\.(tmp|old)(\.\w+)?$")
+    for entry in path.parent.iterdir():
+        m = pattern.match(entry.name)
+        if m and not _pid_alive(int(m.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextlib.contextmanager
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """An exclusive flock on ``directory`` (serializes swaps into it between processes)."""
+    import fcntl
+
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, _umask_mode())
         with os.fdopen(fd, "wb") as fh:
@@ -70,7 +152,8 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     on success it is renamed over ``path``; on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
+    # The name ends in the target's suffix (writers such as matplotlib pick the format from it).
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp" + (suffix or path.suffix), dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -89,12 +172,13 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole.
 
-    With ``overwrite`` an existing ``path`` is moved aside and deleted only after the new one is in
-    place, so at every moment either the old or the new directory exists complete.
+    Without ``overwrite`` an existing ``path`` (also one another process put there meanwhile) raises
+    ``FileExistsError`` and is left untouched. With it the old directory is swapped out atomically (see the
+    module docstring) and deleted after the new one is in place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(tmp, _umask_mode(0o777))
     try:
         yield tmp
@@ -102,16 +186,20 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
             if child.is_file():
                 with open(child, "rb") as fh:
                     os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            if not overwrite:
+        _fsync_dir(tmp)
+        with _dir_lock(path.parent):
+            if not os.path.lexists(path):
+                os.replace(tmp, path)
+            elif not overwrite:
                 raise FileExistsError(f"{path} already exists")
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "x")
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            elif path.is_dir() and not path.is_symlink() and _exchange(tmp, path):
+                pass  # tmp now holds the old directory; removed below
+            else:
+                old = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".old", dir=path.parent))
+                os.replace(path, old / "x")
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

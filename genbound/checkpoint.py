@@ -14,7 +14,13 @@ Layout
 
 Loading reads only JSON and safetensors (never pickle), checks every key, shape and dtype against the
 metadata, refuses non-finite values, and refuses a backbone whose fingerprint or layer shapes differ.
-Writing is atomic: the directory is assembled beside its target and renamed into place.
+Hostile input (truncated or bit-flipped files, absurd header sizes, deep or huge JSON, wrong types, a
+metadata field changed so that the frozen factors or the class list no longer match) ends in one
+:class:`~genbound.errors.CheckpointError` before any allocation larger than the file itself.
+Writing is atomic: the directory is assembled beside its target and renamed into place. The safetensors
+metadata holds a single key, because safetensors stores it in a hash map whose order, and so the file's
+bytes, would otherwise vary between processes (a resumed run must write the same bytes as an
+uninterrupted one).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ FORMAT = "genbound-checkpoint"
 FORMAT_VERSION = 1
 MAX_META_BYTES = 16 << 20
 MAX_HEADER_BYTES = 64 << 20
+MAX_TENSORS = 1 << 17
+MAX_SEED = (1 << 63) - 1
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64}
 
@@ -104,13 +112,39 @@ class CheckpointMeta:
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "method": (str,), "rank": (int,), "alpha": (int, float), "scale": (int, float), "chain": (int,),
     "layers": (list,), "backbone": (str,), "fingerprint": (str,), "dataset": (str,), "split_seed": (int,),
-    "max_length": (int, type(None)), "num_labels": (int,), "head_in_features": (int,), "classes": (list,), "n_train": (int,),
+    "max_length": (int, type(None)), "num_labels": (int,), "head_in_features": (int,), "classes": (list,),
+    "n_train": (int,),
     "sizes": (dict,), "dtype": (str,), "seed": (int,), "paca_columns": (str,), "hyperparameters": (dict,),
     "params": (dict,), "metrics": (dict,), "results": (dict,), "history": (list,),
     "trajectory_steps": (list,), "genbound_version": (str,), "format": (str,), "format_version": (int,),
 }
 _REQUIRED = [k for k in _FIELD_TYPES if k not in ("hyperparameters", "params", "metrics", "results", "history",
                                                   "trajectory_steps", "paca_columns", "genbound_version")]
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")
+
+
+def parse_json(data: bytes | str, where: Path, what: str) -> Any:
+    """Strict JSON for untrusted files: NaN / Infinity refused; deep nesting, huge integers and bad UTF-8
+    become a CheckpointError."""
+    try:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8")
+        return json.loads(data, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(
+            f"{where}: {what} is not valid JSON ({exc.__class__.__name__}); the file is corrupt"
+        ) from None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _meta_from_json(raw: Any, where: Path) -> CheckpointMeta:
@@ -157,7 +191,43 @@ def _meta_from_json(raw: Any, where: Path) -> CheckpointMeta:
         raise CheckpointError(f"{where}: method {meta.method} cannot have chain {meta.chain}")
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in meta.trajectory_steps):
         raise CheckpointError(f"{where}: trajectory steps must be non-negative integers")
+    _check_meta_values(meta, method, where)
     return meta
+
+
+def _check_meta_values(meta: CheckpointMeta, method: Method, where: Path) -> None:
+    """Values that parse but cannot be right: each would otherwise surface later as a crash or a silently
+    wrong model (a class list that does not match the head, a scale that disagrees with alpha / r)."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{where}: {what}; the checkpoint is corrupt or was edited")
+
+    for key in ("seed", "split_seed"):
+        if not 0 <= getattr(meta, key) <= MAX_SEED:
+            raise bad(f"metadata field '{key}' = {getattr(meta, key)} is out of range")
+    if meta.max_length is not None and not 2 <= meta.max_length <= 1 << 20:
+        raise bad(f"max_length {meta.max_length} is out of range")
+    if not all(isinstance(c, str) for c in meta.classes) or len(meta.classes) != meta.num_labels:
+        raise bad(f"the class list has {len(meta.classes)} entries but the head has {meta.num_labels} outputs")
+    if not all(isinstance(k, str) and _is_int(v) and v >= 0 for k, v in meta.sizes.items()):
+        raise bad("split sizes must be non-negative integers")
+    if meta.sizes.get("train", meta.n_train) != meta.n_train:
+        raise bad(f"n_train {meta.n_train} differs from the training split size {meta.sizes.get('train')}")
+    if meta.paca_columns not in ("random", "first"):
+        raise bad(f"paca_columns '{meta.paca_columns}' is not 'random' or 'first'")
+    if not all(_is_num(v) or v is None for v in meta.results.values()):
+        raise bad("a result is not a finite number")
+    if not all(_is_int(v) and v >= 0 for v in meta.params.values()):
+        raise bad("a parameter count is not a non-negative integer")
+    if not all(isinstance(h, dict) for h in meta.history):
+        raise bad("history entries must be objects")
+    if method.adapter:
+        expected_scale = 1.0 if method.family == "column" else meta.alpha / meta.rank
+        if not math.isclose(meta.scale, expected_scale, rel_tol=1e-12, abs_tol=0.0):
+            raise bad(f"scale {meta.scale} differs from alpha / rank = {expected_scale}")
+        try:
+            method.check_rank(meta.shapes, meta.rank, meta.chain)
+        except GenboundError as exc:
+            raise bad(str(exc)) from None
 
 
 def read_safetensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
@@ -174,16 +244,15 @@ def read_safetensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torc
         (hlen,) = struct.unpack("<Q", head)
         if hlen > MAX_HEADER_BYTES or 8 + hlen > size:
             raise CheckpointError(f"{path}: safetensors header claims {hlen} bytes; the file is corrupt")
-        try:
-            header = json.loads(fh.read(hlen))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CheckpointError(f"{path}: safetensors header is not valid JSON; the file is corrupt") from None
+        header = parse_json(fh.read(hlen), path, "the safetensors header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)
+    if len(header) > MAX_TENSORS:
+        raise CheckpointError(f"{path}: safetensors header lists {len(header)} tensors; the file is corrupt")
     data_len = size - 8 - hlen
     for key, info in header.items():
-        if not isinstance(info, dict) or info.get("dtype") not in DTYPES:
+        if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or info["dtype"] not in DTYPES:
             raise CheckpointError(f"{path}: tensor '{key}' has an unsupported or missing dtype")
         shape, offs = info.get("shape"), info.get("data_offsets")
         if (not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d <= 1 << 32 for d in shape)
@@ -213,8 +282,9 @@ def read_safetensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torc
 
     try:
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot be read as safetensors ({str(exc).splitlines()[0]})") from None
+    except (SafetensorError, Exception) as exc:  # any parser failure on untrusted bytes is a corrupt file
+        first = (str(exc).splitlines() or [exc.__class__.__name__])[0]
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({first})") from None
     for key, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CheckpointError(f"{path}: tensor '{key}' contains NaN or Inf")
@@ -232,7 +302,11 @@ def expected_tensors(meta: CheckpointMeta, model_shapes: dict[str, tuple[int, ..
     out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     if not method.adapter:
         if model_shapes is None:
-            return {}
+            # Without the model: the tensors every reader uses (adapted layers and head) must be there.
+            out = {f"model.{li.name}.weight": ((li.out_features, li.in_features), dtype) for li in meta.layers}
+            out["model.head.weight"] = ((meta.num_labels, meta.head_in_features), dtype)
+            out["model.head.bias"] = ((meta.num_labels,), dtype)
+            return out
         return {f"model.{k}": (tuple(s), dtype) for k, s in model_shapes.items()}
     R = meta.rank * (chain_links if chain_links is not None else meta.chain)
     out["head.weight"] = ((meta.num_labels, meta.head_in_features), dtype)
@@ -306,6 +380,11 @@ class Checkpoint:
 
         splits = get_dataset(self.meta.dataset).load(self.load_backbone(), self.meta.split_seed,
                                                      self.meta.max_length or 128)
+        if list(splits.classes) != list(self.meta.classes):
+            raise CheckpointError(
+                f"{self.path}: dataset '{self.meta.dataset}' has classes {list(splits.classes)[:6]}, the checkpoint "
+                f"recorded {list(self.meta.classes)[:6]}; it was trained on other data or edited"
+            )
         if splits.sizes["train"] != self.meta.n_train:
             raise CheckpointError(
                 f"{self.path}: dataset '{self.meta.dataset}' now has {splits.sizes['train']} training examples, "
@@ -319,7 +398,8 @@ class Checkpoint:
         names = dict(model.named_modules())
         for li in self.meta.layers:
             mod = names.get(li.name)
-            if not isinstance(mod, nn.Linear) or (mod.out_features, mod.in_features) != (li.out_features, li.in_features):
+            shape = (li.out_features, li.in_features)
+            if not isinstance(mod, nn.Linear) or (mod.out_features, mod.in_features) != shape:
                 got = f"{mod.out_features}x{mod.in_features}" if isinstance(mod, nn.Linear) else "no Linear"
                 raise CheckpointError(
                     f"{self.path}: layer {li.name} is {li.out_features}x{li.in_features} in the checkpoint but "
@@ -347,9 +427,17 @@ class Checkpoint:
         m = self.meta
         if not self.method.adapter:
             state = {k[len("model."):]: v for k, v in self.tensors.items()}
-            missing = set(dict(model.named_parameters())) - set(state)
+            params = dict(model.named_parameters())
+            missing, extra = set(params) - set(state), set(state) - set(params)
             if missing:
                 raise CheckpointError(f"{self.path}: fft checkpoint lacks parameter '{sorted(missing)[0]}'")
+            if extra:
+                raise CheckpointError(f"{self.path}: fft checkpoint has tensor 'model.{sorted(extra)[0]}' that "
+                                      f"backbone '{m.backbone}' does not have")
+            for k, p in params.items():
+                if tuple(state[k].shape) != tuple(p.shape):
+                    raise CheckpointError(f"{self.path}: tensor 'model.{k}' has shape {tuple(state[k].shape)}, "
+                                          f"backbone '{m.backbone}' has {tuple(p.shape)}")
             model.load_state_dict(state, strict=False)
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -399,6 +487,36 @@ class Checkpoint:
         layers' weights and the head)."""
         return [n for n, p in model.named_parameters() if p.requires_grad]
 
+    def _check_trajectory(self, tensors: dict[str, Tensor]) -> None:
+        """Every saved step holds the checkpoint's keys; a chain's snapshot holds the links reached by then
+        (1..chain), so its widths are checked per step rather than against the final shapes."""
+        where = self.path / TRAJECTORY_FILE
+        if self.method.adapter:
+            want: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+            for step in self.meta.trajectory_steps:
+                first = self.meta.layers[0].name if self.meta.layers else None
+                B = tensors.get(f"step{step}/{first}.B") if first else None
+                links = B.shape[1] // self.meta.rank if B is not None and B.dim() == 2 else 0
+                if first and (not 1 <= links <= self.meta.chain or B.shape[1] != links * self.meta.rank):
+                    raise CheckpointError(f"{where}: step {step} holds no valid factors of layer {first}")
+                for k, v in expected_tensors(self.meta, chain_links=links or 1).items():
+                    want[f"step{step}/{k}"] = v
+        else:
+            _, model = self._pristine("cpu")
+            keys = expected_tensors(self.meta, {k: tuple(p.shape) for k, p in model.named_parameters()})
+            want = {f"step{s}/{k}": v for s in self.meta.trajectory_steps for k, v in keys.items()}
+        if set(tensors) != set(want):
+            odd = sorted(set(tensors) ^ set(want))[0]
+            raise CheckpointError(f"{where}: tensor '{odd}' is missing or unexpected; the file is corrupt")
+        for k, (shape, dtype) in want.items():
+            if tuple(tensors[k].shape) != shape or tensors[k].dtype != dtype:
+                raise CheckpointError(f"{where}: tensor '{k}' has shape {tuple(tensors[k].shape)} and dtype "
+                                      f"{tensors[k].dtype}, expected {shape} and {dtype}")
+            if k.endswith(".columns") and tensors[k].numel():
+                m = {li.name: li.in_features for li in self.meta.layers}[k.split("/", 1)[1][: -len(".columns")]]
+                if int(tensors[k].min()) < 0 or int(tensors[k].max()) >= m:
+                    raise CheckpointError(f"{where}: tensor '{k}' selects a column outside 0..{m - 1}")
+
     def trajectory(self) -> list[dict[str, LayerUpdate]]:
         """dW of every adapted layer at each saved step (``meta.trajectory_steps``), oldest first."""
         if not self.meta.has_trajectory:
@@ -406,6 +524,7 @@ class Checkpoint:
                 f"{self.path} was saved without a trajectory; retrain with --save-trajectory to use PCA directions"
             )
         tensors = read_safetensors(self.path / TRAJECTORY_FILE)
+        self._check_trajectory(tensors)
         out = []
         for step in self.meta.trajectory_steps:
             prefix = f"step{step}/"
@@ -432,13 +551,11 @@ def load_meta(path: str | Path) -> CheckpointMeta:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{path} is not a genbound checkpoint: it has no {META_FILE}")
-    if meta_path.stat().st_size > MAX_META_BYTES:
+    with open(meta_path, "rb") as fh:
+        data = fh.read(MAX_META_BYTES + 1)  # bounded even if the file grows or lies about its size
+    if len(data) > MAX_META_BYTES:
         raise CheckpointError(f"{meta_path} is implausibly large; the checkpoint is corrupt")
-    try:
-        raw = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is not valid JSON ({exc.__class__.__name__}); the checkpoint is corrupt") from None
-    return _meta_from_json(raw, path)
+    return _meta_from_json(parse_json(data, path, META_FILE), path)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -453,7 +570,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                 if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= li.in_features):
                     raise CheckpointError(f"{path}: layer {li.name} selects a column outside 0..{li.in_features - 1}")
     else:
-        tensors = read_safetensors(path / TENSOR_FILE)
+        tensors = read_safetensors(path / TENSOR_FILE, expected_tensors(meta), allow_extra_prefix="model.")
+        dtype = getattr(torch, meta.dtype)
+        wrong = [k for k, t in tensors.items() if t.dtype != dtype]
+        if wrong:
+            raise CheckpointError(f"{path}: tensor '{wrong[0]}' has dtype {tensors[wrong[0]].dtype}, expected {dtype}")
         bad = [k for k in tensors if not k.startswith("model.")]
         if bad:
             raise CheckpointError(f"{path}: unexpected tensor '{bad[0]}' in an fft checkpoint")
@@ -462,15 +583,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def save_checkpoint(path: str | Path, meta: CheckpointMeta, tensors: dict[str, Tensor],
                     trajectory: dict[str, Tensor] | None = None, overwrite: bool = False) -> Path:
-    """Write a checkpoint directory atomically (temporary directory, then rename)."""
+    """Write a checkpoint directory atomically (temporary directory, then rename). Two writers of one path:
+    without ``overwrite`` the first wins and the second gets a CheckpointError; with it the last wins whole."""
     from safetensors.torch import save_file
 
     path = Path(path)
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_directory(path, overwrite=overwrite) as tmp:
-        save_file(clean, str(tmp / TENSOR_FILE), metadata={"format": FORMAT, "genbound": __version__})
-        if trajectory:
-            traj = {k: v.detach().to("cpu").contiguous() for k, v in trajectory.items()}
-            save_file(traj, str(tmp / TRAJECTORY_FILE), metadata={"format": FORMAT})
-        (tmp / META_FILE).write_text(json.dumps(meta.to_json(), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(meta.to_json(), indent=2, allow_nan=False) + "\n"
+    try:
+        with atomic_directory(path, overwrite=overwrite) as tmp:
+            save_file(clean, str(tmp / TENSOR_FILE), metadata={"format": FORMAT})
+            if trajectory:
+                traj = {k: v.detach().to("cpu").contiguous() for k, v in trajectory.items()}
+                save_file(traj, str(tmp / TRAJECTORY_FILE), metadata={"format": FORMAT})
+            (tmp / META_FILE).write_text(text)
+    except FileExistsError:
+        raise CheckpointError(f"{path} was written by another process meanwhile; its checkpoint was kept (pass "
+                              "--overwrite to replace it)") from None
     return path

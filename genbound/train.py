@@ -8,6 +8,13 @@ adapter merges its link into the base weight and starts fresh factors with fresh
 
 Every random choice comes from ``seed`` (head, factors, selectors, data order, dropout) or ``split_seed``
 (the split), both recorded in the checkpoint.
+
+Resumable: every ``save_every`` steps (default 50) and at the end of every epoch the full training state
+(genbound.resume) is written atomically beside the checkpoint, in ``<parent>/.<name>.state``; it is deleted
+once the checkpoint is written. ``train(..., resume=True)`` (``genbound train --resume``) continues a killed
+run from its last state and ends, on the same device and thread count, with a ``tensors.safetensors`` that
+is byte-identical to an uninterrupted run's and a ``genbound.json`` identical except for ``metrics`` (wall
+time, memory, and ``resumed_at``, the steps at which the run was resumed).
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from .datasets import default_dataset_for, get_dataset
 from .errors import GenboundError, NonFiniteError
 from .evaluate import evaluate
 from .methods import get_method, layer_generator
+from .resume import TrainState, changing_tensors, check_config, load_state, remove_state, restore_tensors, save_state
+from .resume import state_dir_for as state_dir_for
+
+DEFAULT_SAVE_EVERY = 50
 
 
 @dataclass
@@ -182,23 +193,59 @@ class PeakMemory:
 # -- the loop ------------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=None) -> TrainResult:
+def _clean_stale(out: Path) -> None:
+    from .atomic import clean_stale
+
+    clean_stale(out)
+    clean_stale(state_dir_for(out))
+
+
+def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=None, resume: bool = False,
+          save_every: int | None = None) -> TrainResult:
     """Train ``config`` and write the checkpoint to ``out`` (atomically). ``splits`` may be passed to reuse
-    an already tokenized dataset."""
+    an already tokenized dataset.
+
+    The training state is saved every ``save_every`` steps (default 50; 0 disables) and at each epoch's end
+    into ``state_dir_for(out)``. With ``resume`` a saved state is continued (its options must equal
+    ``config``'s), a finished checkpoint at ``out`` is returned as it is, and with neither the run starts
+    fresh. Without ``resume`` an existing state is refused unless ``overwrite`` discards it.
+    """
     from tqdm.auto import tqdm
 
+    from .checkpoint import load_meta
     from .commands.common import resolve_device
 
     config.validate()
     out = Path(out)
+    save_every = DEFAULT_SAVE_EVERY if save_every is None else int(save_every)
+    if save_every < 0:
+        raise GenboundError(f"--save-every must be 0 (never) or a positive number of steps, got {save_every}")
+    if out.exists() and not out.is_dir():
+        raise GenboundError(f"{out} is a file, not a checkpoint directory; choose another --out")
+    state_dir = state_dir_for(out)
+    if resume and not overwrite and is_checkpoint(out):
+        meta = load_meta(out)
+        check_config({k: v for k, v in meta.hyperparameters.items() if k in asdict(config)},
+                     {**asdict(config), "dataset": config.dataset or meta.dataset}, out)
+        remove_state(state_dir)  # left over if a run was killed between its checkpoint and the cleanup
+        return TrainResult(out, meta, meta.history)
     if out.exists() and not overwrite and (is_checkpoint(out) or any(out.iterdir())):
         raise GenboundError(f"{out} already holds {'a checkpoint' if is_checkpoint(out) else 'files'}; "
                             "pass --overwrite or choose another --out")
+    if state_dir.exists() and not resume:
+        if not overwrite:
+            raise GenboundError(f"an interrupted run of {out} saved its state in {state_dir}; pass --resume to "
+                                "continue it or --overwrite to discard it and start again")
+        remove_state(state_dir)
+    _clean_stale(out)
     device = resolve_device(config.device)
     method = get_method(config.method)
     backbone = get_backbone(config.backbone)
     dataset_name = config.dataset or default_dataset_for(backbone)
     config.dataset = dataset_name
+    state: TrainState | None = load_state(state_dir) if resume and state_dir.exists() else None
+    if state is not None:
+        check_config(state.config, asdict(config), state_dir)
     if splits is None:
         splits = get_dataset(dataset_name).load(backbone, config.split_seed, config.max_length)
     torch.manual_seed(config.seed)  # dropout; everything else has its own generator
@@ -208,6 +255,17 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     shapes = [(modules[n].out_features, modules[n].in_features) for n in layers]
     method.check_rank(shapes, config.rank, config.chain)
     adapters = attach_adapters(model, method, layers, config.rank, config.alpha, config.seed, config.paca_columns)
+    if state is not None:
+        if set(state.links) != set(adapters):
+            raise GenboundError(f"{state_dir} holds adapters {sorted(state.links)}, this run {sorted(adapters)}; "
+                                "pass --overwrite to discard the state")
+        expected = changing_tensors(model, list(adapters), not method.adapter)
+        if set(expected) != set(state.model):
+            raise GenboundError(f"{state_dir} does not hold this model's trained tensors; pass --overwrite to "
+                                "discard the state")
+        restore_tensors(model, state.model, state_dir)
+        for name, ad in adapters.items():
+            ad.link = state.links[name]
     model.to(device)
 
     n_train = len(splits.train)
@@ -240,14 +298,47 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     history: list[dict] = []
     memory = PeakMemory(device)
     model.train()
-    snapshot(0)
+    step, epoch, position, running, step_times = 0, 0, 0, 0.0, []
+    seconds_before, resumed_at = 0.0, []
+    if state is None:
+        snapshot(0)
+    else:
+        try:
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise GenboundError(f"{state_dir}: the optimizer state does not fit this run ({exc}); pass --overwrite "
+                                "to discard the state") from None
+        step, epoch, position, running = state.step, state.epoch, state.position, state.running
+        history, traj_steps, snapshots = list(state.history), list(state.traj_steps), dict(state.snapshots)
+        seconds_before, resumed_at = state.train_seconds, [*state.resumed_at, state.step]
+        torch.set_rng_state(state.rng_cpu)
+        if state.rng_cuda is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state.rng_cuda, device)
+    last_saved = step
+
+    def save(next_position: int) -> None:
+        nonlocal last_saved
+        save_state(state_dir, TrainState(
+            config=asdict(config), step=step, epoch=epoch, position=min(next_position, n_train), running=running,
+            history=history, traj_steps=traj_steps, links={n: ad.link for n, ad in adapters.items()},
+            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng_cpu=torch.get_rng_state(),
+            rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            model=changing_tensors(model, list(adapters), not method.adapter), snapshots=snapshots,
+            train_seconds=seconds_before + time.perf_counter() - t_start, resumed_at=resumed_at,
+        ))
+        last_saved = step
+
     memory.start()
-    step, epoch, running, step_times = 0, 0, 0.0, []
-    bar = tqdm(total=total_steps, desc=f"train {method.name}", disable=None if config.progress is None else not config.progress, leave=False)
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {method.name}",
+               disable=None if config.progress is None else not config.progress, leave=False)
     t_start = time.perf_counter()
-    while step < total_steps:
+    # A state saved after the last step of an epoch but before its validation resumes inside that epoch.
+    in_epoch = position > 0
+    while step < total_steps or in_epoch:
+        in_epoch = False
         order = epoch_order(n_train, config.seed, epoch)
-        for start in range(0, n_train, config.batch_size):
+        for start in range(position, n_train, config.batch_size):
             if step >= total_steps:
                 break
             t0 = time.perf_counter()
@@ -256,11 +347,14 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
             labels = splits.train.labels[idx].to(device, non_blocking=True)
             loss = F.cross_entropy(model(**feats), labels)
             if not torch.isfinite(loss):
-                raise NonFiniteError(f"training loss became {float(loss)} at step {step}; lower --lr")
+                raise NonFiniteError(f"training loss became {float(loss)} at step {step} (epoch {epoch}); lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip:
-                nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.clip)
+                norm = nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.clip)
+                if not torch.isfinite(norm):
+                    raise NonFiniteError(f"the gradient norm became {float(norm)} at step {step} (epoch {epoch}); "
+                                         "lower --lr")
             optimizer.step()
             scheduler.step()
             step += 1
@@ -278,12 +372,17 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
                         optimizer.state.pop(p, None)  # fresh optimizer state for the new link
             if config.save_trajectory and step % every == 0:
                 snapshot(step)
+            if save_every and step % save_every == 0:
+                save(start + config.batch_size)
+        position = 0
         epoch += 1
         val = evaluate(model, splits.val, config.eval_batch_size, device, "validation")
         history.append({"epoch": epoch, "step": step, "train_loss_running": running,
                         "val_loss": val.loss, "val_accuracy": val.accuracy})
         model.train()
-    train_seconds = time.perf_counter() - t_start
+        if save_every:
+            save(0)
+    train_seconds = seconds_before + time.perf_counter() - t_start
     peak = memory.peak_bytes()
     bar.close()
     snapshot(step)
@@ -315,9 +414,10 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
                  "median_seconds_per_step": sorted(step_times)[len(step_times) // 2] if step_times else None,
                  "examples_per_second": step * config.batch_size / train_seconds if train_seconds else None,
                  "peak_memory_bytes": peak, "peak_memory_kind": memory.kind(),
-                 "torch": torch.__version__, "genbound": __version__},
+                 "torch": torch.__version__, "genbound": __version__, "resumed_at": resumed_at},
         results=results, history=history, trajectory_steps=sorted(traj_steps),
     )
     tensors = trained_tensors(model, adapters, not method.adapter)
     save_checkpoint(out, meta, tensors, snapshots if config.save_trajectory else None, overwrite=overwrite)
+    remove_state(state_dir)
     return TrainResult(out, meta, history)

@@ -1,0 +1,223 @@
+"""Training state: what a run killed at any moment needs to continue bit-identically.
+
+A state is a directory ``<parent>/.<name>.state`` beside the checkpoint ``<parent>/<name>`` holding
+
+``state.json``          format and version, the run's configuration (to refuse resuming with other options),
+                        step, epoch, position in the epoch's data order, the running training loss, the
+                        validation history, the trajectory steps, each adapter's chain position (link),
+                        the optimizer's param groups and the scheduler's state, the seconds trained so far;
+``state.safetensors``   the model tensors that training changes (``model/<state_dict key>``: for an adapter
+                        method every tensor of every adapter, including the base weight into which past
+                        links were merged, and the head; for fft every tensor), the optimizer's per-parameter
+                        tensors (``optim/<index>/<name>``: Adam's step, exp_avg, exp_avg_sq), the torch RNG
+                        states (``rng/cpu``, ``rng/cuda``: dropout) and saved trajectory snapshots
+                        (``traj/<key>``).
+
+Nothing else is needed: the data order of epoch e is a pure function of (seed, e) and every factor, selector
+and head is drawn from the seed, so a resumed run rebuilds the same model and then overwrites what training
+changed. The directory is written with :func:`genbound.atomic.atomic_directory` (the previous state is
+replaced whole), so a kill during a save leaves the previous state intact. Reading uses the same defensive
+safetensors reader as checkpoints and never unpickles.
+
+Floats in ``state.json`` survive exactly: Python writes the shortest repr that round-trips (IEEE 754
+doubles), so learning rates, the running loss and the history are restored bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .atomic import atomic_directory
+from .errors import CheckpointError, GenboundError
+
+STATE_FORMAT = "genbound-train-state"
+STATE_VERSION = 1
+STATE_JSON = "state.json"
+STATE_TENSORS = "state.safetensors"
+# Options that do not change the numbers a run computes: they may differ between the killed and the
+# resumed process.
+IGNORED_ON_RESUME = ("progress", "device")
+
+
+def state_dir_for(out: str | Path) -> Path:
+    """Where the training state of checkpoint ``out`` lives: a hidden sibling ``.<name>.state``."""
+    out = Path(out)
+    return out.parent / f".{out.name}.state"
+
+
+@dataclass
+class TrainState:
+    """Everything besides the rebuilt model that the training loop needs to continue."""
+
+    config: dict[str, Any]
+    step: int
+    epoch: int
+    position: int  # index into the epoch's data order of the next batch
+    running: float
+    history: list[dict[str, Any]]
+    traj_steps: list[int]
+    links: dict[str, int]  # adapter name -> chain position
+    optimizer: dict[str, Any]  # torch optimizer state_dict
+    scheduler: dict[str, Any]  # torch LR scheduler state_dict
+    rng_cpu: Tensor
+    rng_cuda: Tensor | None
+    model: dict[str, Tensor]  # state_dict key -> tensor (only what training changes)
+    snapshots: dict[str, Tensor] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    resumed_at: list[int] = field(default_factory=list)
+
+
+def changing_tensors(model: nn.Module, adapter_names: list[str], full: bool) -> dict[str, Tensor]:
+    """The entries of ``model.state_dict()`` that training may change: everything for fft; otherwise every
+    tensor of each adapter (factors, selectors, past links and the base weight they were merged into) and
+    the head."""
+    prefixes = tuple(f"{n}." for n in adapter_names) + ("head.",)
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict(keep_vars=False).items()
+            if full or k.startswith(prefixes)}
+
+
+@torch.no_grad()
+def restore_tensors(model: nn.Module, tensors: dict[str, Tensor], where: Path) -> None:
+    """Put saved state_dict entries back: parameters are copied in place (an optimizer built on them keeps
+    them), buffers are replaced (a chain's past links grow, so their shapes differ from a fresh model's)."""
+    for key, value in tensors.items():
+        modname, _, attr = key.rpartition(".")
+        try:
+            module = model.get_submodule(modname) if modname else model
+        except AttributeError:
+            raise CheckpointError(f"{where}: saved tensor '{key}' is not part of the model; delete the state") from None
+        if attr in module._parameters and module._parameters[attr] is not None:
+            p = module._parameters[attr]
+            if p.shape != value.shape or p.dtype != value.dtype:
+                raise CheckpointError(f"{where}: saved tensor '{key}' has shape {tuple(value.shape)}, the model "
+                                      f"{tuple(p.shape)}; delete the state")
+            p.copy_(value)
+        elif attr in module._buffers:
+            module._buffers[attr] = value.clone()
+        else:
+            raise CheckpointError(f"{where}: saved tensor '{key}' is not part of the model; delete the state")
+
+
+def _optimizer_split(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if isinstance(v, Tensor):
+                tensors[f"optim/{idx}/{name}"] = v.detach().to("cpu", copy=True)
+            else:
+                scalars.setdefault(str(idx), {})[name] = v
+    return {"param_groups": sd["param_groups"], "scalars": scalars}, tensors
+
+
+def _optimizer_join(js: dict[str, Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        _, idx, name = key.split("/", 2)
+        state.setdefault(int(idx), {})[name] = v
+    for idx, d in js.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(d)
+    groups = []
+    for g in js["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])  # as torch made them
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def save_state(path: str | Path, state: TrainState) -> Path:
+    """Write ``state`` to the directory ``path`` atomically, replacing the previous state whole."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    optim_js, optim_t = _optimizer_split(state.optimizer)
+    tensors: dict[str, Tensor] = {f"model/{k}": v for k, v in state.model.items()}
+    tensors.update(optim_t)
+    # safetensors has no uint8 in genbound's reader; the RNG bytes travel as int64 and return exactly.
+    tensors["rng/cpu"] = state.rng_cpu.to(torch.int64)
+    if state.rng_cuda is not None:
+        tensors["rng/cuda"] = state.rng_cuda.to(torch.int64)
+    tensors.update({f"traj/{k}": v for k, v in state.snapshots.items()})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    js = {
+        "format": STATE_FORMAT, "format_version": STATE_VERSION, "config": state.config, "step": state.step,
+        "epoch": state.epoch, "position": state.position, "running": state.running, "history": state.history,
+        "traj_steps": state.traj_steps, "links": state.links, "optimizer": optim_js, "scheduler": state.scheduler,
+        "train_seconds": state.train_seconds, "resumed_at": state.resumed_at,
+    }
+    text = json.dumps(js, indent=1, allow_nan=False) + "\n"
+    with atomic_directory(path, overwrite=True) as tmp:
+        save_file(tensors, str(tmp / STATE_TENSORS), metadata={"format": STATE_FORMAT})
+        (tmp / STATE_JSON).write_text(text)
+    return path
+
+
+def _require(cond: bool, where: Path, what: str) -> None:
+    if not cond:
+        raise CheckpointError(f"{where}: training state is corrupt ({what}); delete it to start the run again")
+
+
+def load_state(path: str | Path) -> TrainState:
+    """Read a state directory written by :func:`save_state` (JSON and safetensors only, validated)."""
+    from .checkpoint import read_safetensors
+
+    path = Path(path)
+    meta = path / STATE_JSON
+    _require(meta.is_file() and meta.stat().st_size < (64 << 20), path, f"no readable {STATE_JSON}")
+    try:
+        js = json.loads(meta.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        _require(False, path, f"{STATE_JSON} is not valid JSON")
+    _require(isinstance(js, dict) and js.get("format") == STATE_FORMAT, path, "not a genbound training state")
+    _require(js.get("format_version") == STATE_VERSION, path, f"format version {js.get('format_version')!r}")
+    ints = ("step", "epoch", "position")
+    _require(all(isinstance(js.get(k), int) and not isinstance(js.get(k), bool) and js[k] >= 0 for k in ints),
+             path, "step, epoch or position")
+    _require(isinstance(js.get("running"), (int, float)) and isinstance(js.get("config"), dict), path, "fields")
+    for key, typ in (("history", list), ("traj_steps", list), ("links", dict), ("optimizer", dict),
+                     ("scheduler", dict), ("resumed_at", list)):
+        _require(isinstance(js.get(key), typ), path, f"field {key}")
+    tensors = read_safetensors(path / STATE_TENSORS)
+    _require("rng/cpu" in tensors, path, "no RNG state")
+    model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    optim_t = {k: v for k, v in tensors.items() if k.startswith("optim/")}
+    snapshots = {k[len("traj/"):]: v for k, v in tensors.items() if k.startswith("traj/")}
+    try:
+        optimizer = _optimizer_join(js["optimizer"], optim_t)
+    except (KeyError, ValueError, TypeError):
+        _require(False, path, "optimizer state")
+    rng_cuda = tensors.get("rng/cuda")
+    return TrainState(
+        config=js["config"], step=js["step"], epoch=js["epoch"], position=js["position"], running=float(js["running"]),
+        history=js["history"], traj_steps=[int(s) for s in js["traj_steps"]],
+        links={str(k): int(v) for k, v in js["links"].items()}, optimizer=optimizer, scheduler=js["scheduler"],
+        rng_cpu=tensors["rng/cpu"].to(torch.uint8), rng_cuda=None if rng_cuda is None else rng_cuda.to(torch.uint8),
+        model=model, snapshots=snapshots, train_seconds=float(js.get("train_seconds", 0.0)),
+        resumed_at=[int(s) for s in js["resumed_at"]],
+    )
+
+
+def check_config(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    """Refuse to resume a state with options that change the computation (a resumed run must equal an
+    uninterrupted one with the same options)."""
+    current = json.loads(json.dumps(current))
+    keys = sorted((set(saved) | set(current)) - set(IGNORED_ON_RESUME))
+    diff = [k for k in keys if saved.get(k) != current.get(k)]
+    if diff:
+        k = diff[0]
+        raise GenboundError(
+            f"{where} was saved by a run with {k}={saved.get(k)!r}, this run has {k}={current.get(k)!r}; resume "
+            "with the same options, or pass --overwrite to discard the saved state and start again"
+        )
+
+
+def remove_state(path: str | Path) -> None:
+    shutil.rmtree(Path(path), ignore_errors=True)
