@@ -272,20 +272,24 @@ def compare(
 
 
 def _bounds(ck, path, device, data_bounds, pac_bayes, seed, n_train, progress, notes):
-    from .bounds.report import config_from_meta, report_for_checkpoint
+    from .bounds.report import report_for_checkpoint
 
     if not _is_genbound(ck):
-        from .bounds.mi import method_bound
-        from .bounds.report import BoundsReport
+        # A peft adapter: D from its own per-layer ranks (rank_pattern included), q = 32 bits, sigma = 1/2
+        # (0-1 loss); N is not recorded and must be given.
+        from types import SimpleNamespace
 
-        n = n_train
-        if n is None:
+        from .bounds.mi import mi_gap_bound
+
+        if n_train is None:
             notes.append(f"{path}: a peft adapter records no N; pass --n to bound it")
             return None
-        cfg = config_from_meta(ck.meta, n=n, source=str(path))
-        from .methods import get_method
-
-        return BoundsReport(str(path), "checkpoint", cfg, True, [method_bound(get_method("lora"), cfg, True)])
+        d = int(ck.meta.params["data_dependent"])
+        value = mi_gap_bound(d, 32, 0.5, n_train)
+        notes.append(f"{path}: Table 1 bound with D = {d:,} (peft per-layer ranks), q = 32, sigma = 1/2, "
+                     f"N = {n_train} (given)")
+        return SimpleNamespace(table1=[SimpleNamespace(value=value, vacuous=value >= 1.0)], theorem1=None,
+                               compression=None, pac_bayes=None)
     mlp = ck.meta.backbone == "mlp"
     use_data = mlp if data_bounds is None else data_bounds
     return report_for_checkpoint(path, compression=use_data, pac_bayes=pac_bayes and use_data, seed=seed,

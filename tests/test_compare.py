@@ -115,3 +115,30 @@ def test_different_backbones_leave_rows_empty_with_a_reason(ckpt_dir, tmp_path):
     assert report.row("fit", "test accuracy").b is not None
     assert report.row("spectra", "overall ||dW||_2").b is not None
     assert report.row("bounds", "Table 1 MI bound (expected gap)").b is not None
+
+
+def test_peft_adapter_against_genbound_checkpoint(ckpt_dir, tmp_path):
+    """A peft LoRA adapter on the mlp backbone compares with a genbound checkpoint; its Table 1 bound uses D from
+    its own per-layer ranks and the N given."""
+    import math
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from genbound.backbones import get_backbone
+
+    base = get_backbone("mlp").build(5, seed=0)
+    peft_model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["fc1", "fc2"],
+                                                 rank_pattern={"fc2": 3}))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    report = compare(ckpt_dir("lora"), tmp_path / "adapter", n_train=628, progress=False)
+    d = 2 * (64 + 128) + 3 * (128 + 128)
+    assert report.row("parameters", "data-dependent D").b == d
+    expected = math.sqrt(2 * 0.25 * math.log(2) * 32 * d / 628)
+    assert report.row("bounds", "Table 1 MI bound (expected gap)").b == pytest.approx(expected, rel=1e-12)
+    assert report.row("fit", "test accuracy").b is None
+    assert report.row("spectra", "fc2 ||dW||_2").b > 0
