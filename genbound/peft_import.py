@@ -124,11 +124,34 @@ class PeftMeta:
         return [(li.out_features, li.in_features) for li in self.layers]
 
 
+_MAX_MODULE_CHARS = 256  # peft module paths are ~30-100 characters
+_MAX_PATTERN_QUANTIFIERS = 2
+
+
+def _check_pattern(key: str) -> None:
+    """Refuse patterns whose backtracking could hang (re has no timeout): a quantified group such as
+    ``(a+)+`` is exponential, and each unbounded quantifier multiplies the work by the name's length (three
+    ``.*`` on 500 characters took 8 s). Real rank / alpha patterns are module names or ``^...\\.q_proj$``."""
+    quantifiers = sum(key.count(c) for c in "*+?{")
+    if (not isinstance(key, str) or len(key) > _MAX_MODULE_CHARS or re.search(r"\)[*+?{]", key)
+            or quantifiers > _MAX_PATTERN_QUANTIFIERS):
+        raise GenboundError(
+            f"adapter_config.json: pattern '{str(key)[:60]}' is too complex to match safely (at most "
+            f"{_MAX_PATTERN_QUANTIFIERS} quantifiers, none on a group); use module names"
+        )
+
+
 def _pattern_value(patterns: dict, module: str, default):
     """peft's rule: the first key P with ``re.match(r"(.*\\.)?(P)$", module)`` gives the value."""
+    if len(module) > _MAX_MODULE_CHARS:
+        raise GenboundError(f"module path '{module[:60]}...' is implausibly long; the adapter is corrupt")
     for key, value in patterns.items():
+        _check_pattern(key)
         try:
             if re.match(rf"(.*\.)?({key})$", module):
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                        or value <= 0:
+                    raise GenboundError(f"adapter_config.json: pattern '{key}' gives {value!r}, not a positive number")
                 return value
         except re.error:
             raise GenboundError(f"adapter_config.json: pattern '{key}' is not a valid regular expression") from None
@@ -137,11 +160,13 @@ def _pattern_value(patterns: dict, module: str, default):
 
 def _read_config(path: Path) -> dict:
     cfg_path = path / CONFIG_FILE
-    if cfg_path.stat().st_size > (16 << 20):
+    with open(cfg_path, "rb") as fh:
+        data = fh.read((16 << 20) + 1)
+    if len(data) > (16 << 20):
         raise CheckpointError(f"{cfg_path} is implausibly large; the adapter is corrupt")
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        cfg = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting, huge integers
         raise CheckpointError(
             f"{cfg_path} is not valid JSON ({exc.__class__.__name__}); the adapter is corrupt"
         ) from None
@@ -173,6 +198,12 @@ def _check_config(cfg: dict, path: Path) -> None:
     for key in ("rank_pattern", "alpha_pattern"):
         if cfg.get(key) is not None and not isinstance(cfg[key], dict):
             raise GenboundError(f"{path}: adapter_config.json field '{key}' must be an object")
+    mts = cfg.get("modules_to_save")
+    names_ok = isinstance(mts, str) or (isinstance(mts, list) and all(isinstance(m, str) for m in mts))
+    if mts is not None and not names_ok:
+        raise GenboundError(f"{path}: adapter_config.json field 'modules_to_save' must be a list of module names")
+    if cfg.get("base_model_name_or_path") is not None and not isinstance(cfg["base_model_name_or_path"], str):
+        raise GenboundError(f"{path}: adapter_config.json field 'base_model_name_or_path' must be a string")
 
 
 def _load_tensors(path: Path) -> tuple[dict[str, Tensor], str]:

@@ -7,7 +7,9 @@ from .common import add_device, add_json, format_table, print_json
 HELP = "fine-tune a backbone with one of the eleven methods and write a checkpoint"
 DESCRIPTION = (
     "Fine-tune BACKBONE on DATASET with METHOD and write a checkpoint directory (genbound.json + "
-    "tensors.safetensors) to --out. Every random choice comes from --seed (and the split from --split-seed)."
+    "tensors.safetensors) to --out. Every random choice comes from --seed (and the split from --split-seed). "
+    "The training state is saved beside it (.<name>.state, removed at the end); --resume continues a run "
+    "that was killed."
 )
 
 
@@ -37,7 +39,13 @@ def add_arguments(p) -> None:
     p.add_argument("--save-trajectory", action="store_true", help="also save the trained tensors every epoch")
     p.add_argument("--trajectory-every", type=int, default=None, help="steps between trajectory snapshots")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint at --out (and discard an interrupted run's saved state)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of --out from its saved state (bit-identical to an "
+                        "uninterrupted run on CPU); a finished checkpoint is kept as it is; without a state, start")
+    p.add_argument("--save-every", type=int, default=None, metavar="N",
+                   help="save the training state every N steps and at each epoch's end (default 50; 0: never)")
     add_device(p)
     add_json(p)
 
@@ -53,7 +61,7 @@ def run(args) -> int:
         seed=args.seed, split_seed=args.split_seed, save_trajectory=args.save_trajectory,
         trajectory_every=args.trajectory_every, device=args.device,
     )
-    result = train(config, args.out, overwrite=args.overwrite)
+    result = train(config, args.out, overwrite=args.overwrite, resume=args.resume, save_every=args.save_every)
     meta = result.meta
     if args.json:
         print_json({"checkpoint": str(result.path), **meta.to_json()})
@@ -65,5 +73,7 @@ def run(args) -> int:
     print(f"\ngap (test - train loss) {r['gap']:.4f}; {meta.params['trainable']:,} trainable, "
           f"{meta.params['data_dependent']:,} data-dependent parameters; "
           f"{m['seconds_per_step']:.3f} s/step, peak memory {m['peak_memory_bytes'] / 2**20:.0f} MiB")
+    if m.get("resumed_at"):
+        print(f"resumed from the saved state at step(s) {', '.join(map(str, m['resumed_at']))}")
     print(f"checkpoint written to {result.path}")
     return 0
