@@ -187,3 +187,21 @@ def test_concepts_counterexample_numbers():
         warnings.simplefilter("ignore")
         assert phi_printed(**args) / 2 == pytest.approx(0.1)
     assert phi_recursion(**args) / 2 == pytest.approx(2.0)
+
+
+def test_concepts_quotes_the_code_defaults():
+    from genbound.bounds.occam import compression_bound
+    from genbound.bounds.pacbayes import DEFAULT_LAMBDA_GRID, DEFAULT_S_GRID
+    from genbound.intruders import DENSE_MAX
+    from genbound.methods import METHODS
+    from genbound.spectra import MIN_POWER_LAW_POINTS
+
+    text = " ".join(_concepts().split())
+    assert f"dense path up to min(n, m) = {DENSE_MAX}" in text
+    assert f"at least {MIN_POWER_LAW_POINTS} nonzero eigenvalues" in text
+    assert f"j = 2..40 ({len(DEFAULT_S_GRID)} values)" in text
+    assert f"j = 0..60 ({len(DEFAULT_LAMBDA_GRID)} values)" in text
+    defaults = compression_bound.__defaults__  # (delta, levels_grid, kinds, ...)
+    levels, kinds = defaults[1], defaults[2]
+    assert f"{len(kinds)} kinds" in text and f"{len(levels)} level counts ({', '.join(map(str, levels[:-1]))}, " in text
+    assert f"lr(B) = {METHODS['lora_plus'].b_lr_ratio:g} lr(A)" in text
