@@ -93,6 +93,22 @@ def test_batched_equals_sequential(ppb, batch):
         assert abs(plain.loss - float(ref.loss[i])) < 1e-6
 
 
+def test_auto_schedule_is_exact():
+    """With the chunk size left to the planner, the first data batch times a vmap chunk against single
+    points and keeps the faster; whichever it keeps, every value equals the reference."""
+    model, data = tiny(3)
+    coords = coordinates(model)
+    dirs = [d.tensors for d in random_directions(coords, 2, seed=7)]
+    pts = grid_points([grid_axis(13, 1.0)] * 2)
+    ev = GridEvaluator(model, coords, dirs, data, batch_size=45)  # two data batches
+    assert ev.points_per_batch > 1
+    fast, ref = ev.evaluate(pts), ev.evaluate(pts, "sequential")
+    assert set(fast.calibration) == {"vmap_seconds_per_point", "single_seconds_per_point", "vmap_points"}
+    assert fast.points_per_batch in (1, ev.points_per_batch)
+    assert torch.allclose(fast.loss, ref.loss, rtol=0, atol=1e-6)
+    assert torch.equal(fast.accuracy, ref.accuracy)
+
+
 def test_batched_equals_sequential_later_layers_and_no_cache():
     model, data = tiny(1)
     names = ["fc2.weight", "fc2.bias", "head.weight"]  # only later layers move: fc2's input is a fixed prefix

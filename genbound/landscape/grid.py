@@ -48,7 +48,7 @@ from ..errors import GenboundError
 from ..evalset import EvalSet
 
 ENGINES = ("batched", "sequential")
-CPU_CHUNK_BYTES = 64 << 20  # target activation bytes per chunk of points on a CPU
+CPU_CHUNK_BYTES = 32 << 20  # target activation bytes per chunk of points on a CPU
 
 try:  # private but stable since torch 2.0; without it the prefix cache is simply not used
     from torch._C._functorch import is_batchedtensor as _is_batched
@@ -109,6 +109,7 @@ class PointValues:
     points_per_batch: int
     batch_size: int
     cached_layers: list[str] = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)  # vmap chunk vs single points, when timed
 
 
 class _GridLinear(nn.Module):
@@ -198,6 +199,7 @@ class GridEvaluator:
         self.progress = progress
         self.cache_prefix = cache_prefix
         self._probe()
+        self._auto_chunk = points_per_batch is None
         self.batch_size, self.points_per_batch = self._plan(batch_size, points_per_batch, memory_budget)
         self._batched_model: nn.Module | None = None
         self._grid_modules: dict[str, _GridLinear] = {}
@@ -309,7 +311,12 @@ class GridEvaluator:
     # -- evaluation ------------------------------------------------------------------------------------
 
     def evaluate(self, points: Tensor, engine: str = "batched") -> PointValues:
-        """Mean loss and accuracy at ``points`` (P, k) of coefficients t."""
+        """Mean loss and accuracy at ``points`` (P, k) of coefficients t.
+
+        With the batched engine and a planned (not user-given) chunk size above one, the first data batch
+        also times a chunk through vmap against the same number of single-point forwards (with the same
+        prefix cache) and keeps the faster for the rest: on a CPU a large model gains nothing from vmap.
+        Every value is computed exactly either way; only the schedule changes."""
         if engine not in ENGINES:
             raise GenboundError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
         points = torch.as_tensor(points, dtype=torch.float64)
@@ -317,39 +324,60 @@ class GridEvaluator:
             raise GenboundError(f"points must have shape (P, {self.k}), got {tuple(points.shape)}")
         t0 = time.perf_counter()
         P = points.shape[0]
-        loss_sum = torch.zeros(P, dtype=torch.float64)
-        correct = torch.zeros(P, dtype=torch.float64)
-        step = self.points_per_batch if engine == "batched" else 1
-        chunks = [(s, min(s + step, P)) for s in range(0, P, step)]
+        self._loss = torch.zeros(P, dtype=torch.float64)
+        self._correct = torch.zeros(P, dtype=torch.float64)
+        planned = self.points_per_batch if engine == "batched" else 1
+        calibrate = engine == "batched" and self._auto_chunk and planned > 1 and P >= 2 * planned + 1
+        chosen = planned
+        calibration: dict[str, float] = {}
         batches = list(self.data.batches(self.batch_size))
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=P * len(batches), desc=f"landscape ({engine})", unit="pt", leave=False,
-                   disable=None if self.progress is None else not self.progress)
+        self._bar = tqdm(total=P * len(batches), desc=f"landscape ({engine})", unit="pt", leave=False,
+                         disable=None if self.progress is None else not self.progress)
+        model = self._batched() if engine == "batched" else self.model
         with torch.no_grad():
-            if engine == "batched":
-                model = self._batched()
-            for feats, labels in batches:
+            for bi, (feats, labels) in enumerate(batches):
                 token = object()
                 for gl in self._grid_modules.values():
                     gl.token = token
-                for s, e in chunks:
-                    t = points[s:e].to(self.device)
-                    if engine == "batched":
-                        logits = self._forward_batched(model, t, feats)
-                    else:
-                        logits = self._forward_point(t[0], feats).unsqueeze(0)
-                    ls, cs = _score(logits, labels)
-                    loss_sum[s:e] += ls
-                    correct[s:e] += cs
-                    bar.update(e - s)
-        bar.close()
+                start = 0
+                if bi == 0 and calibrate:
+                    self._run(model, engine, points, [(0, 1)], feats, labels)  # warm-up and prefix cache
+                    a, b, c = 1, 1 + planned, 1 + 2 * planned
+                    t_vmap = self._run(model, engine, points, [(a, b)], feats, labels) / planned
+                    t_one = self._run(model, engine, points, [(s, s + 1) for s in range(b, c)], feats, labels) / planned
+                    chosen = planned if t_vmap < t_one else 1
+                    calibration = {"vmap_seconds_per_point": t_vmap, "single_seconds_per_point": t_one,
+                                   "vmap_points": planned}
+                    start = c
+                step = chosen if engine == "batched" else 1
+                chunks = [(s, min(s + step, P)) for s in range(start, P, step)]
+                self._run(model, engine, points, chunks, feats, labels)
+        self._bar.close()
         for gl in self._grid_modules.values():
             gl._cache, gl.token = None, None
         n = len(self.data)
         cached = [m for m, gl in self._grid_modules.items() if gl.uncached_calls == 0] if engine == "batched" else []
-        return PointValues(loss_sum / n, correct / n, engine, time.perf_counter() - t0,
-                           step, self.batch_size, cached)
+        return PointValues(self._loss / n, self._correct / n, engine, time.perf_counter() - t0,
+                           chosen if engine == "batched" else 1, self.batch_size, cached, calibration)
+
+    def _run(self, model: nn.Module, engine: str, points: Tensor, chunks: Sequence[tuple[int, int]],
+             feats: dict[str, Tensor], labels: Tensor) -> float:
+        """Accumulate the summed loss and correct counts of ``chunks`` of points on one data batch;
+        returns the seconds taken."""
+        t0 = time.perf_counter()
+        for s, e in chunks:
+            t = points[s:e].to(self.device)
+            if engine == "batched":
+                logits = self._forward_batched(model, t, feats)
+            else:
+                logits = self._forward_point(t[0], feats).unsqueeze(0)
+            ls, cs = _score(logits, labels)  # moves to the CPU, so the timing includes the device work
+            self._loss[s:e] += ls
+            self._correct[s:e] += cs
+            self._bar.update(e - s)
+        return time.perf_counter() - t0
 
     def _weights(self, t: Tensor, skip: Sequence[str] = ()) -> dict[str, Tensor]:
         return {n: _combine(self.centre[n], self.dirs[n], t.to(self.centre[n].dtype))
@@ -384,6 +412,9 @@ class GridEvaluator:
                 params[f"{mname}.coef"] = c.to(coef_dtype[mname])
             return functional_call(model, params, args=(), kwargs=feats, strict=False)
 
+        if t.shape[0] == 1:
+            # One point per forward (large models on a CPU): no vmap, plain matrix products, same cache.
+            return one({n: w[0] for n, w in weights.items()}, coefs[0]).unsqueeze(0)
         return vmap(one)(weights, coefs)
 
     def _stacked(self, name: str) -> Tensor:
