@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"genbound.commands.{name.replace('-', '_')}")
-        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
+        description = getattr(module, "DESCRIPTION", module.HELP)
+        # A description written with line breaks (examples, lists) keeps them; a plain paragraph is reflowed.
+        formatter = argparse.RawDescriptionHelpFormatter if "\n" in description else argparse.HelpFormatter
+        p = sub.add_parser(name, help=module.HELP, description=description, formatter_class=formatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
