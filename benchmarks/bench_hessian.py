@@ -270,7 +270,8 @@ def main() -> None:
         "change 1e-3, up to 100 products per eigenvalue; Hutchinson until the running mean changes by less than "
         "1e-3, up to 100 probes); genbound runs its defaults (Lanczos with full re-orthogonalization until every "
         "top-5 error bound min(res, res^2/gap) is below 1e-4 relative; Hutch++ on a Krylov sketch with Hutchinson "
-        "on the remainder until the 95% interval is within 1%, at least 10 probes). Errors are against the float64 "
+        "on the remainder until the 95% interval is within 5%, at least 10 probes; products through the cached "
+        "first-order graph, as pyhessian). Errors are against the float64 "
         "reference described in the script's docstring; for the density, the 1-Wasserstein distance between "
         "normalised SLQ measures relative to the spectral range (pyhessian's density() cannot run: torch.eig).",
         "",

@@ -79,13 +79,24 @@ def small():
 def test_hvp_equals_dense_in_both_modes_and_any_batching(small):
     model, es, names, H = small
     V = torch.randn(3, H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for mode in ("forward", "reverse"):
+    for mode in ("cached", "forward", "reverse"):
         for bs, pb in ((None, 1), (37, 3)):  # 37 does not divide 90: exact 1/N weighting is needed
             op = HessianOperator(model, es, "all", batch_size=bs, mode=mode, probe_batch=pb)
             out = op.matmat(V)
             assert torch.allclose(out, V @ H, rtol=1e-10, atol=1e-12), (mode, bs)
             assert torch.allclose(op.matvec(V[0]), H @ V[0], rtol=1e-10, atol=1e-12)
             assert op.stats.n_hvp == 4
+
+
+def test_auto_mode_caches_within_budget_only(small):
+    model, es, _, H = small
+    v = torch.ones(H.shape[0], dtype=torch.float64)
+    big = HessianOperator(model, es, "all", batch_size=30)
+    tiny = HessianOperator(model, es, "all", batch_size=30, cache_bytes=1000)
+    for op in (big, tiny):
+        assert torch.allclose(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+    assert big.mode == "cached" and tiny.mode == "forward"
 
 
 def test_extreme_eigenvalues_trace_density_match_dense(small):
@@ -173,7 +184,7 @@ def test_unused_parameters_give_zero_rows(small):
     model, es, names, H = small
     op = HessianOperator(model, es, ["unused", "head"], batch_size=None)
     assert op.names == ["head.weight", "head.bias", "unused.weight", "unused.bias"]
-    for mode in ("forward", "reverse"):
+    for mode in ("cached", "forward", "reverse"):
         op.mode = mode
         hv = op.unflatten(op.matvec(torch.ones(op.dim, dtype=torch.float64)))
         assert torch.count_nonzero(hv["unused.weight"]) == 0 and torch.count_nonzero(hv["unused.bias"]) == 0
@@ -313,4 +324,4 @@ def test_minilm_query_value_and_head():
     a, b = fwd.matvec(v), rev.matvec(v)
     assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(b.abs().max()))
     rep = hessian_spectrum(model, names, es, top_k=1, trace=False, progress=False, tol=1e-2, max_steps=8)
-    assert rep.eigen.top[0] > 0 and rep.hvp_mode == "forward"
+    assert rep.eigen.top[0] > 0 and rep.hvp_mode == "cached"

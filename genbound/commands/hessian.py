@@ -39,6 +39,8 @@ def add_arguments(p) -> None:
     p.add_argument("--trace", action="store_true", help="estimate the trace (Hutch++, 95%% interval)")
     p.add_argument("--trace-method", choices=["auto", "hutch++", "hutchinson"], default="auto",
                    help="auto: Hutch++ sketched by the Lanczos basis (default); hutch++: random sketch; hutchinson")
+    p.add_argument("--trace-rtol", type=float, default=0.05,
+                   help="stop probing when the 95%% interval half-width is below this fraction of the trace (0.05)")
     p.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
     p.add_argument("--density-probes", type=_positive, default=4, help="SLQ starting vectors (4)")
     p.add_argument("--density-steps", type=_positive, default=64, help="Lanczos steps per SLQ probe (64)")
@@ -65,6 +67,8 @@ def run(args) -> int:
         raise GenboundError("--top-k and --bottom-k must be 0 or more")
     if args.top_k == 0 and args.bottom_k == 0 and not args.trace and not args.density:
         raise GenboundError("nothing to compute: give --top-k K, --bottom-k K, --trace or --density")
+    if not 0 < args.trace_rtol < 1:
+        raise GenboundError(f"--trace-rtol must be in (0, 1), got {args.trace_rtol}")
     if not args.tol > 0:
         raise GenboundError(f"--tol must be positive, got {args.tol}")
     device = resolve_device(args.device)
@@ -73,7 +77,7 @@ def run(args) -> int:
         args.checkpoint, params=params, split=args.split, samples=args.samples, device=device, seed=args.seed,
         top_k=args.top_k, bottom_k=args.bottom_k, trace=args.trace, trace_method=args.trace_method,
         density=args.density, density_probes=args.density_probes, density_steps=args.density_steps,
-        tol=args.tol, max_steps=args.max_steps, batch_size=args.batch_size,
+        tol=args.tol, max_steps=args.max_steps, batch_size=args.batch_size, trace_rtol=args.trace_rtol,
     )
     if args.out:
         write_json(args.out, to_jsonable(report))

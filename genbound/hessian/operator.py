@@ -7,8 +7,10 @@ For parameters theta (a chosen subset of the model's parameters, flattened in a 
 
 and ``H v`` is computed exactly (up to floating point) by Pearlmutter's trick (B. A. Pearlmutter, "Fast
 exact multiplication by the Hessian", Neural Computation 6(1), 1994): forward-mode differentiation of the
-reverse-mode gradient, ``jvp(grad(L), theta, v)`` (or, where an operation lacks a forward-mode rule, the
-double backward ``grad(<grad L, v>)``). The evaluation set is processed in mini-batches whose summed losses
+reverse-mode gradient, ``jvp(grad(L), theta, v)``, or the double backward ``grad(<grad L, v>)``; when the
+first-order graph of every mini-batch fits a memory budget it is built once (``create_graph``) and each
+product is one backward pass through it (mode ``"cached"``, chosen by ``"auto"``, what pyhessian does for a
+single batch). The evaluation set is processed in mini-batches whose summed losses
 are divided by N, so every example has weight exactly 1/N whatever the batch sizes.
 
 The caller's model is never modified: all parameters and buffers are passed to
@@ -105,6 +107,13 @@ def _differentiable_attention() -> Iterator[None]:
         yield
 
 
+def _grad_or_none(loss: Tensor, leaves: list[Tensor]) -> Sequence[Tensor | None]:
+    # A loss that reaches none of the selected parameters has no graph to differentiate: all-zero Hessian.
+    if not loss.requires_grad:
+        return [None] * len(leaves)
+    return torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+
+
 @dataclass
 class HVPStats:
     """Bookkeeping: Hessian-vector products (one = one H v over the whole evaluation set) and time."""
@@ -121,8 +130,12 @@ class HessianOperator:
     :meth:`matvec` computes H v, :meth:`matmat` H applied to each row of a (k, dim) block (batched with
     :func:`torch.func.vmap` when ``probe_batch > 1``), :meth:`loss` the mean loss.
 
-    ``mode``: ``"forward"`` (jvp of grad), ``"reverse"`` (double backward) or ``"auto"`` (forward, falling
-    back to reverse the first time an operation lacks a forward-mode rule).
+    ``mode``: ``"cached"`` (the gradient graph of every batch kept and differentiated again per product),
+    ``"forward"`` (jvp of grad), ``"reverse"`` (double backward, recomputed) or ``"auto"``: cached when the
+    tensors that graph saves (measured on the first batch with saved-tensor hooks, times the number of
+    batches) fit ``cache_bytes`` (default 2 GiB, on CUDA a third of the free memory), else forward, falling
+    back to reverse the first time an operation lacks a forward-mode rule. A cached operator is a snapshot:
+    changing the model's weights in place afterwards makes autograd refuse the next product.
     """
 
     def __init__(
@@ -137,9 +150,12 @@ class HessianOperator:
         dtype: torch.dtype | None = None,
         mode: str = "auto",
         probe_batch: int | None = None,
+        cache_bytes: int | None = None,
     ):
-        if mode not in ("auto", "forward", "reverse"):
-            raise GenboundError(f"unknown Hessian-vector product mode {mode!r}; use auto, forward or reverse")
+        if mode not in ("auto", "cached", "forward", "reverse"):
+            raise GenboundError(
+                f"unknown Hessian-vector product mode {mode!r}; use auto, cached, forward or reverse"
+            )
         if len(evalset) == 0:
             raise GenboundError("the evaluation set is empty; pass a split with examples or a positive --samples")
         self.names = select_parameters(model, params, trained)
@@ -175,6 +191,14 @@ class HessianOperator:
         }
         self._data = EvalSet(feats, evalset.labels).to(self.device)
         self.mode = mode
+        self._graphs: list[tuple[list[Tensor], list[int]]] | None = None
+        self._leaves: list[Tensor] = []
+        self._cache_refused = False
+        if cache_bytes is None:
+            cache_bytes = 2 << 30
+            if self.device.type == "cuda":
+                cache_bytes = torch.cuda.mem_get_info(self.device)[0] // 3
+        self.cache_bytes = int(cache_bytes)
         self.probe_batch = int(probe_batch) if probe_batch else (1 if self.device.type == "cpu" else 8)
         self._vmap_ok = True
         self.stats = HVPStats()
@@ -245,7 +269,7 @@ class HessianOperator:
         leaves = {n: t.detach().requires_grad_(True) for n, t in self._theta.items()}
         with torch.enable_grad():
             loss = self._batch_loss(leaves, feats, labels)
-            gs = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+            gs = _grad_or_none(loss, list(leaves.values()))
             # A parameter the loss does not reach, or reaches only linearly, has a zero Hessian row.
             live = [i for i, gi in enumerate(gs) if gi is not None and gi.requires_grad]
             outs: list[Tensor | None] = [None] * len(self.names)
@@ -264,11 +288,60 @@ class HessianOperator:
             for o, s in zip(outs, self.shapes)
         ]
 
+    def _build_cache(self) -> bool:
+        """Keep the first-order graph of every batch if its saved tensors fit ``cache_bytes``."""
+        leaves = {n: t.detach().requires_grad_(True) for n, t in self._theta.items()}
+        n_batches = -(-self.n_examples // self.batch_size)
+        saved = [0]
+
+        def pack(t: Tensor) -> Tensor:
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        graphs = []
+        with self._context(), torch.enable_grad():
+            for b, (feats, labels) in enumerate(self._data.batches(self.batch_size)):
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    loss = self._batch_loss(leaves, feats, labels)
+                    gs = _grad_or_none(loss, list(leaves.values()))
+                if b == 0 and self.mode == "auto" and saved[0] * n_batches > self.cache_bytes:
+                    return False
+                live = [i for i, gi in enumerate(gs) if gi is not None and gi.requires_grad]
+                graphs.append(([gs[i] for i in live], live))
+        self._graphs, self._leaves = graphs, list(leaves.values())
+        return True
+
+    def _apply_cached(self, vs: dict[str, Tensor], k: int) -> Tensor:
+        parts = []
+        for gs, live in self._graphs or []:
+            if not live:
+                continue
+            if k == 1:
+                hv = torch.autograd.grad(gs, self._leaves, [vs[self.names[i]][0] for i in live],
+                                         retain_graph=True, allow_unused=True)
+            else:
+                hv = torch.autograd.grad(gs, self._leaves, [vs[self.names[i]] for i in live],
+                                         retain_graph=True, allow_unused=True, is_grads_batched=True)
+            parts.append(torch.cat([
+                (h.detach() if h is not None else torch.zeros(k, *s, device=self.device, dtype=self.dtype))
+                .reshape(k, -1) for h, s in zip(hv, self.shapes)
+            ], dim=1))
+        if not parts:
+            return torch.zeros(k, self.dim, device=self.device, dtype=self.dtype)
+        return torch.stack(parts).sum(0)
+
     def _apply(self, V: Tensor) -> Tensor:
         """H applied to each row of V (k, dim), all k in one pass over the data."""
         k = V.shape[0]
-        out = torch.zeros_like(V)
         vs = self.unflatten(V)
+        if self.mode in ("auto", "cached") and self._graphs is None and not self._cache_refused:
+            if self._build_cache():
+                self.mode = "cached"
+            else:
+                self._cache_refused = True  # over budget: recompute per product from now on
+        if self.mode == "cached":
+            return self._apply_cached(vs, k)
+        out = torch.zeros_like(V)
         with self._context():
             for feats, labels in self._data.batches(self.batch_size):
                 part = None

@@ -187,7 +187,7 @@ def trace_estimate(
     run: LanczosRun | None = None,
     sketch: int = 20,
     probes: int | None = None,
-    rtol: float = 1e-2,
+    rtol: float = 0.05,
     max_probes: int = 100,
     progress: bool | None = None,
 ) -> TraceResult:
@@ -233,7 +233,7 @@ def hessian_spectrum(
     max_steps: int = 100,
     trace_method: str = "auto",
     trace_probes: int | None = None,
-    trace_rtol: float = 1e-2,
+    trace_rtol: float = 0.05,
     trace_max_probes: int = 100,
     trace_sketch: int = 20,
     density_probes: int = 4,

@@ -76,7 +76,7 @@ def hutchinson(
     *,
     seed: int = 0,
     probes: int | None = None,
-    rtol: float = 1e-2,
+    rtol: float = 0.05,
     min_probes: int = 10,
     max_probes: int = 100,
     basis: Tensor | None = None,
