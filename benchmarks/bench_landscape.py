@@ -219,7 +219,8 @@ def main() -> int:
             speeds[attn] = sp
             probe_rows.append([attn, fmt(1e3 * sp["batched"]), sp["batched_ppb"], fmt(1e3 * sp["sequential"])])
             print(f"  MiniLM probe {attn}: {sp}", flush=True)
-        attn = min(speeds, key=lambda a: speeds[a]["batched"])
+        # genbound's schedule keeps the faster of a vmap chunk and single points, so rank by the better one.
+        attn = min(speeds, key=lambda a: min(speeds[a]["batched"], speeds[a]["sequential"]))
         model, data, moved = minilm_case(n_lm, args.minilm_length, attn)
         names = [f"{m}.{p}" for m in moved for p in ("weight", "bias")]
         coords = coordinates(model, names)
@@ -264,8 +265,9 @@ def main() -> int:
     ]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     if probe_rows:
-        lines += ["", "MiniLM engine and attention choice (a few points of the plane; the faster batched "
-                  "configuration is used above):", "",
+        lines += ["", "MiniLM engine and attention choice (a few points of the plane; the attention with the "
+                  "faster of the two schedules is used above, and genbound's own schedule then times a vmap "
+                  "chunk against single points on the first data batch and keeps the faster):", "",
                   "| attention | batched ms / point | points per forward | sequential ms / point |",
                   "|---|---|---|---|"]
         lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in probe_rows]
@@ -277,6 +279,14 @@ def main() -> int:
         "shared by all points (exact algebra, module docstring of genbound/landscape/grid.py). For the MLP that "
         "halves the arithmetic; for MiniLM only the embeddings and layer 0's projections are shared, so the "
         "gain there is mostly the peer's overhead (in-place update of all moved tensors per point, Python loops).",
+        "- Target: the issue asks for at least 5x on a CPU; that is not reached, and cannot be by an exact "
+        "evaluation on this hardware. Per MLP grid point the peer does two 2048 x 512 x 1024 GEMMs (4.3 GFLOP), "
+        "genbound one (the first layer is shared), so about 2x is the arithmetic ceiling; PEERS.md's own "
+        "functional_call + vmap figure (26 s against 61 s, 2.3x) agrees. For MiniLM at 256 tokens a point is "
+        "about 5.4 GFLOP of which only layer 0's query/value projections are shareable. Batching points pays on "
+        "a GPU, where one point leaves the device idle; no GPU was available to this run.",
+        "- Same work for both: loss-landscapes perturbs biases too (element-wise 'filters'); genbound zeroes "
+        "their directions (Li et al.) but still adds them, so every point costs the same forward in both.",
         "",
     ]
     write_text(args.out, "\n".join(lines))
