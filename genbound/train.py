@@ -347,7 +347,8 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
             labels = splits.train.labels[idx].to(device, non_blocking=True)
             loss = F.cross_entropy(model(**feats), labels)
             if not torch.isfinite(loss):
-                raise NonFiniteError(f"training loss became {float(loss)} at step {step} (epoch {epoch}); lower --lr")
+                raise NonFiniteError(f"training loss became {float(loss.detach())} at step {step} (epoch {epoch}); "
+                                     "lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip:
