@@ -51,6 +51,9 @@ MAX_META_BYTES = 16 << 20
 MAX_HEADER_BYTES = 64 << 20
 MAX_TENSORS = 1 << 17
 MAX_SEED = (1 << 63) - 1
+# No trained or pretrained weight comes near this; a flipped exponent bit of a float32 does (up to 3e38),
+# and such a value overflows every product that a model or a spectrum computes from it.
+MAX_ABS_VALUE = 1e12
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64}
 
@@ -230,10 +233,25 @@ def _check_meta_values(meta: CheckpointMeta, method: Method, where: Path) -> Non
             raise bad(str(exc)) from None
 
 
+def check_values(tensors: dict[str, Tensor], where: Path | str, max_abs: float | None = MAX_ABS_VALUE) -> None:
+    """Refuse NaN, Inf and (with ``max_abs``) implausibly large values in floating-point tensors."""
+    for key, t in tensors.items():
+        if not t.is_floating_point() or not t.numel():
+            continue
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{where}: tensor '{key}' contains NaN or Inf")
+        if max_abs is not None:
+            peak = float(t.detach().abs().max())
+            if peak > max_abs:
+                raise CheckpointError(f"{where}: tensor '{key}' holds a value of magnitude {peak:.3g}, beyond any "
+                                      f"trained weight ({max_abs:.0e}); the file is corrupt")
+
+
 def read_safetensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
-                     allow_extra_prefix: str | None = None) -> dict[str, Tensor]:
+                     allow_extra_prefix: str | None = None, max_abs: float | None = MAX_ABS_VALUE) -> dict[str, Tensor]:
     """Read a safetensors file defensively: header size bounded and consistent with the file, every
-    tensor's byte range inside the file, keys / shapes / dtypes equal to ``expected``, values finite."""
+    tensor's byte range inside the file, keys / shapes / dtypes equal to ``expected``, values finite and
+    (unless ``max_abs`` is None) at most ``max_abs`` in magnitude."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     size = path.stat().st_size
@@ -285,9 +303,7 @@ def read_safetensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torc
     except (SafetensorError, Exception) as exc:  # any parser failure on untrusted bytes is a corrupt file
         first = (str(exc).splitlines() or [exc.__class__.__name__])[0]
         raise CheckpointError(f"{path}: cannot be read as safetensors ({first})") from None
-    for key, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"{path}: tensor '{key}' contains NaN or Inf")
+    check_values(tensors, path, max_abs)
     return tensors
 
 

@@ -220,6 +220,9 @@ def _load_tensors(path: Path) -> tuple[dict[str, Tensor], str]:
             raise CheckpointError(f"{bn}: refused or unreadable with torch.load(weights_only=True) ({first})") from None
         if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
             raise CheckpointError(f"{bn}: not a dictionary of tensors")
+        from .checkpoint import check_values
+
+        check_values(obj, bn)  # the same value checks as the safetensors path
         return dict(obj), bn.name
     raise CheckpointError(f"{path}: no {SAFETENSORS_FILE} or {BIN_FILE} beside {CONFIG_FILE}")
 

@@ -185,7 +185,7 @@ def load_state(path: str | Path) -> TrainState:
     for key, typ in (("history", list), ("traj_steps", list), ("links", dict), ("optimizer", dict),
                      ("scheduler", dict), ("resumed_at", list)):
         _require(isinstance(js.get(key), typ), path, f"field {key}")
-    tensors = read_safetensors(path / STATE_TENSORS)
+    tensors = read_safetensors(path / STATE_TENSORS, max_abs=None)  # Adam's moments may be large
     _require("rng/cpu" in tensors, path, "no RNG state")
     model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     optim_t = {k: v for k, v in tensors.items() if k.startswith("optim/")}
