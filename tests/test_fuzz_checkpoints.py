@@ -42,7 +42,6 @@ from genbound.testing import make_checkpoint
 
 MAX_EXAMPLES = 200
 PER_EXAMPLE_SECONDS = 20  # an alarm, so a hang fails instead of blocking the suite
-TRIED: dict[str, int] = {"inputs": 0, "loaded": 0, "refused": 0}
 
 
 class Hang(Exception):
@@ -305,49 +304,48 @@ def _alarm(signum, frame):
     raise Hang("a hostile checkpoint made loading hang")
 
 
-@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
-@given(m=mutation())
-def test_mutated_checkpoints_load_cleanly_or_raise_one_genbound_error(sources, m):
+def test_mutated_checkpoints_load_cleanly_or_raise_one_genbound_error(sources, capsys, record_property):
+    """Hypothesis drives MAX_EXAMPLES mutations through :func:`use`; prints how many hostile inputs were tried
+    (visible with ``-s`` or without capture) and checks that no header made a huge allocation."""
     paths, splits = sources
-    source, kind, rnd, value = m
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp) / "ck"
-        shutil.copytree(paths[source], d)
-        what = apply(d, source, kind, rnd, value)
-        TRIED["inputs"] += 1
-        old = signal.signal(signal.SIGALRM, _alarm)
-        signal.alarm(PER_EXAMPLE_SECONDS)
-        try:
-            use(d, source, splits)
-            TRIED["loaded"] += 1
-        except GenboundError as exc:
-            TRIED["refused"] += 1
-            assert "\n" not in str(exc), f"{what}: the message is not one line"
-        except Exception as exc:
-            raise AssertionError(f"{source} / {what}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, old)
+    tried = {"inputs": 0, "loaded": 0, "refused": 0}
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(m=mutation())
+    def one(m):
+        source, kind, rnd, value = m
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp) / "ck"
+            shutil.copytree(paths[source], d)
+            what = apply(d, source, kind, rnd, value)
+            tried["inputs"] += 1
+            old = signal.signal(signal.SIGALRM, _alarm)
+            signal.alarm(PER_EXAMPLE_SECONDS)
+            try:
+                use(d, source, splits)
+                tried["loaded"] += 1
+            except GenboundError as exc:
+                tried["refused"] += 1
+                assert "\n" not in str(exc), f"{what}: the message is not one line"
+            except Exception as exc:
+                raise AssertionError(f"{source} / {what}: {type(exc).__name__}: {exc}") from exc
+            finally:
+                signal.alarm(0)
+                signal.signal(signal.SIGALRM, old)
 
-def test_fuzz_summary(capsys):
-    """Runs after the fuzz test (file order): prints how many hostile inputs were tried."""
-    if TRIED["inputs"] == 0:
-        pytest.skip("the fuzz test did not run in this process")
+    t0 = time.perf_counter()
+    one()
+    seconds = time.perf_counter() - t0
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    record_property("fuzz_inputs", tried["inputs"])
     with capsys.disabled():
-        print(f"\nfuzz: {TRIED['inputs']} mutated checkpoints tried: {TRIED['loaded']} loaded and evaluated "
-              f"finite, {TRIED['refused']} refused with one GenboundError, 0 crashes or hangs")
-    assert TRIED["inputs"] >= MAX_EXAMPLES // 2
-    assert TRIED["refused"] > 0
-
-
-def test_memory_stayed_bounded():
-    """No mutated header made a huge allocation: the process's peak RSS stays far below what the absurd
-    sizes in the headers claim (terabytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    assert peak < 8 << 30, f"peak memory {peak / 2**30:.1f} GiB"
+        print(f"\nfuzz: {tried['inputs']} mutated checkpoints tried in {seconds:.1f} s: {tried['loaded']} loaded and "
+              f"evaluated finite, {tried['refused']} refused with one GenboundError, 0 crashes or hangs; peak memory "
+              f"grew {max(grown, 0) / 2**20:.0f} MiB")
+    assert tried["inputs"] >= MAX_EXAMPLES // 2 and tried["refused"] > 0
+    assert grown < 1 << 30, "a hostile header made a large allocation"
 
 
 def test_known_hostile_cases_each_raise_checkpoint_error(sources, tmp_path):
