@@ -376,3 +376,20 @@ def test_known_hostile_cases_each_raise_checkpoint_error(sources, tmp_path):
     os.mkfifo(fifo / "tensors.safetensors")  # reading a FIFO would block forever
     with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(fifo)
+
+
+def test_cli_exits_2_with_one_line_on_a_hostile_checkpoint(sources, tmp_path):
+    import subprocess
+    import sys
+
+    paths, _ = sources
+    d = tmp_path / "flipped"
+    shutil.copytree(paths["lora"], d)
+    data = bytearray((d / "tensors.safetensors").read_bytes())
+    data[20] ^= 0x40  # inside the header's JSON
+    (d / "tensors.safetensors").write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "genbound.cli", "spectra", str(d)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("genbound: error:") and "Traceback" not in proc.stderr
