@@ -134,6 +134,8 @@ def interpolate(model: nn.Module, coords: Mapping[str, Tensor], ends: Sequence[M
     if len(ends) not in (1, 2):
         raise GenboundError(f"interpolation needs 1 or 2 other points (2 or 3 checkpoints), got {len(ends)}")
     labels = list(labels) if labels is not None else ["A", "B", "C"][: len(ends) + 1]
+    if len(labels) != len(ends) + 1:
+        raise GenboundError(f"give one label per point ({len(ends) + 1}: the centre and each end), got {len(labels)}")
     dirs = [difference_direction(dict(e), dict(coords), source=labels[i + 1]) for i, e in enumerate(ends)]
     k = len(dirs)
     path = torch.zeros(k + 1, k, dtype=torch.float64)

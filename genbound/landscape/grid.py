@@ -15,7 +15,9 @@ Engines
                 product (P, k+1) x (k+1, numel) of c with [theta*; d_1; ..; d_k] and mapped over; everything
                 that does not depend on the point (embeddings, an unperturbed prefix) is computed once per
                 forward, not once per point. Points come in chunks sized to a memory budget (on a CPU also
-                to the cache: a large model is compute-bound at one point per forward).
+                to the cache: a large model is compute-bound at one point per forward). A one-point chunk
+                runs without vmap; when the chunk size is planned, the first data batch times a chunk
+                against single points and the faster schedule is kept (:meth:`GridEvaluator.evaluate`).
 
 Prefix caching (exact algebra). A Linear layer whose weight moves and whose input x does not depend on the
 point (every layer before it is unperturbed) computes
