@@ -74,6 +74,9 @@ class Interrupted(BaseException):
     """Stands for a kill right after the n-th state was written."""
 
 
+_original_save_state = train_module.save_state
+
+
 def _interrupt_after(monkeypatch, n: int) -> list[int]:
     saved: list[int] = []
     original = train_module.save_state
@@ -105,6 +108,35 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch, digits, me
     assert result.meta.metrics["resumed_at"] == [saved[-1]]
     assert not state_dir_for(tmp_path / "run").exists(), "the state is removed once the checkpoint is written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "run"]
+
+
+class _DropoutLoss:
+    """Stands in for torch.nn.functional inside the trainer: the loss sees dropout on the logits, so every
+    step draws from the global torch RNG as MiniLM's dropout does (the mlp backbone has none)."""
+
+    def __getattr__(self, name):
+        return getattr(torch.nn.functional, name)
+
+    @staticmethod
+    def cross_entropy(logits, labels, *args, **kw):
+        return torch.nn.functional.cross_entropy(torch.nn.functional.dropout(logits, 0.3, training=True), labels,
+                                                 *args, **kw)
+
+
+@pytest.mark.parametrize("restore_rng", [True, False])
+def test_dropout_rng_is_restored(tmp_path, monkeypatch, digits, restore_rng):
+    monkeypatch.setattr(train_module, "F", _DropoutLoss())
+    reference = train(_config("lora", save_trajectory=False), tmp_path / "ref", splits=digits, save_every=10).path
+    _interrupt_after(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        train(_config("lora", save_trajectory=False), tmp_path / "run", splits=digits, save_every=10)
+    monkeypatch.setattr(train_module, "save_state", _original_save_state)
+    if not restore_rng:  # the control: without the RNG state the resumed run drifts, so the check can fail
+        monkeypatch.setattr(torch, "set_rng_state", lambda state: None)
+    result = train(_config("lora", save_trajectory=False), tmp_path / "run", splits=digits, save_every=10,
+                   resume=True)
+    same = (reference / "tensors.safetensors").read_bytes() == (result.path / "tensors.safetensors").read_bytes()
+    assert same == restore_rng
 
 
 def test_killed_training_subprocess_resumes_bit_identical(tmp_path):
