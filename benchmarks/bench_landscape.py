@@ -14,7 +14,7 @@ threads (--threads, default 1: on a CPU shared with other jobs, two spinning thr
 times slower than one). Results go to benchmarks/results/landscape.md (atomically).
 
     python benchmarks/bench_landscape.py            # full, about 5-15 minutes on 2 (shared) CPU cores
-    python benchmarks/bench_landscape.py --quick    # small grids, under 2 minutes
+    python benchmarks/bench_landscape.py --quick    # small grids, under 2 minutes (landscape-quick.md)
 """
 
 from __future__ import annotations
@@ -175,8 +175,12 @@ def main() -> int:
     ap.add_argument("--minilm-samples", type=int, default=None)
     ap.add_argument("--minilm-length", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both libraries (default 1)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "landscape.md")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="result file (default benchmarks/results/landscape.md; with --quick landscape-quick.md, "
+                         "so that a quick run never replaces the full result)")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / ("landscape-quick.md" if args.quick else "landscape.md")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     quick = args.quick
