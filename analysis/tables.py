@@ -391,16 +391,16 @@ def headline(corrs: Sequence[Correlation], rows: Sequence[MethodRow]) -> str:
     if c is None:
         return "no Table 1 bound was computed, so the paper's question is not answered here"
     seeds = sorted({r.n for r in rows if r.n})
-    seeds_text = "/".join(map(str, seeds)) or "0"
+    seeds_text = ("/".join(map(str, seeds)) or "0") + (" seed" if seeds == [1] else " seeds")
     if c.tau is None:
         return (f"Kendall tau-b between the Table 1 MI bound and the measured 0-1 gap over {c.n_methods} methods "
-                f"(means over {seeds_text} seeds) is undefined: {c.note}")
+                f"(means over {seeds_text}) is undefined: {c.note}")
     verdict = ("the bound orders the methods like their measured gaps" if c.tau > 0 and c.p_value is not None
                and c.p_value < 0.05 else
                "the bound orders the methods against their measured gaps" if c.tau < 0 and c.p_value is not None
                and c.p_value < 0.05 else "no significant agreement between the bound's ordering and the gaps")
     return (f"Kendall tau-b between the Table 1 MI bound (head counted) and the measured 0-1 gap over "
-            f"{c.n_methods} methods (means over {seeds_text} seeds): tau = {c.tau:.3f}, p = {c.p_value:.3g}: "
+            f"{c.n_methods} methods (means over {seeds_text}): tau = {c.tau:.3f}, p = {c.p_value:.3g}: "
             f"{verdict}" + (f" ({c.note})" if c.note else ""))
 
 

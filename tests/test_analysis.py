@@ -305,3 +305,16 @@ def test_every_method_has_a_row_even_without_runs():
     assert tex.count(r"\\") == len(METHODS) + 1  # header + one line per method
     single = T.aggregate(_records({"lora": [1.0]}, {"lora": [0.1]}), ["lora"])[0]
     assert single.stats["gap_01"].std is None  # no spread from one seed
+
+
+def test_optional_bounds_equal_the_report(swept):
+    out, *_ = swept
+    from genbound.bounds.report import report_for_checkpoint
+
+    path = out / "runs" / "cla-s0"
+    values, vacuous = sweep.checkpoint_bounds(path, compression=True, theorem1=True)
+    rep = report_for_checkpoint(path, theorem=True, compression=True, progress=False)
+    assert values["compression"] == rep.compression.bound and vacuous["compression"] == rep.compression.vacuous
+    assert values["theorem1"] == rep.theorem1.bound and vacuous["theorem1"] == rep.theorem1.vacuous
+    assert values["mi"] == rep.table1[0].value
+
