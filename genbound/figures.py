@@ -162,6 +162,7 @@ def singular_values(reports: Mapping[str, object], methods: Mapping[str, str] | 
                             markevery=max(1, len(s) // 6), label=label)
             ax.set_title(name.replace("backbone.encoder.", "").replace(".attention.self", ""), fontsize=7)
             ax.set_xlabel("index")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         for ax in list(axes.flat)[len(names):]:
             ax.axis("off")
         axes.flat[0].set_ylabel("singular value of dW")

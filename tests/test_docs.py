@@ -205,3 +205,19 @@ def test_concepts_quotes_the_code_defaults():
     levels, kinds = defaults[1], defaults[2]
     assert f"{len(kinds)} kinds" in text and f"{len(levels)} level counts ({', '.join(map(str, levels[:-1]))}, " in text
     assert f"lr(B) = {METHODS['lora_plus'].b_lr_ratio:g} lr(A)" in text
+
+
+def test_readme_python_snippet_runs(tmp_path):
+    blocks = _python_blocks(ROOT / "README.md")
+    assert len(blocks) == 1
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    script = tmp_path / "readme.py"
+    script.write_text(blocks[0], encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"README.md code failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "test accuracy" in proc.stdout
+
+
+def test_readme_has_no_placeholder():
+    assert "PLACEHOLDER" not in (ROOT / "README.md").read_text()
