@@ -15,8 +15,8 @@ from genbound.backbones import get_backbone
 from genbound.cli import COMMANDS, main
 from genbound.datasets import DatasetSpec, get_dataset, stratified_split
 from genbound.errors import GenboundError
-from genbound.evaluate import evaluate
 from genbound.evalset import EvalSet
+from genbound.evaluate import evaluate
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
