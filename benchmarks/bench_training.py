@@ -121,8 +121,8 @@ def main() -> None:
         "",
         f"- date: {datetime.date.today()}; machine: {platform.machine()}, {__import__('os').cpu_count()} CPU cores, "
         f"device {args.device}; torch {torch.__version__}",
-        f"- command: `python benchmarks/bench_training.py --device {args.device} --steps {args.steps}"
-        f"{' --random-init' if args.random_init else ''}`",
+        f"- command: `python benchmarks/bench_training.py --device {args.device} --steps {args.steps} "
+        f"--warmup {args.warmup}{' --random-init' if args.random_init else ''}`",
         f"- MiniLM ({'random init, same shape' if args.random_init else 'pretrained'}), batch {args.batch}, "
         f"sequence {args.seq}, r = {args.rank}, query + value; {args.warmup} warm-up + {args.steps} timed steps; "
         f"peak memory: {rows[0]['peak_kind']}",
@@ -139,6 +139,10 @@ def main() -> None:
         mbr = f"{r['peak_bytes'] / mb['peak_bytes']:.3f}" if mb else "-"
         lines.append(f"| {r['method']} | {r['trainable']:,} | {r['median_s']:.3f} | {t:.3f} | "
                      f"{r['peak_bytes'] / 2**20:.0f} | {mm:.3f} | {MATCHED.get(r['method'], '-')} | {tb} | {mbr} |")
+    if base and "lora_plus" in by:
+        noise = abs(by["lora_plus"]["median_s"] / base["median_s"] - 1)
+        lines += ["", f"lora and lora_plus do identical arithmetic (only B's learning rate differs), so their "
+                  f"step-time difference, {noise:.1%}, measures this run's noise; smaller differences mean nothing."]
     lines.append("")
     from genbound.atomic import write_text
 
