@@ -20,6 +20,8 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from genbound.atomic import pid_alive
+
 
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux /proc), or None where unknown."""
@@ -30,16 +32,6 @@ def _start_time(pid: int) -> str | None:
     # Field 22 (starttime) counts after the command name, which is in parentheses and may hold spaces.
     fields = stat[stat.rfind(")") + 2:].split()
     return fields[19] if len(fields) > 19 else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def owner_record() -> dict:
@@ -75,7 +67,7 @@ def is_stale(owner: dict | None) -> bool:
     pid = owner.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return True
-    if not _alive(pid):
+    if not pid_alive(pid):
         return True
     start = owner.get("start")
     now = _start_time(pid)
