@@ -88,6 +88,7 @@ class CheckpointMeta:
     dtype: str
     seed: int
     paca_columns: str = "random"
+    split_digest: str = ""  # sha256 of the split's contents (empty in checkpoints that predate it)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -117,12 +118,14 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "layers": (list,), "backbone": (str,), "fingerprint": (str,), "dataset": (str,), "split_seed": (int,),
     "max_length": (int, type(None)), "num_labels": (int,), "head_in_features": (int,), "classes": (list,),
     "n_train": (int,),
-    "sizes": (dict,), "dtype": (str,), "seed": (int,), "paca_columns": (str,), "hyperparameters": (dict,),
+    "sizes": (dict,), "dtype": (str,), "seed": (int,), "paca_columns": (str,), "split_digest": (str,),
+    "hyperparameters": (dict,),
     "params": (dict,), "metrics": (dict,), "results": (dict,), "history": (list,),
     "trajectory_steps": (list,), "genbound_version": (str,), "format": (str,), "format_version": (int,),
 }
 _REQUIRED = [k for k in _FIELD_TYPES if k not in ("hyperparameters", "params", "metrics", "results", "history",
-                                                  "trajectory_steps", "paca_columns", "genbound_version")]
+                                                  "trajectory_steps", "paca_columns", "genbound_version",
+                                                  "split_digest")]
 
 
 def _reject_constant(name: str) -> float:
@@ -405,6 +408,11 @@ class Checkpoint:
             raise CheckpointError(
                 f"{self.path}: dataset '{self.meta.dataset}' now has {splits.sizes['train']} training examples, "
                 f"the checkpoint recorded {self.meta.n_train}; the data changed since training"
+            )
+        if self.meta.split_digest and splits.digest() != self.meta.split_digest:
+            raise CheckpointError(
+                f"{self.path}: the rebuilt '{self.meta.dataset}' split (split seed {self.meta.split_seed}) differs "
+                "from the one the checkpoint was trained on; the split seed, tokenizer or data changed since training"
             )
         return splits
 

@@ -47,6 +47,21 @@ class Splits:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
+    def digest(self) -> str:
+        """sha256 of the three splits' exact contents (features, labels, order): a checkpoint records it, so
+        a changed split seed, tokenizer, max length or data file is detected when the split is rebuilt."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for part in ("train", "val", "test"):
+            es = getattr(self, part)
+            for key in sorted(es.features):
+                t = es.features[key].contiguous().cpu()
+                h.update(f"{part}/{key}/{t.dtype}/{tuple(t.shape)}".encode())
+                h.update(t.numpy().tobytes())
+            h.update(es.labels.contiguous().cpu().numpy().tobytes())
+        return "sha256:" + h.hexdigest()
+
     def split(self, name: str) -> EvalSet:
         if name not in ("train", "val", "test"):
             raise GenboundError(f"unknown split '{name}'; choose train, val or test")

@@ -405,6 +405,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
         split_seed=config.split_seed, max_length=config.max_length if backbone.kind == "hf" else None,
         num_labels=splits.num_labels, head_in_features=model.head.in_features, classes=splits.classes,
         n_train=n_train, sizes=splits.sizes, dtype=dtype, seed=config.seed, paca_columns=config.paca_columns,
+        split_digest=splits.digest(),
         hyperparameters={**asdict(config), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                          "b_lr_ratio_applied": b_ratio, "chain_boundaries": sorted(boundaries)},
         params={"trainable": trainable, "total": total_params, "head": head_params,

@@ -292,3 +292,23 @@ def test_a_few_steps_on_minilm(tmp_path):
     assert ck.meta.params["trainable"] == 12 * 4 * 384 + 384 * 5 + 5
     model = ck.build_model()
     assert sum(p.requires_grad for p in model.parameters()) == 12 + 2
+
+
+def test_split_digest_detects_an_edited_split_seed(tmp_path, ckpt_dir):
+    """Sizes and classes survive a changed split seed; the recorded digest of the split's contents does not."""
+    import json
+    import shutil
+
+    from genbound.errors import CheckpointError
+
+    src = ckpt_dir("lora")
+    ck = load_checkpoint(src)
+    assert ck.meta.split_digest.startswith("sha256:")
+    assert ck.load_splits().digest() == ck.meta.split_digest
+    edited = tmp_path / "edited"
+    shutil.copytree(src, edited)
+    meta = json.loads((edited / "genbound.json").read_text())
+    meta["split_seed"] = meta["split_seed"] + 1
+    (edited / "genbound.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="differs from the one the checkpoint was trained on"):
+        load_checkpoint(edited).load_splits()
