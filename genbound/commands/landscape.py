@@ -58,51 +58,17 @@ def _samples(value: str) -> int | None:
 
 
 def plot_landscape(result, path: Path) -> Path:
-    """A line plot (loss and accuracy) or a contour plot of a slice, written atomically.
+    """The slice as a paper figure (genbound.figures: contour for a plane, curve for a line), written
+    atomically in the format of ``path``'s suffix."""
+    from .. import figures as F
 
-    Kept self-contained so that it can move to a shared figures module."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..atomic import atomic_file
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    axes = [a.numpy() for a in result.axes]
-    loss = result.loss.numpy()
-    if result.kind == "line":
-        ax.plot(axes[0], loss, color="C0", label="loss")
-        ax.set_xlabel("t (direction 1)")
-        ax.set_ylabel("loss", color="C0")
-        twin = ax.twinx()
-        twin.plot(axes[0], result.accuracy.numpy(), color="C1", linestyle="--", label="accuracy")
-        twin.set_ylabel("accuracy", color="C1")
-        ax.axvline(0.0, color="grey", linewidth=0.8)
-        if result.path is not None:
-            for (t,), label in zip(result.path.tolist(), result.path_labels or []):
-                ax.annotate(label, (t, float(loss[min(range(len(axes[0])), key=lambda i: abs(axes[0][i] - t))])))
+    title = f"{result.directions_kind} slice, space {result.space}"
+    if result.kind == "plane":
+        fig = F.landscape_contour(result, title)
     else:
-        cs = ax.contourf(axes[0], axes[1], loss.T, levels=30, cmap="viridis")
-        ax.contour(axes[0], axes[1], loss.T, levels=15, colors="white", linewidths=0.4)
-        fig.colorbar(cs, ax=ax, label="loss")
-        ax.plot([0], [0], marker="*", color="red", markersize=10)
-        if result.path is not None:
-            pts = result.path.numpy()
-            style = "-o" if result.directions_kind == "pca" else "o"
-            ax.plot(pts[:, 0], pts[:, 1], style, color="white", markersize=3)
-            for (x, y), label in zip(pts.tolist(), result.path_labels or []):
-                if result.directions_kind != "pca":
-                    ax.annotate(label, (x, y), color="white")
-        ax.set_xlabel("t1")
-        ax.set_ylabel("t2")
-    ax.set_title(f"{result.directions_kind} slice, space {result.space}")
-    fig.tight_layout()
+        fig = F.landscape_lines({result.directions_kind: result}, title=title)
     path = Path(path)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
-    plt.close(fig)
-    return path
+    return F.save(fig, path.with_suffix(""), formats=(path.suffix.lstrip(".").lower() or "png",))[0]
 
 
 def run(args) -> int:
