@@ -225,8 +225,11 @@ def compare(
     sweep = eps_sweep(10)
     ia = ib = None
     try:
-        ia = intruders(a.base_weights(), ua, k=top_k, eps=eps, sweep=sweep, device=device, progress=False)
-        ib = intruders(b.base_weights(), ub, k=top_k, eps=eps, sweep=sweep, device=device, progress=False)
+        wa = a.base_weights()
+        # One backbone and one layer set: B's pretrained weights are A's, so build the backbone once.
+        wb = wa if same is None and set(ua) == set(ub) else b.base_weights()
+        ia = intruders(wa, ua, k=top_k, eps=eps, sweep=sweep, device=device, progress=False)
+        ib = intruders(wb, ub, k=top_k, eps=eps, sweep=sweep, device=device, progress=False)
     except GenboundError as exc:
         notes.append(f"intruder dimensions skipped: {exc}")
     raw["intruders"] = (ia, ib)
@@ -370,13 +373,12 @@ def _landscape_rows(R: _Rows, a, b, path_a, path_b, same, samples, grid, device,
           LOWER)
     R.add("landscape", "basin area below threshold", *(s.basin.area if s else None for s in sums), HIGHER)
     if same is None:
-        line = landscape_from_checkpoints([path_a, path_b], "interpolate", grid=grid, samples=samples, seed=seed,
-                                          device=device)
+        line = landscape_from_checkpoints([path_a, path_b], "interpolate", grid=grid, span=1.0, samples=samples,
+                                          seed=seed, device=device)
         out["interpolation"] = line
-        loss = line.loss.cpu().tolist()
-        coords = line.axes[0].cpu().tolist()
-        ends = [loss[coords.index(min(coords, key=lambda c: abs(c - e)))] for e in (0.0, 1.0)]
-        barrier = max(loss[coords.index(min(coords, key=lambda c: abs(c))):]) - max(ends)
+        # With span 1 the grid runs from t = -1 to t = 1: A is the centre point and B the last one.
+        segment = line.loss[line.centre[0]:].cpu().tolist()
+        barrier = max(segment) - max(segment[0], segment[-1])
         R.add("landscape", "barrier on the line A -> B", barrier, barrier,
               note="max loss on the segment minus the higher end point (0: linearly connected)")
     else:

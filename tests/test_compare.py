@@ -44,7 +44,14 @@ def test_rows_equal_the_underlying_modules(pair):
     sim = compare_updates(ca.layer_updates(), cb.layer_updates(), k=8)
     assert report.row("similarity", "mean subspace overlap of A's and B's dW").a == pytest.approx(sim.mean_overlap)
     assert report.row("hessian", "eigenvalue 1").a is not None
-    assert report.row("landscape", "barrier on the line A -> B").a is not None
+    barrier = report.row("landscape", "barrier on the line A -> B").a
+    from genbound.landscape import landscape_from_checkpoints
+
+    line = landscape_from_checkpoints([a, b], "interpolate", grid=5, span=1.0, samples=128, seed=0)
+    assert line.axes[0][line.centre[0]] == 0 and line.axes[0][-1] == 1  # A at the centre, B at the last point
+    segment = line.loss[line.centre[0]:]
+    assert barrier == pytest.approx(float(segment.max() - max(segment[0], segment[-1])), abs=1e-9)
+    assert barrier >= 0
 
 
 def test_better_marks():
