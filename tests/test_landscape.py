@@ -104,10 +104,64 @@ def test_auto_schedule_is_exact():
     assert ev.points_per_batch > 1
     ev.points_per_batch = 4  # a smaller planned chunk, so that 25 points are enough to time both schedules
     fast, ref = ev.evaluate(pts), ev.evaluate(pts, "sequential")
-    assert set(fast.calibration) == {"vmap_seconds_per_point", "single_seconds_per_point", "vmap_points"}
+    assert set(fast.calibration) == {"chunk_seconds_per_point", "single_seconds_per_point", "chunk_points"}
     assert fast.points_per_batch in (1, ev.points_per_batch)
     assert torch.allclose(fast.loss, ref.loss, rtol=0, atol=1e-6)
     assert torch.equal(fast.accuracy, ref.accuracy)
+
+
+class SeqFirst(nn.Module):
+    """A Linear that sees (positions, examples, features): its leading dimension is not the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 6)
+        self.head = nn.Linear(18, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.proj(x.view(-1, 3, 4).transpose(0, 1)))  # (3, n, 6)
+        return self.head(h.transpose(0, 1).reshape(x.shape[0], -1))
+
+
+class Tied(nn.Module):
+    """Two Linear layers sharing one weight: moving it moves both."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(12, 12)
+        self.b = nn.Linear(12, 12)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+def test_folded_schedule_and_its_fallbacks():
+    """Points are folded into the batch dimension when only Linear weights and biases move; a moving
+    LayerNorm, tied weights, or a Linear whose input is not (examples, ...) fall back to vmap, and every
+    schedule equals the point-by-point reference."""
+    pts = torch.randn(7, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    model, data = tiny(2)
+    coords = coordinates(model)
+    cases = {"folded": ("zero", model, data), "vmap": ("keep", model, data)}
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(30, 12, generator=g)
+    y = torch.randint(0, 4, (30,), generator=g)
+    for name, m in (("seqfirst", SeqFirst()), ("tied", Tied())):
+        torch.manual_seed(0)
+        m.eval()
+        cases[name] = ("zero", m, EvalSet({"x": x}, y))
+    for name, (one_d, m, d) in cases.items():
+        coords = coordinates(m)
+        dirs = [t.tensors for t in random_directions(coords, 2, seed=4, one_d=one_d)]
+        ev = GridEvaluator(m, coords, dirs, d, points_per_batch=3)
+        fast, ref = ev.evaluate(pts), ev.evaluate(pts, "sequential")
+        assert fast.schedule == ("folded" if name == "folded" else "vmap"), name
+        assert torch.allclose(fast.loss, ref.loss, rtol=0, atol=1e-6), name
+        assert torch.equal(fast.accuracy, ref.accuracy), name
+        if name == "seqfirst":  # found at run time, from the layer's input shape
+            assert "expected" in ev._fold_error
 
 
 def test_batched_equals_sequential_later_layers_and_no_cache():

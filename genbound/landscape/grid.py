@@ -10,26 +10,36 @@ Engines
 -------
 ``sequential``  the reference: one ``torch.func.functional_call`` per point with the weights
                 W = theta* + t_1 d_1 + t_2 d_2, on a private copy of the model in eval mode.
-``batched``     several points per forward pass: ``torch.vmap`` over ``functional_call``. For a chunk of P
-                points with coefficient rows c = (1, t_1, .., t_k), every moving tensor is built by one matrix
-                product (P, k+1) x (k+1, numel) of c with [theta*; d_1; ..; d_k] and mapped over; everything
-                that does not depend on the point (embeddings, an unperturbed prefix) is computed once per
-                forward, not once per point. Points come in chunks sized to a memory budget (on a CPU also
-                to the cache: a large model is compute-bound at one point per forward). A one-point chunk
-                runs without vmap; when the chunk size is planned, the first data batch times a chunk
-                against single points and the faster schedule is kept (:meth:`GridEvaluator.evaluate`).
+``batched``     several points per forward pass. For a chunk of P points with coefficient rows
+                c = (1, t_1, .., t_k), every moving tensor is built by one matrix product (P, k+1) x (k+1, numel)
+                of c with [theta*; d_1; ..; d_k]. Two schedules:
+
+                * folded (when only weights and biases of nn.Linear layers move, the common case: the dW space
+                  of an adapted model, or all weights with zeroed 1-D directions): the model sees P copies of
+                  the data batch stacked along the batch dimension and each moving Linear applies point p's
+                  weight to its p-th block of rows (one batched matrix product, :class:`_FoldedLinear`). Every
+                  other module runs once on P n rows. Exact because examples are independent in eval mode (the
+                  same fact that lets the evaluation set be cut into data batches at all); a layer whose input
+                  is not (P n, ...) is detected at run time and the engine falls back to vmap.
+                * vmap (any other moving tensor: LayerNorm, embeddings, tied weights): ``torch.vmap`` over
+                  ``functional_call`` with the stacked tensors mapped over.
+
+                Points come in chunks sized to a memory budget (on a CPU also to the cache: a large model is
+                compute-bound at one point per forward). When the chunk size is planned, the first data batch
+                times a chunk against single points and the faster schedule is kept
+                (:meth:`GridEvaluator.evaluate`).
 
 Prefix caching (exact algebra). A Linear layer whose weight moves and whose input x does not depend on the
 point (every layer before it is unperturbed) computes
 
     (W* + sum_i t_i D_i) x + (b* + sum_i t_i db_i) = (W* x + b*) + sum_i t_i (D_i x + db_i),
 
-so its k + 1 products are computed once per data batch and reused by every point and every chunk; per
-point only their combination with c remains (one (P, k+1) x (k+1, M) product per chunk). This halves the
-work for an MLP whose first layer moves. The identity is exact in real arithmetic; in float32 it differs
-from the reference by rounding only (tests check 1e-6 on the loss). Which layers qualify is found by a
-probe pass (their input does not require grad when only the coordinates do) and re-checked at run time:
-a batched input disables the cache.
+so its k + 1 products are computed once per data batch (on one copy of the batch) and reused by every point
+and every chunk; per point only their combination with c remains (one (P, k+1) x (k+1, M) product per
+chunk). This halves the work for an MLP whose first layer moves. The identity is exact in real
+arithmetic; in float32 it differs from the reference by rounding only (tests check 1e-6 on the loss).
+Which layers qualify is found by a probe pass (their input does not require grad when only the coordinates
+do) and re-checked at run time: under vmap a batched input disables the cache.
 
 The caller's model is never touched: engines work on a deep copy (eval mode, no grad).
 """
@@ -111,7 +121,8 @@ class PointValues:
     points_per_batch: int
     batch_size: int
     cached_layers: list[str] = field(default_factory=list)
-    calibration: dict = field(default_factory=dict)  # vmap chunk vs single points, when timed
+    calibration: dict = field(default_factory=dict)  # a chunk of points vs single points, when timed
+    schedule: str = "single"  # batched engine: "folded" (points in the batch dimension) or "vmap"
 
 
 class _GridLinear(nn.Module):
@@ -155,6 +166,74 @@ class _GridLinear(nn.Module):
             stacked, lead = self._products(x)
             self._cache = (self.token, stacked, lead)
         return (self.coef @ stacked).reshape(*lead, self.out_features)
+
+
+class _FoldError(RuntimeError):
+    """A folded forward met an input whose leading dimension is not (points x examples)."""
+
+
+class _FoldedLinear(nn.Module):
+    """A Linear evaluated at P points in one forward, the points folded into the batch dimension.
+
+    The model sees P copies of the data batch one after the other, so this layer's input x has leading
+    dimension P n. Per point p, with c_p = (1, t_p1, .., t_pk), the weight is W_p = c_p [W*; D_1; ..; D_k]
+    (one (P, k+1) x (k+1, numel) product for the chunk) and y_p = x_p W_p^T + b_p is one batched matrix
+    product. Every other module runs unchanged on the P n rows, which is what makes a chunk cheaper than P
+    forwards of n rows: larger matrix products and one pass of Python per chunk.
+
+    With ``shared`` (the input does not depend on the point: an unperturbed prefix) only the first copy is
+    multiplied, by the k + 1 stacked matrices once per data batch, and the chunk's outputs are c @ S
+    (prefix caching in the module docstring)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, dweight: Tensor, dbias: Tensor | None, shared: bool):
+        super().__init__()
+        k, out = dweight.shape[0], weight.shape[0]
+        self.k, self.out_features, self.in_features, self.shared = k, out, weight.shape[1], shared
+        self.register_buffer("stacked_weight", torch.cat([weight.unsqueeze(0), dweight]).reshape(k + 1, -1))
+        moving_bias = dbias is not None and bool(dbias.ne(0).any())
+        if bias is None and not moving_bias:
+            stacked_bias = None
+        else:
+            b0 = bias if bias is not None else weight.new_zeros(out)
+            db = dbias if moving_bias else weight.new_zeros(k, out)
+            stacked_bias = torch.cat([b0.unsqueeze(0), db])
+        self.register_buffer("stacked_bias", stacked_bias)  # (k+1, out) or None
+        self.moving_bias = moving_bias
+        self.coef = weight.new_zeros(1, k + 1)  # (P, k+1), set by the evaluator for each chunk
+        self.n = 0  # examples per copy, set by the evaluator for each data batch
+        self.token: object | None = None
+        self._cache: tuple[object, Tensor] | None = None
+        self.uncached_calls = 0
+
+    def _shared_products(self, x0: Tensor) -> Tensor:
+        """[W* x + b*; D_1 x + db_1; ..] for one copy of the input, as a (k+1, rows * out) matrix."""
+        w = self.stacked_weight.view((self.k + 1) * self.out_features, self.in_features)
+        b = None if self.stacked_bias is None else self.stacked_bias.reshape(-1)
+        y = F.linear(x0.reshape(-1, self.in_features), w, b)  # (rows, (k+1) out)
+        return y.view(-1, self.k + 1, self.out_features).transpose(0, 1).reshape(self.k + 1, -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        P = self.coef.shape[0]
+        if x.shape[0] != P * self.n:
+            raise _FoldError(f"input of leading size {x.shape[0]}, expected {P} x {self.n}")
+        out_shape = (*x.shape[:-1], self.out_features)
+        if self.shared:
+            if self._cache is None or self.token is None or self._cache[0] is not self.token:
+                self._cache = (self.token, self._shared_products(x[: self.n]))
+            return (self.coef @ self._cache[1]).view(out_shape)
+        self.uncached_calls += 1
+        w = (self.coef @ self.stacked_weight).view(P, self.out_features, self.in_features)
+        if self.stacked_bias is None:
+            b = None
+        elif self.moving_bias:
+            b = self.coef @ self.stacked_bias  # (P, out)
+        else:
+            b = self.stacked_bias[0].expand(P, -1)
+        if P == 1:
+            return F.linear(x, w[0], None if b is None else b[0])
+        xs = x.reshape(P, -1, self.in_features)
+        y = torch.bmm(xs, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), xs, w.transpose(1, 2))
+        return y.view(out_shape)
 
 
 def _combine(centre: Tensor, dirs: Tensor, t: Tensor) -> Tensor:
@@ -201,10 +280,13 @@ class GridEvaluator:
         self.progress = progress
         self.cache_prefix = cache_prefix
         self._probe()
+        self._fold = self._fold_modules()
+        self._fold_error: str | None = None
+        self._token: object | None = None
         self._auto_chunk = points_per_batch is None
         self.batch_size, self.points_per_batch = self._plan(batch_size, points_per_batch, memory_budget)
         self._batched_model: nn.Module | None = None
-        self._grid_modules: dict[str, _GridLinear] = {}
+        self._grid_modules: dict[str, _GridLinear | _FoldedLinear] = {}
 
     # -- setup ---------------------------------------------------------------------------------------
 
@@ -214,6 +296,16 @@ class GridEvaluator:
         for p in m.parameters():
             p.requires_grad_(False)
         return m
+
+    @property
+    def _tied(self) -> set[str]:
+        """Coordinates whose tensor is shared by several modules (tied weights): moving one moves all, so
+        no engine may replace one of its modules."""
+        uses: dict[int, int] = {}
+        for _, p in self.model.named_parameters(remove_duplicate=False):
+            uses[id(p)] = uses.get(id(p), 0) + 1
+        own = dict(self.model.named_parameters())
+        return {n for n in self.names if n in own and uses[id(own[n])] > 1}
 
     def _probe(self) -> None:
         """One forward on two examples with the coordinates requiring grad: which Linear layers see an
@@ -252,13 +344,31 @@ class GridEvaluator:
         per_example = max(out_numel) / n_probe if out_numel else 0.0
         self._act_bytes_per_example = 4.0 * per_example * 4  # a few such tensors are alive at once
         self._eligible = []
-        names = set(self.names)
+        names = set(self.names) - self._tied
         for mname, mod in self.model.named_modules():
             if type(mod) is not nn.Linear or calls.get(mname, 0) != 1 or not input_free.get(mname, False):
                 continue
             wname = f"{mname}.weight" if mname else "weight"
-            if wname in names:
+            if wname in names and f"{mname}.bias" not in self._tied:
                 self._eligible.append(mname)
+
+    def _fold_modules(self) -> list[str] | None:
+        """The Linear layers whose weight or bias moves, when only such tensors move: then the batched
+        engine folds the points into the batch dimension (:class:`_FoldedLinear`). Coordinates whose
+        directions are exactly zero (filter-normalized biases) are constants. None (vmap instead) when any
+        other tensor moves, or a moving tensor is shared by several modules (tied weights)."""
+        tied = self._tied
+        modules: list[str] = []
+        for n in self.names:
+            if not bool(self.dirs[n].ne(0).any()):
+                continue
+            mname, _, leaf = n.rpartition(".")
+            mod = self.model.get_submodule(mname) if mname else self.model
+            if type(mod) is not nn.Linear or leaf not in ("weight", "bias") or n in tied:
+                return None
+            if mname not in modules:
+                modules.append(mname)
+        return modules
 
     def _plan(self, batch_size: int | None, points_per_batch: int | None, budget: int | None) -> tuple[int, int]:
         n = len(self.data)
@@ -291,9 +401,13 @@ class GridEvaluator:
         return int(min(batch_size, n)), int(points_per_batch)
 
     def _batched(self) -> nn.Module:
-        """A second private copy in which cacheable Linear layers are replaced by :class:`_GridLinear`."""
+        """A second private copy for the batched engine: moving Linear layers replaced by
+        :class:`_FoldedLinear` (every other tensor at the centre), or, when the points cannot be folded,
+        cacheable Linear layers replaced by :class:`_GridLinear` for vmap."""
         if self._batched_model is not None:
             return self._batched_model
+        if self._fold is not None:
+            return self._folded()
         model = self.model if not (self.cache_prefix and self._eligible) else copy.deepcopy(self.model)
         self._grid_modules = {}
         if self.cache_prefix and _is_batched is not None:
@@ -309,6 +423,32 @@ class GridEvaluator:
                 self._grid_modules[mname] = gl
         self._batched_model = model
         return model
+
+    def _folded(self) -> nn.Module:
+        model = copy.deepcopy(self.model)
+        own = dict(model.named_parameters()) | dict(model.named_buffers())
+        with torch.no_grad():
+            for n in self.names:  # tensors that do not move sit at the centre
+                own[n].copy_(self.centre[n])
+        self._grid_modules = {}
+        for mname in self._fold:
+            lin = model.get_submodule(mname)
+            wname, bname = f"{mname}.weight", f"{mname}.bias"
+            weight = self.centre.get(wname, lin.weight.detach())
+            dweight = self.dirs.get(wname, weight.new_zeros(self.k, *weight.shape))
+            bias = self.centre.get(bname, lin.bias.detach() if lin.bias is not None else None)
+            shared = self.cache_prefix and mname in self._eligible
+            fl = _FoldedLinear(weight, bias, dweight, self.dirs.get(bname), shared).to(self.device)
+            parent_name, _, child = mname.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, fl)
+            self._grid_modules[mname] = fl
+        self._batched_model = model
+        return model
+
+    def _unfold(self, why: str) -> None:
+        """Give up folding (a layer's input was not points x examples): vmap from here on, still exact."""
+        self._fold, self._fold_error = None, why
+        self._batched_model, self._grid_modules = None, {}
 
     # -- evaluation ------------------------------------------------------------------------------------
 
@@ -337,34 +477,32 @@ class GridEvaluator:
 
         self._bar = tqdm(total=P * len(batches), desc=f"landscape ({engine})", unit="pt", leave=False,
                          disable=None if self.progress is None else not self.progress)
-        model = self._batched() if engine == "batched" else self.model
         with torch.no_grad():
             for bi, (feats, labels) in enumerate(batches):
-                token = object()
-                for gl in self._grid_modules.values():
-                    gl.token = token
+                self._token = object()  # a new data batch: prefix products are recomputed once
                 start = 0
                 if bi == 0 and calibrate:
-                    self._run(model, engine, points, [(0, 1)], feats, labels)  # warm-up and prefix cache
+                    self._run(engine, points, [(0, 1)], feats, labels)  # warm-up and prefix cache
                     a, b, c = 1, 1 + planned, 1 + 2 * planned
-                    t_vmap = self._run(model, engine, points, [(a, b)], feats, labels) / planned
-                    t_one = self._run(model, engine, points, [(s, s + 1) for s in range(b, c)], feats, labels) / planned
-                    chosen = planned if t_vmap < t_one else 1
-                    calibration = {"vmap_seconds_per_point": t_vmap, "single_seconds_per_point": t_one,
-                                   "vmap_points": planned}
+                    t_chunk = self._run(engine, points, [(a, b)], feats, labels) / planned
+                    t_one = self._run(engine, points, [(s, s + 1) for s in range(b, c)], feats, labels) / planned
+                    chosen = planned if t_chunk < t_one else 1
+                    calibration = {"chunk_seconds_per_point": t_chunk, "single_seconds_per_point": t_one,
+                                   "chunk_points": planned}
                     start = c
                 step = chosen if engine == "batched" else 1
                 chunks = [(s, min(s + step, P)) for s in range(start, P, step)]
-                self._run(model, engine, points, chunks, feats, labels)
+                self._run(engine, points, chunks, feats, labels)
         self._bar.close()
         for gl in self._grid_modules.values():
             gl._cache, gl.token = None, None
         n = len(self.data)
         cached = [m for m, gl in self._grid_modules.items() if gl.uncached_calls == 0] if engine == "batched" else []
+        schedule = ("folded" if self._fold is not None else "vmap") if engine == "batched" else "single"
         return PointValues(self._loss / n, self._correct / n, engine, time.perf_counter() - t0,
-                           chosen if engine == "batched" else 1, self.batch_size, cached, calibration)
+                           chosen if engine == "batched" else 1, self.batch_size, cached, calibration, schedule)
 
-    def _run(self, model: nn.Module, engine: str, points: Tensor, chunks: Sequence[tuple[int, int]],
+    def _run(self, engine: str, points: Tensor, chunks: Sequence[tuple[int, int]],
              feats: dict[str, Tensor], labels: Tensor) -> float:
         """Accumulate the summed loss and correct counts of ``chunks`` of points on one data batch;
         returns the seconds taken."""
@@ -372,7 +510,7 @@ class GridEvaluator:
         for s, e in chunks:
             t = points[s:e].to(self.device)
             if engine == "batched":
-                logits = self._forward_batched(model, t, feats)
+                logits = self._forward_batched(t, feats)
             else:
                 logits = self._forward_point(t[0], feats).unsqueeze(0)
             ls, cs = _score(logits, labels)  # moves to the CPU, so the timing includes the device work
@@ -390,7 +528,34 @@ class GridEvaluator:
 
         return functional_call(self.model, self._weights(t), args=(), kwargs=feats, strict=False)
 
-    def _forward_batched(self, model: nn.Module, t: Tensor, feats: dict[str, Tensor]) -> Tensor:
+    def _forward_batched(self, t: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """Logits (P, n, C) of a chunk of points: folded into the batch dimension when only Linear layers
+        move, else through vmap."""
+        if self._fold is not None:
+            model = self._batched()
+            try:
+                return self._forward_folded(model, t, feats)
+            except _FoldError as e:
+                self._unfold(str(e))
+        model = self._batched()
+        for gl in self._grid_modules.values():
+            gl.token = self._token
+        return self._forward_vmap(model, t, feats)
+
+    def _forward_folded(self, model: nn.Module, t: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        P = t.shape[0]
+        n = next(iter(feats.values())).shape[0]
+        coef = torch.cat([torch.ones_like(t[:, :1]), t], 1)
+        for fl in self._grid_modules.values():
+            fl.coef, fl.n, fl.token = coef.to(fl.stacked_weight.dtype), n, self._token
+        if P > 1:  # the examples are independent in eval mode, so P copies of the batch are P evaluations
+            feats = {k: v.repeat(P, *([1] * (v.dim() - 1))) for k, v in feats.items()}
+        logits = model(**feats)
+        if not isinstance(logits, Tensor) or logits.shape[0] != P * n:
+            raise _FoldError("the model's output is not (points x examples, classes)")
+        return logits.reshape(P, n, *logits.shape[1:])
+
+    def _forward_vmap(self, model: nn.Module, t: Tensor, feats: dict[str, Tensor]) -> Tensor:
         from torch.func import functional_call, vmap
 
         # c = (1, t_1, .., t_k) per point; every moving tensor of the chunk is one (P, k+1) x (k+1, numel)
