@@ -34,7 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--split", choices=["train", "val", "test"], default="train", help="evaluation split")
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions and of the subset")
     p.add_argument("--engine", choices=["batched", "sequential"], default="batched",
-                   help="batched (vmap, default) or the point-by-point reference")
+                   help="batched (several points per forward, default) or the point-by-point reference")
     p.add_argument("--points-per-batch", type=int, default=None, help="grid points per forward (default: by memory)")
     p.add_argument("--batch-size", type=int, default=None, help="examples per forward (default: by memory)")
     p.add_argument("--basin-rise", type=float, default=0.1,

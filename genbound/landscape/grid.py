@@ -456,8 +456,9 @@ class GridEvaluator:
         """Mean loss and accuracy at ``points`` (P, k) of coefficients t.
 
         With the batched engine and a planned (not user-given) chunk size above one, the first data batch
-        also times a chunk through vmap against the same number of single-point forwards (with the same
-        prefix cache) and keeps the faster for the rest: on a CPU a large model gains nothing from vmap.
+        also times a chunk (folded or through vmap) against the same number of single-point forwards (with
+        the same prefix cache) and keeps the faster for the rest: on a CPU a large model gains nothing from
+        more points per forward.
         Every value is computed exactly either way; only the schedule changes."""
         if engine not in ENGINES:
             raise GenboundError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
