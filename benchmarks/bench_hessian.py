@@ -42,8 +42,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cases import peer_mlp  # noqa: E402
 from genbound.atomic import write_text  # noqa: E402
-from genbound.evalset import EvalSet  # noqa: E402
 from genbound.hessian import (  # noqa: E402
     HessianOperator,
     extreme_eigenvalues,
@@ -196,19 +196,10 @@ def bench_model(label, model, names, evalset, args, rows, notes, density: bool):
 
 
 def mlp_case(n: int, seed: int):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 10))
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 512, generator=g)
-    teacher = torch.randn(512, 10, generator=g)
-    y = (x @ teacher + 0.5 * torch.randn(n, 10, generator=g)).argmax(1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(15):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    return model, [n for n, _ in model.named_parameters()], EvalSet({"input": x}, y)
+    model, es = peer_mlp(n, seed, train_steps=15, label_noise=0.5)
+    for p in model.parameters():  # pyhessian differentiates through the parameters themselves
+        p.requires_grad_(True)
+    return model, [n for n, _ in model.named_parameters()], es
 
 
 def minilm_case(n: int, seed: int):

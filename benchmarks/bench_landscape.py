@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cases import peer_mlp  # noqa: E402
 from genbound.atomic import write_text  # noqa: E402
 from genbound.evalset import EvalSet  # noqa: E402
 from genbound.landscape import (  # noqa: E402
@@ -47,31 +47,8 @@ from genbound.landscape import (  # noqa: E402
 )
 
 
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 10))
-
-    def forward(self, x):
-        return self.net(x)
-
-
 def mlp_case(n: int, train_steps: int) -> tuple[nn.Module, EvalSet]:
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 512, generator=g)
-    teacher = torch.randn(512, 10, generator=g)
-    y = (x @ teacher).argmax(1)
-    model = MLP()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(train_steps):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, EvalSet({"x": x}, y)
+    return peer_mlp(n, seed=0, train_steps=train_steps)
 
 
 def minilm_case(n: int, max_length: int, attn: str = "sdpa") -> tuple[nn.Module, EvalSet, list[str]]:
