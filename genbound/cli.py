@@ -40,11 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help()
-        return 0
     try:
+        args = parser.parse_args(argv)  # argument types (positive_int, sample_count) raise GenboundError
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return 0
         return int(args._run(args) or 0)
     except GenboundError as exc:
         print(f"genbound: error: {exc}", file=sys.stderr)

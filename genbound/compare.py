@@ -295,7 +295,7 @@ def _bounds(ck, path, device, data_bounds, pac_bayes, seed, n_train, progress, n
                                compression=None, pac_bayes=None)
     mlp = ck.meta.backbone == "mlp"
     use_data = mlp if data_bounds is None else data_bounds
-    return report_for_checkpoint(path, compression=use_data, pac_bayes=pac_bayes and use_data, seed=seed,
+    return report_for_checkpoint(ck, compression=use_data, pac_bayes=pac_bayes and use_data, seed=seed,
                                  device=device, progress=progress, theorem=True)
 
 

@@ -121,6 +121,10 @@ def test_dataset_must_fit_backbone():
         (["train", "--method", "lora", "--backbone", "nope", "--out", "X"], "unknown backbone 'nope'"),
         (["train", "--method", "lora", "--backbone", "mlp", "--dataset", "nope", "--out", "X"], "unknown dataset"),
         (["train", "--method", "lora", "--backbone", "./not-a-folder", "--out", "X"], "neither a known name"),
+        # argument types raise during parsing, before any command runs
+        (["hessian", "X", "--samples", "abc"], "--samples must be a positive integer or 'all'"),
+        (["landscape", "X", "--samples", "0"], "--samples must be a positive integer or 'all'"),
+        (["hessian", "X", "--density-steps", "-3"], "expected a positive integer, got -3"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):

@@ -139,12 +139,14 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
                           theorem: bool = True, compression: bool = True, pac_bayes: bool = False,
                           pb_samples: int = 20, seed: int = 0, device: str | torch.device = "cpu",
                           progress: bool | None = None) -> BoundsReport:
-    """All bounds for one checkpoint: its Table 1 row, Theorem 1 (mlp) or why not (transformer), and the
-    compression (default) and PAC-Bayes (``pac_bayes=True``) bounds on the real model."""
-    from ..checkpoint import load_checkpoint
+    """All bounds for one checkpoint (a directory, or a :class:`~genbound.checkpoint.Checkpoint` already
+    loaded): its Table 1 row, Theorem 1 (mlp) or why not (transformer), and the compression (default) and
+    PAC-Bayes (``pac_bayes=True``) bounds on the real model."""
+    from ..checkpoint import Checkpoint, load_checkpoint
     from .transformer import TRANSFORMER_CHAIN, TRANSFORMER_REASONS
 
-    ckpt = load_checkpoint(path)
+    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
+    path = ckpt.path if isinstance(path, Checkpoint) else path
     meta = ckpt.meta
     cfg = config_from_meta(meta, q=q, sigma=sigma, loss=loss, clip=clip, n=n, total=total, source=str(path))
     row = method_bound(get_method(meta.method), cfg, include_head)

@@ -24,6 +24,28 @@ def add_device(parser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a positive integer, else a one-line error (exit code 2)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise GenboundError(f"expected a positive integer, got '{text}'") from None
+    if v < 1:
+        raise GenboundError(f"expected a positive integer, got {v}")
+    return v
+
+
+def sample_count(text: str) -> int | None:
+    """An argparse type for ``--samples``: a positive integer, or 'all' (None) for the whole split."""
+    if str(text).lower() == "all":
+        return None
+    try:
+        return positive_int(text)
+    except GenboundError:
+        raise GenboundError(f"--samples must be a positive integer or 'all' for the whole split, got '{text}'") \
+            from None
+
+
 def resolve_device(name: str | None) -> torch.device:
     """'auto' picks CUDA when available; an unavailable CUDA is a clear error, not a crash."""
     if name in (None, "auto"):

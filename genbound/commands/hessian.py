@@ -8,7 +8,7 @@ The Hessian is that of the mean cross-entropy on a seeded subset of ``--samples`
 from __future__ import annotations
 
 from ..errors import GenboundError
-from .common import add_device, add_json, format_table, print_json, resolve_device
+from .common import add_device, add_json, format_table, positive_int, print_json, resolve_device, sample_count
 
 HELP = "Hessian spectrum of a checkpoint's loss: top eigenvalues (Lanczos), trace (Hutch++), density (SLQ)"
 DESCRIPTION = (
@@ -16,20 +16,6 @@ DESCRIPTION = (
     "the trace by Hutch++ with a 95 percent confidence interval, and the spectral density by stochastic Lanczos "
     "quadrature, of the mean cross-entropy on a seeded subset of the checkpoint's data."
 )
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise GenboundError(f"expected a positive integer, got '{text}'") from None
-    if v < 1:
-        raise GenboundError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _samples(text: str):
-    return None if text.lower() == "all" else _positive(text)
 
 
 def add_arguments(p) -> None:
@@ -42,16 +28,16 @@ def add_arguments(p) -> None:
     p.add_argument("--trace-rtol", type=float, default=0.05,
                    help="stop probing when the 95%% interval half-width is below this fraction of the trace (0.05)")
     p.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
-    p.add_argument("--density-probes", type=_positive, default=4, help="SLQ starting vectors (4)")
-    p.add_argument("--density-steps", type=_positive, default=64, help="Lanczos steps per SLQ probe (64)")
+    p.add_argument("--density-probes", type=positive_int, default=4, help="SLQ starting vectors (4)")
+    p.add_argument("--density-steps", type=positive_int, default=64, help="Lanczos steps per SLQ probe (64)")
     p.add_argument("--params", default="trained",
                    help="trained (default), all, or comma-separated parameter / module names (e.g. head,fc2)")
-    p.add_argument("--samples", type=_samples, default=512,
+    p.add_argument("--samples", type=sample_count, default=512,
                    help="examples in the seeded evaluation subset, or 'all' (512)")
     p.add_argument("--split", choices=["train", "val", "test"], default="train", help="data split (train)")
-    p.add_argument("--batch-size", type=_positive, default=256, help="examples per forward pass (256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="examples per forward pass (256)")
     p.add_argument("--tol", type=float, default=1e-4, help="relative error bound for the eigenvalues (1e-4)")
-    p.add_argument("--max-steps", type=_positive, default=100, help="most Lanczos steps for eigenvalues (100)")
+    p.add_argument("--max-steps", type=positive_int, default=100, help="most Lanczos steps for eigenvalues (100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset and of every random probe (0)")
     p.add_argument("--out", default=None, help="also write the JSON report to this file (atomically)")
     add_json(p)

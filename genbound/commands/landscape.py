@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import GenboundError
-from .common import add_device, add_json, format_table, print_json, resolve_device, to_jsonable
+from .common import add_device, add_json, format_table, print_json, resolve_device, sample_count, to_jsonable
 
 HELP = "loss-landscape slice around a checkpoint: filter-normalized random, trajectory-PCA or interpolation"
 DESCRIPTION = (
@@ -29,7 +29,7 @@ def add_arguments(p) -> None:
                    help="coordinates perturbed: merged adapted weights + head (dw), adapter factors, or all")
     p.add_argument("--normalization", choices=["filter", "layer", "none"], default="filter",
                    help="normalization of random directions (default filter, Li et al. 2018)")
-    p.add_argument("--samples", default="512",
+    p.add_argument("--samples", type=sample_count, default=512,
                    help="seeded evaluation subset size, or 'all' for the whole split (default 512)")
     p.add_argument("--split", choices=["train", "val", "test"], default="train", help="evaluation split")
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions and of the subset")
@@ -43,18 +43,6 @@ def add_arguments(p) -> None:
     p.add_argument("--plot", type=Path, default=None, help="write a figure (png, pdf or svg) to this file")
     add_device(p)
     add_json(p)
-
-
-def _samples(value: str) -> int | None:
-    if str(value).lower() in ("all", "none", "0"):
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise GenboundError(f"--samples must be a positive integer or 'all', got '{value}'") from None
-    if n <= 0:
-        raise GenboundError(f"--samples must be positive, got {n}; use 'all' for the whole split")
-    return n
 
 
 def plot_landscape(result, path: Path) -> Path:
@@ -80,7 +68,7 @@ def run(args) -> int:
         raise GenboundError(f"--plot {args.plot}: use a .png, .pdf or .svg file name")
     result = landscape_from_checkpoints(
         args.checkpoints, args.directions, space=args.space, dims=args.dims, grid=args.grid, span=args.span,
-        samples=_samples(args.samples), split=args.split, seed=args.seed, normalization=args.normalization,
+        samples=args.samples, split=args.split, seed=args.seed, normalization=args.normalization,
         device=device, engine=args.engine, points_per_batch=args.points_per_batch, batch_size=args.batch_size,
         basin_rise=args.basin_rise,
     )
