@@ -463,6 +463,7 @@ def test_minilm_batched_equals_sequential():
     ev = GridEvaluator(model, coords, dirs, data, points_per_batch=3)
     fast, ref = ev.evaluate(pts), ev.evaluate(pts, "sequential")
     assert "backbone.encoder.layer.0.attention.self.query" in fast.cached_layers
+    assert fast.schedule == "folded"  # only Linear weights move: the points ride in the batch dimension
     assert torch.allclose(fast.loss, ref.loss, rtol=0, atol=1e-6)
     plain = F.cross_entropy(model(**data.features), data.labels).item()
     assert abs(float(fast.loss[0]) - plain) < 1e-6
