@@ -35,15 +35,19 @@ def positive_int(text: str) -> int:
     return v
 
 
-def sample_count(text: str) -> int | None:
-    """An argparse type for ``--samples``: a positive integer, or 'all' (None) for the whole split."""
+def count_or_all(text: str, option: str = "--samples") -> int | None:
+    """A positive integer, or 'all' (None: no limit); else a one-line error naming ``option``."""
     if str(text).lower() == "all":
         return None
     try:
         return positive_int(text)
     except GenboundError:
-        raise GenboundError(f"--samples must be a positive integer or 'all' for the whole split, got '{text}'") \
-            from None
+        raise GenboundError(f"{option} must be a positive integer or 'all', got '{text}'") from None
+
+
+def sample_count(text: str) -> int | None:
+    """An argparse type for ``--samples``: a positive integer, or 'all' (None) for the whole split."""
+    return count_or_all(text, "--samples")
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -10,7 +10,7 @@ is random, so no seed is involved.
 from __future__ import annotations
 
 from ..errors import GenboundError
-from .common import add_device, add_json, format_table, print_json, resolve_device
+from .common import add_device, add_json, count_or_all, format_table, print_json, resolve_device
 
 HELP = "singular-value spectra of the weight updates (and intruder dimensions) of a checkpoint or peft adapter"
 DESCRIPTION = (
@@ -18,18 +18,6 @@ DESCRIPTION = (
     "energy in the top k, spectral density; with --intruders, intruder dimensions of W0 + dW (Shuttleworth et "
     "al. 2024). CKPT is a genbound checkpoint or a peft LoRA adapter directory."
 )
-
-
-def _k_or_all(text: str):
-    if text.lower() == "all":
-        return None
-    try:
-        k = int(text)
-    except ValueError:
-        raise GenboundError(f"k must be a positive integer or 'all', got '{text}'") from None
-    if k < 1:
-        raise GenboundError(f"k must be at least 1, got {k}")
-    return k
 
 
 def _eps(text: str) -> tuple[float, list[float] | None]:
@@ -100,7 +88,7 @@ def run(args) -> int:
         from ..intruders import intruders
 
         eps, sweep = _eps(args.eps)
-        k = args.top_k if args.intruder_k is None else _k_or_all(args.intruder_k)
+        k = args.top_k if args.intruder_k is None else count_or_all(args.intruder_k, "--intruder-k")
         intr = intruders(ckpt.base_weights(), updates, k=k, eps=eps, sweep=sweep, method=args.intruder_method,
                          device=device)
     meta = ckpt.meta
