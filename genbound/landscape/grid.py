@@ -279,6 +279,7 @@ class GridEvaluator:
         self.data = evalset.to(self.device)
         self.progress = progress
         self.cache_prefix = cache_prefix
+        self._tied = self._tied_coordinates()
         self._probe()
         self._fold = self._fold_modules()
         self._fold_error: str | None = None
@@ -297,8 +298,7 @@ class GridEvaluator:
             p.requires_grad_(False)
         return m
 
-    @property
-    def _tied(self) -> set[str]:
+    def _tied_coordinates(self) -> set[str]:
         """Coordinates whose tensor is shared by several modules (tied weights): moving one moves all, so
         no engine may replace one of its modules."""
         uses: dict[int, int] = {}
@@ -357,14 +357,13 @@ class GridEvaluator:
         engine folds the points into the batch dimension (:class:`_FoldedLinear`). Coordinates whose
         directions are exactly zero (filter-normalized biases) are constants. None (vmap instead) when any
         other tensor moves, or a moving tensor is shared by several modules (tied weights)."""
-        tied = self._tied
         modules: list[str] = []
         for n in self.names:
             if not bool(self.dirs[n].ne(0).any()):
                 continue
             mname, _, leaf = n.rpartition(".")
             mod = self.model.get_submodule(mname) if mname else self.model
-            if type(mod) is not nn.Linear or leaf not in ("weight", "bias") or n in tied:
+            if type(mod) is not nn.Linear or leaf not in ("weight", "bias") or n in self._tied:
                 return None
             if mname not in modules:
                 modules.append(mname)
