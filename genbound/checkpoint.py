@@ -582,8 +582,11 @@ def load_meta(path: str | Path) -> CheckpointMeta:
     return _meta_from_json(parse_json(data, path, META_FILE), path)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a checkpoint directory; reads only JSON and safetensors and validates both."""
+def load_checkpoint(path: str | Path | Checkpoint) -> Checkpoint:
+    """Load a checkpoint directory; reads only JSON and safetensors and validates both. A checkpoint
+    already loaded is returned as it is, so that functions may take either without reading twice."""
+    if isinstance(path, Checkpoint):
+        return path
     path = Path(path)
     meta = load_meta(path)
     if get_method(meta.method).adapter:

@@ -362,7 +362,7 @@ def _landscape_rows(R: _Rows, a, b, path_a, path_b, same, samples, grid, device,
             notes.append(f"{path}: landscapes need the training data; a peft adapter records none")
             planes.append(None)
             continue
-        planes.append(landscape_from_checkpoints([path], "random", grid=grid, samples=samples, seed=seed,
+        planes.append(landscape_from_checkpoints([ck], "random", grid=grid, samples=samples, seed=seed,
                                                  device=device))
     out["planes"] = planes
     sums = [p.summary if p is not None else None for p in planes]
@@ -373,7 +373,7 @@ def _landscape_rows(R: _Rows, a, b, path_a, path_b, same, samples, grid, device,
           LOWER)
     R.add("landscape", "basin area below threshold", *(s.basin.area if s else None for s in sums), HIGHER)
     if same is None:
-        line = landscape_from_checkpoints([path_a, path_b], "interpolate", grid=grid, span=1.0, samples=samples,
+        line = landscape_from_checkpoints([a, b], "interpolate", grid=grid, span=1.0, samples=samples,
                                           seed=seed, device=device)
         out["interpolation"] = line
         # With span 1 the grid runs from t = -1 to t = 1: A is the centre point and B the last one.

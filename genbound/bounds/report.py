@@ -142,11 +142,11 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
     """All bounds for one checkpoint (a directory, or a :class:`~genbound.checkpoint.Checkpoint` already
     loaded): its Table 1 row, Theorem 1 (mlp) or why not (transformer), and the compression (default) and
     PAC-Bayes (``pac_bayes=True``) bounds on the real model."""
-    from ..checkpoint import Checkpoint, load_checkpoint
+    from ..checkpoint import load_checkpoint
     from .transformer import TRANSFORMER_CHAIN, TRANSFORMER_REASONS
 
-    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
-    path = ckpt.path if isinstance(path, Checkpoint) else path
+    ckpt = load_checkpoint(path)
+    path = ckpt.path if ckpt is path else path  # a loaded checkpoint names its directory
     meta = ckpt.meta
     cfg = config_from_meta(meta, q=q, sigma=sigma, loss=loss, clip=clip, n=n, total=total, source=str(path))
     row = method_bound(get_method(meta.method), cfg, include_head)

@@ -6,6 +6,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,9 @@ from .directions import (
 )
 from .grid import ENGINES, GridEvaluator, check_grid, check_span, grid_axis, grid_points
 from .summaries import Summary, summarize
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
 DIRECTION_KINDS = ("random", "pca", "interpolate")
 
@@ -235,12 +239,13 @@ def _check_outside_space(model_a: nn.Module, model_b: nn.Module, coords: Coords,
                                 f"not move; {hint}")
 
 
-def landscape_from_checkpoints(paths: Sequence[str | Path], directions: str | None = None, *, space: str = "dw",
+def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directions: str | None = None, *,
+                               space: str = "dw",
                                dims: int | None = None, grid: int = 21, span: float | None = None,
                                samples: int | None = 512, split: str = "train", seed: int = 0,
                                normalization: str = "filter", one_d: str = "zero",
                                device: torch.device | str = "cpu", **kwargs) -> Landscape:
-    """A slice around the first checkpoint of ``paths``.
+    """A slice around the first checkpoint of ``paths`` (directories, or checkpoints already loaded).
 
     ``directions``: "random" (one checkpoint; ``dims`` 1 or 2, default 2), "pca" (one checkpoint saved
     with its trajectory) or "interpolate" (two checkpoints: line A-B; three: plane A, B, C). The default is
@@ -249,7 +254,8 @@ def landscape_from_checkpoints(paths: Sequence[str | Path], directions: str | No
     data. ``span`` defaults to 1 (random, interpolate) or the trajectory's reach (pca)."""
     from ..checkpoint import load_checkpoint
 
-    paths = [str(p) for p in paths]
+    given = list(paths)
+    paths = [str(p) if isinstance(p, (str, Path)) else str(p.path) for p in given]
     if not 1 <= len(paths) <= 3:
         raise GenboundError(f"give 1 to 3 checkpoints, got {len(paths)}")
     directions = directions or ("interpolate" if len(paths) > 1 else "random")
@@ -275,7 +281,7 @@ def landscape_from_checkpoints(paths: Sequence[str | Path], directions: str | No
     if samples is not None and samples <= 0:
         raise GenboundError(f"--samples must be positive, got {samples}; omit it to use the whole split")
     device = torch.device(device)
-    ckpts = [load_checkpoint(p) for p in paths]
+    ckpts = [load_checkpoint(p) for p in given]
     if directions == "interpolate":
         _check_compatible(ckpts, paths, space)
     model, coords = checkpoint_space(ckpts[0], space, device)
