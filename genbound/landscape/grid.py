@@ -125,6 +125,13 @@ class PointValues:
     schedule: str = "single"  # batched engine: "folded" (points in the batch dimension) or "vmap"
 
 
+def _stacked_products(x: Tensor, weight: Tensor, bias: Tensor | None, k: int, out: int) -> Tensor:
+    """[W* x + b*; D_1 x + db_1; ..; D_k x + db_k] as a (k+1, rows * out) matrix, from the row-stacked
+    weight ((k+1) out, in) and bias ((k+1) out): one matrix product for all k + 1 (prefix caching)."""
+    y = F.linear(x, weight, bias)  # (..., (k+1) out)
+    return y.reshape(-1, k + 1, out).transpose(0, 1).reshape(k + 1, -1).contiguous()
+
+
 class _GridLinear(nn.Module):
     """A Linear whose weight moves along k directions but whose input is the same for every point.
 
@@ -150,10 +157,8 @@ class _GridLinear(nn.Module):
         self.uncached_calls = 0
 
     def _products(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-        y = F.linear(x, self.stacked_weight, self.stacked_bias)  # (..., (k+1) out)
-        lead = tuple(y.shape[:-1])
-        stacked = y.reshape(-1, self.k + 1, self.out_features).transpose(0, 1).reshape(self.k + 1, -1)
-        return stacked.contiguous(), lead
+        stacked = _stacked_products(x, self.stacked_weight, self.stacked_bias, self.k, self.out_features)
+        return stacked, tuple(x.shape[:-1])
 
     def forward(self, x: Tensor) -> Tensor:
         if _is_batched is None or _is_batched(x):
@@ -206,11 +211,9 @@ class _FoldedLinear(nn.Module):
         self.uncached_calls = 0
 
     def _shared_products(self, x0: Tensor) -> Tensor:
-        """[W* x + b*; D_1 x + db_1; ..] for one copy of the input, as a (k+1, rows * out) matrix."""
         w = self.stacked_weight.view((self.k + 1) * self.out_features, self.in_features)
         b = None if self.stacked_bias is None else self.stacked_bias.reshape(-1)
-        y = F.linear(x0.reshape(-1, self.in_features), w, b)  # (rows, (k+1) out)
-        return y.view(-1, self.k + 1, self.out_features).transpose(0, 1).reshape(self.k + 1, -1)
+        return _stacked_products(x0, w, b, self.k, self.out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         P = self.coef.shape[0]
