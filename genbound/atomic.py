@@ -9,7 +9,13 @@ the target path always names a complete directory, old or new; elsewhere the old
 (a moment without either). The swap holds an exclusive ``flock`` on the parent directory, so two processes
 writing one target serialize there: without ``overwrite`` the first one wins and the second gets
 ``FileExistsError``; with it the last one wins, whole. Temporaries carry the writer's pid
-(``.<name>.<pid>-XXXX.tmp``), so :func:`clean_stale` can remove those that a killed process left behind.
+(``.<name>.<pid>-XXXX.tmp``), so :func:`clean_stale` can remove those that a killed process left behind;
+every writer here calls it before it writes, so a kill never leaves an orphan for longer than until the next
+write of the same target.
+
+An existing *empty* directory counts as absent for :func:`atomic_directory` (renaming a directory over an
+empty one is atomic on POSIX and loses nothing). Whether a non-empty directory may be replaced is decided
+under the lock by the caller's ``may_replace``, so a file that a user puts into it meanwhile is never deleted.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +127,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, _umask_mode())
@@ -153,6 +160,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     on success it is renamed over ``path``; on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
     # The name ends in the target's suffix (writers such as matplotlib pick the format from it).
     fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp" + (suffix or path.suffix), dir=path.parent)
     os.close(fd)
@@ -169,29 +177,50 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def is_empty_dir(path: str | os.PathLike) -> bool:
+    """A real (not symlinked) directory with no entries."""
+    path = Path(path)
+    try:
+        return path.is_dir() and not path.is_symlink() and next(os.scandir(path), None) is None
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False,
+                     may_replace: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole.
 
-    Without ``overwrite`` an existing ``path`` (also one another process put there meanwhile) raises
-    ``FileExistsError`` and is left untouched. With it the old directory is swapped out atomically (see the
-    module docstring) and deleted after the new one is in place.
+    An empty directory at ``path`` is replaced in any case. Without ``overwrite`` any other existing
+    ``path`` (also one another process put there meanwhile) raises ``FileExistsError`` and is left untouched.
+    With it the old directory is swapped out atomically (see the module docstring) and deleted after the new
+    one is in place, provided ``may_replace(path)`` (checked under the lock, just before the swap) is true;
+    otherwise ``FileExistsError`` again.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(tmp, _umask_mode(0o777))
     try:
         yield tmp
         for child in tmp.rglob("*"):
             if child.is_file():
+                # Some writers (safetensors) create private 0600 files: give every file of the directory
+                # the permissions an ordinary open() would.
+                os.chmod(child, _umask_mode())
                 with open(child, "rb") as fh:
                     os.fsync(fh.fileno())
         _fsync_dir(tmp)
         with _dir_lock(path.parent):
-            if not os.path.lexists(path):
-                os.replace(tmp, path)
-            elif not overwrite:
+            if not os.path.lexists(path) or is_empty_dir(path):
+                try:
+                    os.replace(tmp, path)  # over an empty directory: atomic, and nothing is lost
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    raise FileExistsError(f"{path} already exists") from None  # filled meanwhile: kept
+            elif not overwrite or (may_replace is not None and not may_replace(path)):
                 raise FileExistsError(f"{path} already exists")
             elif path.is_dir() and not path.is_symlink() and _exchange(tmp, path):
                 pass  # tmp now holds the old directory; removed below

@@ -609,7 +609,8 @@ def load_checkpoint(path: str | Path | Checkpoint) -> Checkpoint:
 
 
 def save_checkpoint(path: str | Path, meta: CheckpointMeta, tensors: dict[str, Tensor],
-                    trajectory: dict[str, Tensor] | None = None, overwrite: bool = False) -> Path:
+                    trajectory: dict[str, Tensor] | None = None, overwrite: bool = False,
+                    may_replace=None) -> Path:
     """Write a checkpoint directory atomically (temporary directory, then rename). Two writers of one path:
     without ``overwrite`` the first wins and the second gets a CheckpointError; with it the last wins whole."""
     from safetensors.torch import save_file
@@ -618,13 +619,14 @@ def save_checkpoint(path: str | Path, meta: CheckpointMeta, tensors: dict[str, T
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     text = json.dumps(meta.to_json(), indent=2, allow_nan=False) + "\n"
     try:
-        with atomic_directory(path, overwrite=overwrite) as tmp:
+        with atomic_directory(path, overwrite=overwrite, may_replace=may_replace) as tmp:
             save_file(clean, str(tmp / TENSOR_FILE), metadata={"format": FORMAT})
             if trajectory:
                 traj = {k: v.detach().to("cpu").contiguous() for k, v in trajectory.items()}
                 save_file(traj, str(tmp / TRAJECTORY_FILE), metadata={"format": FORMAT})
             (tmp / META_FILE).write_text(text)
     except FileExistsError:
-        raise CheckpointError(f"{path} was written by another process meanwhile; its checkpoint was kept (pass "
-                              "--overwrite to replace it)") from None
+        raise CheckpointError(f"{path} was written meanwhile (by another process, or files were put there); it "
+                              "was kept as it is (pass --overwrite to replace a checkpoint, or choose another --out)"
+                              ) from None
     return path

@@ -3,18 +3,22 @@
 A command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
 Conventions shared by every command: ``--json`` writes machine-readable output to stdout, ``--device``
 picks cpu / cuda, and bad input raises :class:`~genbound.errors.GenboundError`, printed here as one line
-with exit code 2 and no traceback.
+with exit code 2 and no traceback. So are the failures that come from the machine or from numbers too
+large to compute with: an OSError (disk full, read-only filesystem, permission, a path under a file, a name
+too long) names the path and what to do; an OverflowError or MemoryError says which input to check. A closed
+stdout (``genbound list --json | head``) ends the command quietly, as Unix tools do.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import GenboundError
+from .errors import GenboundError, os_error_message
 
 # Order is the order of ``genbound --help``.
 COMMANDS = ["demo", "list", "train", "compare", "bounds", "spectra", "hessian", "landscape"]
@@ -38,6 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_closed() -> int:
+    # Python would report the broken pipe again when it flushes stdout at exit: point stdout at /dev/null.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away
+
+
+def _error(message: str) -> int:
+    try:
+        print(f"genbound: error: {' '.join(message.split())}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    return GenboundError.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -45,10 +67,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "_run", None):
             parser.print_help()
             return 0
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
+        return code
     except GenboundError as exc:
         print(f"genbound: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        return _stdout_closed()
+    except OSError as exc:
+        return _error(os_error_message(exc))
+    except OverflowError as exc:
+        return _error(f"a number overflowed ({exc}); an input holds a value too large to compute with "
+                      "(check alpha, scales and sizes in the checkpoint or the configuration)")
+    except MemoryError:
+        return _error("out of memory; an input claims sizes beyond this machine (check the checkpoint, or use "
+                      "smaller --samples / a smaller model)")
     except KeyboardInterrupt:
         print("genbound: interrupted", file=sys.stderr)
         return 130

@@ -20,6 +20,7 @@ time, memory, and ``resumed_at``, the steps at which the run was resumed).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,6 +194,15 @@ class PeakMemory:
 # -- the loop ------------------------------------------------------------------------------------------
 
 
+def _bytes_written(model: nn.Module, adapters: dict[str, AdaptedLinear], adapter: bool, trajectory: bool) -> int:
+    """A generous estimate of the disk space a run needs at its peak: the saved state (the changing tensors
+    and Adam's two moments, twice while a new state replaces the old) plus the checkpoint, plus 1 MiB of
+    metadata. Trajectory snapshots are not counted (their number depends on the schedule)."""
+    changing = sum(v.numel() * v.element_size() for v in changing_tensors(model, list(adapters), not adapter).values())
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return 2 * (changing + 2 * trained) + changing + (1 << 20) + (changing if trajectory else 0)
+
+
 def _clean_stale(out: Path) -> None:
     from .atomic import clean_stale
 
@@ -210,17 +220,29 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     ``config``'s), a finished checkpoint at ``out`` is returned as it is, and with neither the run starts
     fresh. Without ``resume`` an existing state is refused unless ``overwrite`` discards it.
     """
+    from .output import check_writable, resolve_out, run_lock
+
+    config.validate()
+    save_every = DEFAULT_SAVE_EVERY if save_every is None else int(save_every)
+    if save_every < 0:
+        raise GenboundError(f"--save-every must be 0 (never) or a positive number of steps, got {save_every}")
+    if resume and overwrite:
+        raise GenboundError("--resume continues a saved run and --overwrite discards it; pass one of them")
+    out = resolve_out(out)
+    check_writable(out)
+    with run_lock(out):
+        return _train(config, out, overwrite, splits, resume, save_every)
+
+
+def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int) -> TrainResult:
+    """:func:`train` once the output is resolved and its lock held."""
     from tqdm.auto import tqdm
 
     from .checkpoint import load_meta
     from .commands.common import resolve_device
+    from .output import check_free_space, check_replaceable, may_replace
 
-    config.validate()
-    out = Path(out)
-    save_every = DEFAULT_SAVE_EVERY if save_every is None else int(save_every)
-    if save_every < 0:
-        raise GenboundError(f"--save-every must be 0 (never) or a positive number of steps, got {save_every}")
-    if out.exists() and not out.is_dir():
+    if os.path.lexists(out) and not out.is_dir():
         raise GenboundError(f"{out} is a file, not a checkpoint directory; choose another --out")
     state_dir = state_dir_for(out)
     if resume and not overwrite and is_checkpoint(out):
@@ -229,9 +251,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
                      {**asdict(config), "dataset": config.dataset or meta.dataset}, out)
         remove_state(state_dir)  # left over if a run was killed between its checkpoint and the cleanup
         return TrainResult(out, meta, meta.history)
-    if out.exists() and not overwrite and (is_checkpoint(out) or any(out.iterdir())):
-        raise GenboundError(f"{out} already holds {'a checkpoint' if is_checkpoint(out) else 'files'}; "
-                            "pass --overwrite or choose another --out")
+    check_replaceable(out, overwrite)
     if state_dir.exists() and not resume:
         if not overwrite:
             raise GenboundError(f"an interrupted run of {out} saved its state in {state_dir}; pass --resume to "
@@ -267,6 +287,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
         for name, ad in adapters.items():
             ad.link = state.links[name]
     model.to(device)
+    check_free_space(out, _bytes_written(model, adapters, method.adapter, config.save_trajectory))
 
     n_train = len(splits.train)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
@@ -420,6 +441,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
         results=results, history=history, trajectory_steps=sorted(traj_steps),
     )
     tensors = trained_tensors(model, adapters, not method.adapter)
-    save_checkpoint(out, meta, tensors, snapshots if config.save_trajectory else None, overwrite=overwrite)
+    save_checkpoint(out, meta, tensors, snapshots if config.save_trajectory else None, overwrite=overwrite,
+                    may_replace=may_replace)
     remove_state(state_dir)
     return TrainResult(out, meta, history)

@@ -279,14 +279,14 @@ def test_a_checkpoint_written_meanwhile_is_kept(tmp_path, ckpt_dir, monkeypatch)
     original = ckmod.atomic_directory
 
     @contextlib.contextmanager
-    def racing(path, overwrite=False):
-        with original(path, overwrite=overwrite) as tmp:
+    def racing(path, overwrite=False, **kw):
+        with original(path, overwrite=overwrite, **kw) as tmp:
             yield tmp
             Path(path).mkdir()  # the other writer finishes first
             (Path(path) / "genbound.json").write_text("{}")
 
     monkeypatch.setattr(ckmod, "atomic_directory", racing)
-    with pytest.raises(CheckpointError, match="written by another process"):
+    with pytest.raises(CheckpointError, match="written meanwhile"):
         save_checkpoint(target, ck.meta, ck.tensors)
     assert (target / "genbound.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

@@ -23,7 +23,9 @@ def add_arguments(p) -> None:
     p.add_argument("--alpha", type=float, default=32.0, help="scale numerator: s = alpha / r (default 32)")
     p.add_argument("--chain", type=int, default=1, help="links k of a chained method (cola, rac, c3la, rc3la)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, default=1, help="passes over the training split (default 1)")
+    # default None, not 1: argparse treats a value identical to the default as absent, so "--epochs 1 --steps 5"
+    # would pass the mutual exclusion silently.
+    budget.add_argument("--epochs", type=int, default=None, help="passes over the training split (default 1)")
     budget.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--lr", type=float, default=5e-4, help="learning rate (default 5e-4)")
     p.add_argument("--lr-ratio", type=float, default=None, help="LoRA+ lr(B)/lr(A) (default 16, lora_plus only)")
@@ -55,7 +57,8 @@ def run(args) -> int:
 
     config = TrainConfig(
         method=args.method, backbone=args.backbone, dataset=args.dataset, rank=args.rank, alpha=args.alpha,
-        chain=args.chain, epochs=args.epochs, steps=args.steps, lr=args.lr, lr_ratio=args.lr_ratio,
+        chain=args.chain, epochs=1 if args.epochs is None else args.epochs, steps=args.steps, lr=args.lr,
+        lr_ratio=args.lr_ratio,
         batch_size=args.batch_size, max_length=args.max_length, warmup=args.warmup,
         weight_decay=args.weight_decay, clip=args.clip, targets=args.targets, paca_columns=args.paca_columns,
         seed=args.seed, split_seed=args.split_seed, save_trajectory=args.save_trajectory,
