@@ -337,9 +337,11 @@ def test_overwriting_a_checkpoint_never_hides_it_from_readers(tmp_path, ckpt_dir
 def test_atomic_directory_refuses_existing_and_cleans_up_on_failure(tmp_path):
     target = tmp_path / "d"
     target.mkdir()
+    (target / "keep").write_text("k")  # an empty directory would be replaced (it holds nothing to lose)
     with pytest.raises(FileExistsError):
         with atomic_directory(target) as tmp:
             (tmp / "f").write_text("x")
+    assert (target / "keep").read_text() == "k"
     with pytest.raises(RuntimeError):
         with atomic_directory(tmp_path / "e") as tmp:
             (tmp / "f").write_text("half")
