@@ -3,7 +3,8 @@
 A preset fixes everything except the method and the seed; :func:`train_config` turns (preset, method,
 seed) into the :class:`genbound.train.TrainConfig` of that run. The chained methods (cola, rac, c3la, rc3la)
 use the preset's chain length, the others k = 1; full fine-tuning gets its own (smaller) learning rate, as in
-the paper's reference hyperparameters (shared/METHODS.md: PEFT 3e-4, full fine-tuning 1e-5 on RoBERTa).
+the paper's reference hyperparameters (docs/concepts.md, "Reference hyperparameters": PEFT 3e-4, full fine-tuning 1e-5
+on RoBERTa).
 
 ==============  ========  =======  ====  =====  =====  =============  =====================================
 preset          backbone  data     r     alpha  chain  budget         use

@@ -294,8 +294,9 @@ def run_sweep(preset: str | Preset, seeds: list[int], out: str | Path, methods: 
     """Train (unless ``train=False``) every (method, seed) of ``preset`` into ``out``, then write the tables,
     figures and summary there. Returns the :class:`SweepResult`."""
     from genbound.atomic import write_json, write_text
-    from genbound.commands.common import resolve_device, to_jsonable
+    from genbound.device import resolve_device
     from genbound.methods import METHODS, get_method
+    from genbound.render import to_jsonable
 
     from . import tables as T
 
@@ -410,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         print("analysis.sweep: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     if args.json:
-        from genbound.commands.common import print_json
+        from genbound.render import print_json
 
         print_json(result.to_dict())
         return 0

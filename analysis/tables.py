@@ -7,7 +7,8 @@ the methods like their measured generalization gaps?", with Kendall's tau-b betw
 bound and the per-method mean gap (scipy.stats.kendalltau; Kendall 1938, tau-b for ties: Kendall 1945), and
 an honest note where the answer cannot mean much (few methods, a bound that ties or is constant).
 
-Quantities (genbound.train's definitions, shared/THEORY.md section 5): gap = L_test - L_train of the
+Quantities (genbound.train's definitions, docs/concepts.md, "Empirical generalization gap"):
+gap = L_test - L_train of the
 cross-entropy over the full splits in eval mode; gap_01 = train accuracy - test accuracy = test error -
 train error. Bounds (genbound.bounds): ``mi`` Table 1's Xu-Raginsky bound sqrt(2 sigma^2 ln2 q D / N) for
 the 0-1 loss (sigma = 1/2, q from the stored dtype) with the trained head counted in D; ``mi_paper`` the
@@ -26,6 +27,7 @@ from typing import Any
 
 from genbound.atomic import write_json, write_text
 from genbound.methods import METHODS, get_method
+from genbound.render import cell, latex_table, markdown_table, tex_escape
 
 # key -> (Markdown label, LaTeX label)
 MEASURED: dict[str, tuple[str, str]] = {
@@ -227,8 +229,8 @@ def _num(v: float | None, digits: int = 4) -> str:
     if v is None:
         return "n/a"
     if v == int(v) and abs(v) >= 1000:
-        return f"{int(v):,}"
-    return f"{v:.{digits}g}" if abs(v) < 1e5 else f"{v:.3e}"
+        return cell(int(v))
+    return cell(float(v), digits)
 
 
 def _pm(s: Stat | None, latex: bool = False, mark: str = "") -> str:
@@ -242,22 +244,12 @@ def _pm(s: Stat | None, latex: bool = False, mark: str = "") -> str:
 
 
 def _md_table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
-    return "\n".join(lines)
-
-
-def _tex_escape(s: str) -> str:
-    return s.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("_", r"\_").replace("%", r"\%") \
-        .replace("#", r"\#")
+    return markdown_table(body, header, align=["l"] * len(header))
 
 
 def _tex_table(colspec: str, header: list[str], body: list[list[str]], caption: str, label: str) -> str:
-    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{colspec}}}", r"\toprule",
-           " & ".join(header) + r" \\", r"\midrule"]
-    out += [" & ".join(row) + r" \\" for row in body]
-    out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{{label}}}", r"\end{table}"]
-    return "\n".join(out) + "\n"
+    """A booktabs table float; header and body are LaTeX already (math mode in the cells)."""
+    return latex_table(body, header, colspec, escape=False, caption=caption, label=label, float_env=True, small=True)
 
 
 def _n_cell(row: MethodRow) -> str:
@@ -269,7 +261,7 @@ def results_table(rows: Sequence[MethodRow], latex: bool = False) -> str:
     keys = list(MEASURED)
     if latex:
         header = ["Method", "$n$"] + [MEASURED[k][1] for k in keys]
-        body = [[_tex_escape(r.title), str(r.n)] + [_pm(r.stats[k], True) for k in keys] for r in rows]
+        body = [[tex_escape(r.title), str(r.n)] + [_pm(r.stats[k], True) for k in keys] for r in rows]
         return _tex_table("l" + "r" * (len(header) - 1), header, body,
                           "Accuracy and empirical generalization gap per method (mean $\\pm$ standard deviation "
                           "over seeds; $n$ seeds). Gap: test minus train cross-entropy; 0-1 gap: test minus "
@@ -289,9 +281,9 @@ def bounds_table(rows: Sequence[MethodRow], latex: bool = False) -> str:
         return "" if v is None else (" (vacuous)" if v else "")
 
     if latex:
-        header = ["Method"] + [PARAMS[k][1] for k in pkeys] + [_tex_escape(BOUNDS[k][0]) for k in bkeys] + [
+        header = ["Method"] + [PARAMS[k][1] for k in pkeys] + [tex_escape(BOUNDS[k][0]) for k in bkeys] + [
             "0-1 gap"]
-        body = [[_tex_escape(r.title)] + [_pm(r.stats[f"params.{k}"], True) for k in pkeys]
+        body = [[tex_escape(r.title)] + [_pm(r.stats[f"params.{k}"], True) for k in pkeys]
                 + [_pm(r.stats.get(f"bound.{k}"), True, "^\\dagger" if r.vacuous.get(k) else "") for k in bkeys]
                 + [_pm(r.stats["gap_01"], True)] for r in rows]
         return _tex_table("l" + "r" * (len(header) - 1), header, body,
@@ -307,7 +299,7 @@ def bounds_table(rows: Sequence[MethodRow], latex: bool = False) -> str:
 def correlation_table(corrs: Sequence[Correlation], latex: bool = False) -> str:
     if latex:
         header = ["Bound", "measured gap", r"Kendall $\tau_b$", "$p$", "methods"]
-        body = [[_tex_escape(BOUNDS.get(c.bound, (c.bound,))[0]), _tex_escape(MEASURED[c.gap][0]),
+        body = [[tex_escape(BOUNDS.get(c.bound, (c.bound,))[0]), tex_escape(MEASURED[c.gap][0]),
                  "--" if c.tau is None else f"${c.tau:.3f}$", "--" if c.p_value is None else f"${c.p_value:.3g}$",
                  str(c.n_methods)] for c in corrs]
         return _tex_table("llrrr", header, body, "Rank correlation between each bound's ordering of the methods "

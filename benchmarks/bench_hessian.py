@@ -1,7 +1,7 @@
 """Benchmark: Hessian spectra, genbound.hessian against pyhessian 0.1, on the same model, parameters and data.
 
 Models (both "fine-tuned" so that the Hessian has the outlier structure of a trained network):
-1. The 1.06 M-parameter MLP 512-1024-512-10 of shared/PEERS.md on 2,048 random Gaussian inputs labelled by a
+1. The 1.06 M-parameter MLP 512-1024-512-10 of docs/benchmarks.md on 2,048 random Gaussian inputs labelled by a
    random linear teacher, trained by 15 full-batch Adam steps; all parameters.
 2. (full run) MiniLM (the real pretrained all-MiniLM-L6-v2 with a fresh 5-way head) on BBC News: the query
    and value weights of the last two layers plus the head (a LoRA-style trained set), 8 articles of 32 tokens.

@@ -1,7 +1,8 @@
 """Benchmark: a 21 x 21 filter-normalized random plane, genbound.landscape against loss-landscapes 3.0.6.
 
 Two models, same model, data and plane size for both libraries in the same run:
-  * the MLP of PEERS.md: 512-1024-512-10 ReLU (1.06 M parameters), 2,048 synthetic examples (labels from a
+  * the reference MLP of docs/benchmarks.md: 512-1024-512-10 ReLU (1.06 M parameters), 2,048 synthetic examples
+    (labels from a
     seeded random teacher), briefly trained so that the centre is a trained point; every parameter moves;
   * the real pretrained MiniLM (backbones.get_backbone('minilm').build(5)) on BBC News articles at a short
     max length; the attention query / value projections and the head move (the dW space of a LoRA model).

@@ -1,6 +1,7 @@
 """Models and data shared by the peer benchmarks, defined once so that every benchmark times the same case.
 
-The MLP of shared/PEERS.md: 512-1024-512-10 with ReLU (1,055,242 parameters), on n Gaussian inputs labelled by
+The reference MLP of docs/benchmarks.md: 512-1024-512-10 with ReLU (1,055,242 parameters), on n Gaussian inputs
+labelled by
 a seeded random linear teacher (optionally with label noise), briefly trained by full-batch Adam so that the
 centre is a trained point with a trained network's curvature.
 """

@@ -24,7 +24,21 @@ from .errors import GenboundError, os_error_message
 COMMANDS = ["demo", "list", "train", "compare", "bounds", "spectra", "hessian", "landscape"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option), if any."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(only: str | None = None, *, all_arguments: bool = True) -> argparse.ArgumentParser:
+    """The full parser; with ``all_arguments=False`` only the subcommand ``only`` gets its arguments.
+
+    Command modules import nothing heavy at the top; their ``add_arguments`` may (method names, defaults).
+    ``main`` therefore adds the arguments of the one command being run, so that ``genbound --help`` lists
+    the commands without loading torch.
+    """
     parser = argparse.ArgumentParser(
         prog="genbound",
         description="Which fine-tuning method generalizes, and why: train, bound and diagnose adapters.",
@@ -37,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         # A description written with line breaks (examples, lists) keeps them; a plain paragraph is reflowed.
         formatter = argparse.RawDescriptionHelpFormatter if "\n" in description else argparse.HelpFormatter
         p = sub.add_parser(name, help=module.HELP, description=description, formatter_class=formatter)
-        module.add_arguments(p)
+        if all_arguments or name == only:
+            module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
@@ -61,9 +76,10 @@ def _error(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)  # argument types (positive_int, sample_count) raise GenboundError
+        parser = build_parser(_command_in(words), all_arguments=False)
+        args = parser.parse_args(words)  # argument types (positive_int, sample_count) raise GenboundError
         if not getattr(args, "_run", None):
             parser.print_help()
             return 0

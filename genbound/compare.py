@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import GenboundError
+from .render import cell, latex_table, markdown_table, tex_escape, text_table, to_jsonable
 
 LOWER, HIGHER = "lower", "higher"
 
@@ -58,8 +59,6 @@ class CompareReport:
         raise KeyError((section, quantity))
 
     def to_dict(self) -> dict:
-        from .commands.common import to_jsonable
-
         return to_jsonable(self)
 
     @classmethod
@@ -386,87 +385,60 @@ def _landscape_rows(R: _Rows, a, b, path_a, path_b, same, samples, grid, device,
     return out
 
 
-# -- output ---------------------------------------------------------------------------------------------------
+# -- output: every format through genbound.render ------------------------------------------------------------
 
 
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "nan"
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
-            return f"{v:.3e}"
-        return f"{v:.4g}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
+def _marked(r: Row, bold, text=cell) -> tuple[str, str]:
+    """The A and B cells of a row (values through ``text``), the better one passed through ``bold``."""
+    ca, cb = text(r.a), text(r.b)
+    if r.better == "a":
+        ca = bold(ca)
+    elif r.better == "b":
+        cb = bold(cb)
+    return ca, cb
 
 
 def to_text(report: CompareReport) -> str:
-    """Terminal table; the better value carries a '*'."""
-    from .commands.common import format_table
-
-    rows = []
+    """Terminal table; the better value carries a '*'. Row notes become numbered footnotes under the table,
+    so the table stays narrow; a section's name is printed on its first row only."""
+    rows, foot, last = [], {}, None
     for r in report.rows:
-        ca, cb = _cell(r.a), _cell(r.b)
-        if r.better == "a":
-            ca += " *"
-        elif r.better == "b":
-            cb += " *"
-        rows.append([r.section, r.quantity, ca, cb, r.note])
-    out = [f"A = {report.a} ({report.labels[0]})", f"B = {report.b} ({report.labels[1]})", "",
-           format_table(rows, ["section", "quantity", report.labels[0], report.labels[1], "note"]), "",
+        # Right-aligned values keep their digits aligned: an unmarked value is padded where '*' would be.
+        ca, cb = _marked(r, lambda c: c + " *")
+        ca, cb = (c if c.endswith(" *") else c + "  " for c in (ca, cb))
+        ref = f"[{foot.setdefault(r.note, len(foot) + 1)}]" if r.note else ""
+        rows.append([r.section if r.section != last else "", r.quantity, ca, cb, ref])
+        last = r.section
+    table = text_table(rows, ["section", "quantity", report.labels[0], report.labels[1], "note"], align="llrrl")
+    out = [f"A = {report.a} ({report.labels[0]})", f"B = {report.b} ({report.labels[1]})", "", table, "",
            "* marks the better value where 'better' is meaningful."]
+    out += [f"[{i}] {n}" for n, i in foot.items()]
     out += [f"note: {n}" for n in report.notes]
     if report.figures:
         out.append("figures: " + ", ".join(report.figures))
     return "\n".join(out)
 
 
-def _md_escape(s: str) -> str:
-    return s.replace("|", "\\|")
-
-
 def to_markdown(report: CompareReport) -> str:
-    lines = [f"| section | quantity | {report.labels[0]} | {report.labels[1]} | note |", "|---|---|---:|---:|---|"]
-    for r in report.rows:
-        ca, cb = _cell(r.a), _cell(r.b)
-        if r.better == "a":
-            ca = f"**{ca}**"
-        elif r.better == "b":
-            cb = f"**{cb}**"
-        lines.append(f"| {r.section} | {_md_escape(r.quantity)} | {ca} | {cb} | {_md_escape(r.note)} |")
-    lines.append("")
-    lines.append(f"A = `{report.a}`, B = `{report.b}`; bold marks the better value where that is meaningful.")
-    return "\n".join(lines) + "\n"
-
-
-def _tex(s: str) -> str:
-    for k, v in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("^", r"\^{}"), ("~", r"\~{}")):
-        s = s.replace(k, v)
-    return s
+    """Markdown table with every row's note; the better value in bold."""
+    rows = [[r.section, r.quantity, *_marked(r, lambda c: f"**{c}**"), r.note] for r in report.rows]
+    table = markdown_table(rows, ["section", "quantity", report.labels[0], report.labels[1], "note"],
+                           align="llrrl")
+    return (table + f"\n\nA = `{report.a}`, B = `{report.b}`; bold marks the better value where that is "
+            "meaningful.\n")
 
 
 def to_latex(report: CompareReport) -> str:
-    out = [r"\begin{tabular}{llrr}", r"\toprule",
-           f"section & quantity & {_tex(report.labels[0])} & {_tex(report.labels[1])} \\\\", r"\midrule"]
-    last = None
-    for r in report.rows:
-        if last is not None and r.section != last:
-            out.append(r"\midrule")
+    """booktabs tabular, one rule between sections; the better value in bold."""
+    rows, starts, last = [], [], None
+    for i, r in enumerate(report.rows):
+        if r.section != last:
+            starts.append(i)
         last = r.section
-        ca, cb = _tex(_cell(r.a)), _tex(_cell(r.b))
-        if r.better == "a":
-            ca = rf"\textbf{{{ca}}}"
-        elif r.better == "b":
-            cb = rf"\textbf{{{cb}}}"
-        out.append(f"{_tex(r.section)} & {_tex(r.quantity)} & {ca} & {cb} \\\\")
-    out += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(out) + "\n"
+        ca, cb = _marked(r, lambda c: rf"\textbf{{{c}}}", lambda v: tex_escape(cell(v)))
+        rows.append([tex_escape(r.section), tex_escape(r.quantity), ca, cb])
+    header = ["section", "quantity", tex_escape(report.labels[0]), tex_escape(report.labels[1])]
+    return latex_table(rows, header, "llrr", escape=False, rules_before=starts)
 
 
 def write_figures(report: CompareReport, raw: dict, directory: str | Path) -> list[Path]:

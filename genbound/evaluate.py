@@ -1,6 +1,7 @@
 """Loss and accuracy of a model over an EvalSet, in eval mode, averaged exactly by example count.
 
-The empirical generalization gap (THEORY.md section 5) is G = L_test - L_train with both losses computed
+The empirical generalization gap (docs/concepts.md, "Empirical generalization gap") is G = L_test - L_train
+with both losses computed
 this way: the same per-example cross-entropy over the full splits at the same checkpoint, never a running
 training-loss average.
 """

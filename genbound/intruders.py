@@ -1,6 +1,6 @@
 """Intruder dimensions (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning: An Illusion of Equivalence").
 
-Definition (THEORY.md section 5). Thin SVDs W0 = U0 S0 V0^T and W = W0 + dW = U S V^T (p = min(n, m)
+Definition (docs/concepts.md, "Intruder dimensions"). Thin SVDs W0 = U0 S0 V0^T and W = W0 + dW = U S V^T (p = min(n, m)
 singular vectors each). The j-th left singular vector u_j of W (j <= k) has score
 max_i |<u_j, u0_i>|; it is an intruder if that score is below eps. Counts are per layer and summed over
 adapted matrices; k = 10 and eps = 0.5 by default, and the paper also sweeps eps over (0, 1] (one set of

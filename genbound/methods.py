@@ -1,7 +1,7 @@
 """The method catalogue: the one place where each of the eleven fine-tuning methods is defined.
 
 Training, the bounds and the reports all read :data:`METHODS`. Definitions follow "Beyond LoRA: Is
-Sparsity-Induced Adaptation Better?" (arXiv 2606.13767) and shared/METHODS.md. A pretrained layer has
+Sparsity-Induced Adaptation Better?" (arXiv 2606.13767); docs/concepts.md, "The eleven methods". A pretrained layer has
 W0 of shape (n, m) = (out, in); every adapter adds dW = s B A with s = alpha / r:
 
 ==========  =====================================  ===========  ============================  =======
@@ -20,7 +20,8 @@ rc3la       chain; disjoint random column blocks   B_j          A_j (disjoint ra
 paca        train r columns of W0 itself           W[:, cols]   rest of W0                    no
 ==========  =====================================  ===========  ============================  =======
 
-Data-dependent parameters D (what the information-theoretic bound counts, section 1 of THEORY.md): a
+Data-dependent parameters D (what the information-theoretic bound counts; docs/concepts.md,
+"The data-dependent parameter count D"): a
 frozen, seed-drawn factor is data-independent and costs nothing, so D = k r sum_i (m_i + n_i) when A is
 trained and D = k r sum_i n_i when it is not; fft counts every parameter. The trained head is added
 unless excluded (the paper's Table 1 excludes it).

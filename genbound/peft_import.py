@@ -7,7 +7,7 @@ embeddings use ``lora_embedding_A`` (r, num_embeddings) and ``lora_embedding_B``
 ``lora_magnitude_vector`` (out,); ``modules_to_save`` modules and trained biases are stored whole.
 
 Each adapted module becomes a :class:`LayerUpdate` dW = s B A in the (out, in) orientation of the linear map
-it adds to (shared/PEERS.md, LoRA: Hu et al. 2021):
+it adds to (LoRA: Hu et al. 2021; docs/concepts.md, "Hugging Face peft"):
 
 * s = lora_alpha / r, or lora_alpha / sqrt(r) with ``use_rslora`` (Kalajdzievski 2023), where r and alpha
   are per module from ``rank_pattern`` / ``alpha_pattern`` (a pattern key P matches module path M when M

@@ -1,6 +1,7 @@
 """Spectra of weight updates: singular values of every adapted layer's dW from its factors, and summaries.
 
-Definitions (THEORY.md section 5). A layer's update is dW = s B A (B: (n, R), A: (R, m); a chain of k links
+Definitions (docs/concepts.md, "Factored update spectra"). A layer's update is dW = s B A (B: (n, R), A: (R, m);
+a chain of k links
 concatenates the links' factors, R = k r), with s = alpha / r (alpha / sqrt(r) for rsLoRA) already stored
 in :attr:`LayerUpdate.scale`. Its singular values come without forming dW:
 

@@ -239,7 +239,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     from tqdm.auto import tqdm
 
     from .checkpoint import load_meta
-    from .commands.common import resolve_device
+    from .device import resolve_device
     from .output import check_free_space, check_replaceable, may_replace
 
     if os.path.lexists(out) and not out.is_dir():

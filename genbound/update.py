@@ -8,7 +8,8 @@ with the links' factors concatenated (sum_j s B_j A_j = s [B_1 .. B_k][A_1; ..; 
 (cla, rcla, c3la, rc3la) and PaCA have A = rows of the identity (``columns`` holds their indices), so dW is
 supported on those input columns. Full fine-tuning gives a ``dense`` dW instead.
 
-The singular values come from the factors without forming dW (THEORY.md section 5): with B = Q_B R_B and
+The singular values come from the factors without forming dW (docs/concepts.md, "Factored update spectra"):
+with B = Q_B R_B and
 A^T = Q_A R_A, dW = Q_B (s R_B R_A^T) Q_A^T, so they are those of the R x R core, in O((m + n) R^2).
 """
 

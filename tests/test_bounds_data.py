@@ -18,7 +18,8 @@ from genbound.errors import GenboundError
 
 @pytest.mark.parametrize("bits, expected", [(1000, 0.25), (4000, 0.54), (8000, 0.75)])
 def test_theory_worked_numbers(bits, expected):
-    # THEORY.md section 4a: N = 5000, delta = 0.05, train error 0.05 (rounded up to 2 decimals there).
+    # docs/concepts.md, "Occam / compression bound": N = 5000, delta = 0.05, train error 0.05 (rounded up to
+    # 2 decimals there).
     bound = occam_bound(0.05, bits, 5000, 0.05)
     assert math.ceil(bound * 100) / 100 == expected
     assert math.ceil(occam_bound(0.05, prefix_free_bits(bits), 5000, 0.05) * 100) / 100 == expected

@@ -23,7 +23,7 @@ def test_roberta_lora_row_is_42_23_and_vacuous():
     assert row.data_dependent_params == 16 * 24 * (768 + 768)
     assert round(row.value, 2) == 42.23
     assert row.vacuous
-    # Independent arithmetic, straight from THEORY.md section 2.
+    # Independent arithmetic, straight from docs/concepts.md ("Mutual-information bound and Table 1").
     assert row.value == pytest.approx(math.sqrt(2 * 16 * 32 * 0.25 * math.log(2) * 24 * 1536 / 3668), rel=1e-12)
 
 

@@ -1,4 +1,4 @@
-"""Generalization bounds for every fine-tuning method (shared/THEORY.md sections 1-4).
+"""Generalization bounds for every fine-tuning method (docs/concepts.md, "Bounds").
 
 mi          the mutual-information bound and the paper's Table 1 (configurations, presets)
 theorem1    Theorem 1's correction terms: O(L) recursion (default), printed form, brute-force enumeration

@@ -1,7 +1,8 @@
 """Pieces shared by every bound: input checks, the binary kl and its inverse, Hoeffding, vacuity.
 
 Sources: the kl-inverse form of the Occam / PAC-Bayes bounds is Langford & Seeger (2001) and Maurer (2004);
-Hoeffding (1963) for a fixed, data-independent hypothesis. See shared/THEORY.md sections 3 and 4.
+Hoeffding (1963) for a fixed, data-independent hypothesis. See docs/concepts.md, "Hoeffding on G(W0)" and
+"The binary kl and its inverse".
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Xu & Raginsky (2017): if l(w, Z) is sigma-sub-Gaussian for every fixed w,
 
 and with D data-dependent parameters stored at q bits each, I(S; W) <= H(W) <= q D ln 2, so
 
-    gap <= sqrt( 2 sigma^2 ln2 q D / N ).                                   (THEORY.md section 1)
+    gap <= sqrt( 2 sigma^2 ln2 q D / N ).                                   (docs/concepts.md, MI bound)
 
 Table 1 of "Beyond LoRA" (Cadenhead et al., arXiv 2606.13767) is this with D = r S, S = k sum_i (m_i + n_i)
 when A is trained and k sum_i n_i when a frozen, seed-drawn A costs nothing. D comes only from the method
@@ -122,7 +122,8 @@ class BoundConfig:
 
 # Presets: shapes and counts that anyone can check against the public models.
 PRESETS: dict[str, dict] = {
-    # THEORY.md's worked example: RoBERTa-base, query and value of 12 layers, MRPC (3,668 training pairs).
+    # The worked example of docs/concepts.md ("Mutual-information bound and Table 1"):
+    # RoBERTa-base, query and value of 12 layers, MRPC (3,668 training pairs).
     # total = RobertaForSequenceClassification (2 labels) = 124,647,170; its head (dense 768x768 + out_proj
     # 768x2) = 592,130.
     "roberta-base": {"layers": "768x768*24", "rank": 16, "chain": 1, "q": 32, "sigma": 0.5, "n": 3668,

@@ -1,4 +1,5 @@
-"""Occam / compression bound on the test error (Lotfi et al. 2022, 2024; shared/THEORY.md section 4a).
+"""Occam / compression bound on the test error (Lotfi et al. 2022, 2024; docs/concepts.md,
+"Occam / compression bound").
 
 A prefix-free code of K bits describes the hypothesis; with probability >= 1 - delta over the sample,
 

@@ -1,5 +1,6 @@
 """PAC-Bayes bound with the prior centred at the data-independent initialization
-(Langford & Seeger 2001, Maurer 2004; the recipe of Dziugaite & Roy 2017; shared/THEORY.md section 4b).
+(Langford & Seeger 2001, Maurer 2004; the recipe of Dziugaite & Roy 2017; docs/concepts.md,
+"PAC-Bayes with the prior at the initialization").
 
 theta are the trained tensors, theta_0 their data-independent start (pretrained W0, B_0 = 0, A_0 and the
 head from the recorded seed). Posterior Q = N(theta_hat, s^2 I), prior P = N(theta_0, lambda I), d = dim:

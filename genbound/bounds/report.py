@@ -16,6 +16,7 @@ import torch
 
 from ..errors import GenboundError
 from ..methods import get_method
+from ..render import latex_table, markdown_table, tex_escape, text_table
 from .common import bits_for_dtype, sigma_for_loss
 from .mi import BoundConfig, MIBound, method_bound, table1
 from .theorem1 import CROSS_ENTROPY_LIPSCHITZ, Theorem1Result
@@ -203,29 +204,44 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
 
 
-def _rows(reports: list[BoundsReport]) -> list[tuple[str, MIBound]]:
-    out = []
+def _table1_rows(reports: list[BoundsReport], latex: bool) -> tuple[list[str], list[list[str]], list[int]]:
+    """Table 1's header and rows for ``reports`` (a checkpoint column when any is a checkpoint) and the rows
+    that start a new group (chained or not, method family) where the LaTeX table draws a rule."""
+    ckpt = any(r.kind == "checkpoint" for r in reports)
+    if latex:
+        head = [r"Variant", r"Chaining?", r"$\mathcal{G}(\mathbf{W}_0 + \Delta\mathbf{W}) \le \Phi_{\mathbf{W}_0} +$",
+                r"$D$", r"value of the root", r"vacuous?"]
+    else:
+        head = ["Variant", "Chaining?", r"$\mathcal{G}(W_0 + \Delta W) \le \Phi_{W_0} +$", "D", "value of the root",
+                "vacuous?"]
+    if ckpt:
+        head = ["checkpoint"] + head + ([] if latex else ["measured 0-1 gap"])
+    rows, starts, prev = [], [], None
     for rep in reports:
         for row in rep.table1:
-            out.append((rep.source if rep.kind == "checkpoint" else "", row))
-    return out
+            group = (row.chained, get_method(row.method).family)
+            if prev is not None and group != prev and not ckpt:
+                starts.append(len(rows))
+            prev = group
+            if latex:
+                cells = [tex_escape(row.title), r"\checkmark" if row.chained else r"$\times$", f"${row.symbolic}$",
+                         f"{row.data_dependent_params:,}".replace(",", "{,}"), _fmt(row.value),
+                         "yes" if row.vacuous else "no"]
+                if ckpt:
+                    cells = [r"\texttt{" + tex_escape(rep.source) + "}"] + cells
+            else:
+                cells = [row.title, "yes" if row.chained else "no", f"${row.symbolic}$", str(row.data_dependent_params),
+                         _fmt(row.value), ("yes" if row.vacuous else "no") + f" (>= {row.loss_range:g})"]
+                if ckpt:
+                    cells = [rep.source] + cells + [_fmt(rep.empirical.get("gap_01"))]
+            rows.append(cells)
+    return head, rows, starts
 
 
 def to_markdown(reports: list[BoundsReport]) -> str:
     """Table 1 (Markdown): variant, chaining, the bound as printed in the paper's layout, D, value, vacuity."""
-    ckpt = any(r.kind == "checkpoint" for r in reports)
-    head = ["Variant", "Chaining?", r"$\mathcal{G}(W_0 + \Delta W) \le \Phi_{W_0} +$", "D", "value of the root",
-            "vacuous?"]
-    if ckpt:
-        head = ["checkpoint"] + head + ["measured 0-1 gap"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for rep in reports:
-        for row in rep.table1:
-            cells = [row.title, "yes" if row.chained else "no", f"${row.symbolic}$", str(row.data_dependent_params),
-                     _fmt(row.value), ("yes" if row.vacuous else "no") + f" (>= {row.loss_range:g})"]
-            if ckpt:
-                cells = [rep.source] + cells + [_fmt(rep.empirical.get("gap_01"))]
-            lines.append("| " + " | ".join(cells) + " |")
+    head, rows, _ = _table1_rows(reports, latex=False)
+    lines = [markdown_table(rows, head, align=["l"] * (len(head)))]
     cfg = reports[0].config if reports else None
     if cfg is not None:
         lines.append("")
@@ -238,27 +254,7 @@ def to_markdown(reports: list[BoundsReport]) -> str:
 def to_latex(reports: list[BoundsReport]) -> str:
     """Table 1 (LaTeX, booktabs): symbolic and numeric columns."""
     ckpt = any(r.kind == "checkpoint" for r in reports)
-    cols = "l" + ("l" if ckpt else "") + "cccr" + "c"
-    head = [r"Variant", r"Chaining?", r"$\mathcal{G}(\mathbf{W}_0 + \Delta\mathbf{W}) \le \Phi_{\mathbf{W}_0} +$",
-            r"$D$", r"value of the root", r"vacuous?"]
-    if ckpt:
-        head = ["checkpoint"] + head
-    out = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
-           " & ".join(head) + r" \\", r"\midrule"]
-    prev_group = None
-    for rep in reports:
-        for row in rep.table1:
-            group = (row.chained, get_method(row.method).family)
-            if prev_group is not None and group != prev_group and not ckpt:
-                out.append(r"\midrule")
-            prev_group = group
-            title = row.title.replace("&", r"\&").replace("_", r"\_")
-            cells = [title, r"\checkmark" if row.chained else r"$\times$", f"${row.symbolic}$",
-                     f"{row.data_dependent_params:,}".replace(",", "{,}"), _fmt(row.value),
-                     "yes" if row.vacuous else "no"]
-            if ckpt:
-                cells = [r"\texttt{" + rep.source.replace("_", r"\_") + "}"] + cells
-            out.append(" & ".join(cells) + r" \\")
+    head, rows, starts = _table1_rows(reports, latex=True)
     cfg = reports[0].config if reports else None
     caption = ""
     if cfg is not None:
@@ -266,13 +262,12 @@ def to_latex(reports: list[BoundsReport]) -> str:
                    rf"$\sigma = {cfg.sigma:g}$, $N = {cfg.n_train}$, $r = {cfg.rank}$, $k = {cfg.chain}$; the "
                    rf"head is {'counted' if reports[0].include_head else 'not counted'}. A value $\ge 2\sigma$ "
                    "is vacuous.")
-    out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
-    return "\n".join(out) + "\n"
+    return latex_table(rows, head, "l" + ("l" if ckpt else "") + "cccr" + "c", escape=False, rules_before=starts,
+                       caption=caption, float_env=True)
 
 
 def format_text(report: BoundsReport) -> str:
     """A plain-text rendering for the terminal."""
-    from ..commands.common import format_table
 
     cfg = report.config
     parts = [f"{report.kind} {report.source}: layers {cfg.layer_spec}, r = {cfg.rank}, k = {cfg.chain}, "
@@ -281,8 +276,8 @@ def format_text(report: BoundsReport) -> str:
     rows = [[r.method, r.title, "yes" if r.chained else "no", r.data_dependent_params, r.value,
              "VACUOUS" if r.vacuous else "non-vacuous", r.note] for r in report.table1]
     parts.append("Table 1 (mutual information, expected gap, limit 2 sigma = "
-                 f"{2 * cfg.sigma:g}):\n" + format_table(rows, ["method", "paper", "chained", "D", "bound",
-                                                               "vacuity", "note"]))
+                 f"{2 * cfg.sigma:g}):\n" + text_table(rows, ["method", "paper", "chained", "D", "bound",
+                                                             "vacuity", "note"]))
     t = report.theorem1
     if t is not None:
         if not t.applicable:
@@ -294,7 +289,7 @@ def format_text(report: BoundsReport) -> str:
             parts.append(
                 f"Theorem 1 ({t.form}; C = {t.input_bound:.4g}, loss Lipschitz = {t.loss_lipschitz:.4g}, "
                 f"clipped-loss range {t.loss_range:.4g}):\n"
-                + format_table(lrows, ["layer", "shape", "||W0||", "||dW||", "act", "lip", "||s(0)||", "||dbeta||"])
+                + text_table(lrows, ["layer", "shape", "||W0||", "||dW||", "act", "lip", "||s(0)||", "||dbeta||"])
                 + f"\n  Phi_dW = {_fmt(t.phi_dw)}, Phi_W0 = {_fmt(t.phi_w0)}, Hoeffding G(W0) <= "
                 f"{_fmt(t.hoeffding_w0)} (measured G(W0) = {_fmt(t.measured_gap_w0)})"
                 f"\n  G(W0 + dW) <= {_fmt(t.bound)}: {t.verdict}")

@@ -7,7 +7,7 @@ activations s_l that are lam_l-Lipschitz, ||x|| <= C, the paper states
 
 Phi is printed as a sum over 2^L index patterns. With a_l = ||W0^l||_2, b_l = ||dW^l||_2 and
 o_l = ||s_l(0)|| (biases folded into the activation: s_l(z) = act(z + beta_l), so o_l = ||act(beta_l)||),
-the O(L) recursion of shared/THEORY.md section 3 is, with G_0 = C and E_0 = 0,
+the O(L) recursion (docs/concepts.md, "Theorem 1 and its O(L) recursion") is, with G_0 = C and E_0 = 0,
 
     G_l = lam_l ((a_l + b_l) G_{l-1} + d_l) + o_l           bound on ||g_l||, the fine-tuned network
     E_l = lam_l (ref_l E_{l-1} + other_l G_{l-1} + d_l)     bound on ||g_l - h_l||
@@ -17,12 +17,12 @@ with ref = a, other = b for Phi_dW (h = f_{W0}) and ref = b, other = a for Phi_W
 induction ||g_l - h_l|| <= lam_l (||ref_l|| ||g_{l-1} - h_{l-1}|| + ||other_l|| ||g_{l-1}|| + d_l), and a risk
 moves by at most L_l times that on the population and on the sample, hence the factor 2. d_l = ||dbeta_l||
 is a genbound extension for a bias that was trained too (the head's): d = 0 is the paper's setting, and
-then E_L = G_L - K_L with K_l = lam_l ref_l K_{l-1} + o_l exactly as THEORY.md writes it.
+then E_L = G_L - K_L with K_l = lam_l ref_l K_{l-1} + o_l exactly as docs/concepts.md writes it.
 
 The printed formula (:func:`phi_printed`) is kept behind an explicit call that warns: its P(i, j) uses the
 exponent 2^{L-1}, which makes P independent of j, and its offset terms follow an odd/even rule for H(i, j)
 that is the swap of what the recursion needs (and Phi_W0 keeps an s_L(0) term the recursion does not
-have). The counterexample of THEORY.md (L = 2, s_1(z) = z + 1, x = 0) shows the printed Phi_W0 failing.
+have). The counterexample in docs/concepts.md (L = 2, s_1(z) = z + 1, x = 0) shows the printed Phi_W0 failing.
 :func:`phi_enumerated` is the 2^L enumeration with both readings corrected; it equals the recursion and is
 used as the brute-force check in the tests.
 
@@ -168,7 +168,7 @@ def phi_printed(a, b, lam, offsets=None, C: float = 1.0, loss_lipschitz: float =
     (see the module docstring); use :func:`phi_recursion`."""
     warnings.warn(
         "Theorem 1 as printed: P(i, j) does not depend on j and the offset terms use the wrong odd/even "
-        "rule, so this Phi can be smaller than the true deviation (THEORY.md section 3); use the recursion",
+        "rule, so this Phi can be smaller than the true deviation (docs/concepts.md, Theorem 1); use the recursion",
         UserWarning, stacklevel=2,
     )
     return _enumerate(a, b, lam, offsets, C, loss_lipschitz, branch, literal=True)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from ..backbones import BACKBONES, get_backbone
-from ..datasets import DATASETS
-from ..errors import GenboundError
-from ..methods import METHODS
 from .common import add_json, format_table, print_json
 
 HELP = "list the available backbones, datasets and fine-tuning methods"
@@ -17,6 +13,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..backbones import BACKBONES, get_backbone
+    from ..datasets import DATASETS
+    from ..errors import GenboundError
+    from ..methods import METHODS
+
     out: dict = {}
     if args.what in ("all", "backbones"):
         rows = []

@@ -215,10 +215,6 @@ class HessianOperator:
         parts = torch.split(v, self.numels, dim=-1)
         return {n: p.reshape(*lead, *s) for n, p, s in zip(self.names, parts, self.shapes)}
 
-    def parameters_vector(self) -> Tensor:
-        """theta itself, flattened."""
-        return self.flatten(self._theta)
-
     # -- the loss ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -1,0 +1,166 @@
+"""The shape of the code base: the library never imports its command line, ``genbound --help`` stays light,
+and nothing shipped names a file outside the repository."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "genbound"
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imported_modules(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module an ``import`` / ``from ... import`` in ``path`` names, relative imports resolved, at any
+    depth (imports inside functions count too)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    name = _module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            out.add(module)
+            out.update(f"{module}.{alias.name}" for alias in node.names)  # from genbound import commands
+    return out
+
+
+def _is_cli(module: str) -> bool:
+    return module in ("genbound.cli", "genbound.commands") or module.startswith(("genbound.commands.",
+                                                                                 "genbound.cli."))
+
+
+def test_import_resolution_sees_every_form(tmp_path):
+    # The walker itself must catch relative, absolute and function-level imports of the CLI layer.
+    src = ("from ..commands.common import x\nimport genbound.cli\ndef f():\n    from genbound import commands\n"
+           "from . import mi\n")
+    fake = tmp_path / "genbound" / "bounds" / "report.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(src)
+    found = {m for m in _imported_modules(fake, tmp_path) if _is_cli(m)}
+    assert found == {"genbound.commands.common", "genbound.commands.common.x", "genbound.cli",
+                     "genbound.commands"}
+    assert "genbound.bounds.mi" in _imported_modules(fake, tmp_path)
+
+
+def test_library_never_imports_the_command_line():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] == "commands" or rel == Path("cli.py"):
+            continue
+        bad = sorted(m for m in _imported_modules(path) if _is_cli(m))
+        if bad:
+            offenders.append(f"{path.relative_to(ROOT)} imports {', '.join(bad)}")
+    for path in sorted((ROOT / "analysis").rglob("*.py")):
+        bad = sorted(m for m in _imported_modules(path) if _is_cli(m))
+        if bad:
+            offenders.append(f"{path.relative_to(ROOT)} imports {', '.join(bad)}")
+    assert not offenders, "the library imports the CLI layer (move the helper into the library):\n" + "\n".join(
+        offenders)
+
+
+@pytest.mark.parametrize("argv", [["--help"], []])
+def test_top_level_help_does_not_import_torch(argv):
+    code = ("import contextlib, io, sys\n"
+            "from genbound.cli import main\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n"
+            "    try:\n"
+            f"        rc = main({argv!r})\n"
+            "    except SystemExit as exc:\n"
+            "        rc = exc.code\n"
+            "assert rc in (0, None), rc\n"
+            "assert 'train' in buf.getvalue() and 'compare' in buf.getvalue(), buf.getvalue()\n"
+            "heavy = sorted(m for m in ('torch', 'numpy', 'transformers', 'matplotlib', 'scipy') if m in sys.modules)\n"
+            "print(','.join(heavy))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"genbound {' '.join(argv)} imported {proc.stdout.strip()}"
+
+
+def test_a_command_still_gets_its_arguments():
+    from genbound.cli import build_parser
+
+    parser = build_parser("spectra", all_arguments=False)
+    args = parser.parse_args(["spectra", "ck", "--top-k", "3"])
+    assert args.top_k == 3
+    full = build_parser()  # docs/gen_cli.py: every command with every argument
+    assert full.parse_args(["train", "--method", "lora", "--out", "x"]).method == "lora"
+
+
+# -- nothing names a file outside the repository -------------------------------------------------------------
+
+SCANNED = ["genbound", "analysis", "docs", "notebooks", "README.md", "tests", "benchmarks"]
+TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".txt", ".toml", ".cfg", ".json", ".yaml", ".yml", ".tex", ""}
+# An upper-case document name (THEORY.md, NOTES.txt) is a project document: it must exist in the repository.
+DOC_NAME = re.compile(r"(?<![\w/.-])(?:[\w.-]+/)*([A-Z][A-Z0-9_-]{2,}\.(?:md|txt|rst))\b")
+OUTSIDE = [
+    re.compile(r"(?<![\w.])shared/[\w.-]+"),  # a sibling folder of the checkout
+    re.compile(r"(?<![\w.~])/(?:work|home|root|Users|mnt)/[\w.-]+"),  # an absolute path on some machine
+    re.compile(r"(?<![\w.])\.\./\.\./[\w.-]+"),  # climbing out of the repository
+]
+
+
+def _scanned_files() -> list[Path]:
+    files = []
+    for entry in SCANNED:
+        p = ROOT / entry
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files += [f for f in sorted(p.rglob("*")) if f.is_file() and f.suffix in TEXT_SUFFIXES
+                      and "__pycache__" not in f.parts
+                      and not any(x.startswith(".") for x in f.relative_to(ROOT).parts)]
+    return files
+
+
+def _outside_references(text: str, repo_names: set[str]) -> list[str]:
+    found = [m.group(0) for pat in OUTSIDE for m in pat.finditer(text)]
+    found += [m.group(0) for m in DOC_NAME.finditer(text) if m.group(1) not in repo_names]
+    return found
+
+
+def test_the_scanner_finds_outside_references():
+    names = {"README.md"}
+    text = ("see shared/THEORY.md section 3; THEORY.md's example; /work/main/x.py; ../../PEERS.md; "
+            "the README.md; docs/concepts.md; `--out /tmp/run`; outputs summary.md")
+    found = _outside_references(text, names)
+    assert "shared/THEORY.md" in found and "THEORY.md" in found and "/work/main" in found
+    assert any("PEERS.md" in f for f in found) and "../../PEERS.md" in found
+    assert not any("README" in f or "concepts" in f or "/tmp" in f or "summary" in f for f in found)
+
+
+def test_nothing_names_a_file_outside_the_repository():
+    this_file = Path(__file__).resolve()  # it spells the patterns out
+    repo_names = {p.name for p in ROOT.rglob("*")
+                  if p.is_file() and not any(x.startswith(".") for x in p.relative_to(ROOT).parts)}
+    offenders = []
+    for path in _scanned_files():
+        if path == this_file:
+            continue
+        for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            for ref in _outside_references(line, repo_names):
+                offenders.append(f"{path.relative_to(ROOT)}:{i}: {ref}")
+    assert not offenders, ("these name files outside the repository; cite docs/concepts.md (with its section) "
+                           "instead:\n" + "\n".join(offenders))
