@@ -33,6 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check genbound analysis tests benchmarks
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/run_all.py
 
 clean:

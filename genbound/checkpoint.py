@@ -627,6 +627,7 @@ def save_checkpoint(path: str | Path, meta: CheckpointMeta, tensors: dict[str, T
             (tmp / META_FILE).write_text(text)
     except FileExistsError:
         raise CheckpointError(f"{path} was written meanwhile (by another process, or files were put there); it "
-                              "was kept as it is (pass --overwrite to replace a checkpoint, or choose another --out)"
+                              "was kept as it is (pass --overwrite, overwrite=True from Python, to replace a "
+                              "checkpoint, or choose another --out)"
                               ) from None
     return path

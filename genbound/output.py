@@ -62,8 +62,8 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
         return  # an empty directory is replaced atomically and loses nothing
     is_ckpt = "genbound.json" in entries
     if not overwrite:
-        raise GenboundError(f"{out} already holds {'a checkpoint' if is_ckpt else 'files'}; pass --overwrite or "
-                            "choose another --out")
+        raise GenboundError(f"{out} already holds {'a checkpoint' if is_ckpt else 'files'}; pass --overwrite "
+                            "(overwrite=True from Python) or choose another --out")
     foreign = foreign_entries(out)
     if foreign or not is_ckpt:
         first = foreign[0] if foreign else entries[0]

@@ -215,7 +215,8 @@ def check_config(saved: dict[str, Any], current: dict[str, Any], where: Path) ->
         k = diff[0]
         raise GenboundError(
             f"{where} was saved by a run with {k}={saved.get(k)!r}, this run has {k}={current.get(k)!r}; resume "
-            "with the same options, or pass --overwrite to discard the saved state and start again"
+            "with the same options, or pass --overwrite (overwrite=True from Python) to discard the saved state and "
+            "start again"
         )
 
 

@@ -254,8 +254,9 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     check_replaceable(out, overwrite)
     if state_dir.exists() and not resume:
         if not overwrite:
-            raise GenboundError(f"an interrupted run of {out} saved its state in {state_dir}; pass --resume to "
-                                "continue it or --overwrite to discard it and start again")
+            raise GenboundError(f"an interrupted run of {out} saved its state in {state_dir}; pass --resume "
+                                "(resume=True from Python) to continue it or --overwrite (overwrite=True) to discard "
+                                "it and start again")
         remove_state(state_dir)
     _clean_stale(out)
     device = resolve_device(config.device)
@@ -278,11 +279,11 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     if state is not None:
         if set(state.links) != set(adapters):
             raise GenboundError(f"{state_dir} holds adapters {sorted(state.links)}, this run {sorted(adapters)}; "
-                                "pass --overwrite to discard the state")
+                                "pass --overwrite (overwrite=True from Python) to discard the state")
         expected = changing_tensors(model, list(adapters), not method.adapter)
         if set(expected) != set(state.model):
-            raise GenboundError(f"{state_dir} does not hold this model's trained tensors; pass --overwrite to "
-                                "discard the state")
+            raise GenboundError(f"{state_dir} does not hold this model's trained tensors; pass --overwrite "
+                                "(overwrite=True from Python) to discard the state")
         restore_tensors(model, state.model, state_dir)
         for name, ad in adapters.items():
             ad.link = state.links[name]
@@ -329,7 +330,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
             scheduler.load_state_dict(state.scheduler)
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise GenboundError(f"{state_dir}: the optimizer state does not fit this run ({exc}); pass --overwrite "
-                                "to discard the state") from None
+                                "(overwrite=True from Python) to discard the state") from None
         step, epoch, position, running = state.step, state.epoch, state.position, state.running
         history, traj_steps, snapshots = list(state.history), list(state.traj_steps), dict(state.snapshots)
         seconds_before, resumed_at = state.train_seconds, [*state.resumed_at, state.step]

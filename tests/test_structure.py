@@ -164,3 +164,38 @@ def test_nothing_names_a_file_outside_the_repository():
                 offenders.append(f"{path.relative_to(ROOT)}:{i}: {ref}")
     assert not offenders, ("these name files outside the repository; cite docs/concepts.md (with its section) "
                            "instead:\n" + "\n".join(offenders))
+
+
+# -- dependencies: what `pip install genbound` pulls is what the library imports ---------------------------------
+
+
+def _canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~;\[ ]", name, maxsplit=1)[0]).lower()
+
+
+def _third_party_imports(folders: list[str]) -> set[str]:
+    out = set()
+    for folder in folders:
+        for path in (ROOT / folder).rglob("*.py"):
+            for module in _imported_modules(path):
+                top = module.split(".")[0]
+                if top and top not in sys.stdlib_module_names and top not in ("genbound", "analysis", "__future__"):
+                    out.add(top)
+    return out
+
+
+def test_required_dependencies_are_what_the_library_imports():
+    import importlib.metadata
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    required = {_canon(d) for d in project["dependencies"]}
+    dists = importlib.metadata.packages_distributions()
+    used = {_canon(d) for m in _third_party_imports(["genbound", "analysis"]) for d in dists.get(m, [m])}
+    assert used <= required, f"the library imports {sorted(used - required)} but pyproject does not require them"
+    assert required <= used, (f"pyproject requires {sorted(required - used)} but the library never imports them: "
+                              "move them to an extra (dev / bench)")
+    # The peers that only tests and benchmarks use are extras that `make test` (.[dev]) installs.
+    dev = {_canon(d) for d in project["optional-dependencies"]["dev"]}
+    only_tests = {_canon(d) for m in _third_party_imports(["tests"]) for d in dists.get(m, [m])} - required
+    assert only_tests <= dev | {"genbound"}, f"tests import {sorted(only_tests - dev)}, missing from the dev extra"
