@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from . import __version__
 from .atomic import atomic_directory
 from .backbones import Backbone, get_backbone
+from .device import where
 from .errors import CheckpointError, GenboundError
 from .methods import Method, get_method
 from .update import LayerUpdate
@@ -431,9 +432,9 @@ class Checkpoint:
                 )
         return backbone, model
 
-    def initial_model(self, device: torch.device | str = "cpu") -> nn.Module:
+    def initial_model(self, device: torch.device | None = None) -> nn.Module:
         """The data-independent starting point: the pretrained backbone with the head drawn from the seed."""
-        return self._pristine(device)[1].eval()
+        return self._pristine(where(device))[1].eval()
 
     def base_weights(self) -> dict[str, Tensor]:
         """The pretrained W0 of every adapted layer."""
@@ -441,7 +442,7 @@ class Checkpoint:
         mods = dict(model.named_modules())
         return {li.name: mods[li.name].weight.detach().clone() for li in self.meta.layers}
 
-    def build_model(self, device: torch.device | str = "cpu", merged: bool = False) -> nn.Module:
+    def build_model(self, device: torch.device | None = None, merged: bool = False) -> nn.Module:
         """The fine-tuned model in eval mode: backbone + adapters with the trained factors (the past links of
         a chain re-merged in training order, so the weights are bit-identical to training's), or with
         ``merged`` a plain model whose adapted weights are W0 + dW."""
@@ -502,7 +503,7 @@ class Checkpoint:
                 merge_adapters(model)
                 for li in m.layers:
                     model.get_submodule(li.name).weight.requires_grad_(True)
-        model.to(device)
+        model.to(where(device))
         model.eval()
         return model
 

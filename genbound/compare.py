@@ -23,10 +23,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import GenboundError
 from .render import cell, latex_table, markdown_table, tex_escape, text_table, to_jsonable
+
+if TYPE_CHECKING:
+    import torch
 
 LOWER, HIGHER = "lower", "higher"
 
@@ -129,7 +132,7 @@ def compare(
     path_a: str | Path,
     path_b: str | Path,
     *,
-    device: str = "cpu",
+    device: torch.device | None = None,
     top_k: int = 10,
     eps: float = 0.5,
     data_bounds: bool | None = None,
@@ -148,6 +151,9 @@ def compare(
     off for transformers, where it costs minutes) adds the compression bound; ``pac_bayes`` the PAC-Bayes
     bound. ``hessian`` / ``landscape`` add those sections on a seeded subset of ``samples`` training examples.
     """
+    from .device import where
+
+    device = where(device)  # checkpoints are read onto the CPU; "auto" is the CLI's to resolve
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     a, b = _load(path_a, backbone), _load(path_b, backbone)

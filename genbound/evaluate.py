@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .device import where as device_of
 from .errors import NonFiniteError
 from .evalset import EvalSet
 
@@ -29,11 +30,11 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: EvalSet, batch_size: int = 64, device: torch.device | str | None = None,
+    model: nn.Module, data: EvalSet, batch_size: int = 64, device: torch.device | None = None,
     where: str = "evaluation",
 ) -> Evaluation:
     """Mean cross-entropy and accuracy over ``data`` in eval mode; the model's mode is restored."""
-    device = device or next(model.parameters()).device
+    device = device_of(device, model)  # None: where the model is
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .device import where
 from .errors import GenboundError
 from .spectra import with_factors
 from .update import LayerUpdate
@@ -86,7 +87,8 @@ class BaseSVDCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, W0: Tensor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> BaseSVD:
+    def get(self, W0: Tensor, device: torch.device | None = None, dtype: torch.dtype = torch.float64) -> BaseSVD:
+        device = where(device, W0)
         key = (_digest(W0), str(torch.device(device)), str(dtype))
         if key in self._store:
             self.hits += 1
@@ -249,7 +251,7 @@ def _krylov_top_left(core: _Core, k: int, tol: float, max_basis: int) -> tuple[T
 
 
 def layer_scores(W0: Tensor, u: LayerUpdate, k: int | None = 10, method: str = "auto",
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
+                 device: torch.device | None = None, dtype: torch.dtype = torch.float64,
                  cache: BaseSVDCache | None = None, tol: float = 1e-8) -> tuple[Tensor, Tensor, str, float | None,
                                                                                  int | None]:
     """(scores, top singular values of W0 + dW, method used, residual, basis size) for one layer.
@@ -267,6 +269,7 @@ def layer_scores(W0: Tensor, u: LayerUpdate, k: int | None = 10, method: str = "
         raise GenboundError(f"layer {u.name}: base weight contains NaN or Inf")
     if k is not None and k < 1:
         raise GenboundError(f"intruder k must be at least 1 (or 'all'), got {k}")
+    device = where(device, u, W0)
     v = with_factors(u, device, dtype)
     W0 = W0.to(device, dtype)
     p = min(u.shape)
@@ -300,7 +303,7 @@ def _eps_key(e: float) -> str:
 
 def intruders(base_weights: Mapping[str, Tensor], updates: Mapping[str, LayerUpdate], k: int | None = 10,
               eps: float = 0.5, sweep: Sequence[float] | None = None, method: str = "auto",
-              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
+              device: torch.device | None = None, dtype: torch.dtype = torch.float64,
               cache: BaseSVDCache | None = None, tol: float = 1e-8,
               progress: bool | None = None) -> IntruderReport:
     """Intruder dimensions of every adapted layer (``updates``) against its pretrained weight.
@@ -311,6 +314,7 @@ def intruders(base_weights: Mapping[str, Tensor], updates: Mapping[str, LayerUpd
     """
     from tqdm.auto import tqdm
 
+    device = where(device, updates, base_weights)
     if not (0.0 < float(eps) <= 1.0):
         raise GenboundError(f"eps must be in (0, 1], got {eps}")
     grid = sorted({float(e) for e in (sweep or [])} | {float(eps)})

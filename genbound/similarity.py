@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .device import where
 from .errors import GenboundError
 from .spectra import svd_factors
 from .update import LayerUpdate
@@ -88,7 +89,7 @@ def _top(u: LayerUpdate, k: int, device, dtype) -> tuple[Tensor, Tensor]:
     return U[:, :kk], Vh[:kk].T
 
 
-def layer_similarity(a: LayerUpdate, b: LayerUpdate, k: int = 8, device: torch.device | str = "cpu",
+def layer_similarity(a: LayerUpdate, b: LayerUpdate, k: int = 8, device: torch.device | None = None,
                      dtype: torch.dtype = torch.float64) -> LayerSimilarity:
     """Principal angles and overlap between the top-k singular subspaces of two updates of one layer."""
     if a.shape != b.shape:
@@ -98,6 +99,7 @@ def layer_similarity(a: LayerUpdate, b: LayerUpdate, k: int = 8, device: torch.d
         )
     if k < 1:
         raise GenboundError(f"k must be at least 1, got {k}")
+    device = where(device, a, b)
     Ua, Va = _top(a, k, device, dtype)
     Ub, Vb = _top(b, k, device, dtype)
     kk = min(Ua.shape[1], Ub.shape[1])
@@ -117,7 +119,7 @@ def _mean(xs) -> float | None:
 
 
 def compare_updates(first: Mapping[str, LayerUpdate], second: Mapping[str, LayerUpdate], k: int = 8,
-                    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> SimilarityReport:
+                    device: torch.device | None = None, dtype: torch.dtype = torch.float64) -> SimilarityReport:
     """Per-layer similarity of two checkpoints' updates (layers matched by name)."""
     common = [n for n in first if n in second]
     if not common:

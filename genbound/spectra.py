@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .device import where
 from .errors import GenboundError
 from .update import LayerUpdate
 
@@ -100,23 +101,24 @@ def _distinct(columns: Tensor) -> bool:
     return int(torch.unique(columns).numel()) == int(columns.numel())
 
 
-def with_factors(u: LayerUpdate, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> LayerUpdate:
+def with_factors(u: LayerUpdate, device: torch.device | None = None, dtype: torch.dtype = torch.float64) -> LayerUpdate:
     """A validated copy on ``device`` in ``dtype`` whose A is explicit (built from ``columns`` if needed)."""
     validate_update(u)
+    device = where(device, u)
     v = u.to(device, dtype)
     if v.factored and v.A is None:
         v.A = _selector(v.columns, v.in_features, dtype, v.B.device)
     return v
 
 
-def singular_values(u: LayerUpdate, device: torch.device | str = "cpu",
+def singular_values(u: LayerUpdate, device: torch.device | None = None,
                     dtype: torch.dtype = torch.float64) -> Tensor:
     """Singular values of dW, descending, without forming dW (see the module docstring).
 
     Length R for a factored update (trailing ones may be 0), min(n, m) for a dense one.
     """
     validate_update(u)
-    v = u.to(device, dtype)
+    v = u.to(where(device, u), dtype)
     if not v.factored:
         return torch.linalg.svdvals(v.dense)
     if v.columns is not None and _distinct(v.columns):
@@ -127,9 +129,10 @@ def singular_values(u: LayerUpdate, device: torch.device | str = "cpu",
     return v.singular_values()
 
 
-def svd_factors(u: LayerUpdate, device: torch.device | str = "cpu",
+def svd_factors(u: LayerUpdate, device: torch.device | None = None,
                 dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD (U (n, R), S (R,), Vh (R, m)) of dW from the factors (dense SVD for a dense update)."""
+    device = where(device, u)
     return with_factors(u, device, dtype).svd_core()
 
 
@@ -316,9 +319,10 @@ def summarize_singular_values(name: str, s: Tensor, shape: tuple[int, int], rank
     )
 
 
-def layer_spectrum(u: LayerUpdate, top_k: int = 10, bins: int = 20, device: torch.device | str = "cpu",
+def layer_spectrum(u: LayerUpdate, top_k: int = 10, bins: int = 20, device: torch.device | None = None,
                    dtype: torch.dtype = torch.float64) -> LayerSpectrum:
     """Singular values of one layer's dW (from its factors) and their summaries."""
+    device = where(device, u)
     s = singular_values(u, device, dtype)
     return summarize_singular_values(u.name, s, u.shape, u.rank_bound, top_k, bins, _stored_eps(u))
 
@@ -329,7 +333,7 @@ def _mean(xs: list[float | None]) -> float | None:
 
 
 def spectra(updates: Mapping[str, LayerUpdate], top_k: int = 10, bins: int = 20,
-            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64,
+            device: torch.device | None = None, dtype: torch.dtype = torch.float64,
             progress: bool | None = None) -> SpectraReport:
     """Per-layer and overall spectra of a checkpoint's updates (``{name: LayerUpdate}``)."""
     from tqdm.auto import tqdm
@@ -338,6 +342,7 @@ def spectra(updates: Mapping[str, LayerUpdate], top_k: int = 10, bins: int = 20,
         raise GenboundError(f"--top-k must be at least 1, got {top_k}")
     if not updates:
         raise GenboundError("the checkpoint has no adapted layers: nothing to take the spectrum of")
+    device = where(device, list(updates.values()))
     layers: list[LayerSpectrum] = []
     pooled: list[Tensor] = []
     eps_all = 0.0

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
 from ..update import LayerUpdate
@@ -40,11 +41,12 @@ class Hypothesis:
 
     @torch.no_grad()
     def error(self, data: EvalSet, tensors: dict[str, Tensor] | None = None, batch_size: int = 256,
-              device: torch.device | str | None = None) -> float:
+              device: torch.device | None = None) -> float:
         """0-1 error on ``data`` of the model defined by ``tensors`` (default: the trained ones)."""
         from torch.func import functional_call
 
         params = self.to_params(self.trained if tensors is None else tensors)
+        device = where(device, self.model)  # None: where the model is
         wrong, total = 0, 0
         for feats, labels in data.batches(batch_size, device):
             logits = functional_call(self.model, params, args=(), kwargs=feats, strict=False)
@@ -71,12 +73,13 @@ def from_module(model: nn.Module, reference: dict[str, Tensor]) -> Hypothesis:
                       lambda t: dict(t), "plain module")
 
 
-def from_checkpoint(ckpt, device: torch.device | str = "cpu") -> Hypothesis:
+def from_checkpoint(ckpt, device: torch.device | None = None) -> Hypothesis:
     """The coded tensors of a genbound checkpoint: every trained factor (B of each link; A of each link when
     it is trained), the head, or for fft every parameter; theta_0 rebuilt from the pretrained backbone and
     the recorded seed. The model is the merged model; adapted weights are W0 + s B A."""
     from ..methods import kaiming_factor
 
+    device = where(device)  # a checkpoint is read onto the CPU
     meta, method = ckpt.meta, ckpt.method
     model = ckpt.build_model(device, merged=True)
     pristine = ckpt.initial_model(device)

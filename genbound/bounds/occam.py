@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
 from .common import check_positive, check_probability, kl_inverse_upper, vacuity_note
@@ -167,7 +168,7 @@ class CompressionBound:
 
 def compression_bound(hyp: Hypothesis, train: EvalSet, delta: float = 0.05,
                       levels_grid: Sequence[int] = (1, 2, 3, 4, 8, 16), kinds: Sequence[str] = ("kmeans", "uniform"),
-                      device: torch.device | str = "cpu", batch_size: int = 256,
+                      device: torch.device | None = None, batch_size: int = 256,
                       progress: bool | None = None, chance_error: float | None = None) -> CompressionBound:
     """Occam bound for the hypothesis ``hyp`` (trained tensors and their data-independent start theta_0).
     Each (kind, levels) of the grid quantizes every Delta = theta - theta_0, codes it, evaluates the
@@ -181,6 +182,7 @@ def compression_bound(hyp: Hypothesis, train: EvalSet, delta: float = 0.05,
     check_positive(n, "the number of training examples N", "--n")
     if not hyp.trained:
         raise GenboundError("no trained tensors to compress; the checkpoint records none")
+    device = where(device, hyp.model)
     train = train.to(device)
     grid = [(kind, int(lv)) for kind in kinds for lv in levels_grid]
     if not grid:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
 from .common import check_positive, check_probability, kl_inverse_upper, vacuity_note
@@ -94,7 +95,7 @@ def _best_over_lambda(mc_upper: float, dist: float, d: int, s: float, lambdas: S
 
 def pac_bayes_bound(hyp: Hypothesis, train: EvalSet, delta: float = 0.05, mc_fraction: float = 0.5,
                     s_grid: Sequence[float] = DEFAULT_S_GRID, lambda_grid: Sequence[float] = DEFAULT_LAMBDA_GRID,
-                    mc_samples: int = 20, seed: int = 0, device: torch.device | str = "cpu",
+                    mc_samples: int = 20, seed: int = 0, device: torch.device | None = None,
                     batch_size: int = 512, progress: bool | None = None,
                     chance_error: float | None = None) -> PacBayesBound:
     """The bound above for the hypothesis ``hyp`` (trained tensors theta_hat and their start theta_0).
@@ -114,6 +115,7 @@ def pac_bayes_bound(hyp: Hypothesis, train: EvalSet, delta: float = 0.05, mc_fra
         raise GenboundError("no trained tensors for the posterior; the checkpoint records none")
     n = len(train)
     check_positive(n, "the number of training examples N", "--n")
+    device = where(device, hyp.model)
     train = train.to(device)
     d = hyp.num_params
     dist = hyp.distance_sq()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..device import where
 from ..errors import GenboundError
 from ..methods import get_method
 from ..render import latex_table, markdown_table, tex_escape, text_table
@@ -138,7 +139,7 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
                           delta: float = 0.05, input_bound: float | None = None,
                           loss_lipschitz: float = CROSS_ENTROPY_LIPSCHITZ, theorem_form: str = "recursion",
                           theorem: bool = True, compression: bool = True, pac_bayes: bool = False,
-                          pb_samples: int = 20, seed: int = 0, device: str | torch.device = "cpu",
+                          pb_samples: int = 20, seed: int = 0, device: torch.device | None = None,
                           progress: bool | None = None) -> BoundsReport:
     """All bounds for one checkpoint (a directory, or a :class:`~genbound.checkpoint.Checkpoint` already
     loaded): its Table 1 row, Theorem 1 (mlp) or why not (transformer), and the compression (default) and
@@ -146,6 +147,7 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
     from ..checkpoint import load_checkpoint
     from .transformer import TRANSFORMER_CHAIN, TRANSFORMER_REASONS
 
+    device = where(device)  # a checkpoint is read onto the CPU
     ckpt = load_checkpoint(path)
     path = ckpt.path if ckpt is path else path  # a loaded checkpoint names its directory
     meta = ckpt.meta

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
+from ..device import where
 from ..errors import GenboundError, NonFiniteError
 from ..evalset import EvalSet
 
@@ -146,7 +147,7 @@ class HessianOperator:
         *,
         trained: Sequence[str] | None = None,
         batch_size: int | None = 256,
-        device: torch.device | str | None = None,
+        device: torch.device | None = None,
         dtype: torch.dtype | None = None,
         mode: str = "auto",
         probe_batch: int | None = None,
@@ -160,7 +161,7 @@ class HessianOperator:
             raise GenboundError("the evaluation set is empty; pass a split with examples or a positive --samples")
         self.names = select_parameters(model, params, trained)
         ref = dict(model.named_parameters())[self.names[0]]
-        self.device = torch.device(device) if device is not None else ref.device
+        self.device = where(device, ref)
         self.dtype = dtype or ref.dtype
         if not self.dtype.is_floating_point:
             raise GenboundError(f"parameters of dtype {self.dtype} have no Hessian; select floating-point ones")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
 from .density import DensityResult, slq_measure, smooth_density
@@ -239,7 +240,7 @@ def hessian_spectrum(
     density_probes: int = 4,
     density_steps: int = 64,
     sigma: float | None = None,
-    device: torch.device | str | None = None,
+    device: torch.device | None = None,
     dtype: torch.dtype | None = None,
     seed: int = 0,
     batch_size: int | None = 256,
@@ -299,7 +300,7 @@ def hessian_from_checkpoint(
     params: ParamSelection = "trained",
     split: str = "train",
     samples: int | None = 512,
-    device: torch.device | str | None = "cpu",
+    device: torch.device | None = None,
     seed: int = 0,
     **kw: Any,
 ) -> HessianReport:
@@ -312,7 +313,8 @@ def hessian_from_checkpoint(
     if isinstance(ckpt, (str, Path)):
         path = str(ckpt)
         ckpt = load_checkpoint(ckpt)
-    model = ckpt.build_model(device=device if device is not None else "cpu")
+    device = where(device)  # a checkpoint is read onto the CPU
+    model = ckpt.build_model(device=device)
     try:
         splits = ckpt.load_splits()
     except GenboundError:

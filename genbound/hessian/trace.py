@@ -35,6 +35,8 @@ from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..device import where
+
 Matmat = Callable[[Tensor], Tensor]
 
 
@@ -86,7 +88,7 @@ def hutchinson(
     confidence: float = 0.95,
     batch: int = 1,
     dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    device: torch.device | None = None,
     progress: bool | None = None,
 ) -> TraceResult:
     """``exact_part + (1/n) sum z_i^T P H P z_i`` with P = I - Q Q^T (Q = ``basis`` rows; P = I without).
@@ -95,6 +97,7 @@ def hutchinson(
     (after ``min_probes``, at most ``max_probes``).
     """
     t0 = time.perf_counter()
+    device = where(device, basis)  # the probes live where the basis is (the CPU for a bare matvec)
     gen = torch.Generator().manual_seed(int(seed))
     n_target = int(probes) if probes else int(max_probes)
     if n_target < 2:
@@ -150,7 +153,7 @@ def hutchpp(
     basis: Tensor | None = None,
     exact_part: float | None = None,
     dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    device: torch.device | None = None,
     batch: int = 1,
     progress: bool | None = None,
     **kw,
@@ -162,6 +165,7 @@ def hutchpp(
     and its ``exact_part`` tr(Q^T H Q), no product is spent on the sketch.
     """
     t0 = time.perf_counter()
+    device = where(device, basis)
     extra = 0
     method = "hutch++ (krylov sketch)"
     if basis is None:

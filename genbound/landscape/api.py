@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
 from .directions import (
@@ -81,7 +82,7 @@ def _reference(ev: GridEvaluator) -> tuple[float, float]:
 
 
 def landscape(model: nn.Module, coords: Mapping[str, Tensor], directions: Sequence[Direction], evalset: EvalSet,
-              grid: int = 21, span: float = 1.0, *, device: torch.device | str | None = None,
+              grid: int = 21, span: float = 1.0, *, device: torch.device | None = None,
               engine: str = "batched", batch_size: int | None = None, points_per_batch: int | None = None,
               memory_budget: int | None = None, cache_prefix: bool = True, progress: bool | None = None,
               radii: Sequence[float] | None = None, basin_threshold: float | None = None, basin_rise: float = 0.1,
@@ -244,7 +245,7 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
                                dims: int | None = None, grid: int = 21, span: float | None = None,
                                samples: int | None = 512, split: str = "train", seed: int = 0,
                                normalization: str = "filter", one_d: str = "zero",
-                               device: torch.device | str = "cpu", **kwargs) -> Landscape:
+                               device: torch.device | None = None, **kwargs) -> Landscape:
     """A slice around the first checkpoint of ``paths`` (directories, or checkpoints already loaded).
 
     ``directions``: "random" (one checkpoint; ``dims`` 1 or 2, default 2), "pca" (one checkpoint saved
@@ -280,7 +281,7 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
         check_span(span)
     if samples is not None and samples <= 0:
         raise GenboundError(f"--samples must be positive, got {samples}; omit it to use the whole split")
-    device = torch.device(device)
+    device = where(device)  # checkpoints are read onto the CPU
     ckpts = [load_checkpoint(p) for p in given]
     if directions == "interpolate":
         _check_compatible(ckpts, paths, space)

@@ -107,7 +107,7 @@ def coordinates(model: nn.Module, names: Sequence[str] | None = None) -> Coords:
     return out
 
 
-def checkpoint_space(ckpt, space: str = "dw", device: torch.device | str = "cpu") -> tuple[nn.Module, Coords]:
+def checkpoint_space(ckpt, space: str = "dw", device: torch.device | None = None) -> tuple[nn.Module, Coords]:
     """The model of a loaded checkpoint and its coordinate space ``space`` (module docstring)."""
     if space not in SPACES:
         raise GenboundError(f"unknown space '{space}'; choose one of {', '.join(SPACES)}")

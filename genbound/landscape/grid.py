@@ -56,6 +56,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
 
@@ -255,14 +256,14 @@ class GridEvaluator:
     tensors over the same names. The model is deep-copied; the caller's model is not changed."""
 
     def __init__(self, model: nn.Module, coords: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]],
-                 evalset: EvalSet, device: torch.device | str | None = None, batch_size: int | None = None,
+                 evalset: EvalSet, device: torch.device | None = None, batch_size: int | None = None,
                  points_per_batch: int | None = None, memory_budget: int | None = None,
                  cache_prefix: bool = True, progress: bool | None = None):
         if not directions:
             raise GenboundError("a grid needs at least one direction")
         if len(evalset) == 0:
             raise GenboundError("the evaluation set is empty; pass a split with examples")
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = where(device, model)
         self.names = list(coords)
         own = dict(model.named_parameters()) | dict(model.named_buffers())
         for n in self.names:
@@ -605,7 +606,7 @@ def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 def evaluate_points(model: nn.Module, coords: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]],
                     points: Tensor, evalset: EvalSet, engine: str = "batched",
-                    device: torch.device | str | None = None, **kwargs) -> PointValues:
+                    device: torch.device | None = None, **kwargs) -> PointValues:
     """Loss and accuracy at arbitrary points theta* + sum_i t_i d_i (rows of ``points``)."""
     ev = GridEvaluator(model, coords, directions, evalset, device=device, **kwargs)
     return ev.evaluate(points, engine)
