@@ -41,8 +41,6 @@ from . import locks
 from .presets import PRESETS, Preset, get_preset, train_config, with_budget
 from .tables import BOUNDS, RunRecord
 
-IGNORED_KEYS = ("device", "progress")  # do not change what is computed (as in genbound.resume)
-
 
 @dataclass
 class RunSpec:
@@ -91,20 +89,14 @@ def plan(preset: Preset, methods: list[str], seeds: list[int], out: str | Path, 
     return specs
 
 
-def _normal(v: Any) -> Any:
-    return json.loads(json.dumps(v))
-
-
 def config_mismatch(hyperparameters: dict[str, Any], config) -> str | None:
     """The first configuration field where a checkpoint's recorded hyperparameters differ from ``config``
-    (device and progress do not count), or None when they match."""
-    wanted = _normal(asdict(config))
-    for key in sorted(wanted):
-        if key in IGNORED_KEYS:
-            continue
-        if hyperparameters.get(key) != wanted[key]:
-            return f"{key}={hyperparameters.get(key)!r} (this sweep: {wanted[key]!r})"
-    return None
+    (device and progress do not count: genbound.resume.config_difference), or None when they match."""
+    from genbound.resume import config_difference
+
+    fields = asdict(config)
+    diff = config_difference(hyperparameters, fields, keys=fields)
+    return None if diff is None else f"{diff[0]}={diff[1]!r} (this sweep: {diff[2]!r})"
 
 
 def finished_run(spec: RunSpec) -> tuple[bool, str | None]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
 # Options that do not change the numbers a run computes: they may differ between the killed and the
 # resumed process.
-IGNORED_ON_RESUME = ("progress", "device")
+IGNORED_ON_RESUME = ("progress", "device")  # where and how a run is shown, not what it computes
 
 
 def state_dir_for(out: str | Path) -> Path:
@@ -205,16 +206,31 @@ def load_state(path: str | Path) -> TrainState:
     )
 
 
-def check_config(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+def config_difference(saved: dict[str, Any], current: dict[str, Any],
+                      keys: Iterable[str] | None = None) -> tuple[str, Any, Any] | None:
+    """The first option (by name) whose saved value differs from the current one, as (name, saved,
+    current), both compared as JSON stores them (tuples are lists); None when they agree. ``keys`` limits
+    the comparison (default: every option of either side); :data:`IGNORED_ON_RESUME` never counts.
+
+    The one comparison behind resuming a state, reusing a finished checkpoint (genbound.train) and a
+    sweep's reuse of its runs (analysis.sweep)."""
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    names = set(saved) | set(current) if keys is None else set(keys)
+    for k in sorted(names - set(IGNORED_ON_RESUME)):
+        if saved.get(k) != current.get(k):
+            return k, saved.get(k), current.get(k)
+    return None
+
+
+def check_config(saved: dict[str, Any], current: dict[str, Any], where: Path,
+                 keys: Iterable[str] | None = None) -> None:
     """Refuse to resume a state with options that change the computation (a resumed run must equal an
-    uninterrupted one with the same options)."""
-    current = json.loads(json.dumps(current))
-    keys = sorted((set(saved) | set(current)) - set(IGNORED_ON_RESUME))
-    diff = [k for k in keys if saved.get(k) != current.get(k)]
-    if diff:
-        k = diff[0]
+    uninterrupted one with the same options); see :func:`config_difference` for ``keys``."""
+    diff = config_difference(saved, current, keys)
+    if diff is not None:
+        k, was, now = diff
         raise GenboundError(
-            f"{where} was saved by a run with {k}={saved.get(k)!r}, this run has {k}={current.get(k)!r}; resume "
+            f"{where} was saved by a run with {k}={was!r}, this run has {k}={now!r}; resume "
             "with the same options, or pass --overwrite (overwrite=True from Python) to discard the saved state and "
             "start again"
         )

@@ -247,8 +247,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     state_dir = state_dir_for(out)
     if resume and not overwrite and is_checkpoint(out):
         meta = load_meta(out)
-        check_config({k: v for k, v in meta.hyperparameters.items() if k in asdict(config)},
-                     {**asdict(config), "dataset": config.dataset or meta.dataset}, out)
+        check_config(meta.hyperparameters, {**asdict(config), "dataset": config.dataset or meta.dataset}, out,
+                     keys=asdict(config))
         remove_state(state_dir)  # left over if a run was killed between its checkpoint and the cleanup
         return TrainResult(out, meta, meta.history)
     check_replaceable(out, overwrite)
