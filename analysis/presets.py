@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from genbound.errors import GenboundError
-from genbound.methods import METHODS, get_method
+from genbound.methods import get_method
 from genbound.train import TrainConfig
 
 
@@ -96,13 +96,10 @@ def train_config(preset: Preset, method: str, seed: int, device: str = "cpu",
     config = TrainConfig(
         method=spec.name, backbone=preset.backbone, dataset=preset.dataset, rank=preset.rank, alpha=preset.alpha,
         chain=preset.chain if spec.chained else 1, epochs=preset.epochs, steps=preset.steps,
-        lr=preset.lr_full if spec.family == "full" else preset.lr, batch_size=preset.batch_size,
+        lr=preset.lr if spec.adapter else preset.lr_full, batch_size=preset.batch_size,
         max_length=preset.max_length, warmup=preset.warmup, seed=int(seed), split_seed=preset.split_seed,
         device=device, progress=progress, **preset.extra,
     )
     config.validate()
     return config
 
-
-def all_methods() -> list[str]:
-    return list(METHODS)

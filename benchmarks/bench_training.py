@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["lora", "lora_plus", "asym", "cola", "rac", "cla", "rcla", "c3la", "rc3la", "paca", "fft"]
 # Parameter-matched baselines: a sparse method trains r*n per layer, as asym does; cla's paper baseline.
 MATCHED = {"cla": "asym", "rcla": "asym", "paca": "asym", "c3la": "rac", "rc3la": "rac"}
 
@@ -54,7 +53,7 @@ def one(method: str, device: str, steps: int, warmup: int, batch: int, seq: int,
     method = get_method(method)
     adapters = attach_adapters(model, method, layers, rank, 2.0 * rank, seed=0)
     model.to(dev).train()
-    lr = 1e-5 if method.name == "fft" else 3e-4
+    lr = 3e-4 if method.adapter else 1e-5
     ratio = method.b_lr_ratio
     groups = param_groups(model, adapters, lr, ratio, 0.0) if method.adapter else model.parameters()
     opt = torch.optim.AdamW(groups, lr=lr)
@@ -92,7 +91,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--methods", nargs="+", default=METHODS)
+    from genbound.methods import METHODS
+
+    ap.add_argument("--methods", nargs="+", default=[m for m in METHODS if METHODS[m].adapter] +
+                    [m for m in METHODS if not METHODS[m].adapter])
     ap.add_argument("--random-init", action="store_true", help="BertConfig of MiniLM's shape, random weights")
     ap.add_argument("--quick", action="store_true", help="3 methods, 2 steps, sequence 64")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)

@@ -40,6 +40,7 @@ from .atomic import atomic_directory
 from .backbones import Backbone, get_backbone
 from .device import where
 from .errors import CheckpointError, GenboundError
+from .factors import LayerContext
 from .methods import Method, get_method
 from .update import LayerUpdate
 
@@ -228,7 +229,7 @@ def _check_meta_values(meta: CheckpointMeta, method: Method, where: Path) -> Non
     if not all(isinstance(h, dict) for h in meta.history):
         raise bad("history entries must be objects")
     if method.adapter:
-        expected_scale = 1.0 if method.family == "column" else meta.alpha / meta.rank
+        expected_scale = method.scale(meta.alpha, meta.rank)
         if not math.isclose(meta.scale, expected_scale, rel_tol=1e-12, abs_tol=0.0):
             raise bad(f"scale {meta.scale} differs from alpha / rank = {expected_scale}")
         try:
@@ -328,15 +329,12 @@ def expected_tensors(meta: CheckpointMeta, model_shapes: dict[str, tuple[int, ..
             out["model.head.bias"] = ((meta.num_labels,), dtype)
             return out
         return {f"model.{k}": (tuple(s), dtype) for k, s in model_shapes.items()}
-    R = meta.rank * (chain_links if chain_links is not None else meta.chain)
+    links = chain_links if chain_links is not None else meta.chain
     out["head.weight"] = ((meta.num_labels, meta.head_in_features), dtype)
     out["head.bias"] = ((meta.num_labels,), dtype)
     for li in meta.layers:
-        out[f"{li.name}.B"] = ((li.out_features, R), dtype)
-        if method.uses_columns:
-            out[f"{li.name}.columns"] = ((R,), torch.int64)
-        else:
-            out[f"{li.name}.A"] = ((R, li.in_features), dtype)
+        spec = method.factor.tensor_spec(li.out_features, li.in_features, meta.rank, links, dtype)
+        out.update({f"{li.name}.{suffix}": v for suffix, v in spec.items()})
     return out
 
 
@@ -348,23 +346,37 @@ class Checkpoint:
         self.meta = meta
         self.tensors = tensors
         self.method: Method = get_method(meta.method)
+        self._base_cache: dict[str, Tensor] | None = None
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.path)!r}, method={self.meta.method}, rank={self.meta.rank})"
 
     # -- factored updates, no model needed ---------------------------------------------------------
 
+    def layer_context(self, li: LayerInfo, links: int | None = None) -> LayerContext:
+        """What the method's factor needs to read layer ``li`` (W0 is read only if the factor asks)."""
+        m = self.meta
+        return LayerContext(li.name, li.out_features, li.in_features, m.rank, float(m.scale), m.seed,
+                            m.chain if links is None else links, {"paca_columns": m.paca_columns},
+                            base=lambda: self._base_weight(li.name))
+
+    def layer_tensors(self, name: str, tensors: dict[str, Tensor] | None = None, prefix: str = "") -> dict[str, Tensor]:
+        """The stored tensors of layer ``name`` by suffix (``<prefix><layer>.<suffix>``)."""
+        tensors = self.tensors if tensors is None else tensors
+        head = f"{prefix}{name}."
+        return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head) and "." not in k[len(head):]}
+
+    def _base_weight(self, name: str) -> Tensor:
+        if self._base_cache is None:
+            self._base_cache = self.base_weights()
+        return self._base_cache[name]
+
     def _updates_from(self, tensors: dict[str, Tensor], prefix: str = "") -> dict[str, LayerUpdate]:
         out = {}
         for li in self.meta.layers:
-            B = tensors[f"{prefix}{li.name}.B"]
-            if self.method.uses_columns:
-                cols = tensors[f"{prefix}{li.name}.columns"]
-                A = torch.zeros(cols.numel(), li.in_features, dtype=B.dtype)
-                A[torch.arange(cols.numel()), cols] = 1.0
-            else:
-                cols, A = None, tensors[f"{prefix}{li.name}.A"]
-            out[li.name] = LayerUpdate(li.name, li.out_features, li.in_features, self.meta.scale, B, A, cols)
+            layer = self.layer_tensors(li.name, tensors, prefix)
+            links = self.method.factor.links_in(layer, self.meta.rank) or self.meta.chain
+            out[li.name] = self.method.factor.layer_update(self.layer_context(li, links), layer)
         return out
 
     def layer_updates(self) -> dict[str, LayerUpdate]:
@@ -469,32 +481,11 @@ class Checkpoint:
         else:
             adapters = attach_adapters(model, self.method, [li.name for li in m.layers], m.rank, m.alpha, m.seed,
                                        m.paca_columns)
-            r = m.rank
             with torch.no_grad():
                 for name, ad in adapters.items():
-                    B = self.tensors[f"{name}.B"].to(ad.past_B.dtype)
+                    layer = self.layer_tensors(name)
                     for link in range(m.chain):
-                        block = slice(link * r, (link + 1) * r)
-                        if self.method.uses_columns:
-                            cols = self.tensors[f"{name}.columns"][block]
-                            if not torch.equal(cols, ad.idx.cpu()):
-                                raise CheckpointError(
-                                    f"{self.path}: layer {name} link {link} selects columns that seed {m.seed} does "
-                                    "not draw; the checkpoint was altered"
-                                )
-                            if self.method.family == "column":
-                                ad.P.copy_(ad.P0 + B[:, block])
-                            else:
-                                ad.B.copy_(B[:, block])
-                        else:
-                            A = self.tensors[f"{name}.A"][block].to(B.dtype)
-                            if not self.method.a_trained and not torch.equal(A, ad.A):
-                                raise CheckpointError(
-                                    f"{self.path}: layer {name} link {link} has a frozen A that seed {m.seed} does "
-                                    "not draw; the checkpoint was altered"
-                                )
-                            ad.A.copy_(A)
-                            ad.B.copy_(B[:, block])
+                        ad.factor.load_link(ad, layer, link, self.path)
                         if link < m.chain - 1:
                             ad.next_link()
                 model.head.weight.copy_(self.tensors["head.weight"])
@@ -520,9 +511,9 @@ class Checkpoint:
             want: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
             for step in self.meta.trajectory_steps:
                 first = self.meta.layers[0].name if self.meta.layers else None
-                B = tensors.get(f"step{step}/{first}.B") if first else None
-                links = B.shape[1] // self.meta.rank if B is not None and B.dim() == 2 else 0
-                if first and (not 1 <= links <= self.meta.chain or B.shape[1] != links * self.meta.rank):
+                links = (self.method.factor.links_in(self.layer_tensors(first, tensors, f"step{step}/"),
+                                                     self.meta.rank) or 0) if first else 0
+                if first and not 1 <= links <= self.meta.chain:
                     raise CheckpointError(f"{where}: step {step} holds no valid factors of layer {first}")
                 for k, v in expected_tensors(self.meta, chain_links=links or 1).items():
                     want[f"step{step}/{k}"] = v
@@ -537,10 +528,11 @@ class Checkpoint:
             if tuple(tensors[k].shape) != shape or tensors[k].dtype != dtype:
                 raise CheckpointError(f"{where}: tensor '{k}' has shape {tuple(tensors[k].shape)} and dtype "
                                       f"{tensors[k].dtype}, expected {shape} and {dtype}")
-            if k.endswith(".columns") and tensors[k].numel():
-                m = {li.name: li.in_features for li in self.meta.layers}[k.split("/", 1)[1][: -len(".columns")]]
-                if int(tensors[k].min()) < 0 or int(tensors[k].max()) >= m:
-                    raise CheckpointError(f"{where}: tensor '{k}' selects a column outside 0..{m - 1}")
+        if self.method.adapter:
+            for step in self.meta.trajectory_steps:
+                for li in self.meta.layers:
+                    self.method.factor.check_tensors(self.layer_context(li),
+                                                     self.layer_tensors(li.name, tensors, f"step{step}/"), where)
 
     def trajectory(self) -> list[dict[str, LayerUpdate]]:
         """dW of every adapted layer at each saved step (``meta.trajectory_steps``), oldest first."""
@@ -592,11 +584,10 @@ def load_checkpoint(path: str | Path | Checkpoint) -> Checkpoint:
     meta = load_meta(path)
     if get_method(meta.method).adapter:
         tensors = read_safetensors(path / TENSOR_FILE, expected_tensors(meta))
+        ckpt = Checkpoint(path, meta, tensors)
         for li in meta.layers:
-            if get_method(meta.method).uses_columns:
-                cols = tensors[f"{li.name}.columns"]
-                if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= li.in_features):
-                    raise CheckpointError(f"{path}: layer {li.name} selects a column outside 0..{li.in_features - 1}")
+            ckpt.method.factor.check_tensors(ckpt.layer_context(li), ckpt.layer_tensors(li.name), path)
+        return ckpt
     else:
         tensors = read_safetensors(path / TENSOR_FILE, expected_tensors(meta), allow_extra_prefix="model.")
         dtype = getattr(torch, meta.dtype)

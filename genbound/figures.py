@@ -22,10 +22,11 @@ from .methods import METHODS  # noqa: E402
 
 COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper
 _TOL_MUTED = ["#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255",
-              "#AA4499", "#777777", "#000000"]
-_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h"]
-METHOD_COLOURS = {name: _TOL_MUTED[i] for i, name in enumerate(METHODS)}
-METHOD_MARKERS = {name: _MARKERS[i] for i, name in enumerate(METHODS)}
+              "#AA4499", "#777777", "#000000", "#EE7733", "#0077BB", "#EE3377"]
+_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p", "d", "8"]
+# Methods registered later (beyond the palette) cycle through it.
+METHOD_COLOURS = {name: _TOL_MUTED[i % len(_TOL_MUTED)] for i, name in enumerate(METHODS)}
+METHOD_MARKERS = {name: _MARKERS[i % len(_MARKERS)] for i, name in enumerate(METHODS)}
 
 STYLE = {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,

@@ -332,7 +332,7 @@ def intruders(base_weights: Mapping[str, Tensor], updates: Mapping[str, LayerUpd
     for name in tqdm(names, desc="intruders", unit="layer", disable=None if progress is None else not progress):
         u = updates[name]
         if u.name != name:
-            u = LayerUpdate(name, u.out_features, u.in_features, u.scale, u.B, u.A, u.columns, u.dense)
+            u = u.renamed(name)
         scores, S, used, res, nb = layer_scores(base_weights[name], u, k, method, device, dtype, cache, tol)
         sc = scores.cpu()
         counts = {_eps_key(e): int((sc < e).sum()) for e in grid}

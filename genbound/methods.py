@@ -1,8 +1,10 @@
-"""The method catalogue: the one place where each of the eleven fine-tuning methods is defined.
+"""The method catalogue: the one place where each fine-tuning method is defined.
 
-Training, the bounds and the reports all read :data:`METHODS`. Definitions follow "Beyond LoRA: Is
-Sparsity-Induced Adaptation Better?" (arXiv 2606.13767); docs/concepts.md, "The eleven methods". A pretrained layer has
-W0 of shape (n, m) = (out, in); every adapter adds dW = s B A with s = alpha / r:
+A :class:`Method` is a frozen spec built by keyword: a name, the paper's title, a factor kind
+(:mod:`genbound.factors`) and whether it chains. Training, adapters, checkpoints, the bounds and the reports
+all read :data:`METHODS` and delegate to the method's factor; nothing else looks at a method's name.
+Definitions follow "Beyond LoRA: Is Sparsity-Induced Adaptation Better?" (arXiv 2606.13767) and
+docs/concepts.md ("The methods"). A pretrained layer has W0 of shape (n, m) = (out, in):
 
 ==========  =====================================  ===========  ============================  =======
 method      update                                 trained      frozen (drawn from the seed)  chained
@@ -18,66 +20,93 @@ rcla        A selects r random columns             B            A (random column
 c3la        chain of cla; link j: cols jr..jr+r-1  B_j          A_j (column blocks)           yes
 rc3la       chain; disjoint random column blocks   B_j          A_j (disjoint random blocks)  yes
 paca        train r columns of W0 itself           W[:, cols]   rest of W0                    no
+vera        diag(b) B diag(d) A                    d, b         A, B (shared per shape)       no
+pissa       s B A from W0's top-r SVD; base W0-BA  A, B         residual base                 no
+dora        m * (W0 + s B A) / ||W0 + s B A||_row  A, B, m      -                             no
 ==========  =====================================  ===========  ============================  =======
 
-Data-dependent parameters D (what the information-theoretic bound counts; docs/concepts.md,
-"The data-dependent parameter count D"): a
-frozen, seed-drawn factor is data-independent and costs nothing, so D = k r sum_i (m_i + n_i) when A is
-trained and D = k r sum_i n_i when it is not; fft counts every parameter. The trained head is added
+Data-dependent parameters D (what the information-theoretic bound counts, docs/concepts.md "The
+data-dependent parameter count D"): a frozen, seed-drawn factor is data-independent and costs nothing, so
+D = k r sum_i (m_i + n_i) when A is trained and D = k r sum_i n_i when it is not; VeRA's is
+sum_i (n_i + r), DoRA's LoRA's plus sum_i n_i; fft counts every parameter. The trained head is added
 unless excluded (the paper's Table 1 excludes it).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from .errors import GenboundError
+from .factors import (
+    DenseA,
+    Dora,
+    Factor,
+    Full,
+    PacaColumns,
+    Pissa,
+    Selector,
+    Vera,
+    kaiming_factor,
+    layer_generator,
+)
+
+__all__ = ["METHODS", "Method", "get_method", "register_method", "unregister_method", "registered",
+           "column_indices", "kaiming_factor", "layer_generator"]
 
 Shapes = Iterable[tuple[int, int]]  # (n_out, m_in) per adapted layer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Method:
-    """One fine-tuning method: its factors, what is trained and frozen, and whether it chains."""
+    """One fine-tuning method: a factor kind (what trains, what is frozen, how it is drawn) and whether it
+    chains. Everything method-specific is the factor's (:class:`genbound.factors.Factor`)."""
 
     name: str
     title: str  # the paper's name
-    family: str  # "full", "lowrank", "selector" or "column"
-    a_init: str  # how A is drawn: "none", "kaiming", "first_cols", "random_cols", "block_cols",
-    #              "random_block_cols", "paca_cols"
-    a_trained: bool
-    chained: bool
-    b_lr_ratio: float = 1.0  # learning rate of B relative to A (LoRA+: 16, applied once)
+    factor: Factor
+    chained: bool = False
+    b_lr_ratio: float = 1.0  # learning rate of B relative to A (LoRA+: 16, applied once); 1: no ratio
     description: str = ""
+    source: str = ""  # where the method is defined
+
+    def __post_init__(self):
+        if self.chained and not self.factor.chainable:
+            raise GenboundError(f"method '{self.name}': a {type(self.factor).__name__} factor cannot chain")
 
     @property
     def adapter(self) -> bool:
-        return self.family != "full"
+        return self.factor.adapter
+
+    @property
+    def family(self) -> str:
+        """A label for listings (the factor's); nothing branches on it."""
+        return self.factor.family
 
     @property
     def uses_columns(self) -> bool:
         """A is a column selector: the layer gathers r input columns instead of multiplying by A."""
-        return self.family in ("selector", "column")
+        return self.factor.gathers
+
+    @property
+    def has_lr_ratio(self) -> bool:
+        """Whether ``--lr-ratio`` means anything: B has its own learning rate."""
+        return self.b_lr_ratio != 1.0
 
     @property
     def trained_factors(self) -> tuple[str, ...]:
-        if self.family == "full":
-            return ("all",)
-        if self.family == "column":
-            return ("W[:, cols]",)
-        return ("A", "B") if self.a_trained else ("B",)
+        return tuple(self.factor.trained)
 
     @property
     def frozen_factors(self) -> tuple[str, ...]:
-        if self.family == "full" or self.a_trained:
-            return ()
-        if self.family == "column":
-            return ("W[:, other cols]",)
-        return ("A",)
+        return tuple(self.factor.frozen)
+
+    def scale(self, alpha: float, rank: int) -> float:
+        """The update's scale s (alpha / r, or 1 where the factor has none)."""
+        return self.factor.scale(alpha, rank)
 
     def effective_chain(self, k: int) -> int:
         """Links actually used: k for chained methods, and 1 otherwise (k > 1 is an error there)."""
@@ -91,69 +120,83 @@ class Method:
     def trainable_params(self, shapes: Shapes, r: int, head: int = 0, total: int | None = None) -> int:
         """Parameters trained at any one moment (one link), plus the head."""
         shapes = list(shapes)
-        if self.family == "full":
+        if not self.adapter:
             if total is None:
-                raise GenboundError("fft counts every parameter; pass the model's total parameter count")
+                raise GenboundError(f"{self.name} counts every parameter; pass the model's total parameter count")
             return int(total)
-        per = sum(r * (m + n) if self.a_trained else r * n for n, m in shapes)
-        return int(per + head)
+        return int(sum(self.factor.trainable(n, m, r) for n, m in shapes) + head)
 
     def data_dependent_params(
         self, shapes: Shapes, r: int, k: int = 1, head: int = 0, total: int | None = None
     ) -> int:
-        """D = r S of Table 1: k r sum(m + n) if A is trained, k r sum(n) if not; all parameters for fft.
-
-        ``head`` is the trained head's parameter count (0 reproduces the paper's table). For fft, ``total``
-        already includes the head.
-        """
-        if self.family == "full":
+        """D of Table 1: the factor's data-dependent scalars over k links, plus ``head`` (0 reproduces the
+        paper's table); all parameters for fft (``total`` already includes the head)."""
+        if not self.adapter:
             return self.trainable_params(shapes, r, total=total)
         k = self.effective_chain(k)
-        return int(k * self.trainable_params(shapes, r) + head)
+        return int(sum(self.factor.data_dependent(n, m, r, k) for n, m in shapes) + head)
 
     def check_rank(self, shapes: Shapes, r: int, k: int = 1) -> None:
         """Rank in 1..min(m, n); for column chains k r <= m (no silent wrap-around)."""
-        if self.family == "full":
-            return
         for n, m in shapes:
-            if r < 1 or r > min(m, n):
-                raise GenboundError(f"rank {r} is invalid for a {n}x{m} layer; use 1 <= rank <= {min(m, n)}")
-            if self.uses_columns and self.chained and k * r > m:
-                raise GenboundError(
-                    f"{self.name} with chain {k} and rank {r} needs {k * r} distinct input columns but a layer "
-                    f"has only {m}; the largest valid chain is {m // r}"
-                )
+            self.factor.check(self.name, n, m, r, k)
+
+    def symbolic(self, head: bool) -> str:
+        """The Table 1 cell (LaTeX), with the head term when it is counted."""
+        if not self.adapter:
+            return r"\sqrt{\frac{2 q \sigma^2 \ln 2 \, \lvert\theta\rvert}{N}}"
+        h = " + \\lvert h \\rvert" if head else ""
+        d = self.factor.symbolic("k " if self.chained else "")
+        return rf"\sqrt{{\frac{{2 q \sigma^2 \ln 2 \, ({d}{h})}}{{N}}}}"
 
     def summary(self) -> dict:
         return {
             "name": self.name,
             "title": self.title,
             "family": self.family,
+            "factor": repr(self.factor),
             "trained": ", ".join(self.trained_factors),
             "frozen": ", ".join(self.frozen_factors) or "-",
             "chained": self.chained,
-            "a_init": self.a_init,
             "b_lr_ratio": self.b_lr_ratio,
             "description": self.description,
+            "source": self.source,
         }
 
 
+_PAPER = "Cadenhead et al., arXiv 2606.13767"
 _M = [
-    Method("fft", "Full FT", "full", "none", True, False, description="every weight moves"),
-    Method("lora", "LoRA", "lowrank", "kaiming", True, False, description="dW = s B A, both trained"),
-    Method("lora_plus", "LoRA+", "lowrank", "kaiming", True, False, 16.0, "LoRA with lr(B) = 16 lr(A)"),
-    Method("asym", "Asym-LoRA", "lowrank", "kaiming", False, False, description="A frozen random, B trained"),
-    Method("cola", "CoLA", "lowrank", "kaiming", True, True, description="chain of k merged LoRA links"),
-    Method("rac", "RAC", "lowrank", "kaiming", False, True, description="chain of asym links, fresh frozen A"),
-    Method("cla", "cLA", "selector", "first_cols", False, False, description="A selects input columns 0..r-1"),
-    Method("rcla", "random-cLA", "selector", "random_cols", False, False,
-           description="A selects r random input columns (without replacement, from the seed)"),
-    Method("c3la", "c3LA", "selector", "block_cols", False, True,
-           description="chain of cLA links over consecutive column blocks"),
-    Method("rc3la", "random-c3LA", "selector", "random_block_cols", False, True,
-           description="chain of cLA links over disjoint random column blocks"),
-    Method("paca", "PaCA", "column", "paca_cols", False, False,
-           description="train r columns of W0 itself (random from the seed, or the first r)"),
+    Method(name="fft", title="Full FT", factor=Full(), description="every weight moves", source=_PAPER),
+    Method(name="lora", title="LoRA", factor=DenseA(a_trained=True), description="dW = s B A, both trained",
+           source="Hu et al., ICLR 2022"),
+    Method(name="lora_plus", title="LoRA+", factor=DenseA(a_trained=True), b_lr_ratio=16.0,
+           description="LoRA with lr(B) = 16 lr(A)", source="Hayou et al., ICML 2024"),
+    Method(name="asym", title="Asym-LoRA", factor=DenseA(a_trained=False), description="A frozen random, B trained",
+           source="Zhu et al., ICML 2024"),
+    Method(name="cola", title="CoLA", factor=DenseA(a_trained=True), chained=True,
+           description="chain of k merged LoRA links", source="Xia et al., ICML 2024"),
+    Method(name="rac", title="RAC", factor=DenseA(a_trained=False), chained=True,
+           description="chain of asym links, fresh frozen A", source=_PAPER),
+    Method(name="cla", title="cLA", factor=Selector(policy="first"), description="A selects input columns 0..r-1",
+           source=_PAPER),
+    Method(name="rcla", title="random-cLA", factor=Selector(policy="random"),
+           description="A selects r random input columns (without replacement, from the seed)", source=_PAPER),
+    Method(name="c3la", title="c3LA", factor=Selector(policy="blocks"), chained=True,
+           description="chain of cLA links over consecutive column blocks", source=_PAPER),
+    Method(name="rc3la", title="random-c3LA", factor=Selector(policy="random_blocks"), chained=True,
+           description="chain of cLA links over disjoint random column blocks", source=_PAPER),
+    Method(name="paca", title="PaCA", factor=PacaColumns(),
+           description="train r columns of W0 itself (random from the seed, or the first r)",
+           source="Woo et al., 2025"),
+    Method(name="vera", title="VeRA", factor=Vera(d_init=0.1),
+           description="dW = diag(b) B diag(d) A; A, B frozen random shared per layer shape; d, b trained",
+           source="Kopiczko et al., ICLR 2024"),
+    Method(name="pissa", title="PiSSA", factor=Pissa(),
+           description="LoRA started at W0's top-r singular factors, base replaced by the residual",
+           source="Meng et al., NeurIPS 2024"),
+    Method(name="dora", title="DoRA", factor=Dora(),
+           description="W = m (W0 + s B A) / ||W0 + s B A||_row; A, B and the magnitude m trained",
+           source="Liu et al., ICML 2024"),
 ]
 METHODS: dict[str, Method] = {m.name: m for m in _M}
 
@@ -164,41 +207,33 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-# --------------------------------------------------------------------------------------------------
-# Frozen, data-independent draws. Each comes from (run seed, layer name, purpose) alone, so the same
-# seed gives the same draws on every machine and another seed gives others.
+def register_method(method: Method, replace: bool = False) -> Method:
+    """Add ``method`` to the catalogue (a test, a plug-in); its name must be new unless ``replace``."""
+    if not isinstance(method, Method):
+        raise GenboundError(f"register_method takes a Method, got {type(method).__name__}")
+    if method.name in METHODS and not replace:
+        raise GenboundError(f"method '{method.name}' is already registered")
+    METHODS[method.name] = method
+    return method
 
 
-def layer_generator(seed: int, layer: str, purpose: str) -> torch.Generator:
-    digest = hashlib.sha256(f"{int(seed)}|{layer}|{purpose}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+def unregister_method(name: str) -> None:
+    METHODS.pop(name, None)
+
+
+@contextmanager
+def registered(method: Method) -> Iterator[Method]:
+    """Register ``method`` for the duration of a ``with`` block."""
+    register_method(method)
+    try:
+        yield method
+    finally:
+        unregister_method(method.name)
 
 
 def column_indices(method: Method, seed: int, layer: str, m: int, r: int, link: int = 0,
                    paca_columns: str = "random") -> torch.Tensor:
-    """Input columns selected by link ``link`` of a selector or column method (int64, length r)."""
-    kind = method.a_init
-    if kind == "paca_cols":
-        kind = "first_cols" if paca_columns == "first" else "random_cols"
-    if kind == "first_cols":
-        idx = torch.arange(r)
-    elif kind == "block_cols":
-        idx = torch.arange(link * r, (link + 1) * r)
-    elif kind == "random_cols":
-        idx = torch.randperm(m, generator=layer_generator(seed, layer, "columns"))[:r]
-    elif kind == "random_block_cols":
-        # One permutation per layer; link j takes block j: disjoint blocks, drawn without replacement.
-        perm = torch.randperm(m, generator=layer_generator(seed, layer, "column-blocks"))
-        idx = perm[link * r : (link + 1) * r]
-    else:
+    """Input columns selected by link ``link`` of a column-selecting method (int64, length r)."""
+    if not isinstance(method.factor, Selector):
         raise GenboundError(f"method '{method.name}' has no column selector")
-    if idx.numel() != r or int(idx.max()) >= m:
-        raise GenboundError(f"{method.name}: link {link} with rank {r} runs past the {m} input columns")
-    return idx.to(torch.long)
-
-
-def kaiming_factor(seed: int, layer: str, link: int, r: int, m: int) -> torch.Tensor:
-    """A (r, m) drawn like peft's default LoRA A (Kaiming-uniform, a = sqrt 5: U(-1/sqrt m, 1/sqrt m))."""
-    bound = 1.0 / m**0.5
-    g = layer_generator(seed, layer, f"A-link{link}")
-    return torch.empty(r, m).uniform_(-bound, bound, generator=g)
+    return method.factor.columns(seed, layer, m, r, link, {"paca_columns": paca_columns})

@@ -16,7 +16,8 @@ it adds to (LoRA: Hu et al. 2021; docs/concepts.md, "Hugging Face peft"):
 * an embedding is the linear map from a one-hot token (in = num_embeddings) to its vector (out = dim), so
   B = lora_embedding_B, A = lora_embedding_A and the stored (num_embeddings, dim) update is (B A)^T s;
 * DoRA (Liu et al. 2024) is a weight-dependent rescaling, W' = diag(m / ||V||_row) V with
-  V = W0 + s B A (row norms of the (out, in) matrix): dW = W' - W0 is exact but needs W0 and has full
+  V = W0 + s B A (row norms of the (out, in) matrix; :func:`genbound.factors.dora_weight`, the same
+  definition genbound's own ``dora`` method trains with): dW = W' - W0 is exact but needs W0 and has full
   rank, so it is returned dense, only when the base weights are available; embeddings with DoRA are refused.
 
 Singular values and intruder dimensions are invariant to which orientation is used up to swapping left and
@@ -52,6 +53,7 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError, GenboundError
+from .factors import dora_weight
 from .update import LayerUpdate
 
 CONFIG_FILE = "adapter_config.json"
@@ -298,10 +300,10 @@ class PeftCheckpoint:
 
     @property
     def method(self):
-        """genbound's ``lora`` Method (counts as LoRA: A and B trained)."""
+        """genbound's ``dora`` Method for a DoRA adapter (A, B and the magnitude trained), else ``lora``."""
         from .methods import get_method
 
-        return get_method("lora")
+        return get_method("dora" if self.meta.use_dora else "lora")
 
     def _layer(self, name: str) -> PeftLayer:
         for li in self.meta.layers:
@@ -329,12 +331,12 @@ class PeftCheckpoint:
                     )
                 base = self.base_weights()
             W0 = base[li.name].to(torch.float64)
-            V = W0 + self._factored(li).to("cpu", torch.float64).materialize()
+            f = self._factored(li).to("cpu", torch.float64)
             mag = self._factors[li.name]["magnitude"].to(torch.float64)
-            norm = torch.linalg.vector_norm(V, dim=1)
-            if (norm == 0).any():
-                raise GenboundError(f"layer {li.name}: a row of W0 + dW is zero, so its DoRA scaling is undefined")
-            dense = (mag / norm)[:, None] * V - W0
+            try:
+                dense = dora_weight(W0, f.B, f.A, f.scale, mag) - W0  # the catalogue's DoRA definition
+            except GenboundError:
+                raise GenboundError(f"layer {li.name}: a row of W0 + dW is zero, so its DoRA scaling is undefined") from None
             out[li.name] = LayerUpdate(li.name, li.out_features, li.in_features, dense=dense)
         return out
 

@@ -128,7 +128,7 @@ def compare_updates(first: Mapping[str, LayerUpdate], second: Mapping[str, Layer
     for n in common:
         a, b = first[n], second[n]
         if a.name != n:
-            a = LayerUpdate(n, a.out_features, a.in_features, a.scale, a.B, a.A, a.columns, a.dense)
+            a = a.renamed(n)
         layers.append(layer_similarity(a, b, k, device, dtype))
     return SimilarityReport(
         layers, int(k), _mean(lay.overlap for lay in layers), _mean(lay.left_overlap for lay in layers),

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from .device import where
 from .errors import GenboundError
-from .update import LayerUpdate
+from .update import LayerUpdate, one_hot_selector
 
 MIN_POWER_LAW_POINTS = 50
 
@@ -92,9 +92,7 @@ def validate_update(u: LayerUpdate) -> None:
 
 
 def _selector(columns: Tensor, m: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    A = torch.zeros(columns.numel(), m, dtype=dtype, device=device)
-    A[torch.arange(columns.numel(), device=device), columns.to(device)] = 1.0
-    return A
+    return one_hot_selector(columns.to(device), m, dtype)
 
 
 def _distinct(columns: Tensor) -> bool:
@@ -349,7 +347,7 @@ def spectra(updates: Mapping[str, LayerUpdate], top_k: int = 10, bins: int = 20,
     bar = tqdm(updates.items(), desc="spectra", unit="layer", disable=None if progress is None else not progress)
     for name, u in bar:
         if u.name != name:
-            u = LayerUpdate(name, u.out_features, u.in_features, u.scale, u.B, u.A, u.columns, u.dense)
+            u = u.renamed(name)
         s = singular_values(u, device, dtype)
         layers.append(summarize_singular_values(name, s, u.shape, u.rank_bound, top_k, bins, _stored_eps(u)))
         eps_all = max(eps_all, _stored_eps(u) or 0.0)

@@ -36,7 +36,7 @@ from .checkpoint import CheckpointMeta, LayerInfo, is_checkpoint, save_checkpoin
 from .datasets import default_dataset_for, get_dataset
 from .errors import GenboundError, NonFiniteError
 from .evaluate import evaluate
-from .methods import get_method, layer_generator
+from .methods import METHODS, get_method, layer_generator
 from .resume import TrainState, changing_tensors, check_config, load_state, remove_state, restore_tensors, save_state
 from .resume import state_dir_for as state_dir_for
 
@@ -84,6 +84,10 @@ class TrainConfig:
             raise GenboundError(f"epochs must be positive, got {self.epochs}")
         if self.batch_size <= 0:
             raise GenboundError(f"batch size must be positive, got {self.batch_size}")
+        if self.lr_ratio is not None and not method.has_lr_ratio:
+            with_ratio = [m for m, spec in METHODS.items() if spec.has_lr_ratio]
+            raise GenboundError(f"--lr-ratio sets lr(B) / lr(A), which method '{self.method}' does not have; drop it "
+                                f"or use {' / '.join(with_ratio)}")
         if self.lr_ratio is not None and not self.lr_ratio > 0:
             raise GenboundError(f"the LoRA+ ratio must be positive, got {self.lr_ratio}")
         if not 0 <= self.warmup < 1:
@@ -91,6 +95,8 @@ class TrainConfig:
         if self.paca_columns not in ("random", "first"):
             raise GenboundError(f"paca columns must be 'random' or 'first', got '{self.paca_columns}'")
         method.effective_chain(self.chain)
+        if self.steps is not None:
+            check_chain_steps(method.name, self.chain, self.steps)
 
 
 @dataclass
@@ -109,12 +115,8 @@ def trained_tensors(model: nn.Module, adapters: dict[str, AdaptedLinear], full: 
         return {f"model.{k}": p.detach().clone() for k, p in model.named_parameters()}
     out: dict[str, Tensor] = {}
     for name, ad in adapters.items():
-        u = ad.update()
-        out[f"{name}.B"] = u.B
-        if u.columns is not None:
-            out[f"{name}.columns"] = u.columns
-        else:
-            out[f"{name}.A"] = u.A
+        for suffix, t in ad.checkpoint_tensors().items():
+            out[f"{name}.{suffix}"] = t
     out["head.weight"] = model.head.weight.detach().clone()
     out["head.bias"] = model.head.bias.detach().clone()
     return out
@@ -141,6 +143,13 @@ def warmup_linear(total: int, warmup_frac: float):
         return max(0.0, (total - step) / max(1, total - warm))
 
     return factor
+
+
+def check_chain_steps(method: str, k: int, total_steps: int) -> None:
+    """A chain of k links needs k distinct boundaries, so at least k steps (one per link)."""
+    if k > total_steps:
+        raise GenboundError(f"{method} with chain {k} needs at least {k} training steps (one per link), got "
+                            f"{total_steps}; raise --steps / --epochs or lower --chain")
 
 
 def chain_boundaries(total_steps: int, k: int) -> list[int]:
@@ -293,8 +302,9 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     n_train = len(splits.train)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     total_steps = config.steps or config.epochs * steps_per_epoch
+    check_chain_steps(method.name, config.chain, total_steps)
     boundaries = set(chain_boundaries(total_steps, config.chain)) if method.chained else set()
-    b_ratio = (config.lr_ratio or method.b_lr_ratio) if method.b_lr_ratio != 1.0 else 1.0
+    b_ratio = (config.lr_ratio or method.b_lr_ratio) if method.has_lr_ratio else 1.0
 
     def make_optimizer():
         return torch.optim.AdamW(param_groups(model, adapters, config.lr, b_ratio, config.weight_decay),
@@ -421,7 +431,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     meta = CheckpointMeta(
         method=method.name, rank=config.rank, alpha=config.alpha,
-        scale=(1.0 if method.family == "column" else config.alpha / config.rank), chain=config.chain,
+        scale=method.scale(config.alpha, config.rank), chain=config.chain,
         layers=[LayerInfo(n, o, i) for n, (o, i) in zip(layers, shapes)],
         backbone=config.backbone, fingerprint=backbone.fingerprint, dataset=dataset_name,
         split_seed=config.split_seed, max_length=config.max_length if backbone.kind == "hf" else None,

@@ -15,12 +15,19 @@ A^T = Q_A R_A, dW = Q_B (s R_B R_A^T) Q_A^T, so they are those of the R x R core
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from .errors import NonFiniteError
+
+
+def one_hot_selector(idx: Tensor, m: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The dense (R, m) A that a column index vector stands for: row j is e_{idx[j]}^T."""
+    A = torch.zeros(idx.numel(), m, dtype=dtype, device=idx.device)
+    A[torch.arange(idx.numel(), device=idx.device), idx] = 1.0
+    return A
 
 
 @dataclass
@@ -48,6 +55,10 @@ class LayerUpdate:
     def rank_bound(self) -> int:
         """An upper bound on rank(dW): R for a factored update, min(n, m) for a dense one."""
         return int(self.B.shape[1]) if self.factored else min(self.shape)
+
+    def renamed(self, name: str) -> LayerUpdate:
+        """The same update (tensors shared) under another layer name."""
+        return replace(self, name=name)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LayerUpdate:
         def mv(t: Tensor | None) -> Tensor | None:

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
-from ..update import LayerUpdate
 
 
 @dataclass
@@ -57,28 +56,11 @@ class Hypothesis:
         return wrong / total
 
 
-def from_module(model: nn.Module, reference: dict[str, Tensor]) -> Hypothesis:
-    """A plain module whose parameters named in ``reference`` were trained from those start values."""
-    named = dict(model.named_parameters())
-    missing = [k for k in reference if k not in named]
-    if missing:
-        raise GenboundError(f"reference tensors {missing[:3]} are not parameters of the model")
-    if not reference:
-        raise GenboundError("no trained tensors given; the bound needs at least one")
-    for k, v in reference.items():
-        if tuple(v.shape) != tuple(named[k].shape):
-            raise GenboundError(f"reference for {k} has shape {tuple(v.shape)}, the model {tuple(named[k].shape)}")
-    trained = {k: named[k].detach() for k in reference}
-    return Hypothesis(model.eval(), trained, {k: v.detach().to(named[k].device) for k, v in reference.items()},
-                      lambda t: dict(t), "plain module")
-
-
 def from_checkpoint(ckpt, device: torch.device | None = None) -> Hypothesis:
-    """The coded tensors of a genbound checkpoint: every trained factor (B of each link; A of each link when
-    it is trained), the head, or for fft every parameter; theta_0 rebuilt from the pretrained backbone and
-    the recorded seed. The model is the merged model; adapted weights are W0 + s B A."""
-    from ..methods import kaiming_factor
-
+    """The coded tensors of a genbound checkpoint: what the method's factor says is data-dependent (B of
+    each link; A where it is trained; VeRA's vectors; DoRA's magnitude), the head, or for fft every
+    parameter; theta_0 from the factor (the pretrained backbone and the recorded seed). The model is the
+    merged model; each adapted weight is the factor's W0 + dW of the coded tensors."""
     device = where(device)  # a checkpoint is read onto the CPU
     meta, method = ckpt.meta, ckpt.method
     model = ckpt.build_model(device, merged=True)
@@ -87,40 +69,33 @@ def from_checkpoint(ckpt, device: torch.device | None = None) -> Hypothesis:
     if not method.adapter:
         trained = {k[len("model."):]: v.to(device) for k, v in ckpt.tensors.items() if k.startswith("model.")}
         reference = {k: pristine_params[k].detach() for k in trained}
-        return Hypothesis(model, trained, reference, lambda t: dict(t), "fft: every parameter")
+        return Hypothesis(model, trained, reference, lambda t: dict(t), f"{method.name}: every parameter")
+    factor = method.factor
     base = {li.name: pristine.get_submodule(li.name).weight.detach() for li in meta.layers}
     trained: dict[str, Tensor] = {}
     reference: dict[str, Tensor] = {}
-    frozen_A: dict[str, Tensor] = {}
+    stored: dict[str, dict[str, Tensor]] = {}
+    contexts = {}
     for li in meta.layers:
-        B = ckpt.tensors[f"{li.name}.B"].to(device)
-        trained[f"{li.name}.B"] = B
-        reference[f"{li.name}.B"] = torch.zeros_like(B)
-        if method.uses_columns:
-            cols = ckpt.tensors[f"{li.name}.columns"].to(device)
-            A = torch.zeros(cols.numel(), li.in_features, dtype=B.dtype, device=device)
-            A[torch.arange(cols.numel(), device=device), cols] = 1.0
-            frozen_A[li.name] = A
-        elif method.a_trained:
-            trained[f"{li.name}.A"] = ckpt.tensors[f"{li.name}.A"].to(device)
-            reference[f"{li.name}.A"] = torch.cat([
-                kaiming_factor(meta.seed, li.name, link, meta.rank, li.in_features)
-                for link in range(meta.chain)]).to(device, B.dtype)
-        else:
-            frozen_A[li.name] = ckpt.tensors[f"{li.name}.A"].to(device)
+        ctx = ckpt.layer_context(li)
+        ctx.base = (lambda name=li.name: base[name])
+        layer = {k: v.to(device) for k, v in ckpt.layer_tensors(li.name).items()}
+        coded, start = factor.coded(ctx, layer)
+        for k in coded:
+            trained[f"{li.name}.{k}"] = coded[k]
+            reference[f"{li.name}.{k}"] = start[k].to(device)
+        stored[li.name], contexts[li.name] = layer, ctx
     for k in ("weight", "bias"):
         trained[f"head.{k}"] = ckpt.tensors[f"head.{k}"].to(device)
         reference[f"head.{k}"] = pristine.head.get_parameter(k).detach()
-    scale = float(meta.scale)
 
     def to_params(t: dict[str, Tensor]) -> dict[str, Tensor]:
         out = {"head.weight": t["head.weight"], "head.bias": t["head.bias"]}
         for li in meta.layers:
-            A = frozen_A.get(li.name)
-            if A is None:
-                A = t[f"{li.name}.A"]
-            upd = LayerUpdate(li.name, li.out_features, li.in_features, scale, t[f"{li.name}.B"], A)
-            out[f"{li.name}.weight"] = base[li.name] + upd.materialize().to(base[li.name].dtype)
+            layer = dict(stored[li.name])
+            layer.update({k[len(li.name) + 1:]: v for k, v in t.items() if k.startswith(f"{li.name}.")
+                          and k[len(li.name) + 1:] in layer})
+            out[f"{li.name}.weight"] = factor.effective_weight(contexts[li.name], layer, base[li.name])
         return out
 
     return Hypothesis(model, trained, reference, to_params, f"{method.name}: trained factors and head")

@@ -210,7 +210,7 @@ class MIBound:
     chained: bool
     rank: int
     chain: int
-    sum_shapes: int  # S / k of Table 1: sum_i (m_i + n_i) or sum_i n_i (0 for fft)
+    per_link: int  # data-dependent scalars of one link without the head (r S / k of Table 1; 0 for fft)
     head_params: int  # counted in D (0 when the head is excluded)
     data_dependent_params: int  # D
     q: float
@@ -226,13 +226,8 @@ class MIBound:
 
 
 def symbolic_entry(method: Method, head: bool) -> str:
-    """The Table 1 cell (LaTeX), with the head term when it is counted."""
-    if method.family == "full":
-        return r"\sqrt{\frac{2 q \sigma^2 \ln 2 \, \lvert\theta\rvert}{N}}"
-    k = "k " if method.chained else ""
-    s = r"\sum_{i=1}^{L} (m_i + n_i)" if method.a_trained else r"\sum_{i=1}^{L} n_i"
-    h = " + \\lvert h \\rvert" if head else ""
-    return rf"\sqrt{{\frac{{2 q \sigma^2 \ln 2 \, ({k}r {s}{h})}}{{N}}}}"
+    """The Table 1 cell (LaTeX), with the head term when it is counted (the method's own entry)."""
+    return method.symbolic(head)
 
 
 def method_bound(method: Method | str, cfg: BoundConfig, include_head: bool = True) -> MIBound:
@@ -243,8 +238,8 @@ def method_bound(method: Method | str, cfg: BoundConfig, include_head: bool = Tr
     head = cfg.head if include_head else 0
     sigma = float(cfg.sigma)
     note = ""
-    if method.family == "full":
-        sum_shapes = 0
+    if not method.adapter:
+        per_link = 0
         if cfg.total is None:
             d, value = 0, None
             note = "fft counts every parameter: pass --total-params (the model's parameter count)"
@@ -255,13 +250,13 @@ def method_bound(method: Method | str, cfg: BoundConfig, include_head: bool = Tr
     else:
         method.check_rank(cfg.layers, cfg.rank, k)
         d = method.data_dependent_params(cfg.layers, cfg.rank, k, head=head)
-        sum_shapes = sum((m + n) if method.a_trained else n for n, m in cfg.layers)
+        per_link = method.data_dependent_params(cfg.layers, cfg.rank, 1)
         value = mi_gap_bound(d, cfg.q, sigma, cfg.n_train)
     limit = 2.0 * sigma
     vacuous = value is None or value >= limit
     return MIBound(
         method=method.name, title=method.title, chained=method.chained, rank=cfg.rank, chain=k,
-        sum_shapes=sum_shapes, head_params=head, data_dependent_params=d, q=cfg.q, sigma=sigma,
+        per_link=per_link, head_params=head, data_dependent_params=d, q=cfg.q, sigma=sigma,
         n_train=cfg.n_train, value=value, loss_range=limit, vacuous=vacuous,
         symbolic=symbolic_entry(method, include_head and head > 0), note=note,
         assumed={"q": f"{cfg.q:g} bits per parameter ({cfg.sources.get('q', 'given')})",
@@ -274,6 +269,6 @@ def method_bound(method: Method | str, cfg: BoundConfig, include_head: bool = Tr
 
 
 def table1(cfg: BoundConfig, methods: list[str] | None = None, include_head: bool = True) -> list[MIBound]:
-    """Table 1 rows for ``methods`` (all eleven by default, in catalogue order)."""
+    """Table 1 rows for ``methods`` (every registered method by default, in catalogue order)."""
     names = list(METHODS) if methods in (None, ["all"], "all") else list(methods)
     return [method_bound(get_method(m), cfg, include_head) for m in names]

@@ -92,8 +92,7 @@ def config_from_meta(meta, *, q: float | None = None, sigma: float | None = None
     if total is None:
         total = params.get("total")
     cfg = BoundConfig(
-        layers=list(meta.shapes() if callable(getattr(meta, "shapes", None)) else
-                    [(li.out_features, li.in_features) for li in layers]),
+        layers=[(li.out_features, li.in_features) for li in layers],
         rank=int(rank), n_train=int(n), chain=int(getattr(meta, "chain", 1) or 1), q=float(q), sigma=float(sigma),
         head=int(head), total=None if total is None else int(total), name=source, loss=loss_name,
     )
@@ -208,7 +207,7 @@ def _fmt(v: float | None) -> str:
 
 def _table1_rows(reports: list[BoundsReport], latex: bool) -> tuple[list[str], list[list[str]], list[int]]:
     """Table 1's header and rows for ``reports`` (a checkpoint column when any is a checkpoint) and the rows
-    that start a new group (chained or not, method family) where the LaTeX table draws a rule."""
+    that start a new group (chained or not, factor kind) where the LaTeX table draws a rule."""
     ckpt = any(r.kind == "checkpoint" for r in reports)
     if latex:
         head = [r"Variant", r"Chaining?", r"$\mathcal{G}(\mathbf{W}_0 + \Delta\mathbf{W}) \le \Phi_{\mathbf{W}_0} +$",
@@ -221,7 +220,7 @@ def _table1_rows(reports: list[BoundsReport], latex: bool) -> tuple[list[str], l
     rows, starts, prev = [], [], None
     for rep in reports:
         for row in rep.table1:
-            group = (row.chained, get_method(row.method).family)
+            group = (row.chained, type(get_method(row.method).factor))
             if prev is not None and group != prev and not ckpt:
                 starts.append(len(rows))
             prev = group

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .common import add_device, add_json, format_table, print_json
 
-HELP = "fine-tune a backbone with one of the eleven methods and write a checkpoint"
+HELP = "fine-tune a backbone with one of the catalogue's methods and write a checkpoint"
 DESCRIPTION = (
     "Fine-tune BACKBONE on DATASET with METHOD and write a checkpoint directory (genbound.json + "
     "tensors.safetensors) to --out. Every random choice comes from --seed (and the split from --split-seed). "
@@ -21,7 +21,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dataset", default=None, help="bbc (text backbones) or digits (mlp); default fits the backbone")
     p.add_argument("--rank", type=int, default=16, help="adapter rank r (default 16)")
     p.add_argument("--alpha", type=float, default=32.0, help="scale numerator: s = alpha / r (default 32)")
-    p.add_argument("--chain", type=int, default=1, help="links k of a chained method (cola, rac, c3la, rc3la)")
+    chained = ", ".join(m for m, spec in METHODS.items() if spec.chained)
+    p.add_argument("--chain", type=int, default=1, help=f"links k of a chained method ({chained})")
     budget = p.add_mutually_exclusive_group()
     # default None, not 1: argparse treats a value identical to the default as absent, so "--epochs 1 --steps 5"
     # would pass the mutual exclusion silently.
