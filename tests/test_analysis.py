@@ -132,7 +132,7 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert sweep.main(["--preset", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown preset" in capsys.readouterr().err
     assert sweep.main(["--preset", "mlp", "--methods", "lora", "lora", "--out", str(tmp_path / "x")]) == 2
-    assert sweep.main(["--preset", "mlp", "--methods", "dora", "--out", str(tmp_path / "x")]) == 2
+    assert sweep.main(["--preset", "mlp", "--methods", "no_such_method", "--out", str(tmp_path / "x")]) == 2
     assert "unknown method" in capsys.readouterr().err
 
 

@@ -46,7 +46,10 @@ def test_list_json_reports_sizes(capsys):
     sizes = {d["name"]: d["examples"] for d in out["datasets"]}
     assert sizes == {"bbc": 2225, "digits": 896}
     assert {b["name"] for b in out["backbones"]} == {"minilm", "mlp"}
-    assert len(out["methods"]) == 11
+    from genbound.methods import METHODS
+
+    assert [m["name"] for m in out["methods"]] == list(METHODS)
+    assert {"vera", "pissa", "dora"} <= set(METHODS) and len(METHODS) >= 14
 
 
 def test_split_is_deterministic_stratified_and_disjoint():
