@@ -336,7 +336,8 @@ class PeftCheckpoint:
             try:
                 dense = dora_weight(W0, f.B, f.A, f.scale, mag) - W0  # the catalogue's DoRA definition
             except GenboundError:
-                raise GenboundError(f"layer {li.name}: a row of W0 + dW is zero, so its DoRA scaling is undefined") from None
+                raise GenboundError(f"layer {li.name}: a row of W0 + dW is zero, so its DoRA scaling is "
+                                    "undefined") from None
             out[li.name] = LayerUpdate(li.name, li.out_features, li.in_features, dense=dense)
         return out
 
