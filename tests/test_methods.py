@@ -133,3 +133,24 @@ def test_lr_ratio_is_refused_for_methods_without_one(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1 and "--lr-ratio" in res.stderr and "lora_plus" in res.stderr
     assert not (tmp_path / "x").exists()
     TrainConfig(method="lora_plus", backbone="mlp", steps=2, lr_ratio=4.0).validate()
+
+
+def test_no_module_branches_on_a_method_name_or_family():
+    """Behaviour lives in the method's factor kind: outside the catalogue nothing compares a method's name,
+    family or A-initialisation to a literal (docs/concepts.md, "The methods")."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    names = "|".join(sorted(METHODS, key=len, reverse=True))
+    patterns = [re.compile(r"\.family\b\s*(==|!=|\bin\b)"), re.compile(r"\ba_init\b"),
+                re.compile(rf"(method|\.name)\s*(==|!=|\bin\b)\s*[\(\[]?\s*[\"']({names})[\"']")]
+    hits = []
+    for folder in ("genbound", "analysis"):
+        for path in (root / folder).rglob("*.py"):
+            if path.name in ("methods.py", "factors.py") and path.parent.name == "genbound":
+                continue
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if any(p.search(line) for p in patterns):
+                    hits.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
+    assert not hits, "\n".join(hits)
