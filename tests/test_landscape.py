@@ -94,8 +94,9 @@ def test_batched_equals_sequential(ppb, batch):
 
 
 def test_auto_schedule_is_exact():
-    """With the chunk size left to the planner, the first data batch times a vmap chunk against single
-    points and keeps the faster; whichever it keeps, every value equals the reference."""
+    """With the chunk size left to the planner, the first data batch times a chunk against single points in
+    interleaved rounds (best of each) and keeps the faster; whichever it keeps, every value equals the
+    reference."""
     model, data = tiny(3)
     coords = coordinates(model)
     dirs = [d.tensors for d in random_directions(coords, 2, seed=7)]
@@ -104,7 +105,8 @@ def test_auto_schedule_is_exact():
     assert ev.points_per_batch > 1
     ev.points_per_batch = 4  # a smaller planned chunk, so that 25 points are enough to time both schedules
     fast, ref = ev.evaluate(pts), ev.evaluate(pts, "sequential")
-    assert set(fast.calibration) == {"chunk_seconds_per_point", "single_seconds_per_point", "chunk_points"}
+    assert set(fast.calibration) == {"chunk_seconds_per_point", "single_seconds_per_point", "chunk_points", "rounds"}
+    assert fast.calibration["rounds"] == 3  # 1 + 3 x (4 + 4) points of the 25 are timed
     assert fast.points_per_batch in (1, ev.points_per_batch)
     assert torch.allclose(fast.loss, ref.loss, rtol=0, atol=1e-6)
     assert torch.equal(fast.accuracy, ref.accuracy)
@@ -177,6 +179,90 @@ def test_batched_equals_sequential_later_layers_and_no_cache():
     nocache = GridEvaluator(model, coords, dirs, data, points_per_batch=4, cache_prefix=False).evaluate(pts)
     assert nocache.cached_layers == []
     assert torch.allclose(nocache.loss, ref.loss, rtol=0, atol=1e-6)
+
+
+def small_bert(seed: int = 0):
+    """A randomly initialised 3-block BERT (BertConfig, no download) with genbound's text head."""
+    from transformers import BertConfig, BertModel
+
+    from genbound.backbones import TextClassifier
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=16)
+    model = TextClassifier(BertModel(cfg, add_pooling_layer=False), 3).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    ids = torch.randint(0, 60, (10, 8), generator=g)
+    mask = torch.ones(10, 8, dtype=torch.long)
+    mask[3:, 6:] = 0  # padded examples: the mask takes part in every cached block
+    return model, EvalSet({"input_ids": ids, "attention_mask": mask}, torch.randint(0, 3, (10,), generator=g))
+
+
+_MOVING = {
+    "mlp": {"head": ["head"], "last": ["fc2", "head"], "all": None},
+    "bert": {"head": ["head"], "last": ["backbone.encoder.layer.2", "head"], "all": None},
+}
+_MEMOIZED = {
+    ("mlp", "head"): ["fc1", "norm", "drop", "fc2"],
+    ("mlp", "last"): ["fc1", "norm", "drop"],
+    ("bert", "head"): ["backbone"],
+    ("bert", "last"): ["backbone.embeddings", "backbone.encoder.layer.0", "backbone.encoder.layer.1"],
+}
+
+
+@pytest.mark.parametrize("arch", ["mlp", "bert"])
+@pytest.mark.parametrize("which", ["head", "last", "all"])
+@pytest.mark.parametrize("one_d", ["zero", "keep"])
+def test_prefix_activations_cached_exactly(arch, which, one_d):
+    """Head-only, last-block and all-layers planes: the modules before the first one that depends on the
+    point run once per data batch (memoized), and every value equals the point-by-point reference to 1e-6,
+    for folded chunks, vmap chunks (one_d keep moves LayerNorms) and single points."""
+    model, data = tiny(4) if arch == "mlp" else small_bert()
+    names = None
+    if _MOVING[arch][which] is not None:
+        prefixes = _MOVING[arch][which]
+        names = [n for n, _ in model.named_parameters() if any(n.startswith(p + ".") for p in prefixes)]
+    coords = coordinates(model, names)
+    dirs = [d.tensors for d in random_directions(coords, 2, seed=3, one_d=one_d)]
+    # Within the usual span (losses of order 1, where float32 rounding of the loss is ~1e-7).
+    pts = torch.rand(9, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
+    pts[0] = 0.0
+    ref = None
+    for ppb in (1, 4):
+        ev = GridEvaluator(model, coords, dirs, data, points_per_batch=ppb, batch_size=6)  # two data batches
+        fast = ev.evaluate(pts)
+        ref = ref if ref is not None else ev.evaluate(pts, "sequential")
+        assert fast.memoized == _MEMOIZED.get((arch, which), []), (ppb, fast.schedule)
+        assert torch.allclose(fast.loss, ref.loss, rtol=0, atol=1e-6), (ppb, fast.schedule)
+        assert torch.equal(fast.accuracy, ref.accuracy)
+    plain = evaluate(model, data)
+    assert abs(float(ref.loss[0]) - plain.loss) < 1e-6
+
+
+class InPlace(nn.Module):
+    """A frozen layer whose output the next module changes in place: a cached activation must not be reused."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(12, 12)
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.head(self.act(self.body(x)))
+
+
+def test_prefix_cache_never_reuses_a_tensor_changed_in_place():
+    torch.manual_seed(0)
+    model = InPlace().eval()
+    g = torch.Generator().manual_seed(2)
+    data = EvalSet({"x": torch.randn(20, 12, generator=g)}, torch.randint(0, 4, (20,), generator=g))
+    coords = coordinates(model, ["head.weight", "head.bias"])
+    dirs = [d.tensors for d in random_directions(coords, 2, seed=1)]
+    pts = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ev = GridEvaluator(model, coords, dirs, data, points_per_batch=1)
+    fast, ref = ev.evaluate(pts), ev.evaluate(pts, "sequential")
+    assert torch.allclose(fast.loss, ref.loss, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("space", ["dw", "factors", "all"])

@@ -106,7 +106,8 @@ def landscape(model: nn.Module, coords: Mapping[str, Tensor], directions: Sequen
     summary = summarize(axes, loss, acc, radii, basin_threshold, basin_rise)
     timing = {"engine": vals.engine, "seconds": vals.seconds, "points": int(loss.numel()),
               "points_per_batch": vals.points_per_batch, "schedule": vals.schedule, "batch_size": vals.batch_size,
-              "cached_layers": vals.cached_layers, "calibration": vals.calibration, "device": str(ev.device)}
+              "cached_layers": vals.cached_layers, "memoized_modules": vals.memoized, "calibration": vals.calibration,
+              "device": str(ev.device)}
     return Landscape("line" if len(directions) == 1 else "plane", directions_kind, space, axes, loss, acc,
                      [d.info for d in directions], cos, ref_loss, ref_acc, len(evalset), summary, timing,
                      path, path_labels, dict(source or {}))

@@ -26,8 +26,8 @@ Engines
 
                 Points come in chunks sized to a memory budget (on a CPU also to the cache: a large model is
                 compute-bound at one point per forward). When the chunk size is planned, the first data batch
-                times a chunk against single points and the faster schedule is kept
-                (:meth:`GridEvaluator.evaluate`).
+                times a chunk against single points in three interleaved rounds (best of each, so one slow
+                round on a loaded machine does not decide) and keeps the faster (:meth:`GridEvaluator.evaluate`).
 
 Prefix caching (exact algebra). A Linear layer whose weight moves and whose input x does not depend on the
 point (every layer before it is unperturbed) computes
@@ -40,6 +40,12 @@ chunk). This halves the work for an MLP whose first layer moves. The identity is
 arithmetic; in float32 it differs from the reference by rounding only (tests check 1e-6 on the loss).
 Which layers qualify is found by a probe pass (their input does not require grad when only the coordinates
 do) and re-checked at run time: under vmap a batched input disables the cache.
+
+Activation caching (exact reuse). Before that first moving layer, every module that holds no moving tensor
+and whose input does not depend on the point (the embeddings and blocks 0..L-2 when only the last block
+moves, the whole backbone when only the head moves) is run once per data batch and its output reused by every
+point and chunk (:mod:`.memo`), so a head-only plane costs a fraction of a forward per point. Coordinates
+whose directions are exactly zero (filter-normalized biases and norms) are constants, not moving tensors.
 
 The caller's model is never touched: engines work on a deep copy (eval mode, no grad).
 """
@@ -59,9 +65,11 @@ from torch.nn import functional as F
 from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
+from .memo import FoldMismatch, PrefixMemo, tensors_in
 
 ENGINES = ("batched", "sequential")
 CPU_CHUNK_BYTES = 32 << 20  # target activation bytes per chunk of points on a CPU
+CALIBRATION_ROUNDS = 3  # interleaved timings of a chunk against single points (best of each)
 
 try:  # private but stable since torch 2.0; without it the prefix cache is simply not used
     from torch._C._functorch import is_batchedtensor as _is_batched
@@ -124,6 +132,7 @@ class PointValues:
     cached_layers: list[str] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)  # a chunk of points vs single points, when timed
     schedule: str = "single"  # batched engine: "folded" (points in the batch dimension) or "vmap"
+    memoized: list[str] = field(default_factory=list)  # modules run once per data batch (:mod:`.memo`)
 
 
 def _stacked_products(x: Tensor, weight: Tensor, bias: Tensor | None, k: int, out: int) -> Tensor:
@@ -283,6 +292,11 @@ class GridEvaluator:
         self.data = evalset.to(self.device)
         self.progress = progress
         self.cache_prefix = cache_prefix
+        # Coordinates whose directions are exactly zero (filter-normalized biases and norms) stay at the
+        # centre at every point (theta* + 0 d = theta* exactly): only the others move.
+        self._moving = [n for n in self.names if bool(self.dirs[n].ne(0).any())]
+        self._memo_state: dict = {"token": None, "fold": None}
+        self._memos: dict[str, PrefixMemo] = {}
         self._tied = self._tied_coordinates()
         self._probe()
         self._fold = self._fold_modules()
@@ -312,33 +326,35 @@ class GridEvaluator:
         return {n for n in self.names if n in own and uses[id(own[n])] > 1}
 
     def _probe(self) -> None:
-        """One forward on two examples with the coordinates requiring grad: which Linear layers see an
-        input that does not depend on the point, how often each module runs, and activation sizes."""
+        """One forward on two examples with the moving coordinates requiring grad: which Linear layers see
+        an input that does not depend on the point, which modules can be cached whole (:mod:`.memo`), how
+        often each module runs, and activation sizes."""
         from torch.func import functional_call
 
         calls: dict[str, int] = {}
         input_free: dict[str, bool] = {}
+        output_free: dict[str, bool] = {}
+        batch_major: dict[str, bool] = {}
         out_numel: list[int] = []
         hooks = []
         n_probe = min(2, len(self.data))
 
         def hook(name):
-            def fn(mod, args, out):
+            def fn(mod, args, kwargs, out):
                 calls[name] = calls.get(name, 0) + 1
-                tensors = [a for a in args if isinstance(a, Tensor)]
-                input_free[name] = input_free.get(name, True) and not any(t.requires_grad for t in tensors)
-                if isinstance(out, Tensor):
-                    out_numel.append(out.numel())
-                elif isinstance(out, (tuple, list)):
-                    out_numel.append(sum(o.numel() for o in out if isinstance(o, Tensor)))
-                elif hasattr(out, "to_tuple"):
-                    out_numel.append(sum(o.numel() for o in out.to_tuple() if isinstance(o, Tensor)))
+                ins, outs = tensors_in((args, kwargs)), tensors_in(out)
+                input_free[name] = input_free.get(name, True) and ins is not None and not any(
+                    t.requires_grad for t in ins)
+                output_free[name] = outs is not None and not any(t.requires_grad for t in outs)
+                batch_major[name] = (n_probe == 2 and ins is not None and outs is not None
+                                     and all(t.dim() > 0 and t.shape[0] == n_probe for t in ins + outs))
+                out_numel.append(sum(o.numel() for o in outs or []))
             return fn
 
         for name, mod in self.model.named_modules():
-            hooks.append(mod.register_forward_hook(hook(name)))
+            hooks.append(mod.register_forward_hook(hook(name), with_kwargs=True))
         feats = {k: v[:n_probe] for k, v in self.data.features.items()}
-        params = {n: self.centre[n].clone().requires_grad_(True) for n in self.names}
+        params = {n: self.centre[n].clone().requires_grad_(n in self._moving) for n in self.names}
         try:
             with torch.enable_grad():
                 functional_call(self.model, params, args=(), kwargs=feats, strict=False)
@@ -348,13 +364,49 @@ class GridEvaluator:
         per_example = max(out_numel) / n_probe if out_numel else 0.0
         self._act_bytes_per_example = 4.0 * per_example * 4  # a few such tensors are alive at once
         self._eligible = []
-        names = set(self.names) - self._tied
+        names = set(self._moving) - self._tied
         for mname, mod in self.model.named_modules():
             if type(mod) is not nn.Linear or calls.get(mname, 0) != 1 or not input_free.get(mname, False):
                 continue
             wname = f"{mname}.weight" if mname else "weight"
             if wname in names and f"{mname}.bias" not in self._tied:
                 self._eligible.append(mname)
+        # Modules computed once per data batch (memo): run once, point-free in and out, holding no moving
+        # tensor (by identity, so that a tied copy of a moving weight counts as moving).
+        own = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        moving_ids = {id(own[n]) for n in self._moving}
+        self._memo_ok: dict[str, tuple[bool, bool]] = {}
+        for mname, mod in self.model.named_modules():
+            if not mname or calls.get(mname, 0) != 1 or not input_free.get(mname) or not output_free.get(mname):
+                continue
+            held = [t for _, t in (*mod.named_parameters(remove_duplicate=False),
+                                   *mod.named_buffers(remove_duplicate=False))]
+            if any(id(t) in moving_ids for t in held):
+                continue
+            self._memo_ok[mname] = (True, batch_major.get(mname, False))
+
+    def _memo_modules(self, folded: bool) -> list[str]:
+        """The largest cacheable modules (none inside another), in the order named_modules gives them."""
+        if not self.cache_prefix:
+            return []
+        chosen: list[str] = []
+        for mname, (any_ok, fold_ok) in self._memo_ok.items():
+            if not (fold_ok if folded else any_ok):
+                continue
+            if any(mname.startswith(c + ".") for c in chosen):
+                continue
+            chosen.append(mname)
+        return chosen
+
+    def _install_memos(self, model: nn.Module, folded: bool) -> None:
+        self._memos = {}
+        for mname in self._memo_modules(folded):
+            mod = model.get_submodule(mname)
+            if isinstance(mod, (_GridLinear, _FoldedLinear)):
+                continue
+            memo = PrefixMemo(mod, mname, self._memo_state)
+            memo.install()
+            self._memos[mname] = memo
 
     def _fold_modules(self) -> list[str] | None:
         """The Linear layers whose weight or bias moves, when only such tensors move: then the batched
@@ -411,7 +463,11 @@ class GridEvaluator:
             return self._batched_model
         if self._fold is not None:
             return self._folded()
-        model = self.model if not (self.cache_prefix and self._eligible) else copy.deepcopy(self.model)
+        model = copy.deepcopy(self.model)
+        own = dict(model.named_parameters()) | dict(model.named_buffers())
+        with torch.no_grad():
+            for n in self.names:  # tensors that do not move sit at the centre; moving ones are passed in
+                own[n].copy_(self.centre[n])
         self._grid_modules = {}
         if self.cache_prefix and _is_batched is not None:
             for mname in self._eligible:
@@ -424,6 +480,7 @@ class GridEvaluator:
                 parent_name, _, child = mname.rpartition(".")
                 setattr(model.get_submodule(parent_name) if parent_name else model, child, gl)
                 self._grid_modules[mname] = gl
+        self._install_memos(model, folded=False)
         self._batched_model = model
         return model
 
@@ -445,13 +502,14 @@ class GridEvaluator:
             parent_name, _, child = mname.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, fl)
             self._grid_modules[mname] = fl
+        self._install_memos(model, folded=True)
         self._batched_model = model
         return model
 
     def _unfold(self, why: str) -> None:
         """Give up folding (a layer's input was not points x examples): vmap from here on, still exact."""
         self._fold, self._fold_error = None, why
-        self._batched_model, self._grid_modules = None, {}
+        self._batched_model, self._grid_modules, self._memos = None, {}, {}
 
     # -- evaluation ------------------------------------------------------------------------------------
 
@@ -460,8 +518,8 @@ class GridEvaluator:
 
         With the batched engine and a planned (not user-given) chunk size above one, the first data batch
         also times a chunk (folded or through vmap) against the same number of single-point forwards (with
-        the same prefix cache) and keeps the faster for the rest: on a CPU a large model gains nothing from
-        more points per forward.
+        the same prefix cache), in interleaved rounds (best of each), and keeps the faster for the rest: on a
+        CPU a large model gains nothing from more points per forward.
         Every value is computed exactly either way; only the schedule changes."""
         if engine not in ENGINES:
             raise GenboundError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
@@ -471,9 +529,12 @@ class GridEvaluator:
         t0 = time.perf_counter()
         P = points.shape[0]
         self._loss = torch.zeros(P, dtype=torch.float64)
+        for memo in self._memos.values():
+            memo.hits = memo.misses = 0
         self._correct = torch.zeros(P, dtype=torch.float64)
         planned = self.points_per_batch if engine == "batched" else 1
-        calibrate = engine == "batched" and self._auto_chunk and planned > 1 and P >= 2 * planned + 1
+        rounds = min(CALIBRATION_ROUNDS, (P - 1) // (2 * planned)) if planned > 1 else 0
+        calibrate = engine == "batched" and self._auto_chunk and rounds >= 1
         chosen = planned
         calibration: dict[str, float] = {}
         batches = list(self.data.batches(self.batch_size))
@@ -486,25 +547,38 @@ class GridEvaluator:
                 self._token = object()  # a new data batch: prefix products are recomputed once
                 start = 0
                 if bi == 0 and calibrate:
+                    # Interleaved rounds, best of each: one slow round (another job taking the core) cannot
+                    # decide the schedule. Every timed point is a real grid point, so nothing is wasted.
                     self._run(engine, points, [(0, 1)], feats, labels)  # warm-up and prefix cache
-                    a, b, c = 1, 1 + planned, 1 + 2 * planned
-                    t_chunk = self._run(engine, points, [(a, b)], feats, labels) / planned
-                    t_one = self._run(engine, points, [(s, s + 1) for s in range(b, c)], feats, labels) / planned
-                    chosen = planned if t_chunk < t_one else 1
-                    calibration = {"chunk_seconds_per_point": t_chunk, "single_seconds_per_point": t_one,
-                                   "chunk_points": planned}
-                    start = c
+                    t_chunk, t_one, a = [], [], 1
+                    for _ in range(rounds):
+                        b, c = a + planned, a + 2 * planned
+                        t_chunk.append(self._run(engine, points, [(a, b)], feats, labels) / planned)
+                        t_one.append(self._run(engine, points, [(s, s + 1) for s in range(b, c)], feats,
+                                               labels) / planned)
+                        a = c
+                    chosen = planned if min(t_chunk) < min(t_one) else 1
+                    calibration = {"chunk_seconds_per_point": min(t_chunk), "single_seconds_per_point": min(t_one),
+                                   "chunk_points": planned, "rounds": rounds}
+                    start = a
                 step = chosen if engine == "batched" else 1
                 chunks = [(s, min(s + step, P)) for s in range(start, P, step)]
                 self._run(engine, points, chunks, feats, labels)
         self._bar.close()
         for gl in self._grid_modules.values():
             gl._cache, gl.token = None, None
+        memoized = []
+        for mname, memo in self._memos.items():
+            if memo.misses == 0 and memo.token is not None:
+                memoized.append(mname)
+            memo.out, memo.token, memo.versions = None, None, []  # release the cached activations
+        self._memo_state["token"] = None
         n = len(self.data)
         cached = [m for m, gl in self._grid_modules.items() if gl.uncached_calls == 0] if engine == "batched" else []
         schedule = ("folded" if self._fold is not None else "vmap") if engine == "batched" else "single"
         return PointValues(self._loss / n, self._correct / n, engine, time.perf_counter() - t0,
-                           chosen if engine == "batched" else 1, self.batch_size, cached, calibration, schedule)
+                           chosen if engine == "batched" else 1, self.batch_size, cached, calibration, schedule,
+                           memoized if engine == "batched" else [])
 
     def _run(self, engine: str, points: Tensor, chunks: Sequence[tuple[int, int]],
              feats: dict[str, Tensor], labels: Tensor) -> float:
@@ -539,11 +613,14 @@ class GridEvaluator:
             model = self._batched()
             try:
                 return self._forward_folded(model, t, feats)
-            except _FoldError as e:
+            except (_FoldError, FoldMismatch) as e:
                 self._unfold(str(e))
+            finally:
+                self._memo_state["fold"] = None
         model = self._batched()
         for gl in self._grid_modules.values():
             gl.token = self._token
+        self._memo_state["token"] = self._token
         return self._forward_vmap(model, t, feats)
 
     def _forward_folded(self, model: nn.Module, t: Tensor, feats: dict[str, Tensor]) -> Tensor:
@@ -552,6 +629,7 @@ class GridEvaluator:
         coef = torch.cat([torch.ones_like(t[:, :1]), t], 1)
         for fl in self._grid_modules.values():
             fl.coef, fl.n, fl.token = coef.to(fl.stacked_weight.dtype), n, self._token
+        self._memo_state["token"], self._memo_state["fold"] = self._token, (P, n)
         if P > 1:  # the examples are independent in eval mode, so P copies of the batch are P evaluations
             feats = {k: v.repeat(P, *([1] * (v.dim() - 1))) for k, v in feats.items()}
         logits = model(**feats)
@@ -568,7 +646,7 @@ class GridEvaluator:
         for mname in self._grid_modules:
             skip.update({f"{mname}.weight", f"{mname}.bias"})
         weights = {}
-        for n in self.names:
+        for n in self._moving:
             if n in skip:
                 continue
             stacked = self._stacked(n)
