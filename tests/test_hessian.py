@@ -325,3 +325,42 @@ def test_minilm_query_value_and_head():
     assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(b.abs().max()))
     rep = hessian_spectrum(model, names, es, top_k=1, trace=False, progress=False, tol=1e-2, max_steps=8)
     assert rep.eigen.top[0] > 0 and rep.hvp_mode == "cached"
+
+
+def test_loss_and_gradient_come_from_the_caching_pass_and_equal_separate_passes():
+    model, es = make(dtype=torch.float32)
+    cached = HessianOperator(model, es, "all", batch_size=40, mode="auto")
+    plain = HessianOperator(model, es, "all", batch_size=40, mode="forward")
+    loss, grad = cached.loss_and_gradient()
+    assert cached.mode == "cached" and cached._graphs is not None  # one pass built the graph and gave both
+    assert abs(loss - plain.loss()) < 1e-6
+    assert torch.allclose(grad, plain.gradient(), atol=1e-6)
+
+
+def test_lanczos_basis_grows_and_matches_dense():
+    """More steps than the first allocation (16 rows): the basis stays orthonormal and T_m = Q^T A Q."""
+    from genbound.hessian.lanczos import lanczos
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 60, generator=g, dtype=torch.float64)
+    A = X @ X.T / 60
+    run = lanczos(lambda V: V @ A, torch.randn(1, 60, generator=g, dtype=torch.float64), 40, keep_basis=True)[0]
+    Q = run.basis
+    assert Q.shape == (40, 60)
+    assert torch.allclose(Q @ Q.T, torch.eye(40, dtype=torch.float64), atol=1e-12)
+    T = Q @ A @ Q.T
+    assert np.allclose(np.diag(T.numpy()), run.alpha, atol=1e-12)
+    assert np.allclose(np.diag(T.numpy(), 1), run.beta, atol=1e-12)
+
+
+def test_float64_checked_bounds_cover_the_float32_error(small):
+    """In float32 the Lanczos bound alone does not cover rounding; the float64-checked bound does."""
+    model64, es64, names, H = small
+    top = torch.linalg.eigvalsh(H).flip(0)[:3].numpy()
+    model = copy.deepcopy(model64).float()
+    es = EvalSet({"x": es64.features["x"].float()}, es64.labels)
+    rep = hessian_spectrum(model, "all", es, top_k=3, trace=False, tol=1e-6, precision_check=True, progress=False)
+    assert rep.eigen.precision == "float64-checked"
+    err = np.abs(np.array(rep.eigen.top) - top)
+    assert np.all(err <= np.array(rep.eigen.top_errors) * (1 + 1e-9) + 1e-12)
+    assert np.all(np.array(rep.eigen.top_errors) < 1e-3 * abs(top[0]))

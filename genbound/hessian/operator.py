@@ -193,6 +193,7 @@ class HessianOperator:
         self._data = EvalSet(feats, evalset.labels).to(self.device)
         self.mode = mode
         self._graphs: list[tuple[list[Tensor], list[int]]] | None = None
+        self._cached_value: tuple[float, Tensor] | None = None  # (loss, gradient) from the caching pass
         self._leaves: list[Tensor] = []
         self._cache_refused = False
         if cache_bytes is None:
@@ -233,20 +234,39 @@ class HessianOperator:
         # Summed over the batch and divided by the whole set's size: exact 1/N weights per example.
         return nn.functional.cross_entropy(logits, labels, reduction="sum") / self.n_examples
 
-    def loss(self) -> float:
-        """The mean loss L(theta) over the evaluation set; NonFiniteError if it is NaN or infinite."""
-        total = 0.0
-        with torch.no_grad(), self._context():
-            for feats, labels in self._data.batches(self.batch_size):
-                total += float(self._batch_loss(self._theta, feats, labels))
+    def loss_and_gradient(self) -> tuple[float, Tensor]:
+        """L(theta) and nabla L(theta) (flat). In mode auto / cached they come out of the pass that builds
+        the cached first-order graph (no separate forward and backward); otherwise two passes."""
+        if self.mode in ("auto", "cached") and self._graphs is None and not self._cache_refused:
+            if self._build_cache():
+                self.mode = "cached"
+            else:
+                self._cache_refused = True
+        if self._cached_value is not None:
+            return self._cached_value
+        return self.loss(), self.gradient()
+
+    def _check_loss(self, total: float) -> None:
         if not np.isfinite(total):
             raise NonFiniteError(
                 f"the loss is {total} at these parameters; the model or checkpoint is diverged, nothing to analyse"
             )
+
+    def loss(self) -> float:
+        """The mean loss L(theta) over the evaluation set; NonFiniteError if it is NaN or infinite."""
+        if self._cached_value is not None:
+            return self._cached_value[0]
+        total = 0.0
+        with torch.no_grad(), self._context():
+            for feats, labels in self._data.batches(self.batch_size):
+                total += float(self._batch_loss(self._theta, feats, labels))
+        self._check_loss(total)
         return total
 
     def gradient(self) -> Tensor:
         """nabla L(theta), flattened."""
+        if self._cached_value is not None:
+            return self._cached_value[1]
         out = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
         with self._context():
             for feats, labels in self._data.batches(self.batch_size):
@@ -296,6 +316,8 @@ class HessianOperator:
             return t
 
         graphs = []
+        total = 0.0
+        grad_flat = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
         with self._context(), torch.enable_grad():
             for b, (feats, labels) in enumerate(self._data.batches(self.batch_size)):
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -303,9 +325,17 @@ class HessianOperator:
                     gs = _grad_or_none(loss, list(leaves.values()))
                 if b == 0 and self.mode == "auto" and saved[0] * n_batches > self.cache_bytes:
                     return False
+                # The same pass gives the loss and the gradient: no separate forward / backward for them.
+                total += float(loss.detach())
+                grad_flat += torch.cat([
+                    (g.detach().reshape(-1) if g is not None else torch.zeros(n, device=self.device, dtype=self.dtype))
+                    for g, n in zip(gs, self.numels)
+                ])
                 live = [i for i, gi in enumerate(gs) if gi is not None and gi.requires_grad]
                 graphs.append(([gs[i] for i in live], live))
+        self._check_loss(total)
         self._graphs, self._leaves = graphs, list(leaves.values())
+        self._cached_value = (total, grad_flat)
         return True
 
     def _apply_cached(self, vs: dict[str, Tensor], k: int) -> Tensor:
