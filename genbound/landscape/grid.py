@@ -463,7 +463,7 @@ class GridEvaluator:
             return self._batched_model
         if self._fold is not None:
             return self._folded()
-        model = copy.deepcopy(self.model)
+        model = self._structural_copy()
         own = dict(model.named_parameters()) | dict(model.named_buffers())
         with torch.no_grad():
             for n in self.names:  # tensors that do not move sit at the centre; moving ones are passed in
@@ -484,8 +484,15 @@ class GridEvaluator:
         self._batched_model = model
         return model
 
+    def _structural_copy(self) -> nn.Module:
+        """A copy of the private model's modules that shares its tensors (no second copy of the weights):
+        the batched engine replaces modules and instance attributes, never tensors, and sets coordinates
+        to the centre, which is where the sequential engine's tensors are read from anyway."""
+        shared = {id(t): t for t in (*self.model.parameters(), *self.model.buffers())}
+        return copy.deepcopy(self.model, shared)
+
     def _folded(self) -> nn.Module:
-        model = copy.deepcopy(self.model)
+        model = self._structural_copy()
         own = dict(model.named_parameters()) | dict(model.named_buffers())
         with torch.no_grad():
             for n in self.names:  # tensors that do not move sit at the centre
