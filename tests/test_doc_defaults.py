@@ -84,6 +84,8 @@ CLAIMS: list[tuple[str, str, list[Callable[[], object]]]] = [
      [lambda: 100 * option("hessian", "trace_rtol"), lambda: option("hessian", "trace_rtol"),
       lambda: keyword(_lazy("genbound.hessian.trace", "hutchinson")(), "min_probes"),
       lambda: keyword(_lazy("genbound.hessian.trace", "hutchinson")(), "max_probes")]),
+    ("docs/concepts.md", r"\(or a (\d+)-step Lanczos run when",
+     [lambda: keyword(_lazy("genbound.hessian.spectrum", "hessian_spectrum")(), "trace_sketch")]),
     ("docs/concepts.md", r"random sketch \((\d+) columns, 2 x (\d+) products\)",
      [lambda: keyword(_lazy("genbound.hessian.spectrum", "hessian_spectrum")(), "trace_sketch"),
       lambda: keyword(_lazy("genbound.hessian.spectrum", "hessian_spectrum")(), "trace_sketch")]),
