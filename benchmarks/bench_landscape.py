@@ -1,8 +1,9 @@
 """Benchmark: 21 x 21 filter-normalized random planes, genbound.landscape against loss-landscapes 3.0.6.
 
 Two models, same model, data, moving parameters and plane size for both libraries in the same run:
-  * the reference MLP of docs/benchmarks.md (benchmarks/cases.py): 512-1024-512-10 ReLU (1.06 M parameters), 2,048 synthetic examples (labels from a
-    seeded random teacher), briefly trained so that the centre is a trained point;
+  * the reference MLP of docs/benchmarks.md (benchmarks/cases.py): 512-1024-512-10 ReLU (1.06 M parameters),
+    2,048 synthetic examples (labels from a seeded random teacher), briefly trained so that the centre is a
+    trained point;
   * the real pretrained MiniLM (backbones.get_backbone('minilm').build(5)) on 16 BBC News articles x 16
     tokens (--minilm-samples, --minilm-length), sdpa attention.
 
