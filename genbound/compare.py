@@ -469,7 +469,10 @@ def write_figures(report: CompareReport, raw: dict, directory: str | Path) -> li
            for lab, bnd, gap in zip(report.labels, (bound_row.a, bound_row.b), (gap_row.a, gap_row.b))
            if bnd is not None and gap is not None]
     if pts:
-        paths += F.save(F.bound_vs_gap(pts), directory / "bound_vs_gap")
+        # vacuous at 2 sigma, the largest possible 0-1 gap (Table 1 rows record it as loss_range)
+        limits = [getattr(r.table1[0], "loss_range", 1.0) for r in raw.get("bounds", []) if r is not None]
+        paths += F.save(F.bound_vs_gap(pts, bound_name="Table 1 MI bound (expected gap)",
+                                       vacuous_at=max(limits, default=1.0)), directory / "bound_vs_gap")
     hs = raw.get("hessian")
     if hs and any(h is not None and h.density is not None for h in hs):
         paths += F.save(F.hessian_density({lab: h for lab, h in zip(report.labels, hs) if h is not None}, methods),
