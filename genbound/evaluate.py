@@ -32,18 +32,25 @@ class Evaluation:
 def evaluate(
     model: nn.Module, data: EvalSet, batch_size: int = 64, device: torch.device | None = None,
     where: str = "evaluation",
+    progress: bool | None = False,
 ) -> Evaluation:
-    """Mean cross-entropy and accuracy over ``data`` in eval mode; the model's mode is restored."""
+    """Mean cross-entropy and accuracy over ``data`` in eval mode; the model's mode is restored. ``progress``
+    shows a bar over the examples (genbound.progress: None only on a terminal)."""
+    from .progress import bar
+
     device = device_of(device, model)  # None: where the model is
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
+    shown = bar(total=len(data), desc=f"evaluate {where}", unit="ex", progress=progress)
     try:
         for feats, labels in data.batches(batch_size, device):
+            shown.update(len(labels))
             logits = model(**feats)
             total_loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
             correct += int((logits.argmax(-1) == labels).sum())
     finally:
+        shown.close()
         model.train(was_training)
     n = len(data)
     loss = total_loss / n

@@ -277,7 +277,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     if state is not None:
         check_config(state.config, asdict(config), state_dir)
     if splits is None:
-        splits = get_dataset(dataset_name).load(backbone, config.split_seed, config.max_length)
+        splits = get_dataset(dataset_name).load(backbone, config.split_seed, config.max_length,
+                                                progress=config.progress)
     torch.manual_seed(config.seed)  # dropout; everything else has its own generator
     model = backbone.build(splits.num_labels, config.seed)
     layers = backbone.adaptable_layers(model, config.targets)
@@ -409,7 +410,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
                 save(start + config.batch_size)
         position = 0
         epoch += 1
-        val = evaluate(model, splits.val, config.eval_batch_size, device, "validation")
+        val = evaluate(model, splits.val, config.eval_batch_size, device, "validation", progress=config.progress)
         history.append({"epoch": epoch, "step": step, "train_loss_running": running,
                         "val_loss": val.loss, "val_accuracy": val.accuracy})
         model.train()
@@ -422,7 +423,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
 
     results = {}
     for split in ("train", "val", "test"):
-        ev = evaluate(model, splits.split(split), config.eval_batch_size, device, f"the {split} split")
+        ev = evaluate(model, splits.split(split), config.eval_batch_size, device, f"the {split} split",
+                      progress=config.progress)
         results[f"{split}_loss"] = ev.loss
         results[f"{split}_accuracy"] = ev.accuracy
     results["gap"] = results["test_loss"] - results["train_loss"]

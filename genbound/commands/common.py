@@ -15,6 +15,17 @@ def add_json(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
 
 
+def add_progress(parser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide progress bars and time estimates (they are hidden anyway when stderr is not a "
+                             "terminal)")
+
+
+def progress_of(args) -> bool | None:
+    """None (bars on a terminal only) unless --no-progress."""
+    return False if getattr(args, "no_progress", False) else None
+
+
 def add_device(parser) -> None:
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available; default)"

@@ -7,7 +7,7 @@ Checkpoints already in the output directory are reused, so an interrupted demo p
 
 from __future__ import annotations
 
-from .common import add_device, add_json, print_json, resolve_device
+from .common import add_device, add_json, add_progress, print_json, progress_of, resolve_device
 
 HELP = "train two adapters on the embedded default (MiniLM, BBC News), compare them, write figures"
 
@@ -26,6 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--hessian", action="store_true", help="add Hessian rows and figures (slower)")
     add_device(p)
     add_json(p)
+    add_progress(p)
 
 
 def run(args) -> int:
@@ -50,13 +51,14 @@ def run(args) -> int:
         path = out / method
         config = TrainConfig(method=method, backbone=args.backbone, dataset=dataset, rank=args.rank,
                              alpha=args.alpha, steps=args.steps, lr=args.lr, max_length=args.max_length,
-                             seed=args.seed, device=device)
+                             seed=args.seed, device=device, progress=progress_of(args))
         if is_checkpoint(path) and _same_run(load_meta(path), config):
             print(f"[demo] reusing {path}")
         else:
             if splits is None:
                 print(f"[demo] loading {dataset} for {args.backbone} (max length {args.max_length})")
-                splits = get_dataset(dataset).load(backbone, config.split_seed, args.max_length)
+                splits = get_dataset(dataset).load(backbone, config.split_seed, args.max_length,
+                                                   progress=progress_of(args))
             print(f"[demo] training {method}: rank {args.rank}, {args.steps} steps on {device}")
             meta = train(config, path, overwrite=True, splits=splits).meta
             r = meta.results
@@ -66,7 +68,7 @@ def run(args) -> int:
     print("[demo] comparing")
     figures = out / "figures"
     report = compare(paths[0], paths[1], device=device, figures=figures, hessian=args.hessian,
-                     landscape=args.landscape, seed=args.seed)
+                     landscape=args.landscape, seed=args.seed, progress=progress_of(args))
     write_json(out / "compare.json", report.to_dict())
     write_text(out / "compare.md", to_markdown(report))
     elapsed = time.perf_counter() - t0

@@ -8,7 +8,17 @@ The Hessian is that of the mean cross-entropy on a seeded subset of ``--samples`
 from __future__ import annotations
 
 from ..errors import GenboundError
-from .common import add_device, add_json, format_table, positive_int, print_json, resolve_device, sample_count
+from .common import (
+    add_device,
+    add_json,
+    add_progress,
+    format_table,
+    positive_int,
+    print_json,
+    progress_of,
+    resolve_device,
+    sample_count,
+)
 
 HELP = "Hessian spectrum of a checkpoint's loss: top eigenvalues (Lanczos), trace (Hutch++), density (SLQ)"
 DESCRIPTION = (
@@ -42,6 +52,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="also write the JSON report to this file (atomically)")
     add_json(p)
     add_device(p)
+    add_progress(p)
 
 
 def run(args) -> int:
@@ -64,6 +75,7 @@ def run(args) -> int:
         top_k=args.top_k, bottom_k=args.bottom_k, trace=args.trace, trace_method=args.trace_method,
         density=args.density, density_probes=args.density_probes, density_steps=args.density_steps,
         tol=args.tol, max_steps=args.max_steps, batch_size=args.batch_size, trace_rtol=args.trace_rtol,
+        progress=progress_of(args),
     )
     if args.out:
         write_json(args.out, to_jsonable(report))

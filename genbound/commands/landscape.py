@@ -5,7 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import GenboundError
-from .common import add_device, add_json, format_table, print_json, resolve_device, sample_count, to_jsonable
+from .common import (
+    add_device,
+    add_json,
+    add_progress,
+    format_table,
+    print_json,
+    progress_of,
+    resolve_device,
+    sample_count,
+    to_jsonable,
+)
 
 HELP = "loss-landscape slice around a checkpoint: filter-normalized random, trajectory-PCA or interpolation"
 DESCRIPTION = (
@@ -43,6 +53,7 @@ def add_arguments(p) -> None:
     p.add_argument("--plot", type=Path, default=None, help="write a figure (png, pdf or svg) to this file")
     add_device(p)
     add_json(p)
+    add_progress(p)
 
 
 def plot_landscape(result, path: Path) -> Path:
@@ -70,7 +81,7 @@ def run(args) -> int:
         args.checkpoints, args.directions, space=args.space, dims=args.dims, grid=args.grid, span=args.span,
         samples=args.samples, split=args.split, seed=args.seed, normalization=args.normalization,
         device=device, engine=args.engine, points_per_batch=args.points_per_batch, batch_size=args.batch_size,
-        basin_rise=args.basin_rise,
+        basin_rise=args.basin_rise, progress=progress_of(args),
     )
     if args.output is not None:
         write_json(args.output, to_jsonable(result))

@@ -10,7 +10,16 @@ is random, so no seed is involved.
 from __future__ import annotations
 
 from ..errors import GenboundError
-from .common import add_device, add_json, count_or_all, format_table, print_json, resolve_device
+from .common import (
+    add_device,
+    add_json,
+    add_progress,
+    count_or_all,
+    format_table,
+    print_json,
+    progress_of,
+    resolve_device,
+)
 
 HELP = "singular-value spectra of the weight updates (and intruder dimensions) of a checkpoint or peft adapter"
 DESCRIPTION = (
@@ -57,6 +66,7 @@ def add_arguments(p) -> None:
                    help="for a peft adapter: the base model (minilm, mlp or a model folder), if not recorded")
     add_json(p)
     add_device(p)
+    add_progress(p)
 
 
 def _fmt_fit(d) -> str:
@@ -82,7 +92,7 @@ def run(args) -> int:
         raise GenboundError("--backbone is for peft adapters; a genbound checkpoint records its backbone")
     ckpt = load_any(path, backbone=args.backbone)
     updates = ckpt.layer_updates()
-    report = spectra(updates, top_k=args.top_k, bins=args.bins, device=device)
+    report = spectra(updates, top_k=args.top_k, bins=args.bins, device=device, progress=progress_of(args))
     intr = None
     if args.intruders:
         from ..intruders import intruders
@@ -90,7 +100,7 @@ def run(args) -> int:
         eps, sweep = _eps(args.eps)
         k = args.top_k if args.intruder_k is None else count_or_all(args.intruder_k, "--intruder-k")
         intr = intruders(ckpt.base_weights(), updates, k=k, eps=eps, sweep=sweep, method=args.intruder_method,
-                         device=device)
+                         device=device, progress=progress_of(args))
     meta = ckpt.meta
     header = {"checkpoint": str(path), "format": kind, "method": meta.method, "rank": meta.rank,
               "alpha": meta.alpha, "backbone": meta.backbone, "layers": len(updates)}

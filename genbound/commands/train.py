@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_device, add_json, format_table, print_json
+from .common import add_device, add_json, add_progress, format_table, print_json, progress_of
 
 HELP = "fine-tune a backbone with one of the catalogue's methods and write a checkpoint"
 DESCRIPTION = (
@@ -51,6 +51,7 @@ def add_arguments(p) -> None:
                    help="save the training state every N steps and at each epoch's end (default 50; 0: never)")
     add_device(p)
     add_json(p)
+    add_progress(p)
 
 
 def run(args) -> int:
@@ -63,7 +64,7 @@ def run(args) -> int:
         batch_size=args.batch_size, max_length=args.max_length, warmup=args.warmup,
         weight_decay=args.weight_decay, clip=args.clip, targets=args.targets, paca_columns=args.paca_columns,
         seed=args.seed, split_seed=args.split_seed, save_trajectory=args.save_trajectory,
-        trajectory_every=args.trajectory_every, device=args.device,
+        trajectory_every=args.trajectory_every, device=args.device, progress=progress_of(args),
     )
     result = train(config, args.out, overwrite=args.overwrite, resume=args.resume, save_every=args.save_every)
     meta = result.meta
