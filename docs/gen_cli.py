@@ -33,7 +33,11 @@ Conventions shared by every command:
 - `--device` takes `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, the default);
 - bad input ends with one line, `genbound: error: ...`, naming the problem and what to do, and exit code 2
   (no traceback); Ctrl-C ends with exit code 130;
-- every random choice takes a `--seed`, which is recorded in the output.
+- every random choice takes a `--seed`, which is recorded in the output;
+- every step longer than a few seconds (tokenizing, training, evaluating the full splits, each section of
+  `compare`, Hessian and landscape work) shows a tqdm bar on stderr, hidden by `--no-progress` and whenever
+  stderr is not a terminal; `compare --hessian` / `--landscape` first print how long they will take,
+  measured from one Hessian-vector product and one forward pass.
 
 See [getting-started.md](getting-started.md) for a walk-through and [concepts.md](concepts.md) for what
 each quantity means.

@@ -13,8 +13,13 @@ Sections (each computed by the module that owns the quantity, never recomputed h
                            and trace; genbound.landscape sharpness around each checkpoint and the loss along
                            the straight line from A to B.
 
-"Better" is marked only where it means something: lower loss, bound, gap, parameter count, intruder count and
-sharpness; higher accuracy. Rows that need both checkpoints on one backbone say why they are empty otherwise.
+"Better" is marked only where it means something: lower loss, bound, absolute gap |G|, parameter count,
+intruder count and sharpness; higher accuracy. The signed gaps carry no mark (an underfit model with G < 0 is
+not better than one with a small positive G). Per-layer rows cover the union of A's and B's layers, with
+"absent" where a side lacks one, and a total over different layer sets says so and is not marked.
+
+Checkpoints on different backbones or datasets are refused (:class:`MismatchError`, exit code 2) unless
+``allow_mismatch``: then nothing is marked and every output carries :attr:`CompareReport.banner`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import GenboundError
-from .render import cell, latex_table, markdown_table, tex_escape, text_table, to_jsonable
+from .render import cell, latex_table, markdown_table, md_escape, tex_escape, text_table, to_jsonable
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +59,7 @@ class CompareReport:
     settings: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    banner: str = ""  # set when different backbones or datasets were compared on purpose (allow_mismatch)
 
     def row(self, section: str, quantity: str) -> Row:
         for r in self.rows:
@@ -68,7 +74,7 @@ class CompareReport:
     def from_dict(cls, d: dict) -> CompareReport:
         rows = [Row(**r) for r in d["rows"]]
         return cls(d["a"], d["b"], list(d["labels"]), rows, list(d.get("notes", [])), dict(d.get("settings", {})),
-                   list(d.get("figures", [])), dict(d.get("timing", {})))
+                   list(d.get("figures", [])), dict(d.get("timing", {})), str(d.get("banner", "")))
 
 
 def _num(x: Any) -> float | None:
@@ -90,11 +96,12 @@ def better(a: Any, b: Any, prefer: str | None) -> str | None:
 
 
 class _Rows:
-    def __init__(self) -> None:
+    def __init__(self, mark: bool = True) -> None:
         self.rows: list[Row] = []
+        self.mark = mark  # False: no value is marked better (A and B are not comparable)
 
     def add(self, section: str, quantity: str, a: Any, b: Any, prefer: str | None = None, note: str = "") -> None:
-        self.rows.append(Row(section, quantity, a, b, better(a, b, prefer), note))
+        self.rows.append(Row(section, quantity, a, b, better(a, b, prefer) if self.mark else None, note))
 
 
 def _short(layer: str) -> str:
@@ -128,6 +135,24 @@ def _same_backbone(a, b) -> str | None:
     return None
 
 
+ABSENT = "absent"  # the cell of a per-layer row whose layer that side does not adapt
+
+
+def mismatch(a, b) -> str | None:
+    """Why A and B are not comparable as fine-tunings of one model on one task (different backbones or
+    datasets), or None. A side that does not record its backbone or dataset (a peft adapter) is not held
+    against the other."""
+    reasons = []
+    ba, bb = getattr(a.meta, "backbone", None), getattr(b.meta, "backbone", None)
+    fa, fb = getattr(a.meta, "fingerprint", None), getattr(b.meta, "fingerprint", None)
+    if (ba and bb and ba != bb) or (fa and fb and fa != fb):
+        reasons.append(f"different backbones ({ba} vs {bb})")
+    da, db = getattr(a.meta, "dataset", None), getattr(b.meta, "dataset", None)
+    if da and db and da != db:
+        reasons.append(f"different datasets ({da} vs {db})")
+    return " and ".join(reasons) or None
+
+
 def compare(
     path_a: str | Path,
     path_b: str | Path,
@@ -146,10 +171,13 @@ def compare(
     backbone: str | None = None,
     figures: str | Path | None = None,
     progress: bool | None = None,
+    allow_mismatch: bool = False,
 ) -> CompareReport:
     """Compare two checkpoints (genbound or peft). ``data_bounds`` (default: on for the mlp backbone,
     off for transformers, where it costs minutes) adds the compression bound; ``pac_bayes`` the PAC-Bayes
     bound. ``hessian`` / ``landscape`` add those sections on a seeded subset of ``samples`` training examples.
+    Checkpoints on different backbones or datasets raise GenboundError unless ``allow_mismatch``, which marks
+    nothing and sets the report's banner.
     """
     from .device import where
 
@@ -157,10 +185,19 @@ def compare(
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     a, b = _load(path_a, backbone), _load(path_b, backbone)
+    why = mismatch(a, b)
+    banner = ""
+    if why is not None:
+        if not allow_mismatch:
+            raise GenboundError(f"{path_a} and {path_b} are not comparable: {why}; compare checkpoints of one "
+                                "backbone and dataset, or pass --allow-mismatch (allow_mismatch=True) to see "
+                                "them side by side without any value marked better")
+        banner = (f"MISMATCH: {why}. These are different tasks or models; no value is marked better and no row "
+                  "is a like-for-like comparison.")
     labels = [str(a.meta.method), str(b.meta.method)]
     if labels[0] == labels[1]:
         labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
-    R = _Rows()
+    R = _Rows(mark=why is None)
     notes: list[str] = []
     raw: dict[str, Any] = {}
     same = _same_backbone(a, b)
@@ -174,13 +211,28 @@ def compare(
     R.add("parameters", "data-dependent D", pa.get("data_dependent"), pb.get("data_dependent"), LOWER,
           "what the information-theoretic bounds count")
     ra, rb = getattr(a.meta, "results", {}) or {}, getattr(b.meta, "results", {}) or {}
+    missing = "" if (ra and rb) else "a peft adapter records no results"
     for key, title, prefer in (("train_loss", "train loss", LOWER), ("train_accuracy", "train accuracy", HIGHER),
-                               ("test_loss", "test loss", LOWER), ("test_accuracy", "test accuracy", HIGHER),
-                               ("gap", "gap G = L_test - L_train", LOWER),
-                               ("gap_01", "0-1 gap (train acc - test acc)", LOWER)):
-        note = "" if (ra and rb) else "a peft adapter records no results"
-        R.add("fit", title, ra.get(key), rb.get(key), prefer, note)
+                               ("test_loss", "test loss", LOWER), ("test_accuracy", "test accuracy", HIGHER)):
+        R.add("fit", title, ra.get(key), rb.get(key), prefer, missing)
+    # A signed gap has no better direction (G < 0 is underfitting's signature as often as luck); how far it is
+    # from 0, |G|, is what the bounds bound and what "generalizes better" means.
+    for key, title, abs_title in (("gap", "gap G = L_test - L_train", "|G| (closer to 0: generalizes better)"),
+                                  ("gap_01", "0-1 gap (train acc - test acc)", "|0-1 gap|")):
+        ga, gb = ra.get(key), rb.get(key)
+        R.add("fit", title, ga, gb, None, missing or "signed: not marked (see the |gap| row)")
+        R.add("fit", abs_title, *(abs(g) if _num(g) is not None else None for g in (ga, gb)), LOWER, missing)
     timing["metadata"] = time.perf_counter() - t0
+    from .progress import bar
+
+    sections = (["bounds", "spectra", "intruders", "similarity"] + (["hessian"] if hessian else [])
+                + (["landscape"] if landscape else []) + (["figures"] if figures is not None else []))
+    _estimate(a, b, hessian, landscape, samples, grid, device, seed, progress)
+    stage = bar(total=len(sections), desc="compare", unit="section", progress=progress, leave=False)
+
+    def done(section: str) -> None:
+        stage.set_postfix_str(section, refresh=False)
+        stage.update(1)
 
     # -- bounds -------------------------------------------------------------------------------------------
     t = time.perf_counter()
@@ -189,19 +241,20 @@ def compare(
         reports.append(_bounds(ck, path, device, data_bounds, pac_bayes, seed, n_train, progress, notes))
     raw["bounds"] = reports
     ta, tb = (r.table1[0] if r is not None else None for r in reports)
-    R.add("bounds", "Table 1 MI bound (expected gap)", ta and ta.value, tb and tb.value, LOWER,
-          _vacuity(ta, tb))
+    R.add("bounds", "Table 1 MI bound (expected gap)", ta and ta.value, tb and tb.value, _bound_prefer(ta, tb),
+          _vacuity(ta, tb) + _vacuous_tail(ta, tb))
     th = [r.theorem1 if r is not None else None for r in reports]
-    R.add("bounds", "Theorem 1 bound on G(W0 + dW)", *(_theorem_value(x) for x in th), LOWER,
-          "; ".join(sorted({_theorem_note(x) for x in th if _theorem_note(x)})))
+    R.add("bounds", "Theorem 1 bound on G(W0 + dW)", *(_theorem_value(x) for x in th), _bound_prefer(*th),
+          _pair_note(*(_theorem_note(x) for x in th)) + _vacuous_tail(*th))
     comp = [getattr(r, "compression", None) if r is not None else None for r in reports]
-    R.add("bounds", "compression bound (test error)", *(_bound_value(c) for c in comp), LOWER,
-          _data_note(comp, "compression"))
+    R.add("bounds", "compression bound (test error)", *(_bound_value(c) for c in comp), _bound_prefer(*comp),
+          _data_note(comp, "compression") + _vacuous_tail(*comp))
     if pac_bayes:
         pbs = [getattr(r, "pac_bayes", None) if r is not None else None for r in reports]
-        R.add("bounds", "PAC-Bayes bound (test error)", *(_bound_value(c) for c in pbs), LOWER,
-              _data_note(pbs, "PAC-Bayes"))
+        R.add("bounds", "PAC-Bayes bound (test error)", *(_bound_value(c) for c in pbs), _bound_prefer(*pbs),
+              _data_note(pbs, "PAC-Bayes") + _vacuous_tail(*pbs))
     timing["bounds"] = time.perf_counter() - t
+    done("bounds")
 
     # -- spectra, intruders, similarity --------------------------------------------------------------------
     t = time.perf_counter()
@@ -210,22 +263,26 @@ def compare(
     from .spectra import spectra
 
     ua, ub = a.layer_updates(), b.layer_updates()
-    sa, sb = spectra(ua, top_k=top_k, device=device, progress=False), spectra(ub, top_k=top_k, device=device,
-                                                                              progress=False)
+    sa, sb = (spectra(u, top_k=top_k, device=device, progress=progress) for u in (ua, ub))
     raw["spectra"] = (sa, sb)
     R.add("spectra", "overall ||dW||_2", sa.overall.spectral_norm, sb.overall.spectral_norm)
     R.add("spectra", "overall ||dW||_F", sa.overall.frobenius_norm, sb.overall.frobenius_norm)
     R.add("spectra", "mean stable rank", sa.overall.mean_stable_rank, sb.overall.mean_stable_rank)
     R.add("spectra", "mean effective rank", sa.overall.mean_effective_rank, sb.overall.mean_effective_rank)
     la, lb = {x.name: x for x in sa.layers}, {x.name: x for x in sb.layers}
-    for name in [n for n in la if n in lb]:
-        x, y = la[name], lb[name]
+    layer_note = _layer_sets_note(list(la), list(lb))
+    if layer_note:
+        for r in R.rows[-4:]:
+            r.note = layer_note
+    for name in _union(la, lb):
+        x, y = la.get(name), lb.get(name)
         s = _short(name)
-        R.add("spectra", f"{s} ||dW||_2", x.spectral_norm, y.spectral_norm)
-        R.add("spectra", f"{s} ||dW||_F", x.frobenius_norm, y.frobenius_norm)
-        R.add("spectra", f"{s} stable rank", x.stable_rank, y.stable_rank)
-        R.add("spectra", f"{s} effective rank", x.effective_rank, y.effective_rank)
+        for attr, title in (("spectral_norm", "||dW||_2"), ("frobenius_norm", "||dW||_F"),
+                            ("stable_rank", "stable rank"), ("effective_rank", "effective rank")):
+            R.add("spectra", f"{s} {title}", _layer_value(x, attr), _layer_value(y, attr),
+                  note="" if x is not None and y is not None else _absent_note(x, y))
     timing["spectra"] = time.perf_counter() - t
+    done("spectra")
     t = time.perf_counter()
     sweep = eps_sweep(10)
     ia = ib = None
@@ -233,18 +290,23 @@ def compare(
         wa = a.base_weights()
         # One backbone and one layer set: B's pretrained weights are A's, so build the backbone once.
         wb = wa if same is None and set(ua) == set(ub) else b.base_weights()
-        ia = intruders(wa, ua, k=top_k, eps=eps, sweep=sweep, device=device, progress=False)
-        ib = intruders(wb, ub, k=top_k, eps=eps, sweep=sweep, device=device, progress=False)
+        ia = intruders(wa, ua, k=top_k, eps=eps, sweep=sweep, device=device, progress=progress)
+        ib = intruders(wb, ub, k=top_k, eps=eps, sweep=sweep, device=device, progress=progress)
     except GenboundError as exc:
         notes.append(f"intruder dimensions skipped: {exc}")
     raw["intruders"] = (ia, ib)
     if ia is not None and ib is not None:
-        R.add("intruders", f"total (k = {top_k}, eps = {eps})", ia.total, ib.total, LOWER,
-              "Shuttleworth et al. 2024: fewer intruders, less forgetting")
         ca, cb = {x.name: x.count for x in ia.layers}, {x.name: x.count for x in ib.layers}
-        for name in [n for n in ca if n in cb]:
-            R.add("intruders", f"{_short(name)} count", ca[name], cb[name], LOWER)
+        differ = _layer_sets_note(list(ca), list(cb))
+        # a total over different layer sets counts different things: no mark, and the note says why
+        R.add("intruders", f"total (k = {top_k}, eps = {eps})", ia.total, ib.total, None if differ else LOWER,
+              differ + "; not marked" if differ else "Shuttleworth et al. 2024: fewer intruders, less forgetting")
+        for name in _union(ca, cb):
+            both = name in ca and name in cb
+            R.add("intruders", f"{_short(name)} count", ca.get(name, ABSENT), cb.get(name, ABSENT),
+                  LOWER if both else None, "" if both else _absent_note(ca.get(name), cb.get(name)))
     timing["intruders"] = time.perf_counter() - t
+    done("intruders")
     if same is None:
         sim = compare_updates(ua, ub, k=min(8, top_k), device=device)
         raw["similarity"] = sim
@@ -256,27 +318,75 @@ def compare(
     # -- optional: Hessian and landscape -----------------------------------------------------------------------
     if hessian:
         t = time.perf_counter()
-        raw["hessian"] = _hessian_rows(R, a, b, path_a, path_b, samples, device, seed, notes)
+        raw["hessian"] = _hessian_rows(R, a, b, path_a, path_b, samples, device, seed, notes, progress)
         timing["hessian"] = time.perf_counter() - t
+        done("hessian")
     if landscape:
         t = time.perf_counter()
-        raw["landscape"] = _landscape_rows(R, a, b, path_a, path_b, same, samples, grid, device, seed, notes)
+        raw["landscape"] = _landscape_rows(R, a, b, path_a, path_b, same, samples, grid, device, seed, notes,
+                                           progress)
         timing["landscape"] = time.perf_counter() - t
+        done("landscape")
 
     report = CompareReport(str(path_a), str(path_b), labels, R.rows, notes,
                            {"device": str(device), "top_k": top_k, "eps": eps, "seed": seed, "samples": samples,
                             "grid": grid, "hessian": hessian, "landscape": landscape,
-                            "data_bounds": data_bounds, "pac_bayes": pac_bayes},
-                           [], timing)
+                            "data_bounds": data_bounds, "pac_bayes": pac_bayes, "allow_mismatch": allow_mismatch},
+                           [], timing, banner)
     if figures is not None:
         t = time.perf_counter()
         report.figures = [str(p) for p in write_figures(report, raw, figures)]
         timing["figures"] = time.perf_counter() - t
+        done("figures")
+    stage.close()
     timing["total"] = time.perf_counter() - t0
     return report
 
 
 # -- section helpers -------------------------------------------------------------------------------------------
+
+# Hessian-vector products one checkpoint's Hessian section takes with compare's settings (top 3, trace, density
+# with 4 probes of 64 Lanczos steps): 64 steps shared by the eigenvalues and the first density probe, 3 x 64 for
+# the other probes, about 10 Hutch++ probes (266 measured on the mlp pair, tests/test_compare.py).
+HESSIAN_PRODUCTS = 64 + 3 * 64 + 10
+
+
+def _estimate(a, b, hessian: bool, landscape: bool, samples, grid: int, device, seed: int, progress) -> None:
+    """Print, before the slow sections start, how long they will take: one Hessian-vector product and one
+    forward pass over the ``samples`` examples are timed on A and scaled by the work each section needs."""
+    from .progress import duration, say, shown, timed
+
+    if not (hessian or landscape) or not shown(progress):
+        return
+    genbound = [ck for ck in (a, b) if _is_genbound(ck)]
+    if not genbound:
+        return
+    ck = genbound[0]
+    model = ck.build_model(device=device)
+    evalset = ck.load_splits().split("train").subset(samples, seed)
+    parts, total = [], 0.0
+    if hessian:
+        import torch
+
+        from .hessian.operator import HessianOperator
+
+        op = HessianOperator(model, evalset, "trained", trained=ck.trained_parameter_names(model), device=device)
+        v = torch.randn(1, op.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        t_hvp = timed(op.matmat, v.to(op.dtype))
+        sec = len(genbound) * HESSIAN_PRODUCTS * t_hvp
+        total += sec
+        parts.append(f"Hessian ~{duration(sec)} ({len(genbound)} x ~{HESSIAN_PRODUCTS} Hessian-vector products "
+                     f"at {t_hvp:.2g} s)")
+    if landscape:
+        from .evaluate import evaluate
+
+        t_fwd = timed(evaluate, model, evalset, 256, device)
+        points = len(genbound) * grid * grid + (grid if len(genbound) == 2 else 0)
+        sec = points * t_fwd
+        total += sec
+        parts.append(f"landscape at most ~{duration(sec)} ({points} grid points at {t_fwd:.2g} s per pass over "
+                     f"{len(evalset)} examples; batching makes it faster)")
+    say(progress, f"compare: the slow sections take about {duration(total)}: " + "; ".join(parts))
 
 
 def _bounds(ck, path, device, data_bounds, pac_bayes, seed, n_train, progress, notes):
@@ -304,8 +414,52 @@ def _bounds(ck, path, device, data_bounds, pac_bayes, seed, n_train, progress, n
                                  device=device, progress=progress, theorem=True)
 
 
+def _all_vacuous(*bounds) -> bool:
+    present = [x for x in bounds if x is not None and getattr(x, "applicable", True)]
+    return bool(present) and all(getattr(x, "vacuous", False) for x in present)
+
+
+def _bound_prefer(*bounds) -> str | None:
+    """Lower is better for a bound, but between two vacuous bounds (both at least the largest possible value)
+    neither says anything: no mark."""
+    return None if _all_vacuous(*bounds) else LOWER
+
+
+def _vacuous_tail(*bounds) -> str:
+    present = [x for x in bounds if x is not None and getattr(x, "applicable", True)]
+    return " (both vacuous: not marked)" if len(present) == 2 and _all_vacuous(*present) else ""
+
+
+def _union(a, b) -> list[str]:
+    """A's layer names in A's order, then B's that A lacks."""
+    return list(a) + [n for n in b if n not in a]
+
+
+def _layer_value(layer, attr: str) -> Any:
+    return ABSENT if layer is None else getattr(layer, attr)
+
+
+def _absent_note(x, y) -> str:
+    return "only B adapts this layer" if x is None else "only A adapts this layer"
+
+
+def _layer_sets_note(a: list[str], b: list[str]) -> str:
+    if set(a) == set(b):
+        return ""
+    return (f"the layer sets differ: A adapts {len(a)} layers, B {len(b)}, {len(set(a) & set(b))} in common; "
+            "totals and means are over different layers")
+
+
+def _pair_note(na: str, nb: str) -> str:
+    """One note for a row from A's and B's notes, in that order (one of them when they agree)."""
+    if na == nb:
+        return na
+    return "; ".join(f"{side}: {n}" for side, n in (("A", na), ("B", nb)) if n)
+
+
 def _vacuity(*rows) -> str:
-    flags = ["vacuous" if getattr(r, "vacuous", False) else "non-vacuous" for r in rows if r is not None]
+    """A's flag / B's flag ("-" for a side without the bound)."""
+    flags = ["-" if r is None else "vacuous" if getattr(r, "vacuous", False) else "non-vacuous" for r in rows]
     return " / ".join(flags)
 
 
@@ -334,7 +488,7 @@ def _data_note(items, what: str) -> str:
     return " / ".join(flags)
 
 
-def _hessian_rows(R: _Rows, a, b, path_a, path_b, samples, device, seed, notes):
+def _hessian_rows(R: _Rows, a, b, path_a, path_b, samples, device, seed, notes, progress=None):
     from .hessian import hessian_from_checkpoint
 
     reps = []
@@ -344,7 +498,7 @@ def _hessian_rows(R: _Rows, a, b, path_a, path_b, samples, device, seed, notes):
             reps.append(None)
             continue
         reps.append(hessian_from_checkpoint(ck, samples=samples, device=device, seed=seed, top_k=3, trace=True,
-                                            density=True))
+                                            density=True, progress=progress))
     top = [r.eigen.top if r is not None and r.eigen is not None else [] for r in reps]
     for i in range(3):
         va = top[0][i] if len(top[0]) > i else None
@@ -357,7 +511,7 @@ def _hessian_rows(R: _Rows, a, b, path_a, path_b, samples, device, seed, notes):
     return reps
 
 
-def _landscape_rows(R: _Rows, a, b, path_a, path_b, same, samples, grid, device, seed, notes):
+def _landscape_rows(R: _Rows, a, b, path_a, path_b, same, samples, grid, device, seed, notes, progress=None):
     from .landscape import landscape_from_checkpoints
 
     out: dict[str, Any] = {}
@@ -368,7 +522,7 @@ def _landscape_rows(R: _Rows, a, b, path_a, path_b, same, samples, grid, device,
             planes.append(None)
             continue
         planes.append(landscape_from_checkpoints([ck], "random", grid=grid, samples=samples, seed=seed,
-                                                 device=device))
+                                                 device=device, progress=progress))
     out["planes"] = planes
     sums = [p.summary if p is not None else None for p in planes]
     R.add("landscape", "max loss rise within radius (sharpness)",
@@ -379,7 +533,7 @@ def _landscape_rows(R: _Rows, a, b, path_a, path_b, same, samples, grid, device,
     R.add("landscape", "basin area below threshold", *(s.basin.area if s else None for s in sums), HIGHER)
     if same is None:
         line = landscape_from_checkpoints([a, b], "interpolate", grid=grid, span=1.0, samples=samples,
-                                          seed=seed, device=device)
+                                          seed=seed, device=device, progress=progress)
         out["interpolation"] = line
         # With span 1 the grid runs from t = -1 to t = 1: A is the centre point and B the last one.
         segment = line.loss[line.centre[0]:].cpu().tolist()
@@ -406,7 +560,8 @@ def _marked(r: Row, bold, text=cell) -> tuple[str, str]:
 
 def to_text(report: CompareReport) -> str:
     """Terminal table; the better value carries a '*'. Row notes become numbered footnotes under the table,
-    so the table stays narrow; a section's name is printed on its first row only."""
+    so the table stays narrow; a section's name is printed on its first row only. A mismatch banner comes
+    first."""
     rows, foot, last = [], {}, None
     for r in report.rows:
         # Right-aligned values keep their digits aligned: an unmarked value is padded where '*' would be.
@@ -416,8 +571,9 @@ def to_text(report: CompareReport) -> str:
         rows.append([r.section if r.section != last else "", r.quantity, ca, cb, ref])
         last = r.section
     table = text_table(rows, ["section", "quantity", report.labels[0], report.labels[1], "note"], align="llrrl")
-    out = [f"A = {report.a} ({report.labels[0]})", f"B = {report.b} ({report.labels[1]})", "", table, "",
-           "* marks the better value where 'better' is meaningful."]
+    out = ([report.banner, ""] if report.banner else []) + [
+        f"A = {report.a} ({report.labels[0]})", f"B = {report.b} ({report.labels[1]})", "", table, "",
+        "* marks the better value where 'better' is meaningful."]
     out += [f"[{i}] {n}" for n, i in foot.items()]
     out += [f"note: {n}" for n in report.notes]
     if report.figures:
@@ -426,25 +582,40 @@ def to_text(report: CompareReport) -> str:
 
 
 def to_markdown(report: CompareReport) -> str:
-    """Markdown table with every row's note; the better value in bold."""
+    """Markdown table with every row's note, then the report's notes; the better value in bold; a mismatch
+    banner as a quote above the table."""
     rows = [[r.section, r.quantity, *_marked(r, lambda c: f"**{c}**"), r.note] for r in report.rows]
     table = markdown_table(rows, ["section", "quantity", report.labels[0], report.labels[1], "note"],
                            align="llrrl")
-    return (table + f"\n\nA = `{report.a}`, B = `{report.b}`; bold marks the better value where that is "
-            "meaningful.\n")
+    head = f"> **{md_escape(report.banner)}**\n\n" if report.banner else ""
+    notes = "".join(f"\n- note: {md_escape(n)}" for n in report.notes)
+    return (head + table + f"\n\nA = `{report.a}`, B = `{report.b}`; bold marks the better value where that is "
+            "meaningful.\n" + (notes + "\n" if notes else ""))
 
 
 def to_latex(report: CompareReport) -> str:
-    """booktabs tabular, one rule between sections; the better value in bold."""
+    """booktabs tabular, one rule between sections; the better value in bold; every row's note (vacuity
+    flags included) in its own column, a mismatch banner above and the report's notes below the rows."""
     rows, starts, last = [], [], None
     for i, r in enumerate(report.rows):
         if r.section != last:
             starts.append(i)
         last = r.section
         ca, cb = _marked(r, lambda c: rf"\textbf{{{c}}}", lambda v: tex_escape(cell(v)))
-        rows.append([tex_escape(r.section), tex_escape(r.quantity), ca, cb])
-    header = ["section", "quantity", tex_escape(report.labels[0]), tex_escape(report.labels[1])]
-    return latex_table(rows, header, "llrr", escape=False, rules_before=starts)
+        rows.append([tex_escape(r.section), tex_escape(r.quantity), ca, cb, tex_escape(r.note)])
+    header = ["section", "quantity", tex_escape(report.labels[0]), tex_escape(report.labels[1]), "note"]
+    lines = latex_table(rows, header, "llrrp{5cm}", escape=False, rules_before=starts).splitlines()
+
+    def wide(text: str) -> str:  # one row across the five columns
+        return rf"\multicolumn{{5}}{{p{{14cm}}}}{{{text}}} \\"
+
+    if report.banner:  # right under the header rule
+        at = lines.index(r"\midrule") + 1
+        lines[at:at] = [wide(rf"\textbf{{{tex_escape(report.banner)}}}"), r"\midrule"]
+    if report.notes:
+        at = lines.index(r"\bottomrule")
+        lines[at:at] = [r"\midrule"] + [wide(tex_escape(f"note: {n}")) for n in report.notes]
+    return "\n".join(lines) + "\n"
 
 
 def write_figures(report: CompareReport, raw: dict, directory: str | Path) -> list[Path]:

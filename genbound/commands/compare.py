@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from .common import add_device, add_json, print_json, resolve_device
+from .common import add_device, add_json, add_progress, print_json, progress_of, resolve_device
 
 HELP = "compare two checkpoints (genbound or peft): fit, bounds, spectra, intruders, Hessian, landscape"
 DESCRIPTION = (
     "Compare checkpoints A and B side by side: parameters, fit and the empirical gap, the Table-1, Theorem-1 and "
     "data-dependent bounds (each flagged vacuous or not), per-layer update spectra, intruder dimensions, the "
     "overlap of the two updates; with --hessian top eigenvalues and trace, with --landscape sharpness and the "
-    "interpolation from A to B. The plain command takes well under a minute on CPU for two MiniLM checkpoints."
+    "interpolation from A to B. The plain command takes well under a minute on CPU for two MiniLM checkpoints. "
+    "'Better' is marked only where it means something (the absolute gap |G|, not the signed one; never between "
+    "two vacuous bounds); per-layer rows cover the union of both layer sets ('absent' where a side lacks one). "
+    "Checkpoints of different backbones or datasets are refused (exit 2) unless --allow-mismatch."
 )
 
 
@@ -20,7 +23,12 @@ def add_arguments(p) -> None:
     fmt.add_argument("--markdown", action="store_true", help="print a Markdown table")
     fmt.add_argument("--latex", action="store_true", help="print a LaTeX (booktabs) table")
     add_json(p)
-    p.add_argument("--out", default=None, help="also write the report (format by suffix: .json .md .tex .txt)")
+    p.add_argument("--out", default=None,
+                   help="also write the report (format by suffix: .json .md .tex .txt) into an existing directory")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="compare checkpoints of different backbones or datasets anyway: nothing is marked better "
+                        "and every output carries a MISMATCH banner (without it such a pair is refused)")
+    add_progress(p)
     p.add_argument("--figures", default=None, metavar="DIR", help="write the pair's figures (PDF and PNG) to DIR")
     p.add_argument("--hessian", action="store_true", help="add top Hessian eigenvalues and trace")
     p.add_argument("--landscape", action="store_true", help="add sharpness and the A -> B interpolation")
@@ -38,23 +46,45 @@ def add_arguments(p) -> None:
     add_device(p)
 
 
-def run(args) -> int:
+OUT_SUFFIXES = (".json", ".md", ".tex", ".txt")
+
+
+def check_out(out: str | None):
+    """The --out path, checked before any work: a known suffix, in a directory that exists (none is created)."""
     from pathlib import Path
 
+    from ..errors import GenboundError
+
+    if out is None:
+        return None
+    path = Path(out)
+    if path.suffix.lower() not in OUT_SUFFIXES:
+        raise GenboundError(f"--out {out}: unknown format '{path.suffix or '(no suffix)'}'; "
+                            f"end the name in one of {', '.join(OUT_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise GenboundError(f"--out {out}: the directory {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise GenboundError(f"--out {out} is a directory; give a file name ending in one of {', '.join(OUT_SUFFIXES)}")
+    return path
+
+
+def run(args) -> int:
     from ..atomic import write_json, write_text
     from ..compare import compare, to_latex, to_markdown, to_text
 
+    out = check_out(args.out)
     report = compare(args.a, args.b, device=str(resolve_device(args.device)), top_k=args.top_k, eps=args.eps,
                      data_bounds=args.data_bounds, pac_bayes=args.pac_bayes, hessian=args.hessian,
                      landscape=args.landscape, samples=args.samples, grid=args.grid, seed=args.seed,
-                     n_train=args.n, backbone=args.backbone, figures=args.figures)
-    if args.out:
-        out = Path(args.out)
-        renders = {".json": None, ".md": to_markdown, ".tex": to_latex}
-        if out.suffix == ".json":
+                     n_train=args.n, backbone=args.backbone, figures=args.figures,
+                     progress=progress_of(args), allow_mismatch=args.allow_mismatch)
+    if out is not None:
+        suffix = out.suffix.lower()
+        if suffix == ".json":
             write_json(out, report.to_dict())
         else:
-            write_text(out, renders.get(out.suffix, lambda r: to_text(r) + "\n")(report))
+            render = {".md": to_markdown, ".tex": to_latex, ".txt": lambda r: to_text(r) + "\n"}[suffix]
+            write_text(out, render(report))
     if args.json:
         print_json(report.to_dict())
     elif args.markdown:
