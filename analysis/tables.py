@@ -334,7 +334,8 @@ def accuracy_figure(rows: Sequence[MethodRow]):
              "train_err": r.stats["train_accuracy"].std, "test": r.stats["test_accuracy"].mean,
              "test_err": r.stats["test_accuracy"].std} for r in rows]
     n = sorted({r.n for r in rows})
-    return F.accuracy_bars(bars, title="Accuracy per method (mean ± std over " + "/".join(map(str, n)) + " seeds)")
+    seeds = "/".join(map(str, n)) + (" seed" if n == [1] else " seeds")
+    return F.accuracy_bars(bars, title=f"Accuracy per method (mean ± std over {seeds})")
 
 
 def write_figures(rows: Sequence[MethodRow], directory: str | Path) -> list[Path]:

@@ -503,15 +503,19 @@ def accuracy_bars(rows: Sequence[dict], title: str = "Accuracy per method"):
     with plt.rc_context(STYLE):
         y = np.arange(len(rows))[::-1]
         colours = [colour(r["method"], i) for i, r in enumerate(rows)]
-        ax.barh(y + 0.2, [r["train"] for r in rows], 0.4, xerr=[r.get("train_err") or 0.0 for r in rows],
-                capsize=1.5, color=colours, alpha=0.4, edgecolor=colours, hatch="///", label="train")
-        ax.barh(y - 0.2, [r["test"] for r in rows], 0.4, xerr=[r.get("test_err") or 0.0 for r in rows],
-                capsize=1.5, color=colours, label="test")
+        def err(key):  # error bars only where there is a spread (n >= 2 seeds)
+            e = [r.get(key) or 0.0 for r in rows]
+            return e if any(e) else None
+
+        ax.barh(y + 0.2, [r["train"] for r in rows], 0.4, xerr=err("train_err"), capsize=1.5, color=colours,
+                alpha=0.4, edgecolor=colours, hatch="///", label="train")
+        ax.barh(y - 0.2, [r["test"] for r in rows], 0.4, xerr=err("test_err"), capsize=1.5, color=colours,
+                label="test")
         ax.set_yticks(y, [r["label"] for r in rows])
         lo = min([r["test"] for r in rows] + [r["train"] for r in rows]) if rows else 0.0
         _set_scale(ax, "x", [0.0])
         ax.set_xlim(max(0.0, lo - 0.1), 1.0)
         ax.set_xlabel("accuracy")
         ax.set_title(title, fontsize=7)
-        ax.legend(frameon=False, ncol=2, loc="lower right")
+        fig.legend(*ax.get_legend_handles_labels(), frameon=False, ncol=2, loc="outside lower center")
     return _declutter(fig)
