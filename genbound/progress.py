@@ -29,7 +29,6 @@ def shown(progress: bool | None) -> bool:
 def bar(iterable: Iterable | None = None, *, progress: bool | None = None, **kw: Any) -> tqdm:
     """A tqdm bar on stderr under the package's rule (``disable=None`` is tqdm's own not-a-terminal test)."""
     kw.setdefault("leave", False)
-    kw.setdefault("dynamic_ncols", True)
     return tqdm(iterable, disable=None if progress is None else not progress, file=sys.stderr, **kw)
 
 
