@@ -602,9 +602,10 @@ def load_checkpoint(path: str | Path | Checkpoint) -> Checkpoint:
 
 def save_checkpoint(path: str | Path, meta: CheckpointMeta, tensors: dict[str, Tensor],
                     trajectory: dict[str, Tensor] | None = None, overwrite: bool = False,
-                    may_replace=None) -> Path:
+                    may_replace=None, extra: dict[str, dict[str, Tensor]] | None = None) -> Path:
     """Write a checkpoint directory atomically (temporary directory, then rename). Two writers of one path:
-    without ``overwrite`` the first wins and the second gets a CheckpointError; with it the last wins whole."""
+    without ``overwrite`` the first wins and the second gets a CheckpointError; with it the last wins whole.
+    ``extra`` maps further safetensors file names to their tensors (the subspace run's w: genbound.subspace)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -616,6 +617,9 @@ def save_checkpoint(path: str | Path, meta: CheckpointMeta, tensors: dict[str, T
             if trajectory:
                 traj = {k: v.detach().to("cpu").contiguous() for k, v in trajectory.items()}
                 save_file(traj, str(tmp / TRAJECTORY_FILE), metadata={"format": FORMAT})
+            for fname, group in (extra or {}).items():
+                save_file({k: v.detach().to("cpu").contiguous() for k, v in group.items()}, str(tmp / fname),
+                          metadata={"format": FORMAT})
             (tmp / META_FILE).write_text(text)
     except FileExistsError:
         raise CheckpointError(f"{path} was written meanwhile (by another process, or files were put there); it "

@@ -519,3 +519,25 @@ def accuracy_bars(rows: Sequence[dict], title: str = "Accuracy per method"):
         ax.set_title(title, fontsize=7)
         fig.legend(*ax.get_legend_handles_labels(), frameon=False, ncol=2, loc="outside lower center")
     return _declutter(fig)
+
+
+def certified_vs_measured(points: Sequence[dict], chance: float | None = None):
+    """Each method's certified test error against its measured test error (``points``: dicts with method,
+    certified, measured); the diagonal (a certificate can only lie above it) and the chance line."""
+    fig, ax = _figure(2.8)
+    with plt.rc_context(STYLE):
+        top = max([1.0 if chance is None else chance + 0.05, *(p["certified"] for p in points)])
+        ax.plot([0, top], [0, top], color="#bbbbbb", lw=0.8, ls=":", label="certified = measured")
+        if chance is not None:
+            ax.axhline(chance, color="black", lw=0.8, ls="--", label=f"chance ({chance:.2f})")
+        for i, p in enumerate(points):
+            m = p["method"]
+            ax.plot(p["measured"], p["certified"], marker(m, i), color=colour(m, i), label=p.get("label", m),
+                    markersize=5)
+        ax.set_xlim(0, max(0.3, max((p["measured"] for p in points), default=0) * 1.2))
+        ax.set_ylim(0, top)
+        ax.set_xlabel("measured test error (decoded model)")
+        ax.set_ylabel("certified test error")
+        ax.set_title("Compression certificates per method")
+        ax.legend(frameon=False, ncol=2, fontsize=6, loc="lower right")
+    return fig

@@ -67,6 +67,7 @@ class TrainConfig:
     split_seed: int = 0
     targets: list[str] | None = None  # default: the backbone's (MiniLM: query, value)
     paca_columns: str = "random"  # "random" (from the seed) or "first"
+    subspace_dim: int | None = None  # train only w in theta = theta_0 + P w (genbound.subspace)
     device: str = "cpu"
     save_trajectory: bool = False
     trajectory_every: int | None = None  # steps between snapshots; default once per epoch
@@ -97,6 +98,12 @@ class TrainConfig:
         method.effective_chain(self.chain)
         if self.steps is not None:
             check_chain_steps(method.name, self.chain, self.steps)
+        if self.subspace_dim is not None:
+            if self.subspace_dim < 1:
+                raise GenboundError(f"the subspace dimension must be at least 1, got {self.subspace_dim}; pass "
+                                    "--subspace-dim d > 0")
+            if self.save_trajectory:
+                raise GenboundError("--save-trajectory is not available with --subspace-dim; drop one of them")
 
 
 @dataclass
@@ -233,6 +240,8 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
 
     config.validate()
     save_every = DEFAULT_SAVE_EVERY if save_every is None else int(save_every)
+    if config.subspace_dim:
+        save_every = 0  # subspace runs are short; their state (w per link) is not saved
     if save_every < 0:
         raise GenboundError(f"--save-every must be 0 (never) or a positive number of steps, got {save_every}")
     if resume and overwrite:
@@ -297,6 +306,14 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         restore_tensors(model, state.model, state_dir)
         for name, ad in adapters.items():
             ad.link = state.links[name]
+    spaces: list = []
+    if config.subspace_dim:
+        from .subspace import attach_subspace, link_dims
+
+        if state is not None:
+            raise GenboundError(f"{state_dir} holds a saved state, but subspace runs do not resume; pass --overwrite")
+        dims = link_dims(config.subspace_dim, config.chain if method.chained else 1)
+        spaces.append(attach_subspace(model, dims[0], config.seed, 0))
     model.to(device)
     check_free_space(out, _bytes_written(model, adapters, method.adapter, config.save_trajectory))
 
@@ -399,7 +416,12 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
             running = 0.9 * running + 0.1 * value if step > 1 else value
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3f}")
-            if step in boundaries:
+            if step in boundaries and spaces:
+                from .subspace import next_link_subspace
+
+                spaces.append(next_link_subspace(model, adapters, optimizer, dims[len(spaces)], config.seed,
+                                                 len(spaces)))
+            elif step in boundaries:
                 for ad in adapters.values():
                     ad.next_link()
                     for p in ad.trained_parameters().values():
@@ -419,6 +441,10 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     train_seconds = seconds_before + time.perf_counter() - t_start
     peak = memory.peak_bytes()
     bar.close()
+    if spaces:
+        from .subspace import detach_subspace
+
+        detach_subspace(model)  # theta_0 + P w baked into plain parameters: the checkpoint's usual tensors
     snapshot(step)
 
     results = {}
@@ -453,8 +479,14 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
                  "torch": torch.__version__, "genbound": __version__, "resumed_at": resumed_at},
         results=results, history=history, trajectory_steps=sorted(traj_steps),
     )
+    extra = None
+    if spaces:
+        from .subspace import SUBSPACE_FILE, subspace_record
+
+        meta.params.update(subspace_record(spaces))
+        extra = {SUBSPACE_FILE: {f"w.link{j}": sp.w.detach().cpu().clone() for j, sp in enumerate(spaces)}}
     tensors = trained_tensors(model, adapters, not method.adapter)
     save_checkpoint(out, meta, tensors, snapshots if config.save_trajectory else None, overwrite=overwrite,
-                    may_replace=may_replace)
+                    may_replace=may_replace, extra=extra)
     remove_state(state_dir)
     return TrainResult(out, meta, history)

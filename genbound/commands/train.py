@@ -37,6 +37,10 @@ def add_arguments(p) -> None:
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0 disables)")
     p.add_argument("--targets", nargs="+", default=None, help="Linear layers to adapt (default: query value)")
     p.add_argument("--paca-columns", choices=["random", "first"], default="random")
+    p.add_argument("--subspace-dim", type=int, default=None, metavar="d",
+                   help="train only w in theta = theta_0 + P w: P a seeded Kronecker projection of every trained "
+                        "tensor (head included) onto d dimensions (split over a chain's links); needed by "
+                        "`genbound certify`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--save-trajectory", action="store_true", help="also save the trained tensors every epoch")
@@ -63,6 +67,7 @@ def run(args) -> int:
         lr_ratio=args.lr_ratio,
         batch_size=args.batch_size, max_length=args.max_length, warmup=args.warmup,
         weight_decay=args.weight_decay, clip=args.clip, targets=args.targets, paca_columns=args.paca_columns,
+        subspace_dim=args.subspace_dim,
         seed=args.seed, split_seed=args.split_seed, save_trajectory=args.save_trajectory,
         trajectory_every=args.trajectory_every, device=args.device, progress=progress_of(args),
     )

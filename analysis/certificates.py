@@ -1,0 +1,241 @@
+"""Compression certificates for every method: train each in a random subspace, certify, tabulate.
+
+    python -m analysis.certificates --preset minilm --out runs/certificates --doc docs/results/certificates.md
+    python -m analysis.certificates --preset mlp --out runs/cert-mlp            (seconds per method)
+
+Every method is trained with ``genbound train --subspace-dim d`` on the preset's configuration (the sweep's
+machinery: analysis.sweep.plan / train_runs, so runs are resumable and several processes can share one
+``--out``, each claiming runs by lock), then certified (genbound.bounds.certificate: quantize, QAT, arithmetic
+code, Occam bound on the decoded model), cached in ``derived/<name>.cert.json``. The report lists per method
+d, bits K, decoded train error, certified test error and measured test error, the bits breakdown, Kendall's
+tau between certificates and measured test errors (analysis.tables.kendall), and the figure certified
+against measured error (genbound.figures.certified_vs_measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from genbound.errors import GenboundError
+
+from . import locks
+from .presets import Preset
+from .sweep import _meta_digest, plan, train_runs
+
+# Fixed before any certified run (and inside genbound.bounds.certificate.DECLARED_GRID): subspace dimension,
+# learning rate of w (the same for fft), the chain length, the levels and QAT budget.
+PRESETS: dict[str, tuple[Preset, dict[str, Any]]] = {
+    "minilm": (Preset("cert-minilm", "all-MiniLM-L6-v2 on BBC News, r = 8, 64 tokens, 60 steps of 32, every method "
+                      "in a 500-dimensional subspace (chains: 3 links)", backbone="minilm", dataset="bbc", rank=8,
+                      alpha=16.0, chain=3, lr=0.1, lr_full=0.1, steps=60, batch_size=32, max_length=64,
+                      extra={"subspace_dim": 500}),
+               {"levels": 3, "qat_steps": 15, "qat_lr": 0.01, "rate": 0.0, "delta": 0.05}),
+    "mlp": (Preset("cert-mlp", "the pretrained mlp on digits 5-9, r = 4, 150 steps, every method in a "
+                   "250-dimensional subspace (chains: 3 links)", backbone="mlp", dataset="digits", rank=4, alpha=8.0,
+                   chain=3, lr=0.3, lr_full=0.3, steps=150, batch_size=32, extra={"subspace_dim": 250}),
+            {"levels": 3, "qat_steps": 100, "qat_lr": 0.01, "rate": 0.0, "delta": 0.05}),
+}
+TARGET_METHODS = ("lora", "asym", "cla", "paca")
+
+
+def certify_run(spec, out: Path, settings: dict[str, Any], device: str, splits_cache) -> dict[str, Any]:
+    """The certificate of one run, from ``derived/<name>.cert.json`` while checkpoint and settings are the same."""
+    from genbound.atomic import write_json
+    from genbound.bounds.certificate import certify
+    from genbound.checkpoint import load_checkpoint
+
+    cache = out / "derived" / f"{spec.name}.cert.json"
+    key = {"checkpoint": _meta_digest(spec.path), **settings}
+    if cache.is_file():
+        try:
+            data = json.loads(cache.read_text())
+            if data.get("key") == key:
+                return data["certificate"]
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+    ck = load_checkpoint(spec.path)
+    t0 = time.perf_counter()
+    cert = certify(ck, device=device, splits=splits_cache.get(spec.config), progress=False, **settings).to_dict()
+    cert["seconds"] = time.perf_counter() - t0
+    write_json(cache, {"key": key, "certificate": cert})
+    return cert
+
+
+def certify_all(specs, out: Path, settings: dict[str, Any], device: str = "cpu", poll: float = 5.0
+                ) -> dict[str, dict[str, Any] | str]:
+    """Certify every trained run, claiming each by lock (other processes certify the rest); waits for runs
+    another live process holds."""
+    from tqdm.auto import tqdm
+
+    from .sweep import _SplitCache
+
+    cache = _SplitCache()
+    results: dict[str, dict[str, Any] | str] = {}
+    pending = list(specs)
+    bar = tqdm(total=len(specs), desc="certify", unit="run")
+    while pending:
+        waiting = []
+        for spec in pending:
+            if not (spec.path / "genbound.json").is_file():
+                results[spec.name] = "not trained"
+                bar.update(1)
+                continue
+            lock = spec.path.parent / f".{spec.name}.cert.lock"
+            with locks.held(lock) as mine:
+                if not mine:
+                    waiting.append(spec)
+                    continue
+                try:
+                    results[spec.name] = certify_run(spec, out, settings, device, cache)
+                except GenboundError as exc:
+                    results[spec.name] = f"failed: {exc}"
+            bar.update(1)
+        pending = waiting
+        if pending:
+            time.sleep(poll)
+    bar.close()
+    return results
+
+
+def _f(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def report(preset: Preset, settings: dict[str, Any], specs, results: dict[str, Any], command: str,
+           figure: Path | None, doc: Path | None) -> tuple[str, dict[str, Any]]:
+    """The Markdown report and its JSON summary."""
+    from genbound.bounds.certificate import DECLARED_GRID
+
+    from .tables import kendall
+
+    rows, notes = [], []
+    for spec in specs:
+        c = results.get(spec.name)
+        if not isinstance(c, dict):
+            notes.append(f"{spec.name}: {c}")
+            continue
+        rows.append((spec, c))
+    certs = {s.method: c for s, c in rows}
+    tau = kendall({m: c["bound"] for m, c in certs.items()}, {m: c["test_error"] for m, c in certs.items()},
+                  "certified test error", "measured test error")
+    best = min(rows, key=lambda r: r[1]["bound"]) if rows else None
+    chance = rows[0][1]["chance_error"] if rows else None
+    lines = [f"# Compression certificates per method ({preset.backbone} / {preset.dataset})", "",
+             f"Written by `{command}`.", "",
+             f"Setting: {preset.description}; learning rate of w {preset.lr}; seed 0. Certificate: "
+             f"{settings['levels']} quantization levels, k-means then {settings['qat_steps']} steps of "
+             "quantization-aware training "
+             f"(Adam, lr {settings['qat_lr']}), range coding (constriction), delta = {settings['delta']}; the "
+             f"hyperparameter grid declared in genbound/bounds/certificate.py has {DECLARED_GRID.size:,} choices "
+             f"({DECLARED_GRID.bits} bits in every message). N = {rows[0][1]['n'] if rows else '-'} training "
+             f"examples; chance error {_f(chance)}.", "",
+             "| method | d | bits K | train error (decoded) | certified test error | measured test error "
+             "(decoded) | test error before quantization | verdict |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for spec, c in rows:
+        lines.append(f"| {spec.method} | {c['d']} | {c['bits']} | {_f(c['train_error'])} | **{_f(c['bound'])}** | "
+                     f"{_f(c['test_error'])} | {_f(c['test_error_trained'])} | "
+                     f"{'vacuous' if c['vacuous'] else 'non-vacuous'} |")
+    lines += ["", "Bits of each message (K is their sum; every part is counted, the code is prefix-free):", "",
+              "| method | symbols (range-coded) | ideal n H(counts) | codebook | counts | grid index | levels + "
+              "stream length | K |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for spec, c in rows:
+        b = c["bits_breakdown"]
+        lines.append(f"| {spec.method} | {b['symbols']} | {b['ideal_symbols']:.0f} | {b['codebook']} | {b['counts']} | "
+                     f"{b['hyperparameters']} | {b['levels'] + b['stream_length']} | {b['total']} |")
+    lines += ["", "## Do the tighter certificates go with the better methods?", ""]
+    if tau.tau is None:
+        lines.append(f"Kendall's tau between certified and measured test errors: undefined ({tau.note}).")
+    else:
+        lines.append(f"Kendall's tau-b between the certified and the measured test errors over {tau.n_methods} "
+                     f"methods: **{tau.tau:.2f}** (two-sided p = {tau.p_value:.3g}). {tau.note}")
+    if best:
+        lines += ["", f"Best certificate: **{best[0].method}**, certified test error {_f(best[1]['bound'])} "
+                  f"(measured {_f(best[1]['test_error'])}) with K = {best[1]['bits']} bits and a decoded training "
+                  f"error of {_f(best[1]['train_error'])}."]
+    nonvac = [m for m in TARGET_METHODS if m in certs and not certs[m]["vacuous"]]
+    lines += ["", f"Non-vacuous (below chance) among {', '.join(TARGET_METHODS)}: "
+              f"{', '.join(nonvac) if nonvac else 'none'}."]
+    if figure is not None:
+        rel = Path(figure).with_suffix(".png")
+        if doc is not None:
+            try:
+                rel = rel.resolve().relative_to(doc.resolve().parent)
+            except ValueError:
+                import os
+
+                rel = Path(os.path.relpath(rel.resolve(), doc.resolve().parent))
+        lines += ["", f"![Certified against measured test error, one marker per method]({rel})", "",
+                  "*Certified test error against the measured test error of the decoded model; the dotted diagonal "
+                  "is where a certificate would be exact, the dashed line is chance.*"]
+    if notes:
+        lines += ["", "Runs without a certificate: " + "; ".join(notes)]
+    lines.append("")
+    summary = {"preset": preset.to_dict(), "settings": settings,
+               "kendall": {"tau": tau.tau, "p": tau.p_value, "n": tau.n_methods},
+               "certificates": {s.method: c for s, c in rows}, "notes": notes}
+    return "\n".join(lines), summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis.certificates", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=list(PRESETS), default="minilm")
+    p.add_argument("--out", required=True, help="run directory (resumable; may be shared by several processes)")
+    p.add_argument("--methods", nargs="+", default=None, help="default: all eleven")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--doc", default=None, help="also write the Markdown report here (docs/results/certificates.md)")
+    p.add_argument("--figure", default=None, help="figure stem (default: <doc dir>/../images/certificates or <out>)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--train-only", action="store_true", help="train the runs and stop (another process certifies)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from genbound.atomic import write_json, write_text
+    from genbound.figures import certified_vs_measured, save
+    from genbound.methods import METHODS
+
+    args = build_parser().parse_args(argv)
+    try:
+        preset, settings = PRESETS[args.preset]
+        methods = args.methods or list(METHODS)
+        for m in methods:
+            if m not in METHODS:
+                raise GenboundError(f"unknown method '{m}'; choose from {', '.join(METHODS)}")
+        out = Path(args.out)
+        specs = plan(preset, methods, [args.seed], out, args.device)
+        status = train_runs(specs)
+        failed = {k: v for k, v in status.items() if v.startswith("failed")}
+        if failed:
+            print(f"training failed for {failed}", file=sys.stderr)
+        if args.train_only:
+            return 0
+        results = certify_all(specs, out, settings, args.device)
+        doc = Path(args.doc) if args.doc else None
+        stem = Path(args.figure) if args.figure else ((doc.parent.parent / "images" / "certificates") if doc
+                                                      else out / "certificates")
+        command = "python -m analysis.certificates " + " ".join(argv if argv is not None else sys.argv[1:])
+        text, summary = report(preset, settings, specs, results, command, stem, doc)
+        pts = [{"method": m, "certified": c["bound"], "measured": c["test_error"]}
+               for m, c in summary["certificates"].items()]
+        chance = next(iter(summary["certificates"].values()))["chance_error"] if pts else None
+        if pts:
+            save(certified_vs_measured(pts, chance), stem)
+        write_json(out / "certificates.json", summary)
+        write_text(out / "certificates.md", text)
+        if doc is not None:
+            write_text(doc, text)
+        print(text)
+        return 0
+    except GenboundError as exc:
+        print(f"analysis.certificates: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

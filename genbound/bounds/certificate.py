@@ -1,0 +1,324 @@
+"""The compression certificate of a subspace-trained checkpoint (Lotfi et al. 2022; SubLoRA, Lotfi et al. 2024;
+docs/concepts.md, section "Certificates").
+
+1. The run trained w in theta = theta_0 + P w (genbound.subspace; ``genbound train --subspace-dim d``).
+2. w is quantized to at most L levels: 1-D k-means (genbound.bounds.occam.quantize), then quantization-aware
+   fine-tuning on the training set: the forward pass uses q(w) = c[argmin_l |w - c_l|], the backward pass
+   sends the gradient straight through to w (so assignments can change) and, through the indexing, to the
+   centroids c (each gets the sum of its members' gradients); Adam on (w, c). A chain's earlier links are
+   quantized by k-means alone (they are baked into the base weights before the last link starts); the last
+   link is fine-tuned on top of their decoded values.
+3. The quantized links are written as a prefix-free message (genbound.bounds.codec) whose length K (bits)
+   counts the grid index, codebooks, counts and the arithmetic-coded symbols. The message is decoded again
+   and the model rebuilt from what was decoded.
+4. R_hat is the 0-1 error of that decoded model on the full training split (N examples), and with
+   probability >= 1 - delta over the draw of the training set
+
+       kl(R_hat || R) <= (K ln 2 + ln(2 sqrt(N) / delta)) / N,
+
+   R <= kl^{-1}(R_hat, budget) (genbound.bounds.occam.occam_bound). The test error of the decoded model is
+   measured on the test split for comparison; it plays no part in the bound.
+
+Assumptions (reported in the output): the training examples are i.i.d. from the test distribution; every
+choice made after seeing the data is in the declared grid (``DECLARED_GRID``, fixed in this file before
+any run: method, chain length, d, L, learning rate), and everything else (backbone, rank, steps, batch size,
+max length, seeds, QAT steps and learning rate) was fixed in advance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..errors import GenboundError
+from ..evalset import EvalSet
+from ..methods import METHODS
+from .codec import HyperGrid, QuantizedVector, decode, encode
+from .common import check_probability, kl_inverse_upper
+from .occam import occam_bound, occam_kl_budget, quantize
+
+# Declared before any certified run; changing it changes what every certificate pays (grid.bits).
+DECLARED_GRID = HyperGrid.of({
+    "method": list(METHODS),
+    "chain": [1, 3],
+    "subspace_dim": [50, 100, 250, 500, 1000, 2000, 5000, 10000, 20000],
+    "levels": [2, 3, 4, 5, 7, 9, 11, 16],
+    "lr": [0.01, 0.03, 0.1, 0.3, 1.0],
+    "rate": [0.0, 0.5, 1.0],
+})
+DEFAULT_LEVELS = 5
+DEFAULT_QAT_STEPS = 30
+DEFAULT_QAT_LR = 0.01
+DEFAULT_RATE = 0.0  # entropy-constrained assignment: penalty = rate * mean(w^2) per bit
+
+
+@dataclass
+class Certificate:
+    method: str
+    d: int
+    dims: list[int]
+    levels: int
+    bound: float  # certified test error (0-1) of the decoded model
+    bits: int  # K: the length of the prefix-free message
+    bits_breakdown: dict[str, float]
+    train_error: float  # decoded model, full training split
+    test_error: float | None  # decoded model, test split (measured)
+    train_error_trained: float  # the checkpoint's unquantized model
+    test_error_trained: float | None
+    n: int
+    delta: float
+    kl_budget: float
+    chance_error: float
+    vacuous: bool
+    verdict: str
+    grid: dict[str, list] = field(default_factory=dict)
+    grid_choices: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    qat: dict[str, Any] = field(default_factory=dict)
+    message_hex: str = ""
+    assumed: dict[str, str] = field(default_factory=dict)
+    pac_bayes: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_w(ckpt) -> list[Tensor]:
+    """w of every link, from the checkpoint's subspace file (refused when the run was not in a subspace)."""
+    from ..checkpoint import read_safetensors
+    from ..subspace import SUBSPACE_FILE, link_dims
+
+    d = ckpt.meta.hyperparameters.get("subspace_dim")
+    if not d:
+        raise GenboundError(f"{ckpt.path} was not trained in a subspace; retrain it with `genbound train "
+                            "--subspace-dim d` to certify it")
+    dims = link_dims(int(d), ckpt.meta.chain if ckpt.method.chained else 1)
+    expected = {f"w.link{j}": ((n,), torch.float32) for j, n in enumerate(dims)}
+    tensors = read_safetensors(ckpt.path / SUBSPACE_FILE, expected)
+    return [tensors[f"w.link{j}"] for j in range(len(dims))]
+
+
+class Replay:
+    """The model of a subspace checkpoint rebuilt link by link from the seed and given w's (what a decoder
+    does): pretrained backbone, seeded head and adapters, link j's subspace with w_j, merged, next link."""
+
+    def __init__(self, ckpt, device: torch.device | str = "cpu"):
+        from ..adapters import attach_adapters
+        from ..subspace import attach_subspace, link_dims
+
+        self.ckpt = ckpt
+        m = ckpt.meta
+        _, model = ckpt._pristine("cpu")
+        self.adapters = attach_adapters(model, ckpt.method, [li.name for li in m.layers], m.rank, m.alpha, m.seed,
+                                        m.paca_columns)
+        self.dims = link_dims(int(m.hyperparameters["subspace_dim"]), m.chain if ckpt.method.chained else 1)
+        self.space = attach_subspace(model, self.dims[0], m.seed, 0)
+        self.model = model.to(device)
+        self.device = torch.device(device)
+        self.link = 0
+
+    def set_w(self, w: Tensor) -> None:
+        from ..subspace import set_w
+
+        set_w(self.space, w.to(self.device))
+
+    def next_link(self) -> None:
+        from ..subspace import attach_subspace, detach_subspace
+
+        detach_subspace(self.model)
+        for ad in self.adapters.values():
+            ad.next_link()
+        self.link += 1
+        self.space = attach_subspace(self.model, self.dims[self.link], self.ckpt.meta.seed, self.link)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The checkpoint-format trained tensors of the current state (for checks against the checkpoint)."""
+        from ..train import trained_tensors
+
+        with torch.no_grad():
+            if not self.ckpt.method.adapter:
+                return {f"model.{k}": v.detach().clone() for k, v in _plain_params(self.model).items()}
+            return trained_tensors(self.model, self.adapters, False)
+
+
+def _plain_params(model: nn.Module) -> dict[str, Tensor]:
+    """name -> value of every parameter, parametrized ones by their computed value under their plain name."""
+    out = {}
+    for name, _ in model.named_parameters():
+        if ".parametrizations." in name:
+            if not name.endswith(".original"):
+                continue
+            owner_name, _, rest = name.partition(".parametrizations.")
+            attr = rest.rsplit(".", 1)[0]
+            owner = model.get_submodule(owner_name)
+            out[f"{owner_name}.{attr}"] = getattr(owner, attr)
+        elif name.startswith("subspace."):
+            continue
+        else:
+            out[name] = model.get_parameter(name)
+    return out
+
+
+def assign(w: Tensor, c: Tensor, penalty: float) -> Tensor:
+    """Entropy-constrained assignment (Chou, Lookabaugh & Gray 1989): symbol of each w_i is
+    argmin_l (w_i - c_l)^2 + penalty * (-log2 p_l), p_l the current share of level l; penalty 0 is the nearest
+    centroid. The rate term pulls values into the frequent levels, so the code gets shorter."""
+    cost = (w[:, None] - c[None, :]).pow(2)
+    if penalty > 0:
+        sym = torch.argmin(cost, dim=1)
+        for _ in range(3):  # the shares depend on the assignment: a few fixed-point rounds
+            p = torch.bincount(sym, minlength=c.numel()).to(w.dtype).clamp_min(0.5) / w.numel()
+            sym = torch.argmin(cost - penalty * torch.log2(p)[None, :], dim=1)
+        return sym
+    return torch.argmin(cost, dim=1)
+
+
+def entropy_constrained_kmeans(w: Tensor, levels: int, rate: float, iters: int = 30) -> tuple[Tensor, Tensor]:
+    """k-means (genbound.bounds.occam.quantize), then Lloyd rounds with the entropy-constrained assignment,
+    penalty = rate * mean(w^2); returns (centers, symbols)."""
+    centers, sym = quantize(w.to(torch.float64), int(levels), "kmeans")
+    if rate <= 0:
+        return centers, sym
+    x = w.to(torch.float64)
+    penalty = rate * float(x.pow(2).mean())
+    for _ in range(iters):
+        sym = assign(x, centers, penalty)
+        cnt = torch.bincount(sym, minlength=centers.numel()).to(x.dtype)
+        sums = torch.zeros_like(centers).index_add_(0, sym, x)
+        centers = torch.where(cnt > 0, sums / cnt.clamp_min(1), centers)
+    return centers, assign(x, centers, penalty)
+
+
+def quantization_aware(model: nn.Module, space, centers: Tensor, train: EvalSet, steps: int, lr: float,
+                       batch_size: int, seed: int, device: torch.device, progress: bool | None = None,
+                       penalty: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Fine-tune w and the centroids c through q(w) = c[assign(w, c)] (straight-through to w, so
+    assignments can change; the indexing sends each centroid its members' gradients); returns (centers,
+    symbols) of the final assignment."""
+    from tqdm.auto import tqdm
+
+    c = nn.Parameter(centers.to(device, torch.float32).clone())
+    opt = torch.optim.Adam([space.w, c], lr=lr)
+    g = torch.Generator().manual_seed(int(seed))
+    torch.manual_seed(int(seed))  # dropout
+    was = model.training
+    model.train()
+    n = len(train)
+    try:
+        for _ in tqdm(range(steps), desc="quantization-aware training", leave=False,
+                      disable=None if progress is None else not progress):
+            idx = torch.randperm(n, generator=g)[:batch_size]
+            feats = {k: v[idx].to(device) for k, v in train.features.items()}
+            labels = train.labels[idx].to(device)
+            sym = assign(space.w.detach(), c.detach(), penalty)
+            space.override = c[sym] + (space.w - space.w.detach())
+            loss = F.cross_entropy(model(**feats), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        space.override = None
+        model.train(was)
+    with torch.no_grad():
+        sym = assign(space.w.detach(), c.detach(), penalty)
+    return c.detach(), sym
+
+
+def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: int = DEFAULT_QAT_STEPS,
+            qat_lr: float = DEFAULT_QAT_LR, rate: float = DEFAULT_RATE, batch_size: int | None = None, seed: int = 0,
+            device: torch.device | str = "cpu", splits=None, grid: HyperGrid = DECLARED_GRID,
+            progress: bool | None = None, measure_test: bool = True, pac_bayes: bool = False,
+            pac_bayes_options: dict[str, Any] | None = None) -> Certificate:
+    """The certificate of the module docstring for a loaded subspace checkpoint ``ckpt``."""
+    from ..evaluate import evaluate
+
+    if int(levels) < 2:
+        raise GenboundError(f"a codebook needs at least 2 levels, got {levels}; pass --levels 2 or more")
+    delta = check_probability(delta, "delta", "--delta")
+    if qat_steps < 0:
+        raise GenboundError(f"--qat-steps must be 0 or more, got {qat_steps}")
+    ws = load_w(ckpt)
+    m = ckpt.meta
+    config = {"method": m.method, "chain": m.chain, "subspace_dim": int(m.hyperparameters["subspace_dim"]),
+              "levels": int(levels), "lr": float(m.hyperparameters.get("lr", 0.0)), "rate": float(rate)}
+    grid.index(config)  # refuse an undeclared configuration before any work
+    device = torch.device(device)
+    splits = splits if splits is not None else ckpt.load_splits()
+    train_set = splits.train
+    bs = int(batch_size or m.hyperparameters.get("batch_size", 32))
+    ebs = int(m.hyperparameters.get("eval_batch_size", 64))
+    pb = None
+    if pac_bayes:
+        if len(ws) > 1:
+            raise GenboundError("the PAC-Bayes certificate handles single-link runs only; drop --pac-bayes for a "
+                                "chain")
+        from .subspace_pacbayes import subspace_pac_bayes
+
+        start = Replay(ckpt, device)
+        start.set_w(ws[0])
+        pb = subspace_pac_bayes(start.model, start.space, train_set, delta=delta, batch_size=bs, seed=seed,
+                                device=device, progress=progress, **(pac_bayes_options or {}))
+    replay = Replay(ckpt, device)
+    replay.set_w(ws[0])
+    links: list[QuantizedVector] = []
+    for j, w in enumerate(ws):
+        if j:
+            replay.next_link()
+            replay.set_w(w)
+        centers, sym = entropy_constrained_kmeans(w, int(levels), rate)
+        if j == len(ws) - 1 and qat_steps > 0:
+            penalty = rate * float(w.double().pow(2).mean())
+            centers, sym = quantization_aware(replay.model, replay.space, centers.float(), train_set, qat_steps,
+                                              qat_lr, bs, seed, device, progress, penalty)
+        q = QuantizedVector.from_tensors(centers, sym)
+        links.append(q)
+        replay.set_w(q.values())
+    message = encode(links, grid, config)
+    # The model is rebuilt from the decoded message, never from the encoder's copy.
+    cfg, decoded = decode(message, grid)
+    if cfg != grid.config(grid.index(config)) or any(
+            not torch.equal(a.values(), b.values()) for a, b in zip(decoded, links)):
+        raise GenboundError("internal error: the decoded message differs from what was encoded")
+    model = Replay(ckpt, device)
+    model.set_w(decoded[0].values())
+    for q in decoded[1:]:
+        model.next_link()
+        model.set_w(q.values())
+    train_eval = evaluate(model.model, train_set, ebs, device, "the training split")
+    test_error = evaluate(model.model, splits.test, ebs, device, "the test split").error if measure_test else None
+    n = len(train_set)
+    K = message.nbits
+    bound = occam_bound(train_eval.error, K, n, delta)
+    chance = 1.0 - 1.0 / m.num_labels
+    vacuous = bound >= chance
+    verdict = (f"vacuous: {bound:.4g} >= {chance:.4g}, the error of a uniform random guess" if vacuous
+               else f"non-vacuous: {bound:.4g} < {chance:.4g} (chance)")
+    res = m.results
+    return Certificate(
+        method=m.method, d=config["subspace_dim"], dims=list(replay.dims), levels=int(levels), bound=bound, bits=K,
+        bits_breakdown=message.bits.to_dict(), train_error=train_eval.error, test_error=test_error,
+        train_error_trained=1.0 - float(res.get("train_accuracy", math.nan)),
+        test_error_trained=(1.0 - float(res["test_accuracy"])) if "test_accuracy" in res else None,
+        n=n, delta=delta, kl_budget=occam_kl_budget(K, n, delta), chance_error=chance, vacuous=vacuous,
+        verdict=verdict, grid=grid.to_dict(), grid_choices=grid.size, config=config,
+        qat={"steps": int(qat_steps), "lr": float(qat_lr), "rate": float(rate), "batch_size": bs, "seed": int(seed)},
+        message_hex=message.data.hex(),
+        assumed={"i.i.d.": "training examples drawn i.i.d. from the test distribution",
+                 "grid": "method, chain, d, levels and lr chosen from the declared grid (paid in bits); every "
+                         "other option fixed before training",
+                 "theta_0": "data-independent: pretrained weights, adapters and head drawn from the recorded seed"},
+        pac_bayes=pb,
+    )
+
+
+def recompute_bound(cert: dict[str, Any]) -> float:
+    """The bound from a certificate's reported parts alone: kl^{-1}(train_error, (bits ln 2 +
+    ln(2 sqrt(n) / delta)) / n), written out here rather than through occam_bound (a check on it)."""
+    n, k, delta = cert["n"], cert["bits"], cert["delta"]
+    budget = (k * math.log(2.0) + math.log(2.0 * math.sqrt(n) / delta)) / n
+    return kl_inverse_upper(cert["train_error"], budget)

@@ -1,0 +1,67 @@
+"""``genbound certify``: a compression certificate on the test error of a subspace-trained checkpoint.
+
+    genbound train --method lora --subspace-dim 500 --lr 0.1 --out runs/lora-sub
+    genbound certify runs/lora-sub --levels 5 --json
+
+The subspace vector w is quantized (k-means, then quantization-aware fine-tuning on the training set),
+arithmetic-coded into a prefix-free message of K bits, decoded, and the decoded model's training error R_hat
+enters the Occam bound kl(R_hat || R) <= (K ln 2 + ln(2 sqrt(N) / delta)) / N. See docs/concepts.md,
+section "Certificates".
+"""
+
+from __future__ import annotations
+
+from .common import add_device, add_json, format_table, print_json, resolve_device
+
+HELP = "certify the test error of a subspace-trained checkpoint (quantize, arithmetic-code, Occam bound)"
+DESCRIPTION = __doc__
+
+
+def add_arguments(p) -> None:
+    from ..bounds.certificate import DEFAULT_LEVELS, DEFAULT_QAT_LR, DEFAULT_QAT_STEPS
+
+    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint trained with `genbound train --subspace-dim d`")
+    p.add_argument("--levels", type=int, default=DEFAULT_LEVELS,
+                   help=f"quantization levels L, at least 2, from the declared grid (default {DEFAULT_LEVELS})")
+    p.add_argument("--delta", type=float, default=0.05, help="the certificate holds with probability 1 - delta")
+    p.add_argument("--qat-steps", type=int, default=DEFAULT_QAT_STEPS,
+                   help=f"quantization-aware fine-tuning steps (default {DEFAULT_QAT_STEPS}; 0: k-means only)")
+    p.add_argument("--qat-lr", type=float, default=DEFAULT_QAT_LR, help=f"its Adam learning rate "
+                   f"(default {DEFAULT_QAT_LR})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning batches and dropout (recorded)")
+    p.add_argument("--pac-bayes", action="store_true",
+                   help="also the PAC-Bayes bound with a learned Gaussian posterior over w (slower)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_device(p)
+    add_json(p)
+
+
+def run(args) -> int:
+    from ..bounds.certificate import certify
+    from ..checkpoint import load_checkpoint
+
+    progress = False if args.no_progress else None
+    ckpt = load_checkpoint(args.checkpoint)
+    cert = certify(ckpt, levels=args.levels, delta=args.delta, qat_steps=args.qat_steps, qat_lr=args.qat_lr,
+                   seed=args.seed, device=resolve_device(args.device), progress=progress,
+                   pac_bayes=args.pac_bayes)
+    if args.json:
+        print_json(cert.to_dict())
+        return 0
+    b = cert.bits_breakdown
+    rows = [["method", cert.method], ["subspace dimension d", cert.d], ["levels L", cert.levels],
+            ["bits K (prefix-free message)", cert.bits],
+            ["  symbols (range-coded)", b["symbols"]], ["  codebook (float16)", b["codebook"]],
+            ["  counts", b["counts"]], ["  hyperparameter grid index", b["hyperparameters"]],
+            ["  levels used + stream length", b["levels"] + b["stream_length"]],
+            ["training examples N", cert.n], ["delta", cert.delta],
+            ["train error (decoded model)", cert.train_error], ["certified test error", cert.bound],
+            ["measured test error (decoded model)", cert.test_error],
+            ["train / test error before quantization", f"{cert.train_error_trained:.4g} / "
+             f"{cert.test_error_trained:.4g}" if cert.test_error_trained is not None else "-"]]
+    if cert.pac_bayes:
+        pb = cert.pac_bayes
+        rows.append(["PAC-Bayes bound (stochastic posterior over w)", pb["bound"]])
+    print(format_table(rows, ["quantity", "value"]))
+    print(f"\n{cert.verdict}")
+    return 0
