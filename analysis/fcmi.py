@@ -113,7 +113,7 @@ def collect(preset: Preset, plan: dict[str, int], methods: list[str], out: Path,
                     done[(m, s, u)] = data["run"]
                     bar.update(1)
                     continue
-            with locks.held(out / "runs" / f".{name}.lock") as mine:
+            with locks.held(out / "runs" / f".{name}.fcmi.lock") as mine:  # not train()'s own run lock
                 if not mine:
                     waiting.append((m, s, u))
                     continue
@@ -153,6 +153,21 @@ def report(preset: Preset, plan: dict[str, int], results: dict[str, Any], comman
     return "\n".join(lines)
 
 
+DOC_TITLE = "# f-CMI estimates of the expected generalization gap"
+
+
+def merge_section(doc: Path, section: str) -> str:
+    """The page ``doc`` with ``section`` (one preset's, starting with its "## " heading) put in place of the
+    section of that heading, or appended: each preset's command rewrites its own section only."""
+    heading = section.splitlines()[0]
+    text = doc.read_text() if doc.is_file() else DOC_TITLE + "\n\n"
+    parts = text.split("\n## ")
+    head, sections = parts[0], ["## " + p for p in parts[1:]]
+    sections = [s.rstrip("\n") + "\n" for s in sections if s.splitlines()[0] != heading]
+    sections.append(section.rstrip("\n") + "\n")
+    return head.rstrip("\n") + "\n\n" + "\n".join(sections)
+
+
 def main(argv: list[str] | None = None) -> int:
     from genbound.atomic import write_json, write_text
     from genbound.methods import METHODS
@@ -189,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out / "fcmi.json", {"preset": preset.to_dict(), "plan": plan,
                                        "results": {m: vars(e) for m, e in results.items()}})
         if args.doc:
-            write_text(Path(args.doc), text)
+            write_text(Path(args.doc), merge_section(Path(args.doc), text))
         print(text)
         return 0
     except GenboundError as exc:

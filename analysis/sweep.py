@@ -6,7 +6,7 @@
 Layout of ``--out``::
 
     runs/<method>-s<seed>/      one genbound checkpoint per run (written atomically by genbound.train)
-    runs/.<name>.lock           held while a process works on that run (see analysis.locks)
+    runs/.<name>.sweep.lock     held while a process works on that run (see analysis.locks)
     runs/.<name>.state          a killed run's training state (genbound.train resumes it)
     derived/<name>.json         the bounds computed for a checkpoint (reused while the checkpoint is unchanged)
     tables.md, results.tex, bounds.tex, kendall.tex, summary.md, summary.json, figures/*.pdf|png
@@ -52,7 +52,9 @@ class RunSpec:
 
     @property
     def lock(self) -> Path:
-        return self.path.parent / f".{self.name}.lock"
+        # Not ".<name>.lock": genbound.train holds that one itself (output.run_lock) and writes a bare pid in
+        # it, which this lock would read as a stale owner record and take over.
+        return self.path.parent / f".{self.name}.sweep.lock"
 
 
 @dataclass

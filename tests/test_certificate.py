@@ -149,6 +149,15 @@ def test_certificate_parts_recompute_and_decode(ckpt_dir):
     assert d["bits"] == d["bits_breakdown"]["total"]
     assert d["bits_breakdown"]["hyperparameters"] == DECLARED_GRID.bits
     assert math.isclose(recompute_bound(d), d["bound"], rel_tol=0, abs_tol=1e-9)
+    # and by hand: the bound is where kl(train_error || q) reaches (K ln 2 + ln(2 sqrt(N) / delta)) / N
+    budget = (d["bits"] * math.log(2) + math.log(2 * math.sqrt(d["n"]) / d["delta"])) / d["n"]
+
+    def kl(p, q):
+        return (p * math.log(p / q) if p else 0.0) + (1 - p) * math.log((1 - p) / (1 - q))
+
+    assert math.isclose(kl(d["train_error"], d["bound"]), budget, rel_tol=1e-7)
+    assert kl(d["train_error"], d["bound"] - 1e-6) < budget
+    assert d["n"] == len(ck.load_splits().train) and d["delta"] == 0.05
     assert d["bound"] > d["train_error"]
     assert d["vacuous"] == (d["bound"] >= 1 - 1 / ck.meta.num_labels)
     # the reported message decodes to a model with exactly the reported training error
