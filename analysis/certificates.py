@@ -170,11 +170,11 @@ def report(preset: Preset, settings: dict[str, Any], specs, results: dict[str, A
 
         b = best[1]
         at5 = occam_bound(0.05, b["bits"], b["n"], b["delta"])
-        at0 = occam_bound(min(b["train_error"], b["test_error_trained"] or 1.0), b["bits"], b["n"], b["delta"])
+        at0 = occam_bound(b["train_error_trained"], b["bits"], b["n"], b["delta"])
         lines += ["", f"What limits it: the {b['bits']} bits cost (K ln 2) / N = "
                   f"{b['bits'] * 0.6931471805599453 / b['n']:.3f} nats per example; the rest is the decoded training "
                   f"error. With the same K, a decoded training error of 0.05 would certify {at5:.3f}, and the "
-                  f"unquantized model's error ({min(b['train_error'], b['test_error_trained'] or 1.0):.3f}) "
+                  f"unquantized model's training error ({b['train_error_trained']:.3f}) "
                   f"{at0:.3f}: the short CPU budget (few steps, short inputs) and the quantization to "
                   f"{settings['levels']} levels leave the training error high."]
     nonvac = [m for m in TARGET_METHODS if m in certs and not certs[m]["vacuous"]]
