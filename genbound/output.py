@@ -7,7 +7,7 @@ new file at all (read-only filesystem, permissions: probed by creating and remov
 free space against an estimate of what the run writes, and what ``--overwrite`` may replace: an empty
 directory or a genbound checkpoint, never a directory holding anything else (a user's files).
 
-The lock is an ``flock`` on ``<parent>/.<name>.lock``, held from before the first check to after the
+The lock is an ``flock`` on ``<parent>/.<name>.train.lock``, held from before the first check to after the
 checkpoint is written, so two runs on one ``--out`` (one of them ``--resume``) never train against the same
 saved state. The lock file is removed when the run ends; a killed run's file holds no lock and is reused.
 """
@@ -132,12 +132,13 @@ def check_free_space(out: Path, need_bytes: int) -> None:
 
 
 def lock_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.lock"
+    # Not ".<name>.lock": analysis.sweep holds that file (an O_EXCL owner record) around its own train() calls.
+    return out.parent / f".{out.name}.train.lock"
 
 
 @contextlib.contextmanager
 def run_lock(out: Path) -> Iterator[None]:
-    """Hold ``<parent>/.<name>.lock`` exclusively for the whole run; another run of the same ``out`` is
+    """Hold ``<parent>/.<name>.train.lock`` exclusively for the whole run; another run of the same ``out`` is
     refused at once (it would train against the same saved state)."""
     import fcntl
 
