@@ -25,6 +25,7 @@ uninterrupted one).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -38,11 +39,13 @@ from torch import Tensor, nn
 from . import __version__
 from .atomic import atomic_directory
 from .backbones import Backbone, get_backbone
+from .claims import check_meta_claims, layout_for, max_tensor_bytes
 from .device import where
 from .errors import CheckpointError, GenboundError
 from .factors import LayerContext
 from .methods import Method, get_method
 from .update import LayerUpdate
+from .validation import parse_json, read_json, validate_checkpoint_meta
 
 META_FILE = "genbound.json"
 TENSOR_FILE = "tensors.safetensors"
@@ -113,38 +116,7 @@ class CheckpointMeta:
         return asdict(self)
 
 
-# -- validation of untrusted metadata ----------------------------------------------------------------
-
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "method": (str,), "rank": (int,), "alpha": (int, float), "scale": (int, float), "chain": (int,),
-    "layers": (list,), "backbone": (str,), "fingerprint": (str,), "dataset": (str,), "split_seed": (int,),
-    "max_length": (int, type(None)), "num_labels": (int,), "head_in_features": (int,), "classes": (list,),
-    "n_train": (int,),
-    "sizes": (dict,), "dtype": (str,), "seed": (int,), "paca_columns": (str,), "split_digest": (str,),
-    "hyperparameters": (dict,),
-    "params": (dict,), "metrics": (dict,), "results": (dict,), "history": (list,),
-    "trajectory_steps": (list,), "genbound_version": (str,), "format": (str,), "format_version": (int,),
-}
-_REQUIRED = [k for k in _FIELD_TYPES if k not in ("hyperparameters", "params", "metrics", "results", "history",
-                                                  "trajectory_steps", "paca_columns", "genbound_version",
-                                                  "split_digest")]
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-finite number {name}")
-
-
-def parse_json(data: bytes | str, where: Path, what: str) -> Any:
-    """Strict JSON for untrusted files: NaN / Infinity refused; deep nesting, huge integers and bad UTF-8
-    become a CheckpointError."""
-    try:
-        if isinstance(data, bytes):
-            data = data.decode("utf-8")
-        return json.loads(data, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise CheckpointError(
-            f"{where}: {what} is not valid JSON ({exc.__class__.__name__}); the file is corrupt"
-        ) from None
+# -- validation of untrusted metadata (types and ranges: genbound.validation) -------------------------
 
 
 def _is_int(v: Any) -> bool:
@@ -156,49 +128,16 @@ def _is_num(v: Any) -> bool:
 
 
 def _meta_from_json(raw: Any, where: Path) -> CheckpointMeta:
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{where}: metadata is not a JSON object")
-    if raw.get("format") != FORMAT:
-        raise CheckpointError(f"{where}: not a genbound checkpoint (format field is {raw.get('format')!r})")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{where}: checkpoint format version {raw.get('format_version')!r} is not supported "
-            f"(this genbound reads version {FORMAT_VERSION})"
-        )
-    missing = [k for k in _REQUIRED if k not in raw]
-    if missing:
-        raise CheckpointError(f"{where}: metadata lacks {', '.join(missing)}; the checkpoint is incomplete")
-    for key, types in _FIELD_TYPES.items():
-        if key in raw and (not isinstance(raw[key], types) or isinstance(raw[key], bool)):
-            raise CheckpointError(f"{where}: metadata field '{key}' has the wrong type ({type(raw[key]).__name__})")
-    layers = []
-    for i, li in enumerate(raw["layers"]):
-        ok = isinstance(li, dict) and isinstance(li.get("name"), str) and all(
-            isinstance(li.get(k), int) and not isinstance(li.get(k), bool) and 0 < li[k] <= 1 << 20
-            for k in ("out_features", "in_features")
-        )
-        if not ok:
-            raise CheckpointError(f"{where}: layer entry {i} is malformed")
-        layers.append(LayerInfo(li["name"], li["out_features"], li["in_features"]))
-    if len({li.name for li in layers}) != len(layers):
-        raise CheckpointError(f"{where}: a layer is listed twice")
-    kwargs = {k: raw[k] for k in _FIELD_TYPES if k in raw and k != "layers"}
-    meta = CheckpointMeta(layers=layers, **kwargs)
-    for key in ("rank", "chain", "n_train", "num_labels", "head_in_features"):
-        if not 0 < getattr(meta, key) <= 1 << 40:
-            raise CheckpointError(f"{where}: metadata field '{key}' = {getattr(meta, key)} is out of range")
-    if not math.isfinite(meta.scale) or not math.isfinite(meta.alpha):
-        raise CheckpointError(f"{where}: alpha or scale is not finite")
-    if meta.dtype not in ("float32", "float64", "float16", "bfloat16"):
-        raise CheckpointError(f"{where}: stored dtype '{meta.dtype}' is not supported")
+    validate_checkpoint_meta(raw, where)  # types and ranges; the values below are the file's own
+    layers = [LayerInfo(li["name"], li["out_features"], li["in_features"]) for li in raw["layers"]]
+    fields = {f.name for f in dataclasses.fields(CheckpointMeta)} - {"layers"}
+    meta = CheckpointMeta(layers=layers, **{k: raw[k] for k in fields if k in raw})
     try:
         method = get_method(meta.method)
     except GenboundError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
     if meta.chain > 1 and not method.chained:
         raise CheckpointError(f"{where}: method {meta.method} cannot have chain {meta.chain}")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in meta.trajectory_steps):
-        raise CheckpointError(f"{where}: trajectory steps must be non-negative integers")
     _check_meta_values(meta, method, where)
     return meta
 
@@ -209,25 +148,10 @@ def _check_meta_values(meta: CheckpointMeta, method: Method, where: Path) -> Non
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{where}: {what}; the checkpoint is corrupt or was edited")
 
-    for key in ("seed", "split_seed"):
-        if not 0 <= getattr(meta, key) <= MAX_SEED:
-            raise bad(f"metadata field '{key}' = {getattr(meta, key)} is out of range")
-    if meta.max_length is not None and not 2 <= meta.max_length <= 1 << 20:
-        raise bad(f"max_length {meta.max_length} is out of range")
-    if not all(isinstance(c, str) for c in meta.classes) or len(meta.classes) != meta.num_labels:
+    if len(meta.classes) != meta.num_labels:
         raise bad(f"the class list has {len(meta.classes)} entries but the head has {meta.num_labels} outputs")
-    if not all(isinstance(k, str) and _is_int(v) and v >= 0 for k, v in meta.sizes.items()):
-        raise bad("split sizes must be non-negative integers")
     if meta.sizes.get("train", meta.n_train) != meta.n_train:
         raise bad(f"n_train {meta.n_train} differs from the training split size {meta.sizes.get('train')}")
-    if meta.paca_columns not in ("random", "first"):
-        raise bad(f"paca_columns '{meta.paca_columns}' is not 'random' or 'first'")
-    if not all(_is_num(v) or v is None for v in meta.results.values()):
-        raise bad("a result is not a finite number")
-    if not all(_is_int(v) and v >= 0 for v in meta.params.values()):
-        raise bad("a parameter count is not a non-negative integer")
-    if not all(isinstance(h, dict) for h in meta.history):
-        raise bad("history entries must be objects")
     if method.adapter:
         expected_scale = method.scale(meta.alpha, meta.rank)
         if not math.isclose(meta.scale, expected_scale, rel_tol=1e-12, abs_tol=0.0):
@@ -253,10 +177,12 @@ def check_values(tensors: dict[str, Tensor], where: Path | str, max_abs: float |
 
 
 def read_safetensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
-                     allow_extra_prefix: str | None = None, max_abs: float | None = MAX_ABS_VALUE) -> dict[str, Tensor]:
+                     allow_extra_prefix: str | None = None, max_abs: float | None = MAX_ABS_VALUE,
+                     max_bytes: int | None = None) -> dict[str, Tensor]:
     """Read a safetensors file defensively: header size bounded and consistent with the file, every
-    tensor's byte range inside the file, keys / shapes / dtypes equal to ``expected``, values finite and
-    (unless ``max_abs`` is None) at most ``max_abs`` in magnitude."""
+    tensor's byte range inside the file, the claimed total at most ``max_bytes`` (a sparse file can claim
+    gigabytes in kilobytes), keys / shapes / dtypes equal to ``expected``, values finite and (unless
+    ``max_abs`` is None) at most ``max_abs`` in magnitude."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     size = path.stat().st_size
@@ -285,6 +211,10 @@ def read_safetensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torc
         nbytes = math.prod(shape) * DTYPES[info["dtype"]].itemsize
         if offs[1] - offs[0] != nbytes:
             raise CheckpointError(f"{path}: tensor '{key}' byte range does not match its shape and dtype")
+    claimed = sum(info["data_offsets"][1] - info["data_offsets"][0] for info in header.values())
+    if max_bytes is not None and claimed > max_bytes:
+        raise CheckpointError(f"{path}: the tensors claim {claimed / 2**20:.0f} MiB, more than a file for this "
+                              f"backbone can hold ({max_bytes / 2**20:.0f} MiB); the file is corrupt or hostile")
     if expected is not None:
         keys = set(header)
         missing = sorted(set(expected) - keys)
@@ -540,7 +470,9 @@ class Checkpoint:
             raise CheckpointError(
                 f"{self.path} was saved without a trajectory; retrain with --save-trajectory to use PCA directions"
             )
-        tensors = read_safetensors(self.path / TRAJECTORY_FILE)
+        limit = max_tensor_bytes(layout_for(self.meta.backbone))
+        tensors = read_safetensors(self.path / TRAJECTORY_FILE,
+                                   max_bytes=None if limit is None else limit * (len(self.meta.trajectory_steps) + 1))
         self._check_trajectory(tensors)
         out = []
         for step in self.meta.trajectory_steps:
@@ -568,11 +500,7 @@ def load_meta(path: str | Path) -> CheckpointMeta:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{path} is not a genbound checkpoint: it has no {META_FILE}")
-    with open(meta_path, "rb") as fh:
-        data = fh.read(MAX_META_BYTES + 1)  # bounded even if the file grows or lies about its size
-    if len(data) > MAX_META_BYTES:
-        raise CheckpointError(f"{meta_path} is implausibly large; the checkpoint is corrupt")
-    return _meta_from_json(parse_json(data, path, META_FILE), path)
+    return _meta_from_json(read_json(meta_path, META_FILE, MAX_META_BYTES), path)
 
 
 def load_checkpoint(path: str | Path | Checkpoint) -> Checkpoint:
@@ -582,14 +510,16 @@ def load_checkpoint(path: str | Path | Checkpoint) -> Checkpoint:
         return path
     path = Path(path)
     meta = load_meta(path)
+    limit = max_tensor_bytes(check_meta_claims(meta, path))  # shapes against the backbone, before reading
     if get_method(meta.method).adapter:
-        tensors = read_safetensors(path / TENSOR_FILE, expected_tensors(meta))
+        tensors = read_safetensors(path / TENSOR_FILE, expected_tensors(meta), max_bytes=limit)
         ckpt = Checkpoint(path, meta, tensors)
         for li in meta.layers:
             ckpt.method.factor.check_tensors(ckpt.layer_context(li), ckpt.layer_tensors(li.name), path)
         return ckpt
     else:
-        tensors = read_safetensors(path / TENSOR_FILE, expected_tensors(meta), allow_extra_prefix="model.")
+        tensors = read_safetensors(path / TENSOR_FILE, expected_tensors(meta), allow_extra_prefix="model.",
+                                   max_bytes=limit)
         dtype = getattr(torch, meta.dtype)
         wrong = [k for k, t in tensors.items() if t.dtype != dtype]
         if wrong:

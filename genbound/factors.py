@@ -433,6 +433,11 @@ class Selector(_Chained):
         cols = tensors["columns"]
         if cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= ctx.m):
             raise CheckpointError(f"{where}: layer {ctx.name} selects a column outside 0..{ctx.m - 1}")
+        # Every link draws rank distinct columns (column_indices): a repeat is an edit that spectra would
+        # otherwise accept and bounds refuse.
+        if any(int(torch.unique(b).numel()) != int(b.numel()) for b in cols.split(ctx.rank)):
+            raise CheckpointError(f"{where}: layer {ctx.name} selects a column twice within one link; the checkpoint "
+                                  "was altered")
 
     @torch.no_grad()
     def load_link(self, ad, tensors, link, where):

@@ -42,7 +42,6 @@ tensor that is neither a LoRA factor, a DoRA magnitude, a trained bias nor a mod
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from torch import Tensor
 from .errors import CheckpointError, GenboundError
 from .factors import dora_weight
 from .update import LayerUpdate
+from .validation import check_pattern_work, read_json, validate_peft_config
 
 CONFIG_FILE = "adapter_config.json"
 SAFETENSORS_FILE = "adapter_model.safetensors"
@@ -161,19 +161,9 @@ def _pattern_value(patterns: dict, module: str, default):
 
 
 def _read_config(path: Path) -> dict:
-    cfg_path = path / CONFIG_FILE
-    with open(cfg_path, "rb") as fh:
-        data = fh.read((16 << 20) + 1)
-    if len(data) > (16 << 20):
-        raise CheckpointError(f"{cfg_path} is implausibly large; the adapter is corrupt")
-    try:
-        cfg = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting, huge integers
-        raise CheckpointError(
-            f"{cfg_path} is not valid JSON ({exc.__class__.__name__}); the adapter is corrupt"
-        ) from None
+    cfg = read_json(path / CONFIG_FILE, CONFIG_FILE)
     if not isinstance(cfg, dict):
-        raise CheckpointError(f"{cfg_path} is not a JSON object")
+        raise CheckpointError(f"{path / CONFIG_FILE} is not a JSON object")
     return cfg
 
 
@@ -193,33 +183,50 @@ def _check_config(cfg: dict, path: Path) -> None:
             f"{path}: init_lora_weights='{init}' modifies the base weights, so dW is not s B A on the recorded base "
             "model; save it with path_initial_model_for_weight_conversion to get a plain LoRA adapter"
         )
-    for key in ("r", "lora_alpha"):
-        v = cfg.get(key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
-            raise GenboundError(f"{path}: adapter_config.json field '{key}' must be a positive number, got {v!r}")
-    for key in ("rank_pattern", "alpha_pattern"):
-        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
-            raise GenboundError(f"{path}: adapter_config.json field '{key}' must be an object")
-    mts = cfg.get("modules_to_save")
-    names_ok = isinstance(mts, str) or (isinstance(mts, list) and all(isinstance(m, str) for m in mts))
-    if mts is not None and not names_ok:
-        raise GenboundError(f"{path}: adapter_config.json field 'modules_to_save' must be a list of module names")
-    if cfg.get("base_model_name_or_path") is not None and not isinstance(cfg["base_model_name_or_path"], str):
-        raise GenboundError(f"{path}: adapter_config.json field 'base_model_name_or_path' must be a string")
+    validate_peft_config(cfg, path)  # types and ranges of r, lora_alpha, the patterns, names (validation.py)
 
 
-def _load_tensors(path: Path) -> tuple[dict[str, Tensor], str]:
+def _check_archive(bn: Path, max_bytes: int | None) -> None:
+    """Refuse a pickle archive whose entries would inflate: torch.save stores its zip entries uncompressed,
+    so a compressed entry, or entries claiming more bytes than the file holds (or than ``max_bytes``), is a
+    zip bomb, refused before torch.load allocates anything."""
+    import zipfile
+
+    size = bn.stat().st_size
+    if not zipfile.is_zipfile(bn):
+        return  # torch's legacy format: nothing inflates, the file's size bounds what it holds
+    try:
+        with zipfile.ZipFile(bn) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError):
+        raise CheckpointError(f"{bn}: not a readable torch archive; the file is corrupt") from None
+    claimed = sum(i.file_size for i in infos)
+    if any(i.compress_type != zipfile.ZIP_STORED for i in infos) or claimed > size \
+            or (max_bytes is not None and claimed > max_bytes):
+        raise CheckpointError(f"{bn}: its entries claim {claimed / 2**20:.0f} MiB in a {size / 2**20:.1f} MiB file "
+                              "(torch.save never compresses); the file is a zip bomb or corrupt")
+
+
+def _load_tensors(path: Path, max_bytes: int | None = None) -> tuple[dict[str, Tensor], str]:
     st, bn = path / SAFETENSORS_FILE, path / BIN_FILE
     if st.is_file():
         from .checkpoint import read_safetensors
 
-        return read_safetensors(st), st.name
+        return read_safetensors(st, max_bytes=max_bytes), st.name
     if bn.is_file():
+        _check_archive(bn, max_bytes)
+        import warnings
+
         try:
-            obj = torch.load(str(bn), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's own two-line warning says nothing the message below does not
+                obj = torch.load(str(bn), map_location="cpu", weights_only=True)
         except Exception as exc:  # an unpickling refusal or a corrupt file: one line, no traceback
-            first = (str(exc).splitlines() or [exc.__class__.__name__])[0]
-            raise CheckpointError(f"{bn}: refused or unreadable with torch.load(weights_only=True) ({first})") from None
+            # torch's message advises weights_only=False, i.e. running the file's code: never repeat that.
+            raise CheckpointError(
+                f"{bn}: refused by the safe tensor loader ({exc.__class__.__name__}): it is corrupt or holds more than "
+                "tensors; save the adapter with safe_serialization=True (adapter_model.safetensors)"
+            ) from None
         if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
             raise CheckpointError(f"{bn}: not a dictionary of tensors")
         from .checkpoint import check_values
@@ -379,7 +386,11 @@ def load_peft(path: str | Path, backbone=None) -> PeftCheckpoint:
         raise CheckpointError(f"{path} is not a peft adapter directory: it has no {CONFIG_FILE}")
     cfg = _read_config(path)
     _check_config(cfg, path)
-    tensors, tensor_file = _load_tensors(path)
+    bb = _resolve_backbone(backbone, cfg.get("base_model_name_or_path"))
+    from .claims import backbone_layout, max_tensor_bytes
+
+    # An adapter is a small fraction of its base model: its tensors may claim at most a small multiple of it.
+    tensors, tensor_file = _load_tensors(path, max_tensor_bytes(backbone_layout(bb)) if bb is not None else None)
     r0, a0 = cfg["r"], float(cfg["lora_alpha"])
     rank_pattern = dict(cfg.get("rank_pattern") or {})
     alpha_pattern = dict(cfg.get("alpha_pattern") or {})
@@ -388,7 +399,6 @@ def load_peft(path: str | Path, backbone=None) -> PeftCheckpoint:
     bias_mode = str(cfg.get("bias") or "none")
     mts = cfg.get("modules_to_save") or []
     mts = [mts] if isinstance(mts, str) else list(mts)
-    bb = _resolve_backbone(backbone, cfg.get("base_model_name_or_path"))
     keys = _weight_keys(bb) if bb is not None else None
 
     groups: dict[str, dict[str, Tensor]] = {}
@@ -422,6 +432,7 @@ def load_peft(path: str | Path, backbone=None) -> PeftCheckpoint:
         )
     if not groups:
         raise GenboundError(f"{path}: the adapter holds no LoRA factors")
+    check_pattern_work([*rank_pattern, *alpha_pattern], list(groups), path / CONFIG_FILE)
 
     layers: list[PeftLayer] = []
     factors: dict[str, dict[str, Tensor]] = {}

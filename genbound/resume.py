@@ -26,6 +26,7 @@ doubles), so learning rates, the running loss and the history are restored bit f
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 
 from .atomic import atomic_directory
 from .errors import CheckpointError, GenboundError
+from .validation import read_json, validate_train_state
 
 STATE_FORMAT = "genbound-train-state"
 STATE_VERSION = 1
@@ -172,22 +174,23 @@ def load_state(path: str | Path) -> TrainState:
 
     path = Path(path)
     meta = path / STATE_JSON
-    _require(meta.is_file() and meta.stat().st_size < (64 << 20), path, f"no readable {STATE_JSON}")
+    _require(meta.is_file(), path, f"no readable {STATE_JSON}")
     try:
-        js = json.loads(meta.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        js = read_json(meta, STATE_JSON, 64 << 20)
+    except CheckpointError:
         _require(False, path, f"{STATE_JSON} is not valid JSON")
     _require(isinstance(js, dict) and js.get("format") == STATE_FORMAT, path, "not a genbound training state")
     _require(js.get("format_version") == STATE_VERSION, path, f"format version {js.get('format_version')!r}")
-    ints = ("step", "epoch", "position")
-    _require(all(isinstance(js.get(k), int) and not isinstance(js.get(k), bool) and js[k] >= 0 for k in ints),
-             path, "step, epoch or position")
-    _require(isinstance(js.get("running"), (int, float)) and isinstance(js.get("config"), dict), path, "fields")
-    for key, typ in (("history", list), ("traj_steps", list), ("links", dict), ("optimizer", dict),
-                     ("scheduler", dict), ("resumed_at", list)):
-        _require(isinstance(js.get(key), typ), path, f"field {key}")
+    validate_train_state(js, path)  # every field's type and range (NaN, wrong types, negative counts)
     tensors = read_safetensors(path / STATE_TENSORS, max_abs=None)  # Adam's moments may be large
     _require("rng/cpu" in tensors, path, "no RNG state")
+    rng = tensors["rng/cpu"]
+    _require(rng.dim() == 1 and rng.numel() == torch.get_rng_state().numel() and not rng.is_floating_point()
+             and (rng.numel() == 0 or (int(rng.min()) >= 0 and int(rng.max()) <= 255)), path, "RNG state")
+    if "rng/cuda" in tensors:
+        rc = tensors["rng/cuda"]
+        _require(rc.dim() == 1 and not rc.is_floating_point() and 0 < rc.numel() <= 1 << 16
+                 and int(rc.min()) >= 0 and int(rc.max()) <= 255, path, "CUDA RNG state")
     model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     optim_t = {k: v for k, v in tensors.items() if k.startswith("optim/")}
     snapshots = {k[len("traj/"):]: v for k, v in tensors.items() if k.startswith("traj/")}
@@ -202,8 +205,24 @@ def load_state(path: str | Path) -> TrainState:
         links={str(k): int(v) for k, v in js["links"].items()}, optimizer=optimizer, scheduler=js["scheduler"],
         rng_cpu=tensors["rng/cpu"].to(torch.uint8), rng_cuda=None if rng_cuda is None else rng_cuda.to(torch.uint8),
         model=model, snapshots=snapshots, train_seconds=float(js.get("train_seconds", 0.0)),
-        resumed_at=[int(s) for s in js["resumed_at"]],
+        resumed_at=[int(s) for s in js.get("resumed_at", [])],
     )
+
+
+def check_progress(state: TrainState, n_train: int, batch_size: int, total_steps: int, chain: int,
+                   where: Path) -> None:
+    """Refuse a state whose counters cannot come from this run: the training loop saves after step
+    ``step = min(epoch * steps_per_epoch + ceil(position / batch_size), total_steps)`` with ``position`` a
+    batch boundary of the epoch's data order and one history entry per finished epoch. A state edited
+    elsewhere (position 10^12, a step past the budget) would otherwise resume silently into another result."""
+    spe = math.ceil(n_train / batch_size)
+    ok = (state.position <= n_train and (state.position % batch_size == 0 or state.position == n_train)
+          and state.step <= total_steps and len(state.history) == state.epoch
+          and state.step == min(state.epoch * spe + math.ceil(state.position / batch_size), total_steps)
+          and all(s <= state.step for s in state.traj_steps + state.resumed_at)
+          and all(0 <= v < chain for v in state.links.values()))
+    _require(ok, where, f"step {state.step}, epoch {state.epoch}, position {state.position} do not fit a run of "
+                        f"{total_steps} steps over {n_train} examples in batches of {batch_size}")
 
 
 def config_difference(saved: dict[str, Any], current: dict[str, Any],

@@ -123,7 +123,13 @@ def singular_values(u: LayerUpdate, device: torch.device | None = None,
         # A^T = [e_c1 .. e_cR] has orthonormal columns: sigma(s B A) = sigma(s B).
         return torch.linalg.svdvals(v.scale * v.B)
     if v.A is None:
-        v.A = _selector(v.columns, v.in_features, dtype, v.B.device)
+        # Repeated columns: B A = B' A' with B' the sum of B's columns that select one input column and A'
+        # the selector of the distinct ones (orthonormal rows), so sigma(s B A) = sigma(s B'), padded with
+        # zeros to length R. No (R, m) selector is ever built.
+        uniq, inverse = torch.unique(v.columns, return_inverse=True)
+        merged = v.B.new_zeros(v.B.shape[0], uniq.numel()).index_add_(1, inverse.to(v.B.device), v.B)
+        s = torch.linalg.svdvals(v.scale * merged)
+        return torch.cat([s, s.new_zeros(v.B.shape[1] - s.numel())]) if s.numel() < v.B.shape[1] else s
     return v.singular_values()
 
 

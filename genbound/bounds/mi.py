@@ -19,7 +19,6 @@ The bound is on the *expected* gap, not a high-probability certificate. A loss i
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -45,7 +44,8 @@ def mi_gap_bound(d: int, q: float, sigma: float, n: int) -> float:
 # --------------------------------------------------------------------------------------------------
 # Configurations: a checkpoint or a bare description (layer shapes, r, k, q, sigma, N).
 
-_LAYER_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*(?:\*\s*(\d+))?\s*$")
+_LAYER_RE = re.compile(r"^\s*(\d{1,9})\s*x\s*(\d{1,9})\s*(?:\*\s*(\d{1,9}))?\s*$")
+MAX_LAYERS = 1 << 16  # a list of this many shapes is already far beyond any model
 
 
 def parse_layers(spec: str | list) -> list[tuple[int, int]]:
@@ -64,6 +64,8 @@ def parse_layers(spec: str | list) -> list[tuple[int, int]]:
             n, m, count = int(match[1]), int(match[2]), int(match[3] or 1)
         if n <= 0 or m <= 0 or count <= 0:
             raise GenboundError(f"layer shape '{item}' has a non-positive size; sizes and counts must be >= 1")
+        if len(out) + count > MAX_LAYERS:
+            raise GenboundError(f"more than {MAX_LAYERS} adapted layers given ('{str(item)[:40]}'); check the counts")
         out.extend([(n, m)] * count)
     if not out:
         raise GenboundError("no adapted layers given; pass --layers OUTxIN*COUNT (e.g. 384x384*12)")
@@ -137,10 +139,13 @@ PRESETS["roberta-base-like"] = PRESETS["roberta-base"]
 PRESETS["minilm"] = PRESETS["minilm-bbc"]
 
 
-def config_from_dict(d: dict, name: str = "config", source: str = "config") -> BoundConfig:
+def config_from_dict(d: dict, name: str = "config", source: str = "config", n: int | None = None) -> BoundConfig:
     """A :class:`BoundConfig` from a JSON-like dict (keys: layers, rank, chain, q, sigma | loss + clip,
-    n, head, total, name)."""
-    known = {"layers", "rank", "chain", "q", "sigma", "loss", "clip", "n", "n_train", "head", "total", "name"}
+    n, head, total, name), validated by :class:`genbound.validation.BoundsConfigModel` (types and ranges:
+    ``"q": "abc"`` or ``"head": "1925x"`` is one clear error). ``n`` is used when the dict has none."""
+    from ..validation import BoundsConfigModel, validate_bounds_config
+
+    known = set(BoundsConfigModel.model_fields)
     unknown = set(d) - known
     if unknown:
         raise GenboundError(f"unknown configuration keys {sorted(unknown)}; use {sorted(known)}")
@@ -148,15 +153,17 @@ def config_from_dict(d: dict, name: str = "config", source: str = "config") -> B
         raise GenboundError("the configuration has no layer shapes; add \"layers\" or pass --layers")
     if "rank" not in d:
         raise GenboundError("the configuration has no rank; add \"rank\" or pass --rank")
-    n = d.get("n", d.get("n_train"))
+    validate_bounds_config(d, source)
+    name = str(d.get("name") or name)
+    n = d.get("n", d.get("n_train", n))
     if n is None:
         raise GenboundError("the configuration has no number of training examples; add \"n\" or pass --n")
     from .common import sigma_for_loss
 
     loss = "0-1 loss"
-    if "sigma" in d:
+    if d.get("sigma") is not None:
         sigma = float(d["sigma"])
-    elif "loss" in d:
+    elif d.get("loss") is not None:
         sigma = sigma_for_loss(d["loss"], d.get("clip"))
         if d["loss"] in ("ce", "cross_entropy", "cross-entropy"):
             loss = f"cross-entropy clipped at {float(d['clip']):g}"
@@ -165,28 +172,28 @@ def config_from_dict(d: dict, name: str = "config", source: str = "config") -> B
     cfg = BoundConfig(
         layers=parse_layers(d["layers"]), rank=int(d["rank"]), n_train=int(n), chain=int(d.get("chain", 1)),
         q=float(d.get("q", 32)), sigma=sigma, head=int(d.get("head", 0)),
-        total=None if d.get("total") is None else int(d["total"]), name=str(d.get("name", name)), loss=loss,
+        total=None if d.get("total") is None else int(d["total"]), name=name, loss=loss,
     )
     cfg.sources = {k: source for k in ("layers", "rank", "chain", "q", "sigma", "n_train", "head", "total")}
     return cfg.validate()
 
 
-def load_config(spec: str) -> BoundConfig:
-    """A preset name (``roberta-base``, ``minilm-bbc``) or a JSON file path."""
+def load_config(spec: str, n: int | None = None) -> BoundConfig:
+    """A preset name (``roberta-base``, ``minilm-bbc``) or a JSON file path. ``n`` (``--n``) stands in for a
+    file that does not record the number of training examples."""
     if spec in PRESETS:
-        return config_from_dict(PRESETS[spec], name=spec, source=f"preset {spec}")
+        return config_from_dict(PRESETS[spec], name=spec, source=f"preset {spec}", n=n)
     path = Path(spec)
     if not path.is_file():
         raise GenboundError(
             f"--config '{spec}' is neither a preset ({', '.join(sorted(PRESETS))}) nor a JSON file"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GenboundError(f"cannot read configuration {path}: {exc}; write a JSON object") from exc
+    from ..validation import read_json
+
+    data = read_json(path, "configuration", 1 << 20, error=GenboundError)
     if not isinstance(data, dict):
         raise GenboundError(f"configuration {path} must hold a JSON object, not {type(data).__name__}")
-    return config_from_dict(data, name=data.get("name", path.stem), source=str(path))
+    return config_from_dict(data, name=path.stem, source=str(path), n=n)
 
 
 def override(cfg: BoundConfig, **values) -> BoundConfig:

@@ -92,7 +92,7 @@ def run(args) -> int:
         if sigma is None and (args.loss != "01" or args.clip is not None):
             sigma = sigma_for_loss(args.loss, args.clip)
         if args.config:
-            cfg = load_config(args.config)
+            cfg = load_config(args.config, n=args.n)
         else:
             missing = [f for f, v in (("--layers", args.layers), ("--rank", args.rank), ("--n", args.n)) if v is None]
             if missing:
