@@ -69,7 +69,7 @@ def _stdout_closed() -> int:
 
 def _error(message: str) -> int:
     try:
-        print(f"genbound: error: {' '.join(message.split())}", file=sys.stderr)
+        print(f"genbound: error: {GenboundError(message)}", file=sys.stderr)
     except (OSError, ValueError):
         pass
     return GenboundError.exit_code

@@ -13,8 +13,10 @@ class GenboundError(Exception):
     exit_code = 2
 
     def __init__(self, message: str):
-        # Keep the message to one line: it is printed as-is after "genbound: error:".
-        super().__init__(" ".join(str(message).split()))
+        # Keep the message to one line: it is printed as-is after "genbound: error:". Control characters
+        # (from a hostile file's names: ANSI escape sequences) are shown escaped, never sent to a terminal.
+        text = " ".join(str(message).split())
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
 
 class CheckpointError(GenboundError):

@@ -37,8 +37,18 @@ from .datasets import default_dataset_for, get_dataset
 from .errors import GenboundError, NonFiniteError
 from .evaluate import evaluate
 from .methods import METHODS, get_method, layer_generator
-from .resume import TrainState, changing_tensors, check_config, load_state, remove_state, restore_tensors, save_state
+from .resume import (
+    TrainState,
+    changing_tensors,
+    check_config,
+    check_progress,
+    load_state,
+    remove_state,
+    restore_tensors,
+    save_state,
+)
 from .resume import state_dir_for as state_dir_for
+from .validation import MAX_ALPHA
 
 DEFAULT_SAVE_EVERY = 50
 
@@ -77,6 +87,8 @@ class TrainConfig:
         method = get_method(self.method)
         if self.rank < 1 and method.adapter:
             raise GenboundError(f"rank must be at least 1, got {self.rank}")
+        if not 0 < self.alpha <= MAX_ALPHA:
+            raise GenboundError(f"alpha must be positive and at most {MAX_ALPHA:g} (s = alpha / r), got {self.alpha}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise GenboundError(f"learning rate must be positive, got {self.lr}")
         if self.steps is not None and self.steps <= 0:
@@ -323,6 +335,9 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     check_chain_steps(method.name, config.chain, total_steps)
     boundaries = set(chain_boundaries(total_steps, config.chain)) if method.chained else set()
     b_ratio = (config.lr_ratio or method.b_lr_ratio) if method.has_lr_ratio else 1.0
+    if state is not None:
+        check_progress(state, n_train, config.batch_size, total_steps, config.chain if method.chained else 1,
+                       state_dir)
 
     def make_optimizer():
         return torch.optim.AdamW(param_groups(model, adapters, config.lr, b_ratio, config.weight_decay),
@@ -486,7 +501,14 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         meta.params.update(subspace_record(spaces))
         extra = {SUBSPACE_FILE: {f"w.link{j}": sp.w.detach().cpu().clone() for j, sp in enumerate(spaces)}}
     tensors = trained_tensors(model, adapters, not method.adapter)
-    save_checkpoint(out, meta, tensors, snapshots if config.save_trajectory else None, overwrite=overwrite,
-                    may_replace=may_replace, extra=extra)
+    try:
+        save_checkpoint(out, meta, tensors, snapshots if config.save_trajectory else None, overwrite=overwrite,
+                        may_replace=may_replace, extra=extra)
+    except GenboundError as exc:
+        if save_every and state_dir.is_dir() and not is_checkpoint(out):
+            # The finished run's state: --resume writes it without training again.
+            raise GenboundError(f"{exc}; the trained state is kept in {state_dir}: move the files out of {out} "
+                                "and rerun with --resume to write the checkpoint without training again") from None
+        raise
     remove_state(state_dir)
     return TrainResult(out, meta, history)

@@ -36,3 +36,18 @@ def ckpt_dir(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the fuzz campaigns' counts (tests/test_fuzz_checkpoints.py records them as the user property
+    ``fuzz_summary``), so that ``make test`` shows them even with -q and xdist workers."""
+    lines = []
+    for key in ("passed", "failed"):
+        for report in terminalreporter.stats.get(key, []):
+            if getattr(report, "when", "call") != "call":
+                continue
+            lines += [v for k, v in getattr(report, "user_properties", []) if k == "fuzz_summary"]
+    if lines:
+        terminalreporter.write_sep("-", "fuzz counts (crashed and hung must be 0)")
+        for line in sorted(lines):
+            terminalreporter.write_line(line)

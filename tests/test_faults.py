@@ -70,7 +70,7 @@ def test_a_file_put_into_the_target_during_training_is_kept(tmp_path, capsys, mo
     import genbound.train as train_module
 
     out = tmp_path / "ck"
-    assert _run(capsys, *TRAIN, "--out", str(out))[0] == 0
+    out.mkdir()  # empty: it will be used
     real = train_module.evaluate
 
     def evaluate_then_user_writes(*a, **kw):
@@ -78,10 +78,15 @@ def test_a_file_put_into_the_target_during_training_is_kept(tmp_path, capsys, mo
         return real(*a, **kw)
 
     monkeypatch.setattr(train_module, "evaluate", evaluate_then_user_writes)
-    code, _, err = _run(capsys, *TRAIN, "--out", str(out), "--overwrite")
-    assert code == 2
-    _one_line_error(err)
-    assert (out / "late.txt").read_text() == "mine" and (out / "genbound.json").is_file()
+    code, _, err = _run(capsys, *TRAIN, "--out", str(out))
+    assert code == 2 and "--resume" in _one_line_error(err)
+    assert sorted(p.name for p in out.iterdir()) == ["late.txt"]
+    # The finished run is not thrown away: with the file moved out, --resume writes it without training.
+    (out / "late.txt").rename(tmp_path / "late.txt")
+    monkeypatch.setattr(train_module, "evaluate", real)
+    monkeypatch.setattr(train_module, "epoch_order", lambda *a: pytest.fail("trained again"))
+    code, _, err = _run(capsys, *TRAIN, "--out", str(out), "--resume")
+    assert code == 0, err
 
 
 def test_overwrite_replaces_a_checkpoint_and_an_empty_directory_is_used(tmp_path, capsys):
@@ -249,6 +254,13 @@ def test_a_second_run_of_the_same_out_is_refused_while_the_first_holds_the_lock(
     assert not lock_path(out).exists()  # released and removed with the run
 
 
+def test_the_run_lock_leaves_a_sweeps_lock_file_alone(tmp_path, capsys):
+    """analysis.sweep claims a run with its own ``.<name>.lock`` (an owner record) around train()."""
+    (tmp_path / ".ck.lock").write_text('{"pid": 1}')
+    assert _run(capsys, *TRAIN, "--out", str(tmp_path / "ck"))[0] == 0
+    assert (tmp_path / ".ck.lock").read_text() == '{"pid": 1}'
+
+
 def test_lock_is_held_by_a_training_subprocess(tmp_path):
     """A real second process: while one run trains, another on the same --out is refused at once."""
     import time
@@ -258,7 +270,7 @@ def test_lock_is_held_by_a_training_subprocess(tmp_path):
     first = subprocess.Popen([sys.executable, "-m", "genbound.cli", *TRAIN[:-1], "400", "--out", str(out)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        lock = tmp_path / ".ck.lock"
+        lock = tmp_path / ".ck.train.lock"
         deadline = time.monotonic() + 60
         while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.05)

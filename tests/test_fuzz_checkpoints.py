@@ -27,6 +27,7 @@ import signal
 import struct
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,15 @@ SEMANTIC = {
     "alpha-changed": lambda m: m.update(alpha=m["alpha"] * 3),
     "max-length-negative": lambda m: m.update(max_length=-5),
     "paca-columns": lambda m: m.update(paca_columns="sideways"),
+    # Size claims (issue 16): each would allocate gigabytes if believed.
+    "claim-huge-layer": lambda m: m["layers"][0].update(out_features=23170, in_features=23170),
+    "claim-wide-layer": lambda m: (m.update(rank=1024, layers=[{"name": m["layers"][0]["name"], "out_features": 1024,
+                                                                 "in_features": 1 << 20}])),
+    "claim-max-length": lambda m: m.update(max_length=20_000),
+    "claim-head-width": lambda m: m.update(head_in_features=1 << 20),
+    "alpha-huge": lambda m: m.update(alpha=1e300, scale=1e300 / m["rank"]),
+    "alpha-negative": lambda m: m.update(alpha=-m["alpha"], scale=-m["scale"]),
+    "class-escape": lambda m: m["classes"].__setitem__(0, "\x1b[2J"),
 }
 PEFT_SEMANTIC = {
     "rank": lambda c: c.update(r=c["r"] + 1),
@@ -168,6 +178,9 @@ PEFT_SEMANTIC = {
     "base-model-dir": lambda c: c.update(base_model_name_or_path="/"),
     "pissa": lambda c: c.update(init_lora_weights="pissa"),
     "bias": lambda c: c.update(bias={"all": 1}),
+    "alpha-huge": lambda c: c.update(lora_alpha=1e308),
+    "alpha-pattern-huge": lambda c: c.update(alpha_pattern={"fc1": 1e308}),
+    "rank-pattern-bomb": lambda c: c.update(rank_pattern={f"[a.]*[a.]*z{i}": 4 for i in range(300)}),
 }
 
 
@@ -177,7 +190,7 @@ def mutation(draw):
     kind = draw(st.sampled_from(["truncate", "bitflip", "bitflip-header", "overwrite", "insert", "delete-span",
                                  "append", "empty", "remove-file", "json-set", "json-delete", "json-add",
                                  "st-header-set", "st-header-delete", "st-header-length", "values",
-                                 "semantic"]))
+                                 "semantic", "sparse-claim"]))
     return source, kind, draw(st.randoms(use_true_random=False)), draw(json_values)
 
 
@@ -197,6 +210,8 @@ def apply(d: Path, source: str, kind: str, rnd, value) -> str:
         table[name](doc)
         f.write_text(json.dumps(doc))
         return f"semantic:{name}"
+    if kind == "sparse-claim":
+        return _sparse_claim(d, source, rnd)
     if kind.startswith("json-"):
         f = d / meta_name
         doc = json.loads(f.read_text())
@@ -271,6 +286,31 @@ def apply(d: Path, source: str, kind: str, rnd, value) -> str:
     return f"{kind}:{f.name}"
 
 
+def _sparse_claim(d: Path, source: str, rnd) -> str:
+    """A tensor file that claims gigabytes in kilobytes: a safetensors header with a hole for its data, or
+    (peft-bin) a deflated zip whose zero tensor inflates to 64 MiB."""
+    if source == "peft-bin":
+        plain = d / "plain.bin"
+        torch.save({"base_model.model.fc1.lora_A.weight": torch.zeros(16 << 20)}, plain)
+        with zipfile.ZipFile(plain) as src, zipfile.ZipFile(d / "adapter_model.bin", "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info.filename))
+        plain.unlink()
+        return "zip-bomb"
+    f = rnd.choice([p for p in _files(d) if p.suffix == ".safetensors"])
+    header, _ = _split_safetensors(f.read_bytes())
+    key = rnd.choice([k for k in header if k != "__metadata__"] + ["model.extra.weight"])
+    shape = rnd.choice([[23170, 23170], [1024, 1 << 20], [1 << 15, 1 << 15]])
+    nbytes = math.prod(shape) * 4
+    header = {key: {"dtype": "F32", "shape": shape, "data_offsets": [0, nbytes]}}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    f.write_bytes(struct.pack("<Q", len(text)) + text)
+    with open(f, "r+b") as fh:
+        fh.truncate(8 + len(text) + nbytes)
+    return f"sparse-claim:{f.name}:{key}:{shape}"
+
+
 # -- the oracle ---------------------------------------------------------------------------------------------
 
 
@@ -301,15 +341,61 @@ def use(d: Path, source: str, splits) -> None:
 
 
 def _alarm(signum, frame):
-    raise Hang("a hostile checkpoint made loading hang")
+    raise Hang("a hostile input made loading hang")
 
 
-def test_mutated_checkpoints_load_cleanly_or_raise_one_genbound_error(sources, capsys, record_property):
-    """Hypothesis drives MAX_EXAMPLES mutations through :func:`use`; prints how many hostile inputs were tried
-    (visible with ``-s`` or without capture) and checks that no header made a huge allocation."""
+class Tally:
+    """Counts of one fuzz campaign: inputs tried, accepted (worked, finite), refused cleanly (one
+    GenboundError of one line), crashed (anything else), hung (past the alarm); and the peak memory growth.
+    The counts are printed by tests/conftest.py's terminal summary (``make test`` shows them)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.counts = {"tried": 0, "accepted": 0, "refused": 0, "crashed": 0, "hung": 0}
+        self.failures: list[str] = []
+        self.rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.t0 = time.perf_counter()
+
+    def run(self, what: str, fn) -> None:
+        self.counts["tried"] += 1
+        old = signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(PER_EXAMPLE_SECONDS)
+        try:
+            fn()
+            self.counts["accepted"] += 1
+        except GenboundError as exc:
+            if "\n" in str(exc):
+                self.counts["crashed"] += 1
+                self.failures.append(f"{what}: a message of several lines")
+            else:
+                self.counts["refused"] += 1
+        except Hang:
+            self.counts["hung"] += 1
+            self.failures.append(f"{what}: hung past {PER_EXAMPLE_SECONDS} s")
+        except Exception as exc:
+            self.counts["crashed"] += 1
+            self.failures.append(f"{what}: {type(exc).__name__}: {str(exc)[:200]}")
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+
+    def finish(self, record_property) -> int:
+        grown = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.rss_before)
+        c = self.counts
+        line = (f"fuzz {self.name}: {c['tried']} inputs tried in {time.perf_counter() - self.t0:.0f} s: "
+                f"{c['refused']} refused cleanly, {c['accepted']} accepted, {c['crashed']} crashed, {c['hung']} hung; "
+                f"peak memory grew {grown / 2**20:.0f} MiB")
+        record_property("fuzz_summary", line)
+        print("\n" + line)
+        assert not self.failures, self.failures[:5]
+        return grown
+
+
+def test_mutated_checkpoints_load_cleanly_or_raise_one_genbound_error(sources, record_property):
+    """Hypothesis drives MAX_EXAMPLES mutations through :func:`use`; the counts are printed at the end of the
+    run, and no header may make a large allocation."""
     paths, splits = sources
-    tried = {"inputs": 0, "loaded": 0, "refused": 0}
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tally = Tally("checkpoints")
 
     @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -320,32 +406,201 @@ def test_mutated_checkpoints_load_cleanly_or_raise_one_genbound_error(sources, c
             d = Path(tmp) / "ck"
             shutil.copytree(paths[source], d)
             what = apply(d, source, kind, rnd, value)
-            tried["inputs"] += 1
-            old = signal.signal(signal.SIGALRM, _alarm)
-            signal.alarm(PER_EXAMPLE_SECONDS)
-            try:
-                use(d, source, splits)
-                tried["loaded"] += 1
-            except GenboundError as exc:
-                tried["refused"] += 1
-                assert "\n" not in str(exc), f"{what}: the message is not one line"
-            except Exception as exc:
-                raise AssertionError(f"{source} / {what}: {type(exc).__name__}: {exc}") from exc
-            finally:
-                signal.alarm(0)
-                signal.signal(signal.SIGALRM, old)
+            tally.run(f"{source} / {what}", lambda: use(d, source, splits))
 
-    t0 = time.perf_counter()
     one()
-    seconds = time.perf_counter() - t0
-    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
-    record_property("fuzz_inputs", tried["inputs"])
-    with capsys.disabled():
-        print(f"\nfuzz: {tried['inputs']} mutated checkpoints tried in {seconds:.1f} s: {tried['loaded']} loaded and "
-              f"evaluated finite, {tried['refused']} refused with one GenboundError, 0 crashes or hangs; peak memory "
-              f"grew {max(grown, 0) / 2**20:.0f} MiB")
-    assert tried["inputs"] >= MAX_EXAMPLES // 2 and tried["refused"] > 0
+    grown = tally.finish(record_property)
+    assert tally.counts["tried"] >= MAX_EXAMPLES // 2 and tally.counts["refused"] > 0
     assert grown < 1 << 30, "a hostile header made a large allocation"
+
+
+# -- the training state and bounds configurations ---------------------------------------------------------------
+
+
+STATE_EXAMPLES = 60
+BOUNDS_EXAMPLES = 200
+
+
+class _Killed(BaseException):
+    pass
+
+
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory):
+    """A run of 12 steps killed right after its state of step 5 was saved."""
+    import genbound.train as train_module
+    from genbound.resume import state_dir_for
+    from genbound.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("fuzz-state") / "run"
+    original = train_module.save_state
+
+    def save_then_die(path, state):
+        original(path, state)
+        raise _Killed
+
+    config = TrainConfig(method="lora", backbone="mlp", dataset="digits", rank=4, alpha=8.0, steps=12, lr=1e-2,
+                         progress=False)
+    train_module.save_state = save_then_die
+    try:
+        with pytest.raises(_Killed):
+            train(config, out, save_every=5)
+    finally:
+        train_module.save_state = original
+    return config, state_dir_for(out)
+
+
+@st.composite
+def state_mutation(draw):
+    kind = draw(st.sampled_from(["json-set", "json-delete", "json-add", "json-number", "truncate", "bitflip",
+                                 "st-header-set", "values", "rng-short"]))
+    return kind, draw(st.randoms(use_true_random=False)), draw(json_values)
+
+
+def _mutate_state(d: Path, kind: str, rnd, value) -> str:
+    sj, st_file = d / "state.json", d / "state.safetensors"
+    if kind.startswith("json-"):
+        doc = json.loads(sj.read_text())
+        path = rnd.choice([p for p in _paths(doc) if p])
+        if kind == "json-set":
+            doc = _set(doc, path, value)
+        elif kind == "json-delete":
+            doc = _set(doc, path, None, delete=True)
+        elif kind == "json-number":
+            doc = _set(doc, path, rnd.choice([10**12, -1, 1e300, 0.5, 2**63, True]))
+        else:
+            doc["extra_" + str(rnd.randrange(100))] = value
+        text = json.dumps(doc)
+        if rnd.random() < 0.2:
+            text = text.replace('"running": ', '"running": NaN, "x": ')
+        sj.write_text(text)
+        return f"{kind}:{path}"
+    if kind == "rng-short":
+        from safetensors.torch import load_file, save_file
+
+        t = load_file(str(st_file))
+        t["rng/cpu"] = t["rng/cpu"][: rnd.randrange(t["rng/cpu"].numel())].contiguous()
+        save_file(t, str(st_file))
+        return "rng-short"
+    if kind in ("st-header-set", "values"):
+        header, body = _split_safetensors(st_file.read_bytes())
+        key = rnd.choice([k for k in header if k != "__metadata__"])
+        if kind == "values":
+            info = header[key]
+            if info["dtype"] != "F32" or info["data_offsets"][0] == info["data_offsets"][1]:
+                return "values:skipped"
+            start = info["data_offsets"][0]
+            raw = st_file.read_bytes()
+            off = len(raw) - len(body) + start
+            st_file.write_bytes(raw[:off] + struct.pack("<f", rnd.choice([math.nan, math.inf, 3e38])) + raw[off + 4:])
+            return f"values:{key}"
+        header[key]["shape"] = rnd.choice([[1 << 40], [0], [3, 5, 7], value])
+        st_file.write_bytes(_join_safetensors(header, body))
+        return f"st-header-set:{key}"
+    f = rnd.choice([sj, st_file])
+    data = bytearray(f.read_bytes())
+    if kind == "truncate":
+        data = data[: rnd.randrange(max(len(data), 1))]
+    else:
+        for _ in range(rnd.choice([1, 2, 8])):
+            data[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
+    f.write_bytes(bytes(data))
+    return f"{kind}:{f.name}"
+
+
+def test_mutated_resume_states_resume_cleanly_or_raise_one_genbound_error(saved_state, record_property):
+    """A mutated training state must either resume to a finite checkpoint or be refused in one line."""
+    import dataclasses
+
+    from genbound.resume import state_dir_for
+    from genbound.train import train
+
+    config, state = saved_state
+    tally = Tally("resume states")
+
+    @settings(max_examples=STATE_EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(m=state_mutation())
+    def one(m):
+        kind, rnd, value = m
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "run"
+            shutil.copytree(state, state_dir_for(out))
+            what = _mutate_state(state_dir_for(out), kind, rnd, value)
+
+            def resume():
+                result = train(dataclasses.replace(config), out, resume=True, save_every=5)
+                assert all(math.isfinite(v) for v in result.meta.results.values())
+
+            tally.run(what, resume)
+
+    one()
+    tally.finish(record_property)
+    assert tally.counts["refused"] > 0
+
+
+BASE_CONFIG = {"layers": "768x768*24", "rank": 16, "chain": 1, "q": 32, "sigma": 0.5, "n": 3668, "head": 592130,
+               "total": 124647170}
+
+
+@st.composite
+def config_mutation(draw):
+    kind = draw(st.sampled_from(["json-set", "json-delete", "json-add", "json-number", "text"]))
+    return kind, draw(st.randoms(use_true_random=False)), draw(json_values)
+
+
+def test_mutated_bounds_configs_give_a_bound_or_one_line(tmp_path, record_property):
+    """``genbound bounds --config FILE`` on a mutated configuration: exit 0 with finite JSON, or exit 2 with
+    one line; never a traceback."""
+    import contextlib
+    import io
+
+    from genbound.cli import main
+
+    tally = Tally("bounds configs")
+    f = tmp_path / "cfg.json"
+
+    def run_cli():
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["bounds", "--config", str(f), "--json"])
+        if code == 2:
+            lines = err.getvalue().strip().splitlines()
+            if len(lines) != 1 or not lines[0].startswith("genbound: error:"):
+                raise AssertionError(f"exit 2 without one error line: {err.getvalue()[:300]}")
+            raise GenboundError(lines[0])
+        if code != 0:
+            raise AssertionError(f"exit {code}: {err.getvalue()[:300]}")
+        json.loads(out.getvalue(), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+    @settings(max_examples=BOUNDS_EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(m=config_mutation())
+    def one(m):
+        kind, rnd, value = m
+        doc = dict(BASE_CONFIG)
+        key = rnd.choice(sorted(doc))
+        if kind == "json-set":
+            doc[key] = value
+        elif kind == "json-delete":
+            del doc[key]
+        elif kind == "json-number":
+            doc[key] = rnd.choice([10**400, -1, 0, 1e300, 0.5, 2**63, True, "1925x", "abc", "768x768*99999999999"])
+        elif kind == "json-add":
+            doc["extra_" + str(rnd.randrange(100))] = value
+        text = json.dumps(doc)
+        if kind == "text":
+            data = bytearray(text.encode())
+            for _ in range(rnd.choice([1, 2, 8])):
+                data[rnd.randrange(len(data))] = rnd.randrange(256)
+            f.write_bytes(bytes(data))
+        else:
+            f.write_text(text)
+        tally.run(f"{kind}:{key}", run_cli)
+
+    one()
+    tally.finish(record_property)
+    assert tally.counts["refused"] > 0 and tally.counts["accepted"] > 0
 
 
 def test_known_hostile_cases_each_raise_checkpoint_error(sources, tmp_path):

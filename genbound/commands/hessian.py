@@ -77,6 +77,13 @@ def run(args) -> int:
         tol=args.tol, max_steps=args.max_steps, batch_size=args.batch_size, trace_rtol=args.trace_rtol,
         progress=progress_of(args),
     )
+    if report.eigen is not None:
+        import sys
+
+        for kind, asked, got in (("top", args.top_k, report.eigen.top), ("bottom", args.bottom_k, report.eigen.bottom)):
+            if asked > len(got):  # say so rather than silently return fewer than asked
+                print(f"genbound: note: --{kind}-k {asked} is more than the {len(got)} eigenvalues available (the "
+                      f"Hessian has dimension {report.dim:,}); {len(got)} given", file=sys.stderr)
     if args.out:
         write_json(args.out, to_jsonable(report))
     if args.json:

@@ -47,7 +47,8 @@ def add_arguments(p) -> None:
     p.add_argument("--trajectory-every", type=int, default=None, help="steps between trajectory snapshots")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing checkpoint at --out (and discard an interrupted run's saved state)")
+                   help="replace an existing checkpoint at --out (and discard an interrupted run's saved state); "
+                        "a directory holding anything but a checkpoint is never replaced")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of --out from its saved state (bit-identical to an "
                         "uninterrupted run on CPU); a finished checkpoint is kept as it is; without a state, start")
