@@ -490,7 +490,8 @@ def test_bad_checkpoint_combinations(ckpts, tmp_path):
     meta = json.loads((other / "genbound.json").read_text())
     meta["backbone"], meta["fingerprint"] = "minilm", "sha256:" + "0" * 64
     (other / "genbound.json").write_text(json.dumps(meta))
-    with pytest.raises(GenboundError, match="same backbone"):
+    # Refused at load already (its layers are not minilm's: genbound.claims), or by the landscape's own check.
+    with pytest.raises(GenboundError, match="same backbone|made for another backbone"):
         landscape_from_checkpoints([ckpts["a"], other], grid=3)
     with pytest.raises(GenboundError, match="one checkpoint"):
         landscape_from_checkpoints([ckpts["a"], ckpts["b"]], "random", grid=3)
