@@ -292,6 +292,13 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     device = resolve_device(config.device)
     method = get_method(config.method)
     backbone = get_backbone(config.backbone)
+    if backbone.kind == "hf":  # before tokenizing: 20,000 tokens took minutes and gigabytes before a refusal
+        from .claims import backbone_layout
+
+        positions = backbone_layout(backbone).max_positions
+        if not 2 <= config.max_length <= (positions or config.max_length):
+            raise GenboundError(f"--max-length {config.max_length} is outside 2..{positions}, the positions of "
+                                f"backbone '{config.backbone}'")
     dataset_name = config.dataset or default_dataset_for(backbone)
     config.dataset = dataset_name
     state: TrainState | None = load_state(state_dir) if resume and state_dir.exists() else None

@@ -420,3 +420,13 @@ def test_hessian_top_k_beyond_what_is_available_says_so(ckpt_dir, capsys):
     assert main(["hessian", str(ckpt_dir("lora")), "--top-k", "5000", "--samples", "32", "--max-steps", "10"]) == 0
     err = capsys.readouterr().err
     assert "--top-k 5000 is more than the 10 eigenvalues available" in err, err
+
+
+@pytest.mark.parametrize("length", ["20000", "1048576", "1"])
+def test_training_refuses_a_max_length_beyond_the_position_table(tmp_path, capsys, monkeypatch, length):
+    import genbound.train as train_module
+
+    monkeypatch.setattr(train_module, "get_dataset", lambda *a: pytest.fail("tokenizing started"))
+    line = _cli_one_line(capsys, "train", "--method", "lora", "--backbone", "minilm", "--max-length", length,
+                         "--steps", "2", "--out", str(tmp_path / "x"))
+    assert "positions" in line
