@@ -25,7 +25,8 @@ from .errors import GenboundError
 
 # The files of a genbound checkpoint (genbound.checkpoint): only a directory holding nothing else may be
 # replaced by --overwrite.
-CHECKPOINT_FILES = frozenset({"genbound.json", "tensors.safetensors", "trajectory.safetensors"})
+CHECKPOINT_FILES = frozenset({"genbound.json", "tensors.safetensors", "trajectory.safetensors",
+                              "subspace.safetensors"})  # genbound.subspace.SUBSPACE_FILE
 # The longest name genbound derives from --out's name: the state's temporary ".<name>.state.<pid>-XXXXXXXX.tmp"
 # adds at most this many characters (pids have at most 7 digits on Linux).
 _SUFFIX_CHARS = len("..state.") + 7 + len("-xxxxxxxx.tmp")
