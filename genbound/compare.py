@@ -25,6 +25,7 @@ Checkpoints on different backbones or datasets are refused (:class:`MismatchErro
 from __future__ import annotations
 
 import math
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -574,7 +575,9 @@ def to_text(report: CompareReport) -> str:
     out = ([report.banner, ""] if report.banner else []) + [
         f"A = {report.a} ({report.labels[0]})", f"B = {report.b} ({report.labels[1]})", "", table, "",
         "* marks the better value where 'better' is meaningful."]
-    out += [f"[{i}] {n}" for n, i in foot.items()]
+    for n, i in foot.items():  # wrapped under the table's width, continuation lines indented
+        out += textwrap.wrap(n, width=max(60, len(table.splitlines()[0])), initial_indent=f"[{i}] ",
+                             subsequent_indent=" " * (len(str(i)) + 3))
     out += [f"note: {n}" for n in report.notes]
     if report.figures:
         out.append("figures: " + ", ".join(report.figures))

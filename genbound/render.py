@@ -81,8 +81,10 @@ def text_table(rows: Sequence[Sequence[Any]], header: Sequence[str], align: Sequ
     from tabulate import tabulate  # here, not at the top: the CLI's --help imports this module
 
     n = len(header)
+    # preserve_whitespace: a caller may pad a cell on purpose (compare pads unmarked values where others
+    # carry " *", so that the digits of a right-aligned column stay aligned).
     text = tabulate(_cells(rows, n), headers=list(header), tablefmt="simple", disable_numparse=True,
-                    colalign=_aligns(rows, n, align))
+                    colalign=_aligns(rows, n, align), preserve_whitespace=True)
     return "\n".join(line.rstrip() for line in text.splitlines())
 
 

@@ -84,3 +84,22 @@ def test_json_is_strict():
     obj = {"t": torch.tensor([1.0, float("inf")]), "x": float("nan"), "n": [1, (2, 3)]}
     assert to_jsonable(obj) == {"t": [1.0, None], "x": None, "n": [1, [2, 3]]}
     assert json.loads(json_text(obj)) == {"t": [1.0, None], "x": None, "n": [1, [2, 3]]}
+
+
+def test_compare_text_is_narrow_aligned_and_keeps_every_note():
+    from genbound.compare import CompareReport, Row, to_text
+
+    long = "vacuous: 26.46 >= 3.21888, the largest possible gap of the clipped loss; " * 3
+    rows = [Row("fit", "train loss", 1.98, 1.984, "a", ""), Row("fit", "gap", -0.02621, -0.02643, "b", "short"),
+            Row("bounds", "Theorem 1 bound", 26.46, 35.08, "a", long.strip()),
+            Row("bounds", "Table 1", 6.56, 5.429, "b", "short")]
+    text = to_text(CompareReport("runs/a", "runs/b", ["lora", "cla"], rows, ["run note"]))
+    lines = text.splitlines()
+    assert all(line == line.rstrip() for line in lines) and max(map(len, lines)) <= 100
+    table = [line for line in lines if line.startswith(("fit", "bounds", " "))][:4]
+    # B's digits end in one column whether or not the value carries the '*' mark
+    b_ends = {len(line.split("  [")[0].rstrip(" *")) for line in table}
+    assert len(b_ends) == 1, (b_ends, table)
+    notes = " ".join(line.strip() for line in lines if not line.startswith(("fit", "bounds", "section", "-")))
+    assert "[1] short" in notes and long.strip() in notes.replace("  ", " ") and "note: run note" in notes
+    assert text.count("[1]") == 3  # the same note is one footnote, cited by both rows
