@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .device import where
 from .errors import GenboundError
 from .methods import layer_generator
 
@@ -100,8 +101,9 @@ class Subspace(nn.Module):
     """w (the trained vector) and P for one link; :func:`attach_subspace` wires it into a model."""
 
     def __init__(self, names: list[str], shapes: list[tuple[int, ...]], d: int, seed: int, link: int = 0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | None = None):
         super().__init__()
+        device = where(device)  # a fresh subspace: the CPU unless a device is given
         self.names = list(names)
         self.shapes = [tuple(s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]

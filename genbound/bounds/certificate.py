@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
 from .codec import HyperGrid, QuantizedVector, decode, encode
@@ -109,9 +110,11 @@ class Replay:
     """The model of a subspace checkpoint rebuilt link by link from the seed and given w's (what a decoder
     does): pretrained backbone, seeded head and adapters, link j's subspace with w_j, merged, next link."""
 
-    def __init__(self, ckpt, device: torch.device | str = "cpu"):
+    def __init__(self, ckpt, device: torch.device | None = None):
         from ..adapters import attach_adapters
         from ..subspace import attach_subspace, link_dims
+
+        device = where(device)  # a checkpoint is read onto the CPU
 
         self.ckpt = ckpt
         m = ckpt.meta
@@ -233,11 +236,13 @@ def quantization_aware(model: nn.Module, space, centers: Tensor, train: EvalSet,
 
 def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: int = DEFAULT_QAT_STEPS,
             qat_lr: float = DEFAULT_QAT_LR, rate: float = DEFAULT_RATE, batch_size: int | None = None, seed: int = 0,
-            device: torch.device | str = "cpu", splits=None, grid: HyperGrid = DECLARED_GRID,
+            device: torch.device | None = None, splits=None, grid: HyperGrid = DECLARED_GRID,
             progress: bool | None = None, measure_test: bool = True, pac_bayes: bool = False,
             pac_bayes_options: dict[str, Any] | None = None) -> Certificate:
     """The certificate of the module docstring for a loaded subspace checkpoint ``ckpt``."""
     from ..evaluate import evaluate
+
+    device = where(device)  # a checkpoint is read onto the CPU
 
     if int(levels) < 2:
         raise GenboundError(f"a codebook needs at least 2 levels, got {levels}; pass --levels 2 or more")

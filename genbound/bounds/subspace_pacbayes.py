@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
 from .common import kl_inverse_upper
@@ -42,11 +43,13 @@ def diagonal_gaussian_kl(mu: torch.Tensor, s2: torch.Tensor, lam: float) -> torc
 def subspace_pac_bayes(model: nn.Module, space, train: EvalSet, delta: float = 0.05, mc_fraction: float = 0.5,
                        lambda_grid: Sequence[float] = DEFAULT_LAMBDA_GRID, steps: int = 30, lr: float = 0.01,
                        batch_size: int = 32, mc_batches: int = 200, mc_batch_size: int = 8, init_s: float = 1e-2,
-                       seed: int = 0, device: torch.device | str = "cpu",
+                       seed: int = 0, device: torch.device | None = None,
                        progress: bool | None = None) -> dict[str, Any]:
     """The bound of the module docstring for ``model`` whose last-link subspace is ``space`` (w = the
     trained vector). Returns its parts; ``model``'s w is left as it was."""
     from tqdm.auto import tqdm
+
+    device = where(device, model)  # None: where the model is
 
     if not 0 < delta < 1 or not 0 < mc_fraction < 1:
         raise GenboundError(f"delta and the Monte Carlo share must lie in (0, 1), got {delta} and {mc_fraction}")
