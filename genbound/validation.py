@@ -109,6 +109,8 @@ class CheckpointMetaModel(_Model):
     seed: Seed
     paca_columns: Literal["random", "first"] = "random"
     split_digest: Text = ""
+    dataset_card: dict[str, Any] = {}  # the researcher's data file: source, columns, classes, sizes, digest
+    head_bias: Annotated[bool, Field(strict=True)] = True
     hyperparameters: dict[str, Any] = {}
     params: dict[str, NonNeg] = {}
     metrics: dict[str, Any] = {}

@@ -85,12 +85,12 @@ def from_checkpoint(ckpt, device: torch.device | None = None) -> Hypothesis:
             trained[f"{li.name}.{k}"] = coded[k]
             reference[f"{li.name}.{k}"] = start[k].to(device)
         stored[li.name], contexts[li.name] = layer, ctx
-    for k in ("weight", "bias"):
+    for k in [k for k in ("weight", "bias") if f"head.{k}" in ckpt.tensors]:
         trained[f"head.{k}"] = ckpt.tensors[f"head.{k}"].to(device)
         reference[f"head.{k}"] = pristine.head.get_parameter(k).detach()
 
     def to_params(t: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = {"head.weight": t["head.weight"], "head.bias": t["head.bias"]}
+        out = {k: t[k] for k in ("head.weight", "head.bias") if k in t}
         for li in meta.layers:
             layer = dict(stored[li.name])
             layer.update({k[len(li.name) + 1:]: v for k, v in t.items() if k.startswith(f"{li.name}.")

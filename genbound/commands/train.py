@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .common import add_device, add_json, add_progress, format_table, print_json, progress_of
+from .dataopts import add_data_options, data_options
 
 HELP = "fine-tune a backbone with one of the catalogue's methods and write a checkpoint"
 DESCRIPTION = (
@@ -18,7 +19,13 @@ def add_arguments(p) -> None:
 
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--backbone", default="minilm", help="minilm (default), mlp, or a model folder")
-    p.add_argument("--dataset", default=None, help="bbc (text backbones) or digits (mlp); default fits the backbone")
+    p.add_argument("--dataset", default=None,
+                   help="bbc or tweets (text backbones), digits (mlp), or a data path: .csv, .jsonl, .parquet, a "
+                        "datasets save_to_disk folder or an image folder; default fits the backbone")
+    add_data_options(p)
+    p.add_argument("--task", choices=["seq-cls", "image-cls", "pooled"], default=None,
+                   help="how a model folder is built: its own sequence / image classifier (default by its config) "
+                        "or pooled (encoder, mean pooling, genbound's head)")
     p.add_argument("--rank", type=int, default=16, help="adapter rank r (default 16)")
     p.add_argument("--alpha", type=float, default=32.0, help="scale numerator: s = alpha / r (default 32)")
     chained = ", ".join(m for m, spec in METHODS.items() if spec.chained)
@@ -35,7 +42,13 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0 disables)")
-    p.add_argument("--targets", nargs="+", default=None, help="Linear layers to adapt (default: query value)")
+    tg = p.add_mutually_exclusive_group()
+    tg.add_argument("--targets", nargs="+", default=None,
+                    help="Linear (or GPT-2 Conv1D) layers to adapt, peft style: a name or dotted suffix of one "
+                         "(default: query value)")
+    tg.add_argument("--target-regex", default=None, metavar="REGEX",
+                    help="adapt the layers whose full name matches REGEX (peft's target_modules as a string)")
+    p.add_argument("--exclude", nargs="+", default=None, help="layers never adapted (names or dotted suffixes)")
     p.add_argument("--paca-columns", choices=["random", "first"], default="random")
     p.add_argument("--subspace-dim", type=int, default=None, metavar="d",
                    help="train only w in theta = theta_0 + P w: P a seeded Kronecker projection of every trained "
@@ -67,7 +80,8 @@ def run(args) -> int:
         chain=args.chain, epochs=1 if args.epochs is None else args.epochs, steps=args.steps, lr=args.lr,
         lr_ratio=args.lr_ratio,
         batch_size=args.batch_size, max_length=args.max_length, warmup=args.warmup,
-        weight_decay=args.weight_decay, clip=args.clip, targets=args.targets, paca_columns=args.paca_columns,
+        weight_decay=args.weight_decay, clip=args.clip, targets=args.target_regex or args.targets,
+        exclude=args.exclude, paca_columns=args.paca_columns, task=args.task, **data_options(args),
         subspace_dim=args.subspace_dim,
         seed=args.seed, split_seed=args.split_seed, save_trajectory=args.save_trajectory,
         trajectory_every=args.trajectory_every, device=args.device, progress=progress_of(args),
