@@ -281,7 +281,8 @@ class Backbone:
                 raise GenboundError(f"{self.folder}: model type '{config.model_type}' has no {what}-classification "
                                     f"class in transformers ({str(exc).splitlines()[0][:80]}); use a supported "
                                     "architecture") from None
-        model.config.pad_token_id = config.pad_token_id
+        if self.task == "seq-cls":
+            model.config.pad_token_id = config.pad_token_id
         return TaskClassifier(model, _head_path(model))
 
     def tokenizer(self):
