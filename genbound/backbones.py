@@ -117,19 +117,6 @@ class TaskClassifier(nn.Module):
     def forward(self, **features: Tensor) -> Tensor:
         return self.backbone(**features).logits
 
-    def hf_state_dict(self) -> dict[str, Tensor]:
-        """The task model's own state dict (names as in its folder and in peft), with the head back in place;
-        Conv1D weights in their stored (in, out) orientation."""
-        out = {}
-        for k, v in self.backbone.state_dict().items():
-            out[k] = v
-        for k, v in self.head.state_dict().items():
-            out[f"{self.head_path}.{k}"] = v
-        for name in self.fan_in_fan_out:
-            key = name[len("backbone."):] + ".weight"
-            out[key] = out[key].t()
-        return out
-
 
 def _conv1d_to_linear(model: nn.Module, prefix: str = "") -> list[str]:
     """Replace every transformers ``Conv1D`` (y = x W + b, W (in, out)) by the equal nn.Linear (W^T)."""

@@ -21,7 +21,8 @@ from . import __version__
 from .errors import GenboundError, os_error_message
 
 # Order is the order of ``genbound --help``.
-COMMANDS = ["demo", "list", "train", "compare", "bounds", "certify", "spectra", "hessian", "landscape"]
+COMMANDS = ["demo", "list", "train", "evaluate", "export", "compare", "bounds", "certify", "spectra", "hessian",
+            "landscape"]
 
 
 def _command_in(argv: Sequence[str]) -> str | None:

@@ -57,3 +57,21 @@ def evaluate(
     if not math.isfinite(loss):
         raise NonFiniteError(f"the loss is not finite in {where}; the model or its inputs hold NaN or Inf")
     return Evaluation(loss=loss, accuracy=correct / n, error=1 - correct / n, n=n)
+
+
+def evaluate_source(source, device: torch.device | str | None = None, batch_size: int = 64) -> dict:
+    """Train / val / test loss and accuracy and the gap G = L_test - L_train of a genbound checkpoint or a
+    peft source (genbound.peft_source), in eval mode over the full splits. Every example is one sequence (or
+    image) with one label, so losses and the gap are per sequence."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    model = source.build_model(device)
+    splits = source.load_splits()
+    out: dict = {"source": str(source.path), "kind": getattr(source, "kind", "genbound"),
+                 "method": source.meta.method, "dataset": splits.name, "unit": "sequence",
+                 "sizes": splits.sizes, "n_train": len(splits.train), "classes": list(splits.classes)}
+    for split in ("train", "val", "test"):
+        ev = evaluate(model, splits.split(split), batch_size, device, f"the {split} split")
+        out[f"{split}_loss"], out[f"{split}_accuracy"] = ev.loss, ev.accuracy
+    out["gap"] = out["test_loss"] - out["train_loss"]
+    out["gap_01"] = out["train_accuracy"] - out["test_accuracy"]
+    return out

@@ -307,9 +307,12 @@ class PeftCheckpoint:
 
     @property
     def method(self):
-        """genbound's ``dora`` Method for a DoRA adapter (A, B and the magnitude trained), else ``lora``."""
-        from .methods import get_method
+        """genbound's Method: the one a genbound export recorded, else ``dora`` for a DoRA adapter (A, B and
+        the magnitude trained), else ``lora``."""
+        from .methods import METHODS, get_method
 
+        if self.meta.method in METHODS:
+            return get_method(self.meta.method)
         return get_method("dora" if self.meta.use_dora else "lora")
 
     def _layer(self, name: str) -> PeftLayer:
@@ -378,15 +381,16 @@ class PeftCheckpoint:
         return out
 
 
-def load_peft(path: str | Path, backbone=None) -> PeftCheckpoint:
+def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftCheckpoint:
     """Read a peft LoRA adapter directory; ``backbone`` (a genbound name, folder or Backbone) overrides the
-    recorded base model for naming and base weights."""
+    recorded base model for naming and base weights. ``resolve=False`` keeps peft's module paths and resolves
+    no base (genbound.peft_source maps them onto the built model itself)."""
     path = Path(path)
     if not is_peft_dir(path):
         raise CheckpointError(f"{path} is not a peft adapter directory: it has no {CONFIG_FILE}")
     cfg = _read_config(path)
     _check_config(cfg, path)
-    bb = _resolve_backbone(backbone, cfg.get("base_model_name_or_path"))
+    bb = _resolve_backbone(backbone, cfg.get("base_model_name_or_path")) if resolve else None
     from .claims import backbone_layout, max_tensor_bytes
 
     # An adapter is a small fraction of its base model: its tensors may claim at most a small multiple of it.
@@ -509,7 +513,31 @@ def load_peft(path: str | Path, backbone=None) -> PeftCheckpoint:
                 "data_dependent": int(adapter_params + extra_params)},
         extra_trained=extra,
     )
+    _apply_genbound_record(cfg, meta, path)
     return PeftCheckpoint(path, cfg, tensors, meta, factors, bb, weight_paths)
+
+
+def _apply_genbound_record(cfg: dict, meta: PeftMeta, path: Path) -> None:
+    """An adapter written by ``genbound export`` records its method and data-dependent count D under the key
+    ``genbound``: keep them (a cLA export is cLA with D = r sum n, not a LoRA with r sum (m + n))."""
+    from .methods import METHODS
+
+    rec = cfg.get("genbound")
+    if rec is None:
+        return
+    if not isinstance(rec, dict) or rec.get("method") not in METHODS:
+        raise GenboundError(f"{path}: adapter_config.json field 'genbound' does not name a genbound method")
+    d = rec.get("data_dependent")
+    total = meta.params["trainable"]
+    if not isinstance(d, int) or isinstance(d, bool) or not 0 < d <= total:
+        raise GenboundError(f"{path}: the recorded data-dependent count {d!r} is not a count between 1 and the "
+                            f"adapter's {total} stored scalars; the adapter was edited")
+    n = rec.get("n_train")
+    meta.method = rec["method"]
+    meta.chain = int(rec.get("chain") or 1) if isinstance(rec.get("chain"), int) else 1
+    meta.params["data_dependent"] = d
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        meta.n_train = n
 
 
 def load_any(path: str | Path, backbone=None):

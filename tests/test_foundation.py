@@ -44,7 +44,7 @@ def test_list_json_reports_sizes(capsys):
     assert main(["list", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     sizes = {d["name"]: d["examples"] for d in out["datasets"]}
-    assert sizes == {"bbc": 2225, "digits": 896}
+    assert sizes == {"bbc": 2225, "digits": 896, "tweets": 37185}
     assert {b["name"] for b in out["backbones"]} == {"minilm", "mlp"}
     from genbound.methods import METHODS
 

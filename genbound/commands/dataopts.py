@@ -25,3 +25,24 @@ def add_data_options(p) -> None:
 
 def data_options(args) -> dict:
     return {"text_columns": args.text_columns, "label_column": args.label_column, "split_column": args.split_column}
+
+
+def add_source_options(p) -> None:
+    """Options that turn a peft adapter into a full source: its base model folder and the data."""
+    p.add_argument("--backbone", default=None,
+                   help="peft adapters: the base model folder (default: the adapter's base_model_name_or_path "
+                        "when that is a local folder)")
+    p.add_argument("--dataset", default=None,
+                   help="peft adapters: the data to evaluate on (a registered name or a data file / folder)")
+    p.add_argument("--max-length", type=int, default=128, help="peft adapters: tokens per example (default 128)")
+    p.add_argument("--split-seed", type=int, default=0, help="peft adapters: seed of a seeded split (default 0)")
+
+
+def source_from_args(args, path: str | None = None):
+    """A genbound checkpoint or a peft adapter (genbound.peft_source) from the parsed options."""
+    from ..peft_source import DataChoice, load_source
+
+    data = DataChoice(getattr(args, "dataset", None), getattr(args, "text_columns", None),
+                      getattr(args, "label_column", None), getattr(args, "split_column", None),
+                      getattr(args, "split_seed", 0), getattr(args, "max_length", 128))
+    return load_source(path or args.source, getattr(args, "backbone", None), data)
