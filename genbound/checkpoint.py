@@ -514,6 +514,8 @@ def load_checkpoint(path: str | Path | Checkpoint) -> Checkpoint:
     already loaded is returned as it is, so that functions may take either without reading twice."""
     if isinstance(path, Checkpoint):
         return path
+    if hasattr(path, "build_model") and hasattr(path, "load_splits") and hasattr(path, "meta"):
+        return path  # another full source (a peft adapter on its base model: genbound.peft_source)
     path = Path(path)
     meta = load_meta(path)
     limit = max_tensor_bytes(check_meta_claims(meta, path))  # shapes against the backbone, before reading

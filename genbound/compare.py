@@ -109,10 +109,17 @@ def _short(layer: str) -> str:
     return layer.replace("backbone.encoder.layer.", "L").replace(".attention.self.", ".")
 
 
-def _load(path: str | Path, backbone: str | None):
-    from .peft_import import load_any
+def _load(path: str | Path, backbone: str | None, data=None):
+    from .peft_import import is_peft_dir, load_any
 
     try:
+        if data is not None and data.dataset and is_peft_dir(path):
+            from .peft_source import PeftSource
+
+            src = PeftSource(path, backbone, data)  # a full source: data, model and results
+            src.load_splits()
+            src.results()
+            return src
         return load_any(path, backbone)
     except GenboundError:
         raise
@@ -123,7 +130,7 @@ def _load(path: str | Path, backbone: str | None):
 def _is_genbound(ck) -> bool:
     from .checkpoint import Checkpoint
 
-    return isinstance(ck, Checkpoint)
+    return isinstance(ck, Checkpoint) or hasattr(ck, "load_splits")
 
 
 def _same_backbone(a, b) -> str | None:
@@ -173,19 +180,22 @@ def compare(
     figures: str | Path | None = None,
     progress: bool | None = None,
     allow_mismatch: bool = False,
+    data=None,
 ) -> CompareReport:
     """Compare two checkpoints (genbound or peft). ``data_bounds`` (default: on for the mlp backbone,
     off for transformers, where it costs minutes) adds the compression bound; ``pac_bayes`` the PAC-Bayes
     bound. ``hessian`` / ``landscape`` add those sections on a seeded subset of ``samples`` training examples.
     Checkpoints on different backbones or datasets raise GenboundError unless ``allow_mismatch``, which marks
     nothing and sets the report's banner.
+    ``data`` (a :class:`genbound.peft_source.DataChoice` naming a dataset) makes a peft adapter a full source
+    on its base model folder: its fit, gap, data-dependent bounds, Hessian and landscape are then measured.
     """
     from .device import where
 
     device = where(device)  # checkpoints are read onto the CPU; "auto" is the CLI's to resolve
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    a, b = _load(path_a, backbone), _load(path_b, backbone)
+    a, b = _load(path_a, backbone, data), _load(path_b, backbone, data)
     why = mismatch(a, b)
     banner = ""
     if why is not None:
@@ -212,7 +222,7 @@ def compare(
     R.add("parameters", "data-dependent D", pa.get("data_dependent"), pb.get("data_dependent"), LOWER,
           "what the information-theoretic bounds count")
     ra, rb = getattr(a.meta, "results", {}) or {}, getattr(b.meta, "results", {}) or {}
-    missing = "" if (ra and rb) else "a peft adapter records no results"
+    missing = "" if (ra and rb) else "a peft adapter records no results; pass --dataset to measure them"
     for key, title, prefer in (("train_loss", "train loss", LOWER), ("train_accuracy", "train accuracy", HIGHER),
                                ("test_loss", "test loss", LOWER), ("test_accuracy", "test accuracy", HIGHER)):
         R.add("fit", title, ra.get(key), rb.get(key), prefer, missing)
@@ -409,7 +419,7 @@ def _bounds(ck, path, device, data_bounds, pac_bayes, seed, n_train, progress, n
                      f"N = {n_train} (given)")
         return SimpleNamespace(table1=[SimpleNamespace(value=value, vacuous=value >= 1.0)], theorem1=None,
                                compression=None, pac_bayes=None)
-    mlp = ck.meta.backbone == "mlp"
+    mlp = getattr(ck.meta, "backbone", None) == "mlp"
     use_data = mlp if data_bounds is None else data_bounds
     return report_for_checkpoint(ck, compression=use_data, pac_bayes=pac_bayes and use_data, seed=seed,
                                  device=device, progress=progress, theorem=True)

@@ -70,6 +70,8 @@ class PeftSourceMeta:
     n_train: int | None
     sizes: dict[str, int]
     seed: int = 0
+    dtype: str = "float32"
+    head_in_features: int | None = None
     params: dict[str, int] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     history: list = field(default_factory=list)
@@ -123,12 +125,17 @@ class PeftSource:
         bad = [li.name for li in pm.layers if li.kind == "embedding" or li.dora]
         self._dense_only = bad  # DoRA / embedding updates: applied merged, not as factors
         self.meta = PeftSourceMeta(
-            method="lora", rank=pm.rank, alpha=pm.alpha, scale=pm.scale, chain=1, layers=pm.layers,
+            method=pm.method if pm.method in _method_names() else "lora", rank=pm.rank, alpha=pm.alpha,
+            scale=pm.scale, chain=pm.chain, layers=pm.layers,
             backbone=self.backbone.name, fingerprint=self.backbone.fingerprint, dataset=self.data.dataset,
             split_seed=self.data.split_seed, max_length=self.data.max_length, num_labels=self._num_labels(),
-            classes=[], n_train=None, sizes={}, params=dict(pm.params), peft=pm,
+            classes=[], n_train=pm.n_train, sizes={}, params=dict(pm.params), peft=pm,
             hyperparameters={"task": self.backbone.task, "source": "peft"},
         )
+        # Table 1 counts one rank for every layer: with rank_pattern the largest, which over-counts D (a
+        # looser, still valid bound); the exact D is params["data_dependent"].
+        self.meta.rank = max(li.rank for li in pm.layers)
+        self.meta.params.setdefault("head", int(pm.params.get("extra", 0)))
 
     def _rename(self) -> None:
         """peft's module paths become the names inside genbound's model (``backbone.<path>``), checked against
@@ -166,9 +173,17 @@ class PeftSource:
 
     @property
     def method(self):
-        from .methods import get_method
+        return self.peft.method
 
-        return get_method("lora")
+    def results(self, device: torch.device | str = "cpu") -> dict:
+        """Train / val / test loss and accuracy and the gap on the data (computed once, kept in meta)."""
+        if not self.meta.results:
+            from .evaluate import evaluate_source
+
+            rep = evaluate_source(self, device)
+            self.meta.results = {k: v for k, v in rep.items() if k.endswith(("_loss", "_accuracy")) or
+                                 k in ("gap", "gap_01")}
+        return self.meta.results
 
     def load_backbone(self):
         return self.backbone
@@ -182,6 +197,9 @@ class PeftSource:
             self._splits = splits
             self.meta.dataset = splits.name
             self.meta.classes = list(splits.classes)
+            if self.meta.n_train is not None and self.meta.n_train != len(splits.train):
+                raise GenboundError(f"{self.path} records N = {self.meta.n_train} training examples but dataset "
+                                    f"{splits.name} has {len(splits.train)}; pass the data it was trained on")
             self.meta.n_train = len(splits.train)
             self.meta.sizes = splits.sizes
         return self._splits
@@ -274,9 +292,57 @@ class PeftSource:
     def trained_parameter_names(self, model: nn.Module) -> list[str]:
         return [n for n, p in model.named_parameters() if p.requires_grad]
 
+    def hypothesis(self, device: torch.device | str = "cpu"):
+        """The coded tensors for the data-dependent bounds: each layer's A and B and the restored
+        modules_to_save / bias tensors, on the merged model (adapted weights W0 + s B A). The reference theta_0
+        is B = 0, the base model's values for the saved modules, and A = 0: peft does not record A's initial
+        draw, so the prior is centred at zero for it."""
+        from .bounds.hypothesis import Hypothesis
+        from .update import LayerUpdate
+
+        model = self.build_model(device, merged=True)
+        pristine = self.initial_model(device)
+        init = dict(pristine.named_parameters())
+        names = {id(p): n for n, p in model.named_parameters()}
+        trained, reference = {}, {}
+        layers = [li for li in self.peft.meta.layers if li.kind != "embedding" and not li.dora]
+        if len(layers) != len(self.peft.meta.layers):
+            raise GenboundError(f"{self.path}: DoRA and embedding updates are not coded as factors; the "
+                                "data-dependent bounds cover plain LoRA layers")
+        base = {li.name: init[f"{li.name}.weight"].detach() for li in layers}
+        for li in layers:
+            for f in ("A", "B"):
+                t = self.peft._factors[li.name][f].to(device, torch.float32)
+                trained[f"{li.name}.{f}"] = t
+                reference[f"{li.name}.{f}"] = torch.zeros_like(t)
+        for key in self.peft.meta.extra_trained:
+            k = key.removeprefix("base_model.model.")
+            if ".lora_B." in k:
+                raise GenboundError(f"{self.path}: lora_bias tensors are not coded by the bounds")
+            name = names[id(_hf_parameter(model, k))]
+            trained[name] = dict(model.named_parameters())[name].detach().clone()
+            reference[name] = init[name].detach()
+        scale = {li.name: li.scale for li in layers}
+
+        def to_params(t: dict[str, Tensor]) -> dict[str, Tensor]:
+            out = {k: v for k, v in t.items() if not k.endswith((".A", ".B"))}
+            for li in layers:
+                upd = LayerUpdate(li.name, li.out_features, li.in_features, scale[li.name], t[f"{li.name}.B"],
+                                  t[f"{li.name}.A"])
+                out[f"{li.name}.weight"] = base[li.name] + upd.materialize().to(base[li.name].dtype)
+            return out
+
+        return Hypothesis(model, trained, reference, to_params, "peft LoRA: A, B and modules_to_save")
+
     def trajectory(self):
         raise GenboundError(f"{self.path}: a peft adapter saves no trajectory; read a Trainer run's checkpoint-* "
                             "folders with genbound.hf_trainer.read_trajectory, or use random directions")
+
+
+def _method_names() -> set[str]:
+    from .methods import METHODS
+
+    return set(METHODS)
 
 
 def _hf_parameter(model: nn.Module, key: str) -> Tensor:

@@ -149,6 +149,9 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
     device = where(device)  # a checkpoint is read onto the CPU
     ckpt = load_checkpoint(path)
     path = ckpt.path if ckpt is path else path  # a loaded checkpoint names its directory
+    if hasattr(ckpt, "results") and callable(ckpt.results):  # a peft source: N and the fit come from its data
+        ckpt.load_splits()
+        ckpt.results(device)
     meta = ckpt.meta
     cfg = config_from_meta(meta, q=q, sigma=sigma, loss=loss, clip=clip, n=n, total=total, source=str(path))
     row = method_bound(get_method(meta.method), cfg, include_head)
@@ -178,7 +181,7 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
     if compression or pac_bayes:
         from .hypothesis import from_checkpoint
 
-        hyp = from_checkpoint(ckpt, device)
+        hyp = ckpt.hypothesis(device) if hasattr(ckpt, "hypothesis") else from_checkpoint(ckpt, device)
         if compression:
             from .occam import compression_bound
 

@@ -12,13 +12,17 @@ q, sigma (or loss "01" / "ce" with clip), n, head, total, name; flags override i
 from __future__ import annotations
 
 from .common import add_device, add_json, print_json, resolve_device
+from .dataopts import add_data_options, add_source_options, source_from_args
 
 HELP = "generalization bounds (the paper's Table 1, Theorem 1, compression, PAC-Bayes)"
 DESCRIPTION = __doc__
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoint directories")
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT",
+                   help="checkpoint directories (genbound checkpoints or peft adapters)")
+    add_source_options(p)
+    add_data_options(p)
     g = p.add_argument_group("bare configuration")
     g.add_argument("--config", help="preset (roberta-base, minilm-bbc) or JSON file")
     g.add_argument("--layers", help="adapted layer shapes OUTxIN[*COUNT], comma-separated, e.g. 768x768*24")
@@ -82,7 +86,8 @@ def run(args) -> int:
                 if args.theorem_form == "printed":
                     warnings.simplefilter("always")
                 reports.append(report_for_checkpoint(
-                    path, include_head=include_head, q=args.q, sigma=args.sigma, loss=args.loss, clip=args.clip,
+                    source_from_args(args, path), include_head=include_head, q=args.q, sigma=args.sigma,
+                    loss=args.loss, clip=args.clip,
                     n=args.n, total=args.total_params, delta=args.delta, input_bound=args.input_bound,
                     loss_lipschitz=args.loss_lipschitz, theorem_form=args.theorem_form, theorem=not args.no_theorem,
                     compression=not args.no_compression, pac_bayes=args.pac_bayes, pb_samples=args.pb_samples,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .common import add_device, add_json, add_progress, print_json, progress_of, resolve_device
+from .dataopts import add_data_options, data_choice
 
 HELP = "compare two checkpoints (genbound or peft): fit, bounds, spectra, intruders, Hessian, landscape"
 DESCRIPTION = (
@@ -42,6 +43,12 @@ def add_arguments(p) -> None:
     p.add_argument("--grid", type=int, default=11, help="landscape resolution, odd (default 11)")
     p.add_argument("--n", type=int, default=None, help="training examples N, for peft adapters (which lack it)")
     p.add_argument("--backbone", default=None, help="backbone of peft adapters, when not resolvable")
+    p.add_argument("--dataset", default=None,
+                   help="peft adapters: measure fit, gap, Hessian and landscape on this data (a registered name or "
+                        "a data file / folder), with the adapter rebuilt on its base model folder")
+    p.add_argument("--max-length", type=int, default=128, help="peft adapters with --dataset: tokens per example")
+    p.add_argument("--split-seed", type=int, default=0, help="peft adapters with --dataset: seed of a seeded split")
+    add_data_options(p)
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
 
@@ -77,7 +84,8 @@ def run(args) -> int:
                      data_bounds=args.data_bounds, pac_bayes=args.pac_bayes, hessian=args.hessian,
                      landscape=args.landscape, samples=args.samples, grid=args.grid, seed=args.seed,
                      n_train=args.n, backbone=args.backbone, figures=args.figures,
-                     progress=progress_of(args), allow_mismatch=args.allow_mismatch)
+                     progress=progress_of(args), allow_mismatch=args.allow_mismatch,
+                     data=data_choice(args))
     if out is not None:
         suffix = out.suffix.lower()
         if suffix == ".json":

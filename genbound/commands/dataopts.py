@@ -46,3 +46,13 @@ def source_from_args(args, path: str | None = None):
                       getattr(args, "label_column", None), getattr(args, "split_column", None),
                       getattr(args, "split_seed", 0), getattr(args, "max_length", 128))
     return load_source(path or args.source, getattr(args, "backbone", None), data)
+
+
+def data_choice(args):
+    """The --dataset choice for peft adapters, or None when no dataset was given."""
+    if not getattr(args, "dataset", None):
+        return None
+    from ..peft_source import DataChoice
+
+    return DataChoice(args.dataset, args.text_columns, args.label_column, args.split_column,
+                      getattr(args, "split_seed", 0), getattr(args, "max_length", 128))

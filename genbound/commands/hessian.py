@@ -19,6 +19,7 @@ from .common import (
     resolve_device,
     sample_count,
 )
+from .dataopts import add_data_options, add_source_options, source_from_args
 
 HELP = "Hessian spectrum of a checkpoint's loss: top eigenvalues (Lanczos), trace (Hutch++), density (SLQ)"
 DESCRIPTION = (
@@ -29,7 +30,9 @@ DESCRIPTION = (
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", metavar="CKPT", help="a genbound checkpoint directory")
+    p.add_argument("checkpoint", metavar="CKPT", help="a genbound checkpoint or a peft adapter directory")
+    add_source_options(p)
+    add_data_options(p)
     p.add_argument("--top-k", type=int, default=5, help="largest eigenvalues to compute (5; 0 for none)")
     p.add_argument("--bottom-k", type=int, default=0, help="smallest eigenvalues to compute (0)")
     p.add_argument("--trace", action="store_true", help="estimate the trace (Hutch++, 95%% interval)")
@@ -70,8 +73,9 @@ def run(args) -> int:
         raise GenboundError(f"--tol must be positive, got {args.tol}")
     device = resolve_device(args.device)
     params = args.params if args.params in ("trained", "all") else [s for s in args.params.split(",") if s]
+    source = source_from_args(args, args.checkpoint)
     report = hessian_from_checkpoint(
-        args.checkpoint, params=params, split=args.split, samples=args.samples, device=device, seed=args.seed,
+        source, params=params, split=args.split, samples=args.samples, device=device, seed=args.seed,
         top_k=args.top_k, bottom_k=args.bottom_k, trace=args.trace, trace_method=args.trace_method,
         density=args.density, density_probes=args.density_probes, density_steps=args.density_steps,
         tol=args.tol, max_steps=args.max_steps, batch_size=args.batch_size, trace_rtol=args.trace_rtol,

@@ -16,6 +16,7 @@ from .common import (
     sample_count,
     to_jsonable,
 )
+from .dataopts import add_data_options, add_source_options, source_from_args
 
 HELP = "loss-landscape slice around a checkpoint: filter-normalized random, trajectory-PCA or interpolation"
 DESCRIPTION = (
@@ -28,7 +29,10 @@ DESCRIPTION = (
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint directory (2 or 3 to interpolate)")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoint or peft adapter directory (2 or 3 to interpolate)")
+    add_source_options(p)
+    add_data_options(p)
     p.add_argument("--directions", choices=["random", "pca", "interpolate"], default=None,
                    help="direction kind (default: interpolate for several checkpoints, else random)")
     p.add_argument("--dims", type=int, choices=[1, 2], default=None, help="1 (line) or 2 (plane) for random")
@@ -78,7 +82,8 @@ def run(args) -> int:
     if args.plot is not None and args.plot.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise GenboundError(f"--plot {args.plot}: use a .png, .pdf or .svg file name")
     result = landscape_from_checkpoints(
-        args.checkpoints, args.directions, space=args.space, dims=args.dims, grid=args.grid, span=args.span,
+        [source_from_args(args, c) for c in args.checkpoints], args.directions, space=args.space, dims=args.dims,
+        grid=args.grid, span=args.span,
         samples=args.samples, split=args.split, seed=args.seed, normalization=args.normalization,
         device=device, engine=args.engine, points_per_batch=args.points_per_batch, batch_size=args.batch_size,
         basin_rise=args.basin_rise, progress=progress_of(args),

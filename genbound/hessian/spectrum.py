@@ -370,7 +370,8 @@ def hessian_from_checkpoint(
     trained = ckpt.trained_parameter_names(model)
     report = hessian_spectrum(model, params, evalset, trained=trained, device=device, seed=seed, **kw)
     report.source = {
-        "checkpoint": path,
+        "checkpoint": path or (str(ckpt.path) if getattr(ckpt, "path", None) is not None else None),
+        "kind": getattr(ckpt, "kind", "genbound"),
         "method": getattr(ckpt.meta, "method", None),
         "dataset": getattr(ckpt.meta, "dataset", None),
         "split": split,
