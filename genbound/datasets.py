@@ -174,22 +174,27 @@ def featurize(raw: list, backbone: Backbone, max_length: int, progress: bool | N
 
         if max_length < 2:
             raise GenboundError(f"max length must be at least 2 tokens, got {max_length}")
-        tok = backbone.tokenizer()
-        ids, masks = [], []
-        shown = bar(total=len(raw), desc=f"tokenize ({backbone.name})", unit="text", progress=progress)
-        for start in range(0, len(raw), TOKENIZE_CHUNK):
-            chunk = raw[start:start + TOKENIZE_CHUNK]
-            if chunk and isinstance(chunk[0], tuple):
-                enc = tok([a for a, _ in chunk], [b for _, b in chunk], truncation=True, max_length=max_length,
-                          padding="max_length", return_tensors="pt")
-            else:
-                enc = tok(list(chunk), truncation=True, max_length=max_length, padding="max_length",
-                          return_tensors="pt")
-            ids.append(enc["input_ids"])
-            masks.append(enc["attention_mask"])
-            shown.update(len(chunk))
-        shown.close()
-        out = {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}
+        from .tokcache import cached_tokens
+
+        def tokenize() -> dict[str, torch.Tensor]:
+            tok = backbone.tokenizer()
+            ids, masks = [], []
+            shown = bar(total=len(raw), desc=f"tokenize ({backbone.name})", unit="text", progress=progress)
+            for start in range(0, len(raw), TOKENIZE_CHUNK):
+                chunk = raw[start:start + TOKENIZE_CHUNK]
+                if chunk and isinstance(chunk[0], tuple):
+                    enc = tok([a for a, _ in chunk], [b for _, b in chunk], truncation=True, max_length=max_length,
+                              padding="max_length", return_tensors="pt")
+                else:
+                    enc = tok(list(chunk), truncation=True, max_length=max_length, padding="max_length",
+                              return_tensors="pt")
+                ids.append(enc["input_ids"])
+                masks.append(enc["attention_mask"])
+                shown.update(len(chunk))
+            shown.close()
+            return {"input_ids": torch.cat(ids).to(torch.int64), "attention_mask": torch.cat(masks).to(torch.int64)}
+
+        out = cached_tokens(backbone.folder, raw, max_length, tokenize)
         vocab = backbone.vocab_size()
         if vocab is not None and out["input_ids"].numel() and int(out["input_ids"].max()) >= vocab:
             raise GenboundError(f"the tokenizer of backbone '{backbone.name}' yields token id "

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from genbound.backbones import get_backbone
 from genbound.cli import main
 from genbound.datasets import get_dataset
-from genbound.backbones import get_backbone
 from tests.tiny_models import make_pairs_csv, make_text_model
 
 peft = pytest.importorskip("peft")
