@@ -59,12 +59,12 @@ def evaluate(
     return Evaluation(loss=loss, accuracy=correct / n, error=1 - correct / n, n=n)
 
 
-def evaluate_source(source, device: torch.device | str | None = None, batch_size: int = 64) -> dict:
+def evaluate_source(source, device: torch.device | None = None, batch_size: int = 64) -> dict:
     """Train / val / test loss and accuracy and the gap G = L_test - L_train of a genbound checkpoint or a
     peft source (genbound.peft_source), in eval mode over the full splits. Every example is one sequence (or
     image) with one label, so losses and the gap are per sequence."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
     model = source.build_model(device)
+    device = next(model.parameters()).device
     splits = source.load_splits()
     out: dict = {"source": str(source.path), "kind": getattr(source, "kind", "genbound"),
                  "method": source.meta.method, "dataset": splits.name, "unit": "sequence",

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .device import where
 from .errors import GenboundError
 from .peft_import import PeftCheckpoint, load_peft
 
@@ -175,7 +176,7 @@ class PeftSource:
     def method(self):
         return self.peft.method
 
-    def results(self, device: torch.device | str = "cpu") -> dict:
+    def results(self, device: torch.device | None = None) -> dict:
         """Train / val / test loss and accuracy and the gap on the data (computed once, kept in meta)."""
         if not self.meta.results:
             from .evaluate import evaluate_source
@@ -223,11 +224,11 @@ class PeftSource:
 
     # -- the model ---------------------------------------------------------------------------------------
 
-    def initial_model(self, device: torch.device | str = "cpu") -> nn.Module:
+    def initial_model(self, device: torch.device | None = None) -> nn.Module:
         """The base model with its classifier as saved in the base folder (or drawn from seed 0 where absent)."""
-        return self.backbone.build(self.meta.num_labels, 0).to(device).eval()
+        return self.backbone.build(self.meta.num_labels, 0).to(where(device)).eval()
 
-    def build_model(self, device: torch.device | str = "cpu", merged: bool = False) -> nn.Module:
+    def build_model(self, device: torch.device | None = None, merged: bool = False) -> nn.Module:
         """The adapted model in eval mode: AdaptedLinear layers holding the adapter's factors (trained), or with
         ``merged`` plain Linear layers W0 + dW; modules_to_save and trained biases restored (trained)."""
         from .adapters import AdaptedLinear, _parent
@@ -264,7 +265,7 @@ class PeftSource:
             parent, child = _parent(model, li.name)
             setattr(parent, child, ad)
         self._restore_extra(model)
-        return model.to(device).eval()
+        return model.to(where(device)).eval()
 
     def _restore_extra(self, model: nn.Module) -> None:
         """modules_to_save copies, trained biases and lora_B biases, each onto the module it belongs to."""
@@ -292,7 +293,7 @@ class PeftSource:
     def trained_parameter_names(self, model: nn.Module) -> list[str]:
         return [n for n, p in model.named_parameters() if p.requires_grad]
 
-    def hypothesis(self, device: torch.device | str = "cpu"):
+    def hypothesis(self, device: torch.device | None = None):
         """The coded tensors for the data-dependent bounds: each layer's A and B and the restored
         modules_to_save / bias tensors, on the merged model (adapted weights W0 + s B A). The reference theta_0
         is B = 0, the base model's values for the saved modules, and A = 0: peft does not record A's initial
@@ -300,6 +301,7 @@ class PeftSource:
         from .bounds.hypothesis import Hypothesis
         from .update import LayerUpdate
 
+        device = where(device)
         model = self.build_model(device, merged=True)
         pristine = self.initial_model(device)
         init = dict(pristine.named_parameters())
