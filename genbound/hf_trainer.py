@@ -35,14 +35,15 @@ _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def _trained_state(model) -> dict[str, Tensor]:
-    try:
-        from peft import PeftModel
-        from peft.utils import get_peft_model_state_dict
+    """peft's adapter state dict (the keys ``save_pretrained`` writes) for a peft model, else every parameter
+    that requires a gradient. A peft model object means peft is loaded, so it is taken from ``sys.modules``
+    rather than imported: genbound does not depend on peft."""
+    import sys
 
-        if isinstance(model, PeftModel):
-            return {k: v.detach().cpu().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    except ImportError:  # pragma: no cover
-        pass
+    save_and_load = sys.modules.get("peft.utils.save_and_load")
+    if hasattr(model, "peft_config") and save_and_load is not None:
+        state = save_and_load.get_peft_model_state_dict(model)
+        return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
     return {n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from genbound.backbones import get_backbone
 from genbound.cli import main
 from genbound.datasets import get_dataset
-from tests.tiny_models import make_pairs_csv, make_text_model
+from genbound.tinymodels import make_pairs_csv, make_text_model
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402

@@ -13,7 +13,7 @@ from genbound.backbones import get_backbone
 from genbound.datafiles import read_data
 from genbound.datasets import get_dataset, load_tweets_raw
 from genbound.errors import GenboundError
-from tests.tiny_models import make_image_folder, make_pairs_csv, make_text_model, make_vit
+from genbound.tinymodels import make_image_folder, make_pairs_csv, make_text_model, make_vit
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_bad_data_is_one_line(tmp_path, roberta, case, match):
 def test_tokenizer_must_fit_the_model(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
-    from tests.tiny_models import _tokenizer
+    from genbound.tinymodels import _tokenizer
 
     folder = tmp_path / "small-vocab"
     BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,

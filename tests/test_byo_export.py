@@ -13,8 +13,8 @@ from genbound.cli import main
 from genbound.export import export_peft
 from genbound.methods import METHODS
 from genbound.peft_import import load_peft
+from genbound.tinymodels import make_pairs_csv, make_text_model
 from genbound.train import TrainConfig, train
-from tests.tiny_models import make_pairs_csv, make_text_model
 
 peft = pytest.importorskip("peft")
 from peft import PeftModel  # noqa: E402

@@ -13,8 +13,8 @@ from genbound.checkpoint import load_checkpoint
 from genbound.errors import GenboundError
 from genbound.evaluate import evaluate
 from genbound.methods import METHODS
+from genbound.tinymodels import TEXT_KINDS, make_pairs_csv, make_text_model, make_vit
 from genbound.train import TrainConfig, train
-from tests.tiny_models import TEXT_KINDS, make_pairs_csv, make_text_model, make_vit
 
 
 @pytest.fixture(scope="module")

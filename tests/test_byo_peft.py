@@ -9,7 +9,7 @@ import torch
 
 from genbound.errors import GenboundError
 from genbound.peft_source import DataChoice, PeftSource
-from tests.tiny_models import make_pairs_csv, make_text_model, make_vit
+from genbound.tinymodels import make_pairs_csv, make_text_model, make_vit
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402

@@ -11,7 +11,7 @@ from genbound.datasets import get_dataset
 from genbound.errors import GenboundError
 from genbound.hf_trainer import GenboundCallback, read_run, read_trajectory
 from genbound.peft_import import load_peft
-from tests.tiny_models import make_pairs_csv, make_text_model
+from genbound.tinymodels import make_pairs_csv, make_text_model
 
 peft = pytest.importorskip("peft")
 

