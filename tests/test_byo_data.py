@@ -158,3 +158,18 @@ def test_tweets_corpus_cleaning():
     assert len(texts) == 37185 and len(set(texts)) == len(texts)
     assert np.bincount(labels).tolist() == [15954, 14424, 6807]
     assert all(t == " ".join(t.split()) for t in texts[:2000])
+
+
+def test_cli_bad_column_exits_2_and_writes_nothing(tmp_path, roberta, capsys):
+    from genbound.cli import main
+
+    csv_path = make_pairs_csv(tmp_path / "pairs.csv")
+    out = tmp_path / "never"
+    rc = main(["train", "--method", "cla", "--backbone", str(roberta), "--dataset", str(csv_path), "--text-columns",
+               "s1,missing", "--split-column", "split", "--steps", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "has no column 'missing'" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert main(["train", "--method", "cla", "--backbone", str(roberta), "--dataset", "bbc", "--label-column", "x",
+                 "--steps", "2", "--out", str(out)]) == 2
+    assert "fixed columns" in capsys.readouterr().err and not out.exists()
