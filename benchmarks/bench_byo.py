@@ -73,9 +73,11 @@ def main() -> None:
                 res = _run([str(tree / one[0]), *one[1:]], tree, {})
                 times[label].append(res["median_s"])
         mb, mt = statistics.median(times["baseline"]), statistics.median(times["this tree"])
-        lines += [f"## MiniLM LoRA step (batch 32, sequence {args.seq}, rank 16), {args.rounds} alternated rounds",
+        lines += [f"## MiniLM LoRA step (batch 32, sequence {args.seq}, rank 16), "
+                  f"{args.rounds} alternated rounds",
                   "", "| tree | median s/step | rounds |", "|---|---|---|",
-                  f"| baseline ({Path(args.baseline).name}) | {mb:.3f} | {', '.join(f'{t:.3f}' for t in times['baseline'])} |",
+                  f"| baseline ({Path(args.baseline).name}) | {mb:.3f} | "
+                  f"{', '.join(f'{t:.3f}' for t in times['baseline'])} |",
                   f"| this tree | {mt:.3f} | {', '.join(f'{t:.3f}' for t in times['this tree'])} |", "",
                   f"Ratio this / baseline: {mt / mb:.3f}.", ""]
         print(f"MiniLM step: baseline {mb:.3f} s, this tree {mt:.3f} s, ratio {mt / mb:.3f}")

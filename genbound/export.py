@@ -60,7 +60,6 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
     task_model = isinstance(pristine, TaskClassifier)
     model = ck.build_model("cpu")
     updates = ck.layer_updates()
-    R = meta.rank * meta.chain
     scale = float(meta.scale)
     fifo = set(getattr(pristine, "fan_in_fan_out", []))
     adapted = [li.name for li in meta.layers]
@@ -72,9 +71,15 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
         return name[len("backbone."):] if task_model and name.startswith("backbone.") else name
 
     tensors: dict[str, Tensor] = {}
+    ranks: dict[str, int] = {}
+    alphas: dict[str, float] = {}
     for name, u in updates.items():
         if u.B is None or u.A is None:
-            raise GenboundError(f"{ck.path}: layer {name} has no factored update to export")
+            raise GenboundError(f"{ck.path}: method {meta.method}'s update of layer {name} is not a product B A "
+                                "(it depends on W0 nonlinearly), so it has no LoRA form; export a factored method")
+        # The update's own factor width and scale (PiSSA's dW = B A - B0 A0 has 2r columns).
+        ranks[peft_name(name)] = int(u.B.shape[1])
+        alphas[peft_name(name)] = float(u.scale) * int(u.B.shape[1])
         tensors[f"{PEFT_PREFIX}{peft_name(name)}.lora_A.weight"] = u.A.detach().to(torch.float32).contiguous()
         tensors[f"{PEFT_PREFIX}{peft_name(name)}.lora_B.weight"] = u.B.detach().to(torch.float32).contiguous()
     if task_model:
@@ -92,11 +97,16 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
             tensors[f"{PEFT_PREFIX}head.{k}"] = v.detach().to(torch.float32).contiguous()
         base_name = meta.backbone
         task_type = None
+    first = next(iter(ranks))
+    R, lora_alpha = ranks[first], alphas[first]
+    rank_pattern = {k: v for k, v in ranks.items() if v != R}
+    alpha_pattern = {k: v for k, v in alphas.items() if v != lora_alpha}
     config = {
         "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_name,
-        "r": R, "lora_alpha": scale * R, "lora_dropout": 0.0, "use_rslora": False, "use_dora": False,
+        "r": R, "lora_alpha": lora_alpha, "lora_dropout": 0.0, "use_rslora": False, "use_dora": False,
         "fan_in_fan_out": bool(fifo), "bias": "none", "target_modules": sorted({peft_name(n) for n in adapted}),
-        "modules_to_save": [saved], "rank_pattern": {}, "alpha_pattern": {}, "init_lora_weights": True,
+        "modules_to_save": [saved], "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
+        "init_lora_weights": True,
         "inference_mode": True,
         "genbound": {
             "method": meta.method, "rank": meta.rank, "chain": meta.chain, "alpha": meta.alpha, "scale": scale,
