@@ -11,8 +11,14 @@ cola, rac           the k links concatenated: B = [B_1 .. B_k], A = [A_1; ..; A_
 cla, rcla, c3la,    A = the one-hot selector of the chosen input columns (of all links), B as trained
 rc3la
 paca                B = P - P0 (the change of the trained columns), A = their selector; s = 1
+vera, pissa         their factored dW relative to W0 as the layer's update reports it (VeRA's
+                    diag(b) B diag(d) A; PiSSA's B A - B0 A0 with 2 r columns), r and lora_alpha
+                    per layer (``rank_pattern`` / ``alpha_pattern`` where they differ)
+dora                refused: W = m (W0 + s B A) / ||W0 + s B A|| is not W0 plus a product B A
 fft                 refused: a full fine-tune is not an adapter
 ==================  ============================================================================
+
+Every exported adapter is peft type LORA: VeRA, PiSSA and DoRA are not written as peft's own types.
 
 The trained head goes to ``modules_to_save``: for a model folder's own task model the whole ``classifier`` /
 ``score`` module (its untrained parts at their seeded values, so the export does not depend on how peft
