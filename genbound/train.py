@@ -141,8 +141,10 @@ def trained_tensors(model: nn.Module, adapters: dict[str, AdaptedLinear], full: 
     for name, ad in adapters.items():
         for suffix, t in ad.checkpoint_tensors().items():
             out[f"{name}.{suffix}"] = t
-    for k, p in model.head.named_parameters():
-        out[f"head.{k}"] = p.detach().clone()
+    for k in ("weight", "bias"):  # by attribute: a parametrized head (subspace training) computes them
+        t = getattr(model.head, k, None)
+        if t is not None:  # decoders' score layer has no bias
+            out[f"head.{k}"] = t.detach().clone()
     return out
 
 
