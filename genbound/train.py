@@ -298,8 +298,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     _clean_stale(out)
     device = resolve_device(config.device)
     method = get_method(config.method)
-<<<<<<< HEAD
-    backbone = get_backbone(config.backbone)
+    backbone = get_backbone(config.backbone, config.task)
+    config.task = backbone.task if backbone.kind == "hf" and backbone.name != "minilm" else config.task
     if backbone.kind == "hf":  # before tokenizing: 20,000 tokens took minutes and gigabytes before a refusal
         from .claims import backbone_layout
 
@@ -307,10 +307,6 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         if not 2 <= config.max_length <= (positions or config.max_length):
             raise GenboundError(f"--max-length {config.max_length} is outside 2..{positions}, the positions of "
                                 f"backbone '{config.backbone}'")
-=======
-    backbone = get_backbone(config.backbone, config.task)
-    config.task = backbone.task if backbone.kind == "hf" and backbone.name != "minilm" else config.task
->>>>>>> b9368d0 (Own data and models: --dataset PATH (CSV, JSONL, Parquet, datasets folder, image folder) with a dataset card; model folders build as their own sequence / image classifier; peft-style targets; tweets corpus)
     dataset_name = config.dataset or default_dataset_for(backbone)
     config.dataset = dataset_name
     state: TrainState | None = load_state(state_dir) if resume and state_dir.exists() else None
