@@ -300,7 +300,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     method = get_method(config.method)
     backbone = get_backbone(config.backbone, config.task)
     config.task = backbone.task if backbone.kind == "hf" and backbone.name != "minilm" else config.task
-    if backbone.kind == "hf":  # before tokenizing: 20,000 tokens took minutes and gigabytes before a refusal
+    if backbone.kind == "hf" and backbone.task == "pooled":  # before tokenizing: 20,000 tokens took minutes
         from .claims import backbone_layout
 
         positions = backbone_layout(backbone).max_positions
