@@ -19,6 +19,7 @@ from genbound.bounds.codec import (
     rank_composition,
     unrank_composition,
 )
+from genbound.bounds.smoothed import recompute_smoothed
 from genbound.checkpoint import load_checkpoint
 from genbound.cli import main
 from genbound.errors import GenboundError
@@ -167,7 +168,17 @@ def test_certificate_parts_recompute_and_decode(ckpt_dir):
 
     rep = Replay(ck)
     rep.set_w(links[0].values())
-    assert evaluate(rep.model, ck.load_splits().train).error == d["train_error"]
+    train_eval = evaluate(rep.model, ck.load_splits().train)
+    assert train_eval.error == d["train_error"]
+    # the smoothed cross-entropy certificate: same K, N and delta; its losses come from the decoded model
+    sm = d["smoothed"]
+    assert (sm["bits"], sm["n"], sm["delta"], sm["classes"]) == (d["bits"], d["n"], d["delta"],
+                                                                 ck.meta.num_labels)
+    assert math.isclose(sm["train_cross_entropy"], train_eval.loss, rel_tol=1e-5)
+    assert math.isclose(recompute_smoothed(sm), sm["bound"], rel_tol=1e-9)
+    assert sm["train_loss"] <= sm["bound"] and sm["test_loss"] is not None
+    for row in sm["per_alpha"]:  # every smoothed loss lies in its interval [lo, hi]
+        assert row["lo"] <= row["train_loss"] <= row["hi"]
     # non-vacuous on digits (N = 628, chance 0.8)
     assert not d["vacuous"]
     # quantization-aware fine-tuning helps over k-means alone
@@ -198,6 +209,9 @@ def test_cli_certify_json_and_bad_input(ckpt_dir, capsys):
         assert key in out
     for key in ("symbols", "codebook", "counts", "hyperparameters"):
         assert key in out["bits_breakdown"]
+    for key in ("bound", "alpha", "form", "train_loss", "test_loss", "bits", "n", "delta", "per_alpha", "vacuous"):
+        assert key in out["smoothed"]
+    assert out["smoothed"]["bits"] == out["bits"]
     for argv, msg in [(["certify", path, "--levels", "1"], "at least 2 levels"),
                       (["certify", path, "--delta", "0"], "delta"),
                       (["certify", path, "--delta", "1"], "delta"),

@@ -18,6 +18,9 @@ docs/concepts.md, section "Certificates").
 
    R <= kl^{-1}(R_hat, budget) (genbound.bounds.occam.occam_bound). The test error of the decoded model is
    measured on the test split for comparison; it plays no part in the bound.
+5. From the same message, a second certificate on the cross-entropy of the decoded model's prediction
+   smoothed with the uniform one, (1 - alpha) p + alpha / V (SubLoRA; genbound.bounds.smoothed): the loss is
+   bounded by ln(V / alpha), so Hoeffding / kl bounds apply, with a union bound over a declared alpha grid.
 
 Assumptions (reported in the output): the training examples are i.i.d. from the test distribution; every
 choice made after seeing the data is in the declared grid (``DECLARED_GRID``, fixed in this file before
@@ -41,6 +44,7 @@ from ..evalset import EvalSet
 from .codec import HyperGrid, QuantizedVector, decode, encode
 from .common import check_probability, kl_inverse_upper
 from .occam import occam_bound, occam_kl_budget, quantize
+from .smoothed import ALPHA_GRID, label_log_probs, mean_smoothed, smoothed_bound
 
 # Declared before any certified run; changing it changes what every certificate pays (grid.bits) and what a
 # message's index means. The method axis is the eleven methods of the paper, as they stood when the grid was
@@ -86,6 +90,7 @@ class Certificate:
     message_hex: str = ""
     assumed: dict[str, str] = field(default_factory=dict)
     pac_bayes: dict[str, Any] | None = None
+    smoothed: dict[str, Any] | None = None  # the prediction-smoothed cross-entropy bound (bounds.smoothed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,10 +243,9 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
             qat_lr: float = DEFAULT_QAT_LR, rate: float = DEFAULT_RATE, batch_size: int | None = None, seed: int = 0,
             device: torch.device | None = None, splits=None, grid: HyperGrid = DECLARED_GRID,
             progress: bool | None = None, measure_test: bool = True, pac_bayes: bool = False,
-            pac_bayes_options: dict[str, Any] | None = None) -> Certificate:
-    """The certificate of the module docstring for a loaded subspace checkpoint ``ckpt``."""
-    from ..evaluate import evaluate
-
+            pac_bayes_options: dict[str, Any] | None = None, alpha_grid=ALPHA_GRID) -> Certificate:
+    """The certificate of the module docstring for a loaded subspace checkpoint ``ckpt``, with the
+    prediction-smoothed cross-entropy bound (genbound.bounds.smoothed) from the same message as ``smoothed``."""
     device = where(device)  # a checkpoint is read onto the CPU
 
     if int(levels) < 2:
@@ -296,11 +300,20 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
     for q in decoded[1:]:
         model.next_link()
         model.set_w(q.values())
-    train_eval = evaluate(model.model, train_set, ebs, device, "the training split")
-    test_error = evaluate(model.model, splits.test, ebs, device, "the test split").error if measure_test else None
+    # One pass per split gives both the 0-1 error and ln p(y | x) for the smoothed cross-entropy bound.
+    train_lp, train_right = label_log_probs(model.model, train_set, ebs, device)
+    train_error = 1.0 - float(train_right.double().mean())
+    test_lp, test_error = None, None
+    if measure_test:
+        test_lp, test_right = label_log_probs(model.model, splits.test, ebs, device)
+        test_error = 1.0 - float(test_right.double().mean())
     n = len(train_set)
     K = message.nbits
-    bound = occam_bound(train_eval.error, K, n, delta)
+    bound = occam_bound(train_error, K, n, delta)
+    smoothed = smoothed_bound(mean_smoothed(train_lp, m.num_labels, alpha_grid), m.num_labels, K, n, delta,
+                              mean_smoothed(test_lp, m.num_labels, alpha_grid) if test_lp is not None else None)
+    smoothed["train_cross_entropy"] = float(-train_lp.mean())
+    smoothed["test_cross_entropy"] = float(-test_lp.mean()) if test_lp is not None else None
     chance = 1.0 - 1.0 / m.num_labels
     vacuous = bound >= chance
     verdict = (f"vacuous: {bound:.4g} >= {chance:.4g}, the error of a uniform random guess" if vacuous
@@ -308,7 +321,7 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
     res = m.results
     return Certificate(
         method=m.method, d=config["subspace_dim"], dims=list(replay.dims), levels=int(levels), bound=bound, bits=K,
-        bits_breakdown=message.bits.to_dict(), train_error=train_eval.error, test_error=test_error,
+        bits_breakdown=message.bits.to_dict(), train_error=train_error, test_error=test_error,
         train_error_trained=1.0 - float(res.get("train_accuracy", math.nan)),
         test_error_trained=(1.0 - float(res["test_accuracy"])) if "test_accuracy" in res else None,
         n=n, delta=delta, kl_budget=occam_kl_budget(K, n, delta), chance_error=chance, vacuous=vacuous,
@@ -319,7 +332,7 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
                  "grid": "method, chain, d, levels and lr chosen from the declared grid (paid in bits); every "
                          "other option fixed before training",
                  "theta_0": "data-independent: pretrained weights, adapters and head drawn from the recorded seed"},
-        pac_bayes=pb,
+        pac_bayes=pb, smoothed=smoothed,
     )
 
 

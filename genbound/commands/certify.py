@@ -5,8 +5,9 @@
 
 The subspace vector w is quantized (k-means, then quantization-aware fine-tuning on the training set),
 arithmetic-coded into a prefix-free message of K bits, decoded, and the decoded model's training error R_hat
-enters the Occam bound kl(R_hat || R) <= (K ln 2 + ln(2 sqrt(N) / delta)) / N. See docs/concepts.md,
-section "Certificates".
+enters the Occam bound kl(R_hat || R) <= (K ln 2 + ln(2 sqrt(N) / delta)) / N. The same K also bounds the
+cross-entropy of the decoded model's prediction smoothed with the uniform one (SubLoRA), reported under
+"smoothed" with its own parts. See docs/concepts.md, section "Certificates".
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def run(args) -> int:
     if cert.pac_bayes:
         pb = cert.pac_bayes
         rows.append(["PAC-Bayes bound (stochastic posterior over w)", pb["bound"]])
+    sm = cert.smoothed
+    if sm:
+        rows += [[f"smoothed cross-entropy bound (nats; alpha {sm['alpha']:g}, {sm['form']} form)", sm["bound"]],
+                 ["  smoothed train / test cross-entropy (decoded model)",
+                  f"{sm['train_loss']:.4g} / {sm['test_loss']:.4g}" if sm["test_loss"] is not None
+                  else f"{sm['train_loss']:.4g} / -"],
+                 ["  ln V (the uniform prediction's loss)", sm["chance_loss"]]]
     print(format_table(rows, ["quantity", "value"]))
     print(f"\n{cert.verdict}")
+    if sm:
+        print(f"smoothed cross-entropy: {sm['verdict']}")
     return 0
