@@ -5,6 +5,8 @@ theorem1    Theorem 1's correction terms: O(L) recursion (default), printed form
 transformer which chain of maps Theorem 1 sees, and why it does not apply to a transformer
 common      kl, kl-inverse, Hoeffding, sigma from the loss range, q from the dtype
 occam       compression (Occam) bound on the quantized model
+certificate subspace checkpoint -> quantized, arithmetic-coded message -> Occam bound on the decoded model
+smoothed    the prediction-smoothed cross-entropy bound from the same message (SubLoRA)
 pacbayes    PAC-Bayes bound with the prior at the data-independent initialization
 hypothesis  the coded tensors of a checkpoint and their data-independent start
 report      dataclasses for a configuration or checkpoints; Markdown / LaTeX Table 1
