@@ -188,6 +188,9 @@ def report(preset: Preset, settings: dict[str, Any], specs, results: dict[str, A
         lines += ["", f"Best certificate: **{best[0].method}**, certified test error {_f(best[1]['bound'])} "
                   f"(measured {_f(best[1]['test_error'])}) with K = {best[1]['bits']} bits and a decoded training "
                   f"error of {_f(best[1]['train_error'])}."]
+        if best[1]["test_error"] is not None:
+            lines[-1] += (f" The certificate lies {best[1]['bound'] - best[1]['test_error']:.3f} above the measured "
+                          "test error.")
     if best:
         from genbound.bounds.occam import occam_bound
 
@@ -258,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:
             if m not in METHODS:
                 raise GenboundError(f"unknown method '{m}'; choose from {', '.join(METHODS)}")
+            if m not in PAPER_METHODS:  # refused before any training: its message would have no grid index
+                raise GenboundError(f"method '{m}' is outside the declared hyperparameter grid; choose from "
+                                    f"{', '.join(PAPER_METHODS)}")
         out = Path(args.out)
         specs = plan(preset, methods, [args.seed], out, args.device)
         if not args.certify_only:

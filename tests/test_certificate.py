@@ -303,3 +303,19 @@ def test_fcmi_planner_runs_and_resumes(tmp_path):
     assert json.loads((tmp_path / "fcmi.json").read_text())["results"] == first["results"]
     assert "expected" in first["results"]["lora"]["label"].lower()
     assert fcmi.main([*argv[:-2], "--supersamples", "0"]) == 2
+
+
+def test_certificate_report_lists_both_certificates(tmp_path):
+    """analysis.certificates end to end on one mlp run: the doc holds the 0-1 and the smoothed certificate,
+    each equal to what its cached certificate says, and the figure is named after the doc."""
+    from analysis import certificates
+
+    doc = tmp_path / "docs" / "results" / "cert.md"
+    argv = ["--preset", "mlp", "--out", str(tmp_path / "out"), "--methods", "lora", "--doc", str(doc)]
+    assert certificates.main(argv) == 0
+    text = doc.read_text()
+    cert = json.loads((tmp_path / "out" / "certificates.json").read_text())["certificates"]["lora"]
+    assert f"**{cert['bound']:.3f}**" in text and f"**{cert['smoothed']['bound']:.3f}**" in text
+    assert "prediction-smoothed cross-entropy" in text and "../images/cert.png" in text
+    assert (tmp_path / "docs" / "images" / "cert.png").is_file()
+    assert certificates.main([*argv[:-2], "--methods", "vera"]) == 2  # outside the declared grid
