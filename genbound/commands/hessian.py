@@ -71,16 +71,22 @@ def run(args) -> int:
         raise GenboundError(f"--trace-rtol must be in (0, 1), got {args.trace_rtol}")
     if not args.tol > 0:
         raise GenboundError(f"--tol must be positive, got {args.tol}")
+    from ..distributed import launched
+
     device = resolve_device(args.device)
     params = args.params if args.params in ("trained", "all") else [s for s in args.params.split(",") if s]
     source = source_from_args(args, args.checkpoint)
-    report = hessian_from_checkpoint(
-        source, params=params, split=args.split, samples=args.samples, device=device, seed=args.seed,
-        top_k=args.top_k, bottom_k=args.bottom_k, trace=args.trace, trace_method=args.trace_method,
-        density=args.density, density_probes=args.density_probes, density_steps=args.density_steps,
-        tol=args.tol, max_steps=args.max_steps, batch_size=args.batch_size, trace_rtol=args.trace_rtol,
-        progress=progress_of(args),
-    )
+    with launched(device) as group:  # under torchrun: the evaluation set sharded over the processes
+        report = hessian_from_checkpoint(
+            source, params=params, split=args.split, samples=args.samples, seed=args.seed,
+            top_k=args.top_k, bottom_k=args.bottom_k, trace=args.trace, trace_method=args.trace_method,
+            density=args.density, density_probes=args.density_probes, density_steps=args.density_steps,
+            tol=args.tol, max_steps=args.max_steps, batch_size=args.batch_size, trace_rtol=args.trace_rtol,
+            device=group.device(device) if group else device,
+            progress=progress_of(args) if group is None or group.is_main else False, group=group,
+        )
+    if group is not None and not group.is_main:
+        return 0  # every process holds the same report; rank 0 writes and prints it
     if report.eigen is not None:
         import sys
 

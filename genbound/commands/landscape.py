@@ -76,18 +76,23 @@ def plot_landscape(result, path: Path) -> Path:
 
 def run(args) -> int:
     from ..atomic import write_json
+    from ..distributed import launched
     from ..landscape import landscape_from_checkpoints
 
     device = resolve_device(args.device)
     if args.plot is not None and args.plot.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise GenboundError(f"--plot {args.plot}: use a .png, .pdf or .svg file name")
-    result = landscape_from_checkpoints(
-        [source_from_args(args, c) for c in args.checkpoints], args.directions, space=args.space, dims=args.dims,
-        grid=args.grid, span=args.span,
-        samples=args.samples, split=args.split, seed=args.seed, normalization=args.normalization,
-        device=device, engine=args.engine, points_per_batch=args.points_per_batch, batch_size=args.batch_size,
-        basin_rise=args.basin_rise, progress=progress_of(args),
-    )
+    with launched(device) as group:  # under torchrun: the grid points shared out over the processes
+        result = landscape_from_checkpoints(
+            [source_from_args(args, c) for c in args.checkpoints], args.directions, space=args.space,
+            dims=args.dims, grid=args.grid, span=args.span,
+            samples=args.samples, split=args.split, seed=args.seed, normalization=args.normalization,
+            device=group.device(device) if group else device, engine=args.engine,
+            points_per_batch=args.points_per_batch, batch_size=args.batch_size, basin_rise=args.basin_rise,
+            progress=progress_of(args) if group is None or group.is_main else False, group=group,
+        )
+    if group is not None and not group.is_main:
+        return 0  # every process holds the whole slice; rank 0 writes and prints it
     if args.output is not None:
         write_json(args.output, to_jsonable(result))
     if args.plot is not None:

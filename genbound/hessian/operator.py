@@ -13,6 +13,11 @@ product is one backward pass through it (mode ``"cached"``, chosen by ``"auto"``
 single batch). The evaluation set is processed in mini-batches whose summed losses
 are divided by N, so every example has weight exactly 1/N whatever the batch sizes.
 
+Across processes (``group``, a :class:`genbound.distributed.Group` under torchrun) each process holds a
+contiguous shard of the evaluation set, still divides by the full set's N, and the loss, the gradient and
+every product are summed over the processes: the full-set mean, the same numbers in every process, so the
+algorithms built on the operator (Lanczos, Hutch++, SLQ) run identically everywhere.
+
 The caller's model is never modified: all parameters and buffers are passed to
 :func:`torch.func.functional_call` as detached tensors, so values and ``requires_grad`` flags stay as they
 were; only its train/eval flags are switched to eval for the duration of a product and restored after
@@ -33,6 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from ..device import where
+from ..distributed import Group
 from ..errors import GenboundError, NonFiniteError
 from ..evalset import EvalSet
 
@@ -152,6 +158,7 @@ class HessianOperator:
         mode: str = "auto",
         probe_batch: int | None = None,
         cache_bytes: int | None = None,
+        group: Group | None = None,
     ):
         if mode not in ("auto", "cached", "forward", "reverse"):
             raise GenboundError(
@@ -184,13 +191,23 @@ class HessianOperator:
         self.numels = [int(np.prod(s)) for s in self.shapes]
         self.dim = int(sum(self.numels))
         self.n_examples = len(evalset)
-        self.batch_size = int(batch_size) if batch_size else len(evalset)
+        self.group = group
+        self._evalset = evalset  # the whole set (a float64 check builds its operator from it)
+        if group is not None:  # this process's shard; the 1/N weights stay those of the whole set
+            if self.n_examples < group.world:
+                raise GenboundError(f"the evaluation set has {self.n_examples} examples, fewer than the "
+                                    f"{group.world} processes; pass more --samples or start fewer processes")
+            shard = group.shard(len(evalset))
+            sl = slice(shard.start, shard.stop)
+            evalset = EvalSet({k: v[sl] for k, v in evalset.features.items()}, evalset.labels[sl])
+        self.batch_size = int(batch_size) if batch_size else self.n_examples
         if self.batch_size <= 0:
             raise GenboundError(f"batch size must be positive, got {batch_size}")
         feats = {
             k: (v.to(self.dtype) if v.is_floating_point() else v) for k, v in evalset.features.items()
         }
         self._data = EvalSet(feats, evalset.labels).to(self.device)
+        self._local_batches = -(-len(self._data) // self.batch_size)
         self.mode = mode
         self._graphs: list[tuple[list[Tensor], list[int]]] | None = None
         self._cached_value: tuple[float, Tensor] | None = None  # (loss, gradient) from the caching pass
@@ -260,6 +277,8 @@ class HessianOperator:
         with torch.no_grad(), self._context():
             for feats, labels in self._data.batches(self.batch_size):
                 total += float(self._batch_loss(self._theta, feats, labels))
+        if self.group is not None:
+            total = self.group.sum_floats([total])[0]
         self._check_loss(total)
         return total
 
@@ -272,6 +291,8 @@ class HessianOperator:
             for feats, labels in self._data.batches(self.batch_size):
                 g = grad(self._batch_loss)(self._theta, feats, labels)
                 out += self.flatten(g)
+        if self.group is not None:
+            self.group.all_reduce_sum(out)
         return out
 
     # -- products ----------------------------------------------------------------------------------
@@ -308,8 +329,16 @@ class HessianOperator:
     def _build_cache(self) -> bool:
         """Keep the first-order graph of every batch if its saved tensors fit ``cache_bytes``."""
         leaves = {n: t.detach().requires_grad_(True) for n, t in self._theta.items()}
-        n_batches = -(-self.n_examples // self.batch_size)
+        n_batches = self._local_batches
         saved = [0]
+
+        def fits(need: int) -> bool:
+            if self.mode != "auto":
+                return True
+            ok = need <= self.cache_bytes
+            if self.group is not None:  # one decision for all processes: cached only if every shard fits
+                ok = self.group.max_float(0.0 if ok else 1.0) == 0.0
+            return ok
 
         def pack(t: Tensor) -> Tensor:
             saved[0] += t.numel() * t.element_size()
@@ -323,7 +352,7 @@ class HessianOperator:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     loss = self._batch_loss(leaves, feats, labels)
                     gs = _grad_or_none(loss, list(leaves.values()))
-                if b == 0 and self.mode == "auto" and saved[0] * n_batches > self.cache_bytes:
+                if b == 0 and not fits(saved[0] * n_batches):
                     return False
                 # The same pass gives the loss and the gradient: no separate forward / backward for them.
                 total += float(loss.detach())
@@ -333,6 +362,11 @@ class HessianOperator:
                 ])
                 live = [i for i, gi in enumerate(gs) if gi is not None and gi.requires_grad]
                 graphs.append(([gs[i] for i in live], live))
+        if n_batches == 0 and not fits(0):  # an empty shard still takes part in the decision
+            return False
+        if self.group is not None:
+            total = self.group.sum_floats([total])[0]
+            self.group.all_reduce_sum(grad_flat)
         self._check_loss(total)
         self._graphs, self._leaves = graphs, list(leaves.values())
         self._cached_value = (total, grad_flat)
@@ -416,9 +450,12 @@ class HessianOperator:
                 step = 1
                 continue
             start += chunk.shape[0]
+        out = torch.cat(outs) if outs else V.clone()
+        if self.group is not None and outs:  # this shard's part of H v, summed: the whole set's
+            self.group.all_reduce_sum(out)
         self.stats.n_hvp += V.shape[0]
         self.stats.seconds += time.perf_counter() - t0
-        return torch.cat(outs) if outs else V.clone()
+        return out
 
     def matvec(self, v: Tensor) -> Tensor:
         """H v for one flat vector v of length :attr:`dim`."""

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..device import where
+from ..distributed import Group
 from ..errors import GenboundError
 from ..evalset import EvalSet
 from .density import DensityResult, slq_measure, smooth_density
@@ -163,8 +164,8 @@ def _float64_bounds(op: HessianOperator, run: LanczosRun, theta: np.ndarray, idx
     """``|theta_i - rho_i| + min(r_i, r_i^2 / gap_i)`` for the Ritz vectors ``idx``, with the float64
     Hessian (:class:`EigenResult`); gap_i from the other Ritz values."""
     _, S = run.ritz()
-    op64 = HessianOperator(op._module, op._data, op.names, batch_size=op.batch_size, device=op.device,
-                           dtype=torch.float64, mode="auto" if op.mode == "cached" else op.mode)
+    op64 = HessianOperator(op._module, op._evalset, op.names, batch_size=op.batch_size, device=op.device,
+                           dtype=torch.float64, mode="auto" if op.mode == "cached" else op.mode, group=op.group)
     Y = torch.as_tensor(S[:, idx].T.copy(), dtype=torch.float64, device=op.device) @ run.basis.double()
     HY = op64.matmat(Y)
     op.stats.n_hvp += op64.stats.n_hvp
@@ -289,19 +290,21 @@ def hessian_spectrum(
     probe_batch: int | None = None,
     precision_check: bool = False,
     progress: bool | None = None,
+    group: Group | None = None,
 ) -> HessianReport:
     """Top-k / bottom-k eigenvalues, trace and spectral density of H = nabla^2 L on ``evalset``.
 
     ``params``: ``None`` / ``"trained"`` (``trained`` names, or those with requires_grad), ``"all"``, or
     parameter / module names. The caller's model is left exactly as it was. One Lanczos run (at least
     ``density_steps`` long when the density is asked for) serves the eigenvalues, the Hutch++ sketch and
-    one density probe.
+    one density probe. ``group`` (under torchrun, :mod:`genbound.distributed`): the evaluation set is
+    sharded over the processes and every product summed over them; every process gets the same report.
     """
     if not (top_k or bottom_k or trace or density):
         raise GenboundError("nothing to compute: ask for top_k, bottom_k, trace or density")
     t0 = time.perf_counter()
     op = HessianOperator(model, evalset, params, trained=trained, batch_size=batch_size, device=device,
-                         dtype=dtype, mode=mode, probe_batch=probe_batch)
+                         dtype=dtype, mode=mode, probe_batch=probe_batch, group=group)
     loss, gradient = op.loss_and_gradient()  # in cached mode, from the pass that builds the graph
     grad_norm = float(gradient.double().norm())
     eig, run = None, None
@@ -378,5 +381,7 @@ def hessian_from_checkpoint(
         "samples": len(evalset),
         "params": params if isinstance(params, str) or params is None else list(params),
     }
+    if kw.get("group") is not None:
+        report.source["processes"] = kw["group"].world
     return report
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..device import where
+from ..distributed import Group
 from ..errors import GenboundError
 from ..evalset import EvalSet
 from .directions import (
@@ -87,8 +88,13 @@ def landscape(model: nn.Module, coords: Mapping[str, Tensor], directions: Sequen
               memory_budget: int | None = None, cache_prefix: bool = True, progress: bool | None = None,
               radii: Sequence[float] | None = None, basin_threshold: float | None = None, basin_rise: float = 0.1,
               directions_kind: str = "custom", space: str | None = None, path: Tensor | None = None,
-              path_labels: list[str] | None = None, source: dict | None = None) -> Landscape:
-    """Evaluate loss and accuracy on a symmetric grid spanned by 1 or 2 ``directions`` around ``coords``."""
+              path_labels: list[str] | None = None, source: dict | None = None,
+              group: Group | None = None) -> Landscape:
+    """Evaluate loss and accuracy on a symmetric grid spanned by 1 or 2 ``directions`` around ``coords``.
+
+    ``group`` (under torchrun, :mod:`genbound.distributed`): each process evaluates its contiguous share of
+    the grid points on the whole evaluation set and the shares are gathered exactly, so every process holds
+    the whole slice; ``timing`` is that of rank 0's share."""
     grid, span = check_grid(grid), check_span(span)
     if engine not in ENGINES:
         raise GenboundError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
@@ -98,9 +104,16 @@ def landscape(model: nn.Module, coords: Mapping[str, Tensor], directions: Sequen
                        batch_size=batch_size, points_per_batch=points_per_batch, memory_budget=memory_budget,
                        cache_prefix=cache_prefix, progress=progress)
     axes = [grid_axis(grid, span) for _ in directions]
-    vals = ev.evaluate(grid_points(axes), engine)
+    points = grid_points(axes)
+    if group is None:
+        vals = ev.evaluate(points, engine)
+        loss, acc = vals.loss, vals.accuracy
+    else:
+        share = group.shard(len(points))
+        vals = ev.evaluate(points[share.start:share.stop], engine)
+        loss, acc = group.gather_rows(vals.loss, len(points)), group.gather_rows(vals.accuracy, len(points))
     shape = (grid,) * len(directions)
-    loss, acc = vals.loss.view(shape), vals.accuracy.view(shape)
+    loss, acc = loss.view(shape), acc.view(shape)
     ref_loss, ref_acc = _reference(ev)
     cos = cosine(directions[0].tensors, directions[1].tensors) if len(directions) == 2 else None
     summary = summarize(axes, loss, acc, radii, basin_threshold, basin_rise)
@@ -108,6 +121,8 @@ def landscape(model: nn.Module, coords: Mapping[str, Tensor], directions: Sequen
               "points_per_batch": vals.points_per_batch, "schedule": vals.schedule, "batch_size": vals.batch_size,
               "cached_layers": vals.cached_layers, "memoized_modules": vals.memoized, "calibration": vals.calibration,
               "device": str(ev.device)}
+    if group is not None:
+        timing["processes"] = group.world
     return Landscape("line" if len(directions) == 1 else "plane", directions_kind, space, axes, loss, acc,
                      [d.info for d in directions], cos, ref_loss, ref_acc, len(evalset), summary, timing,
                      path, path_labels, dict(source or {}))
