@@ -15,6 +15,11 @@ once the checkpoint is written. ``train(..., resume=True)`` (``genbound train --
 run from its last state and ends, on the same device and thread count, with a ``tensors.safetensors`` that
 is byte-identical to an uninterrupted run's and a ``genbound.json`` identical except for ``metrics`` (wall
 time, memory, and ``resumed_at``, the steps at which the run was resumed).
+
+Across processes (``group``: torchrun, :mod:`genbound.distributed`) every process takes its slice of each
+global batch, the gradients are summed with 1/B weights per example (the global batch's mean gradient), and
+every process steps and merges chain links on the same numbers; rank 0 alone evaluates, saves the state and
+writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import __version__
+from . import distributed as dist_train
 from .adapters import AdaptedLinear, attach_adapters
 from .backbones import get_backbone
 from .checkpoint import CheckpointMeta, LayerInfo, is_checkpoint, save_checkpoint
@@ -246,14 +252,15 @@ def _clean_stale(out: Path) -> None:
 
 
 def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=None, resume: bool = False,
-          save_every: int | None = None) -> TrainResult:
+          save_every: int | None = None, group: dist_train.Group | None = None) -> TrainResult:
     """Train ``config`` and write the checkpoint to ``out`` (atomically). ``splits`` may be passed to reuse
     an already tokenized dataset.
 
     The training state is saved every ``save_every`` steps (default 50; 0 disables) and at each epoch's end
     into ``state_dir_for(out)``. With ``resume`` a saved state is continued (its options must equal
     ``config``'s), a finished checkpoint at ``out`` is returned as it is, and with neither the run starts
-    fresh. Without ``resume`` an existing state is refused unless ``overwrite`` discards it.
+    fresh. Without ``resume`` an existing state is refused unless ``overwrite`` discards it. ``group``: this
+    process's place among torchrun's processes (data-parallel, module docstring); None: one process.
     """
     from .output import check_writable, resolve_out, run_lock
 
@@ -267,11 +274,15 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
         raise GenboundError("--resume continues a saved run and --overwrite discards it; pass one of them")
     out = resolve_out(out)
     check_writable(out)
+    if group is not None:
+        return dist_train.train_replica(group, out, run_lock,
+                                        lambda: _train(config, out, overwrite, splits, resume, save_every, group))
     with run_lock(out):
         return _train(config, out, overwrite, splits, resume, save_every)
 
 
-def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int) -> TrainResult:
+def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int,
+           group: dist_train.Group | None = None) -> TrainResult:
     """:func:`train` once the output is resolved and its lock held."""
     from tqdm.auto import tqdm
 
@@ -286,7 +297,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         meta = load_meta(out)
         check_config(meta.hyperparameters, {**asdict(config), "dataset": config.dataset or meta.dataset}, out,
                      keys=asdict(config))
-        remove_state(state_dir)  # left over if a run was killed between its checkpoint and the cleanup
+        if group is None or group.is_main:
+            remove_state(state_dir)  # left over if a run was killed between its checkpoint and the cleanup
         return TrainResult(out, meta, meta.history)
     check_replaceable(out, overwrite)
     if state_dir.exists() and not resume:
@@ -294,9 +306,13 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
             raise GenboundError(f"an interrupted run of {out} saved its state in {state_dir}; pass --resume "
                                 "(resume=True from Python) to continue it or --overwrite (overwrite=True) to discard "
                                 "it and start again")
-        remove_state(state_dir)
-    _clean_stale(out)
+        if group is None or group.is_main:
+            remove_state(state_dir)
+    if group is None or group.is_main:
+        _clean_stale(out)
     device = resolve_device(config.device)
+    if group is not None:
+        device = group.device(device)  # cuda: this process's GPU (cuda:LOCAL_RANK)
     method = get_method(config.method)
     backbone = get_backbone(config.backbone, config.task)
     config.task = backbone.task if backbone.kind == "hf" and backbone.name != "minilm" else config.task
@@ -400,6 +416,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
 
     def save(next_position: int) -> None:
         nonlocal last_saved
+        if group is not None and not group.is_main:
+            return  # rank 0 saves the state, which every process holds alike
         save_state(state_dir, TrainState(
             config=asdict(config), step=step, epoch=epoch, position=min(next_position, n_train), running=running,
             history=history, traj_steps=traj_steps, links={n: ad.link for n, ad in adapters.items()},
@@ -410,6 +428,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         ))
         last_saved = step
 
+    score = evaluate if group is None else dist_train.sharded_evaluate(group)
     memory.start()
     bar = tqdm(total=total_steps, initial=step, desc=f"train {method.name}",
                disable=None if config.progress is None else not config.progress, leave=False)
@@ -424,14 +443,26 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
                 break
             t0 = time.perf_counter()
             idx = order[start : start + config.batch_size]
+            n_batch = len(idx)
+            if group is not None:  # this process's slice of the global batch
+                idx = dist_train.local_batch(group, idx)
             feats = {k: v[idx].to(device, non_blocking=True) for k, v in splits.train.features.items()}
             labels = splits.train.labels[idx].to(device, non_blocking=True)
-            loss = F.cross_entropy(model(**feats), labels)
-            if not torch.isfinite(loss):
+            if group is None:
+                loss = F.cross_entropy(model(**feats), labels)
+            else:
+                trained = [p for p in model.parameters() if p.requires_grad]
+                loss = dist_train.slice_loss(model, feats, labels, n_batch, trained)
+            if group is None and not torch.isfinite(loss):
                 raise NonFiniteError(f"training loss became {float(loss.detach())} at step {step} (epoch {epoch}); "
                                      "lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if group is not None:  # the global batch's mean gradient and loss, alike in every process
+                loss = dist_train.reduce_gradients(group, trained, loss)
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(f"training loss became {float(loss)} at step {step} (epoch {epoch}); "
+                                         "lower --lr")
             if config.clip:
                 norm = nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.clip)
                 if not torch.isfinite(norm):
@@ -463,7 +494,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
                 save(start + config.batch_size)
         position = 0
         epoch += 1
-        val = evaluate(model, splits.val, config.eval_batch_size, device, "validation", progress=config.progress)
+        val = score(model, splits.val, config.eval_batch_size, device, "validation", progress=config.progress)
         history.append({"epoch": epoch, "step": step, "train_loss_running": running,
                         "val_loss": val.loss, "val_accuracy": val.accuracy})
         model.train()
@@ -480,8 +511,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
 
     results = {}
     for split in ("train", "val", "test"):
-        ev = evaluate(model, splits.split(split), config.eval_batch_size, device, f"the {split} split",
-                      progress=config.progress)
+        ev = score(model, splits.split(split), config.eval_batch_size, device, f"the {split} split",
+                   progress=config.progress)
         results[f"{split}_loss"] = ev.loss
         results[f"{split}_accuracy"] = ev.accuracy
     results["gap"] = results["test_loss"] - results["train_loss"]
@@ -508,7 +539,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
                  "median_seconds_per_step": sorted(step_times)[len(step_times) // 2] if step_times else None,
                  "examples_per_second": step * config.batch_size / train_seconds if train_seconds else None,
                  "peak_memory_bytes": peak, "peak_memory_kind": memory.kind(),
-                 "torch": torch.__version__, "genbound": __version__, "resumed_at": resumed_at},
+                 "torch": torch.__version__, "genbound": __version__, "resumed_at": resumed_at,
+                 **({"processes": group.world} if group is not None else {})},
         results=results, history=history, trajectory_steps=sorted(traj_steps),
     )
     extra = None
@@ -518,6 +550,9 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         meta.params.update(subspace_record(spaces))
         extra = {SUBSPACE_FILE: {f"w.link{j}": sp.w.detach().cpu().clone() for j, sp in enumerate(spaces)}}
     tensors = trained_tensors(model, adapters, not method.adapter)
+    if group is not None and not group.is_main:
+        group.barrier()  # rank 0 writes the checkpoint, the same for every process
+        return TrainResult(out, meta, history)
     try:
         save_checkpoint(out, meta, tensors, snapshots if config.save_trajectory else None, overwrite=overwrite,
                         may_replace=may_replace, extra=extra)
@@ -528,4 +563,6 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
                                 "and rerun with --resume to write the checkpoint without training again") from None
         raise
     remove_state(state_dir)
+    if group is not None:
+        group.barrier()
     return TrainResult(out, meta, history)

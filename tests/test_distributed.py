@@ -125,3 +125,80 @@ def test_landscape_under_torchrun_equals_one_process(ckpt_dir, tmp_path):
     _close(two["loss"], one.loss.numpy(), 1e-5)
     _close(two["accuracy"], one.accuracy.numpy(), 1e-12)
     assert two["reference_loss"] == pytest.approx(one.reference_loss, rel=1e-6)
+
+
+# digits has 628 training examples: batch 31 cuts every global batch 16 / 15 between the two processes (and
+# the last of an epoch, 8 examples, 4 / 4), so a plain average of the two gradients would be wrong; 30 steps
+# cross the end of the first epoch (21 steps).
+TRAIN = dict(backbone="mlp", dataset="digits", rank=4, alpha=8.0, steps=30, batch_size=31, lr=1e-2, seed=0)
+
+
+def _train_args(method: str, **kw) -> list[str]:
+    settings = {**TRAIN, "method": method, **kw}
+    args = []
+    for k, v in settings.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return [*args, "--device", "cpu", "--no-progress", "--json"]
+
+
+def _same_training(two: Path, one: Path) -> None:
+    from genbound.checkpoint import load_meta, read_safetensors
+
+    a, b = load_meta(two), load_meta(one)
+    assert a.metrics["processes"] == 2 and "processes" not in b.metrics
+    for key in ("train_loss", "val_loss", "test_loss"):
+        assert abs(a.results[key] - b.results[key]) < 1e-4, key
+    assert [h["step"] for h in a.history] == [h["step"] for h in b.history] == [21, 30]
+    for ha, hb in zip(a.history, b.history):
+        assert abs(ha["train_loss_running"] - hb["train_loss_running"]) < 1e-4
+        assert abs(ha["val_loss"] - hb["val_loss"]) < 1e-4
+    ta, tb = read_safetensors(two / "tensors.safetensors"), read_safetensors(one / "tensors.safetensors")
+    assert set(ta) == set(tb)
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, extra", [("lora", {}), ("c3la", {"chain": 2})])
+def test_training_under_torchrun_equals_one_process(tmp_path, method, extra):
+    from genbound.train import TrainConfig, train
+
+    done = _torchrun("-m", "genbound", "train", *_train_args(method, **extra), "--out", "two", cwd=tmp_path)
+    assert Path(json.loads(done.stdout)["checkpoint"]).name == "two"  # one JSON document: rank 0 alone printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two"], "no state, lock or temporaries left behind"
+    one = train(TrainConfig(method=method, progress=False, **TRAIN, **extra), tmp_path / "one").path
+    if extra:
+        from genbound.checkpoint import load_meta
+
+        assert load_meta(tmp_path / "two").hyperparameters["chain_boundaries"] == [15]
+    _same_training(tmp_path / "two", one)
+
+
+def test_a_one_process_state_resumes_under_torchrun(tmp_path, monkeypatch):
+    """A run killed after its state at step 20 (monkeypatched kill) resumes in 2 processes, which read the
+    state alike and end where the uninterrupted one-process run ends; rank 0 removes the state."""
+    from genbound import train as train_module
+    from genbound.train import TrainConfig, state_dir_for, train
+
+    config = dict(method="lora", progress=False, **TRAIN)
+    one = train(TrainConfig(**config), tmp_path / "one", save_every=10).path
+
+    class Killed(BaseException):
+        pass
+
+    original = train_module.save_state
+
+    def save_then_die(path, state):
+        original(path, state)
+        if state.step == 20:
+            raise Killed
+
+    monkeypatch.setattr(train_module, "save_state", save_then_die)
+    with pytest.raises(Killed):
+        train(TrainConfig(**config), tmp_path / "two", save_every=10)
+    monkeypatch.undo()
+    assert state_dir_for(tmp_path / "two").is_dir()
+    done = _torchrun("-m", "genbound", "train", *_train_args("lora"), "--out", "two", "--resume",
+                     "--save-every", "10", cwd=tmp_path)
+    assert json.loads(done.stdout)["metrics"]["resumed_at"] == [20]
+    assert not state_dir_for(tmp_path / "two").exists()
+    _same_training(tmp_path / "two", one)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_device, add_json, add_progress, format_table, print_json, progress_of
+from .common import add_device, add_json, add_progress, format_table, print_json, progress_of, resolve_device
 from .dataopts import add_data_options, data_options
 
 HELP = "fine-tune a backbone with one of the catalogue's methods and write a checkpoint"
@@ -73,6 +73,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..distributed import launched
     from ..train import TrainConfig, train
 
     config = TrainConfig(
@@ -86,7 +87,13 @@ def run(args) -> int:
         seed=args.seed, split_seed=args.split_seed, save_trajectory=args.save_trajectory,
         trajectory_every=args.trajectory_every, device=args.device, progress=progress_of(args),
     )
-    result = train(config, args.out, overwrite=args.overwrite, resume=args.resume, save_every=args.save_every)
+    with launched(resolve_device(args.device)) as group:  # under torchrun: data-parallel over the processes
+        if group is not None and not group.is_main:
+            config.progress = False
+        result = train(config, args.out, overwrite=args.overwrite, resume=args.resume, save_every=args.save_every,
+                       group=group)
+    if group is not None and not group.is_main:
+        return 0  # rank 0 wrote the checkpoint and prints
     meta = result.meta
     if args.json:
         print_json({"checkpoint": str(result.path), **meta.to_json()})
