@@ -3,8 +3,13 @@
 A lock is a file created with ``O_CREAT | O_EXCL`` (atomic: exactly one process creates it) holding the
 owner's host, pid and process start time. It is removed when the run is done. A lock whose owner is dead is
 stale and may be taken over; dead means: same host and no process with that pid, or a process with that pid
-that started at another time (the pid was reused). A lock from another host is never judged stale (its
-liveness cannot be checked here); remove it by hand if its owner is gone.
+that started at another time (the pid was reused). The liveness of a process on another host cannot be
+checked from here, so while a lock is held its owner touches the file every ``heartbeat`` seconds (recorded in
+the owner record); a lock from another host whose file has not been touched for :data:`STALE_BEATS`
+heartbeats is stale. That is what lets a cluster executor (analysis.executors) retry a run on another node
+after the node that held it died, on any shared filesystem (only the file's mtime is used, not flock, which
+some network filesystems emulate per client). A lock from another host without a heartbeat (an older
+genbound) is never judged stale; remove it by hand if its owner is gone.
 
 Taking over is the one racy step (two processes could both find the lock stale, one removes it and creates
 its own, and the other would then remove that live lock). It is therefore done under an exclusive ``flock``
@@ -17,6 +22,8 @@ import contextlib
 import json
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,9 +41,15 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
+# The owner touches its lock every HEARTBEAT seconds; another host takes it over after STALE_BEATS missed
+# beats (minutes: a slow shared filesystem or a paused process must not lose a live lock).
+HEARTBEAT = 30.0
+STALE_BEATS = 10
+
+
 def owner_record() -> dict:
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid)}
+    return {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid), "heartbeat": HEARTBEAT}
 
 
 def read_owner(path: Path) -> dict | None:
@@ -54,8 +67,9 @@ def read_owner(path: Path) -> dict | None:
     return rec if isinstance(rec, dict) else {}
 
 
-def is_stale(owner: dict | None) -> bool:
-    """True when the recorded owner is provably gone (see the module docstring)."""
+def is_stale(owner: dict | None, path: Path | None = None) -> bool:
+    """True when the recorded owner is provably gone (see the module docstring); ``path`` is the lock file,
+    whose age decides for an owner on another host."""
     if owner is None:
         return True
     if not owner:
@@ -63,7 +77,14 @@ def is_stale(owner: dict | None) -> bool:
         # live sweep, since a live owner writes its record right after creating the file.
         return True
     if owner.get("host") != socket.gethostname():
-        return False
+        beat = owner.get("heartbeat")
+        if path is None or not isinstance(beat, (int, float)) or isinstance(beat, bool) or beat <= 0:
+            return False
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        return age > STALE_BEATS * beat
     pid = owner.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return True
@@ -110,7 +131,7 @@ def try_acquire(path: str | os.PathLike) -> bool:
         owner = read_owner(path)
         if owner == {} and _young(path):
             return False
-        if not is_stale(owner):
+        if not is_stale(owner, path):
             return False
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -118,8 +139,6 @@ def try_acquire(path: str | os.PathLike) -> bool:
 
 
 def _young(path: Path, seconds: float = 5.0) -> bool:
-    import time
-
     try:
         return time.time() - path.stat().st_mtime < seconds
     except FileNotFoundError:
@@ -139,8 +158,28 @@ def release(path: str | os.PathLike) -> None:
 def held(path: str | os.PathLike) -> Iterator[bool]:
     """``with held(p) as ok:`` ok is True when this process holds the lock (released on exit)."""
     ok = try_acquire(path)
+    stop = threading.Event()
+    beat = None
+    if ok:
+        beat = threading.Thread(target=_beat, args=(Path(path), stop, HEARTBEAT), daemon=True,
+                                name=f"lock-heartbeat {Path(path).name}")
+        beat.start()
     try:
         yield ok
     finally:
+        stop.set()
+        if beat is not None:
+            beat.join()
         if ok:
             release(path)
+
+
+def _beat(path: Path, stop: threading.Event, interval: float) -> None:
+    """Touch ``path`` every ``interval`` seconds until ``stop`` (see the module docstring)."""
+    while not stop.wait(interval):
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return
+        except OSError:
+            continue  # a transient error of a network filesystem; the next beat tries again

@@ -2,6 +2,12 @@
 
     python -m analysis.sweep --preset mlp --seeds 0 1 --out runs/sweep
     python -m analysis.sweep --preset paper-minilm --seeds 0 1 2 --out runs/paper --device cuda --compression
+    python -m analysis.sweep --preset paper-minilm --out runs/paper --executor ray --address auto --gpus-per-run 1
+    python -m analysis.sweep --preset paper-minilm --out runs/paper --executor submitit --partition gpu --gpus-per-run 1
+
+``--executor`` says where the runs are trained (analysis.executors, docs/scale.md): this process (local, the
+default), one Ray task per run, or one Slurm job array through submitit; the tables are computed here from the
+checkpoints on disk, the same whichever executor trained them.
 
 Layout of ``--out``::
 
@@ -40,6 +46,8 @@ from genbound.errors import GenboundError
 from . import locks
 from .presets import PRESETS, Preset, get_preset, train_config, with_budget
 from .tables import BOUNDS, RunRecord
+
+EXECUTORS = ("local", "ray", "submitit")  # analysis.executors, imported when a sweep runs
 
 
 @dataclass
@@ -141,6 +149,31 @@ def _train_one(spec: RunSpec, splits: _SplitCache, overwrite: bool) -> str:
     resumed = state_dir_for(spec.path).exists() and not done
     train(spec.config, spec.path, overwrite=done, resume=not done, splits=splits.get(spec.config))
     return "resumed" if resumed else "trained"
+
+
+def run_one(spec: RunSpec, overwrite: bool = False, poll: float = 5.0, wait_timeout: float | None = None) -> str:
+    """Train one run wherever this is called (this process, a Ray worker, a Slurm job); returns its status.
+
+    The cluster executors (analysis.executors) call this, one call per run. It is a function of ``spec`` and
+    of what is on the shared filesystem only: it claims the run's lock (waiting while another live process
+    holds it; a dead holder's lock is taken over, see analysis.locks), returns "skipped" for a finished
+    matching checkpoint, continues a killed run's saved state ("resumed"), and otherwise trains it
+    ("trained"). genbound.train writes the checkpoint atomically, so a worker killed part-way never leaves a
+    half-written run that a later reader could take for a finished one. A GenboundError (e.g. a diverging
+    loss) is returned as "failed: <message>"; anything else propagates, for the engine to report.
+    """
+    start = time.monotonic()
+    while True:
+        with locks.held(spec.lock) as mine:
+            if mine:
+                try:
+                    return _train_one(spec, _SplitCache(), overwrite)
+                except GenboundError as exc:
+                    return f"failed: {exc}"
+        if wait_timeout is not None and time.monotonic() - start > wait_timeout:
+            owner = locks.read_owner(spec.lock) or {}
+            return f"locked by pid {owner.get('pid')} on {owner.get('host')}"
+        time.sleep(poll)
 
 
 def train_runs(specs: list[RunSpec], overwrite: bool = False, wait: bool = True, poll: float = 2.0,
@@ -284,9 +317,18 @@ def run_sweep(preset: str | Preset, seeds: list[int], out: str | Path, methods: 
               device: str = "auto", steps: int | None = None, epochs: int | None = None,
               compression: bool = False, theorem1: bool = False, train: bool = True, overwrite: bool = False,
               wait: bool = True, wait_timeout: float | None = None, progress: bool | None = None,
-              figures: bool = True) -> SweepResult:
+              figures: bool = True, executor=None, backbone: str | None = None,
+              dataset: str | None = None) -> SweepResult:
     """Train (unless ``train=False``) every (method, seed) of ``preset`` into ``out``, then write the tables,
-    figures and summary there. Returns the :class:`SweepResult`."""
+    figures and summary there. Returns the :class:`SweepResult`.
+
+    ``executor`` (analysis.executors: local, Ray or submitit) is where the runs are trained; None is this
+    process (``wait`` / ``wait_timeout`` apply to it). Bounds and tables are computed here from the
+    checkpoints on disk whichever executor trained them. With a cluster executor ``device="auto"`` means
+    cuda when it requests GPUs per run and cpu otherwise (this machine's devices say nothing of the workers').
+    ``backbone`` / ``dataset`` replace the preset's (a registry name, a model folder, a data file): one sweep
+    directory per (model, dataset) cell of a grid (docs/scale.md).
+    """
     from genbound.atomic import write_json, write_text
     from genbound.device import resolve_device
     from genbound.methods import METHODS, get_method
@@ -296,6 +338,10 @@ def run_sweep(preset: str | Preset, seeds: list[int], out: str | Path, methods: 
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     preset = with_budget(preset, steps, epochs)
+    if backbone is not None or dataset is not None:
+        from dataclasses import replace
+
+        preset = replace(preset, backbone=backbone or preset.backbone, dataset=dataset or preset.dataset)
     methods = list(METHODS) if not methods or methods == ["all"] else [get_method(m).name for m in methods]
     if len(set(methods)) != len(methods):
         raise GenboundError(f"--methods lists a method twice: {' '.join(methods)}")
@@ -307,10 +353,16 @@ def run_sweep(preset: str | Preset, seeds: list[int], out: str | Path, methods: 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GenboundError(f"--out {out} is a file; choose a directory")
-    dev = str(resolve_device(device))
+    if executor is None:
+        from .executors import LocalExecutor
+
+        executor = LocalExecutor(wait=wait, wait_timeout=wait_timeout)
+    if executor.name != "local" and device == "auto":
+        dev = "cuda" if executor.gpus_per_run else "cpu"
+    else:
+        dev = str(resolve_device(device))
     specs = plan(preset, methods, seeds, out, dev, progress=False)
-    status = train_runs(specs, overwrite=overwrite, wait=wait, wait_timeout=wait_timeout,
-                        progress=progress) if train else {}
+    status = executor.run(specs, overwrite=overwrite, progress=progress) if train else {}
     records = collect(specs, status, out, compression, theorem1, dev, progress)
     rows = T.aggregate(records, methods)
     corrs = T.correlations(rows)
@@ -319,8 +371,11 @@ def run_sweep(preset: str | Preset, seeds: list[int], out: str | Path, methods: 
     files = T.write_tables(rows, corrs, out)
     if figures:
         files += T.write_figures(rows, out / "figures")
-    context = [f"preset `{preset.name}`: {preset.description}",
-               f"methods: {', '.join(methods)}; seeds: {', '.join(map(str, seeds))}; device {dev}",
+    context = [f"preset `{preset.name}`: {preset.description}"
+               + (f" (backbone {preset.backbone}, dataset {preset.dataset} in its place)" if backbone or dataset
+                  else ""),
+               f"methods: {', '.join(methods)}; seeds: {', '.join(map(str, seeds))}; device {dev}; "
+               f"executor {executor.name}",
                f"runs: {sum(r.finished for r in records)} of {len(records)} finished "
                f"({', '.join(f'{k} {v}' for k, v in _count(records).items())})"]
     files.append(out / "summary.md")
@@ -371,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run seeds (default 0 1 2)")
     p.add_argument("--out", required=True, help="sweep directory (created; reused to resume)")
     p.add_argument("--methods", nargs="+", default=None, help="methods to train (default: all eleven)")
+    p.add_argument("--backbone", default=None,
+                   help="replace the preset's backbone: a registry name or a local Hugging Face model folder")
+    p.add_argument("--dataset", default=None,
+                   help="replace the preset's dataset: a registry name or a data file / folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help="override the preset's budget with N steps")
@@ -385,19 +444,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-timeout", type=float, default=None, help="stop waiting for other processes after S s")
     p.add_argument("--no-figures", action="store_true", help="write the tables and summary but no figures")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    c = p.add_argument_group("executor", "where the runs are trained (docs/scale.md); install the cluster ones "
+                                         "with pip install 'genbound[cluster]'")
+    c.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: this process (default); ray: one Ray task per run; submitit: a Slurm job array")
+    c.add_argument("--address", default=None,
+                   help="ray: the cluster to join (auto, or ray://HOST:10001); default a new local Ray instance")
+    c.add_argument("--cpus-per-run", type=float, default=None, help="ray / submitit: CPUs per run (default 1)")
+    c.add_argument("--gpus-per-run", type=float, default=None, help="ray / submitit: GPUs per run (default 0)")
+    c.add_argument("--mem-gb", type=float, default=None, help="ray / submitit: memory per run in GiB")
+    c.add_argument("--max-retries", type=int, default=None,
+                   help="ray / submitit: times a run whose worker died is retried (default 3 ray, 2 submitit)")
+    c.add_argument("--partition", default=None, help="submitit: the Slurm partition")
+    c.add_argument("--time-min", type=int, default=None, help="submitit: the Slurm time limit per run (default 120)")
+    c.add_argument("--array-parallelism", type=int, default=None,
+                   help="submitit: at most this many runs of the array at once")
+    c.add_argument("--submitit-cluster", choices=("auto", "slurm", "local", "debug"), default="auto",
+                   help="submitit: slurm, local processes or debug (in this process); auto picks slurm when "
+                        "sbatch exists (default)")
+    c.add_argument("--submitit-folder", default=None, help="submitit: its logs and pickles (default OUT/submitit)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show tqdm")
     prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show tqdm")
     return p
 
 
+_ONLY = {"ray": ("address",),
+         "submitit": ("partition", "time_min", "array_parallelism", "submitit_folder")}
+
+
+def _executor(args: argparse.Namespace):
+    """The executor the command line asks for; an option of another executor is refused (it would be
+    silently ignored)."""
+    from .executors import make_executor
+
+    for name, keys in _ONLY.items():
+        for key in keys:
+            if getattr(args, key) is not None and args.executor != name:
+                raise GenboundError(f"--{key.replace('_', '-')} applies to --executor {name} only")
+    if args.executor == "local":
+        for key in ("cpus_per_run", "gpus_per_run", "mem_gb", "max_retries"):
+            if getattr(args, key) is not None:
+                raise GenboundError(f"--{key.replace('_', '-')} applies to --executor ray or submitit only")
+    for key in ("cpus_per_run", "gpus_per_run", "mem_gb", "max_retries", "time_min", "array_parallelism"):
+        v = getattr(args, key)
+        if v is not None and (v < 0 or (v == 0 and key not in ("gpus_per_run", "max_retries"))):
+            raise GenboundError(f"--{key.replace('_', '-')} must be positive, got {v}")
+    if args.executor == "submitit" and args.gpus_per_run is not None and args.gpus_per_run != int(args.gpus_per_run):
+        raise GenboundError(f"--gpus-per-run {args.gpus_per_run}: Slurm allocates whole GPUs; give an integer")
+    wait_timeout = 0.0 if args.no_wait else args.wait_timeout
+    opts = {"address": args.address, "cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run,
+            "mem_gb": args.mem_gb, "max_retries": args.max_retries, "partition": args.partition,
+            "time_min": args.time_min, "array_parallelism": args.array_parallelism,
+            "cluster": None if args.submitit_cluster == "auto" else args.submitit_cluster,
+            "folder": args.submitit_folder, "wait": not args.no_wait, "wait_timeout": wait_timeout}
+    if args.executor == "submitit":
+        for key in ("cpus_per_run", "gpus_per_run"):
+            if opts[key] is not None:
+                opts[key] = int(opts[key])
+    executor = make_executor(args.executor, Path(args.out), **opts)
+    if args.executor != "local" and not args.tables_only:
+        from .executors import require
+
+        require(args.executor, args.executor)  # fail before any work when the package is missing
+    return executor
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        executor = _executor(args)
         result = run_sweep(args.preset, args.seeds, args.out, args.methods, args.device, args.steps, args.epochs,
                            args.compression, args.theorem1, train=not args.tables_only, overwrite=args.overwrite,
                            wait=not args.no_wait, wait_timeout=args.wait_timeout, progress=args.progress,
-                           figures=not args.no_figures)
+                           figures=not args.no_figures, executor=executor, backbone=args.backbone,
+                           dataset=args.dataset)
     except GenboundError as exc:
         print(f"analysis.sweep: error: {exc}", file=sys.stderr)
         return exc.exit_code
