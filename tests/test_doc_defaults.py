@@ -95,6 +95,15 @@ CLAIMS: list[tuple[str, str, list[Callable[[], object]]]] = [
      [lambda: option("landscape", "grid"), lambda: 1.0,
       lambda: keyword(_lazy("genbound.compare", "compare")(), "grid")]),
     ("docs/concepts.md", r"L <= L\(0\) \+ ([\d.]+) \(`--basin-rise`\)", [lambda: option("landscape", "basin_rise")]),
+    ("docs/scale.md", r"Ray retries the task \(`--max-retries`, default (\d+)\)",
+     [lambda: field(_lazy("analysis.executors", "RayExecutor")(), "max_retries")]),
+    ("docs/scale.md", r"without a result \(`--max-retries`, default (\d+)\)",
+     [lambda: field(_lazy("analysis.executors", "SubmititExecutor")(), "max_retries")]),
+    ("docs/scale.md", r"polls the jobs' states every (\d+) seconds",
+     [lambda: field(_lazy("analysis.executors", "SubmititExecutor")(), "poll_s")]),
+    ("docs/scale.md", r"the owner touches the file every\s+(\d+) s\. On the owner's host, a dead pid makes the lock "
+     r"stale at once\. From another host, the lock becomes\s+stale after (\d+) missed heartbeats",
+     [_lazy("analysis.locks", "HEARTBEAT"), _lazy("analysis.locks", "STALE_BEATS")]),
 ]
 
 # Lines that mention a default next to a number but quote no default value of genbound's.
