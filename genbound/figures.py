@@ -541,3 +541,30 @@ def certified_vs_measured(points: Sequence[dict], chance: float | None = None):
         ax.set_title("Compression certificates per method")
         ax.legend(frameon=False, ncol=2, fontsize=6, loc="lower right")
     return fig
+
+
+def intervals(rows: Sequence[dict], xlabel: str, title: str, reference: float | None = None,
+              reference_label: str = "", zero: bool = True):
+    """A forest plot: one row per estimate with its interval (``rows``: dicts with label, value, low, high and
+    optional method for the colour and marker); a dashed line at ``reference`` (e.g. a pre-registered margin)
+    and a thin one at 0. A row without an interval is drawn as a point."""
+    rows = list(rows)
+    fig, ax = _figure(0.8 + 0.2 * len(rows))
+    with plt.rc_context(STYLE):
+        y = np.arange(len(rows))[::-1]
+        for i, (yy, r) in enumerate(zip(y, rows)):
+            m = r.get("method")
+            lo, hi = r.get("low"), r.get("high")
+            xerr = None if lo is None or hi is None else [[r["value"] - lo], [hi - r["value"]]]
+            ax.errorbar(r["value"], yy, xerr=xerr, fmt=marker(m, i), color=colour(m, i), capsize=2, markersize=4)
+        ax.set_yticks(y, [r["label"] for r in rows])
+        _set_scale(ax, "x", [0.0])
+        if zero:
+            ax.axvline(0.0, color="#BBBBBB", lw=0.5, zorder=0)
+        if reference is not None:
+            ax.axvline(reference, color="#777777", lw=0.8, ls="--", zorder=0)
+            ax.annotate(reference_label, (reference, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -8),
+                        textcoords="offset points", fontsize=6, color="#555555")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=7)
+    return _declutter(fig)

@@ -1,0 +1,179 @@
+"""analysis.claims: one command writes the whole report; a second invocation trains nothing; the report's
+tables equal independent computations from the run files; the statistics on exact small cases."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the analysis package lives at the repository root, beside genbound
+    sys.path.insert(0, str(ROOT))
+
+from analysis import claims as C  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """The tiny preset through the command line, then the same command again with training forbidden."""
+    out = tmp_path_factory.mktemp("claims")
+    doc = out / "docs" / "results" / "paper-claims.md"
+    assert C.main(["--preset", "tiny", "--out", str(out), "--doc", str(doc), "--no-progress", "--json"]) == 0
+    first = json.loads((out / "claims.json").read_text())
+    return out, doc, first
+
+
+def _forbid(*_a, **_k):
+    raise AssertionError("a finished run was trained or measured again")
+
+
+def test_one_command_writes_the_whole_report(report):
+    out, doc, first = report
+    text = doc.read_text()
+    for heading in ("## What ran", "## Claim (a)", "## Claim (b)", "## Claim (c)", "## LaTeX tables"):
+        assert heading in text
+    assert "python -m analysis.claims --preset tiny" in text
+    for k in "abc":
+        tex = (out / f"claims_{k}.tex").read_text()
+        assert "\\begin{tabular}" in tex and "\\toprule" in tex
+    images = doc.parent.parent / "images"
+    for k in "ac":
+        assert (images / f"paper_claims_{k}.png").stat().st_size > 0
+        assert f"../images/paper_claims_{k}.png" in text
+        assert (out / "figures" / f"claims_{k}.png").is_file()
+    assert (out / "paper-claims.md").read_text().count("figures/claims_a.png") == 1
+    # every (method, seed) of the tiny grid finished and is in the report
+    assert first["trained"] > 0
+    assert len(first["runs"]) == 33
+    measured = {k for r in first["runs"] for k, v in r["measures"].items() if v is not None}
+    assert measured >= {"mi", "certificate", "pac_bayes", "hessian_top", "hessian_trace", "sharpness", "intruders",
+                        "stable_rank", "trainable"}
+    assert set(first["fcmi"]["mlp-digits"]) == set(C.PRIORITY)
+    assert {t["measure"] for t in first["claim_c"]} == set(C.MEASURES)
+
+
+def test_second_invocation_trains_nothing_and_rebuilds_the_same_tables(report, monkeypatch):
+    out, doc, first = report
+    import analysis.fcmi
+    import genbound.bounds.certificate
+    import genbound.train
+
+    monkeypatch.setattr(genbound.train, "train", _forbid)
+    monkeypatch.setattr(analysis.fcmi, "run_one", _forbid)
+    monkeypatch.setattr(genbound.bounds.certificate, "certify", _forbid)
+    monkeypatch.setattr(C, "run_measures", _forbid)
+    before = doc.read_text()
+    assert C.main(["--preset", "tiny", "--out", str(out), "--doc", str(doc), "--no-progress", "--json"]) == 0
+    second = json.loads((out / "claims.json").read_text())
+    assert second["trained"] == 0
+    for k in ("claim_a", "claim_b", "claim_c", "runs", "fcmi"):
+        assert second[k] == first[k]
+
+    def tables(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("|")]
+
+    assert tables(doc.read_text()) == tables(before)
+
+
+def _runs(out: Path) -> dict[tuple[str, int], dict]:
+    found = {}
+    for meta in (out / "mlp-digits" / "runs").glob("*/genbound.json"):
+        m = json.loads(meta.read_text())
+        found[(m["method"], m["seed"])] = m
+    return found
+
+
+def test_paired_difference_equals_an_independent_computation(report):
+    out, doc, first = report
+    runs = _runs(out)
+    for variant, baseline in (("cla", "asym"), ("rc3la", "rac")):
+        d = [100 * (runs[(variant, s)]["results"]["test_accuracy"] - runs[(baseline, s)]["results"]["test_accuracy"])
+             for s in (0, 1, 2)]
+        lo, hi = stats.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
+        row = next(p for p in first["claim_a"] if p["cell"] == "mlp-digits" and p["variant"] == variant)
+        assert row["baseline"] == baseline
+        assert row["differences"] == pytest.approx(d, abs=1e-9)
+        assert (row["mean"], row["low"], row["high"]) == pytest.approx((np.mean(d), lo, hi), abs=1e-9)
+        expected = "competitive" if lo > -1 else "worse" if hi < -1 else "not shown"
+        assert row["verdict"] == expected
+        line = next(x for x in doc.read_text().splitlines() if x.startswith(f"| mlp-digits | {variant} vs "))
+        assert f"{np.mean(d):+.3g}" in line and expected in line
+
+
+def test_kendall_tau_equals_an_independent_computation(report):
+    out, doc, first = report
+    runs = _runs(out)
+    methods = sorted({m for m, _ in runs})
+    gap = [np.mean([runs[(m, s)]["results"]["gap_01"] for s in (0, 1, 2)]) for m in methods]
+    count = [np.mean([runs[(m, s)]["params"]["trainable"] for s in (0, 1, 2)]) for m in methods]
+    tau, p = stats.kendalltau(count, gap)
+    row = next(t for t in first["claim_c"] if t["measure"] == "trainable")
+    assert (row["tau"], row["p_value"]) == pytest.approx((tau, p), abs=1e-12)
+    assert row["n_methods"] == len(methods) == 11
+    assert row["low"] <= row["high"]
+    # f-CMI: one value per method, straight from the supersample runs' cached predictions
+    fc = first["fcmi"]["mlp-digits"]
+    tau_f, _ = stats.kendalltau([fc[m] for m in methods], gap)
+    row_f = next(t for t in first["claim_c"] if t["measure"] == "fcmi")
+    assert row_f["tau"] == pytest.approx(tau_f, abs=1e-12)
+
+
+def test_t_interval_exact_small_case():
+    mean, lo, hi = C.t_interval([1.0, 2.0, 3.0])
+    t2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # t_{0.975} with 2 degrees of freedom: (2p - 1) / sqrt(2p(1 - p))
+    half = t2 * 1.0 / math.sqrt(3)  # t s / sqrt(n), s = 1
+    assert (mean, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half), rel=1e-12)
+    assert C.t_interval([0.5]) == (0.5, None, None)
+    assert C.t_interval([]) == (None, None, None)
+    assert C.verdict_a(-0.99, 2.0, 3) == "competitive"
+    assert C.verdict_a(-1.0, 2.0, 3) == "not shown"  # the lower end must lie strictly above -1
+    assert C.verdict_a(-3.0, -1.01, 3) == "worse"
+    assert C.verdict_a(None, None, 1).startswith("no interval")
+
+
+def _run(cell: str, method: str, seed: int, acc: float = 0.9, gap: float = 0.0, t: float = 1.0, mem: int = 100,
+         **measures) -> C.Run:
+    return C.Run(cell, method, seed, "", acc, gap, gap, t, mem, "test", dict(measures))
+
+
+def test_cost_ratios_and_noise_floor():
+    runs = []
+    for s, (tl, tp) in enumerate([(1.0, 1.02), (1.0, 0.99), (1.0, 1.0)]):
+        runs += [_run("x", "lora", s, t=tl, mem=1000), _run("x", "lora_plus", s, t=tp, mem=1000),
+                 _run("x", "asym", s, t=1.0, mem=1000), _run("x", "cla", s, t=0.9, mem=990)]
+    cs = {(c.method, c.against): c for c in C.costs(runs)}
+    noise = cs[("lora_plus", "lora")]
+    assert noise.time_floor == pytest.approx(0.02)  # the largest per-seed deviation
+    assert noise.memory_floor == 0.0
+    cla = cs[("cla", "asym")]
+    assert cla.time_ratio == pytest.approx(0.9) and cla.memory_ratio == pytest.approx(0.99)
+    assert C.verdict_b(cla, noise, "time") == "saves 10.0%"
+    assert C.verdict_b(cla, noise, "memory") == "saves 1.0%"
+    near = C.Cost("x", "paca", "asym", 0.985, 1.0, 3)
+    assert C.verdict_b(near, noise, "time") == "within noise"
+    assert C.verdict_b(cla, None, "time").startswith("no noise measure")
+
+
+def test_tau_perfect_order_and_seeded_bootstrap():
+    runs = []
+    for i, m in enumerate(["lora", "asym", "cla", "rcla", "paca"]):
+        for s in range(3):
+            runs.append(_run("x", m, s, gap=0.01 * i + 0.001 * s, stable_rank=float(i) + 0.1 * s,
+                             intruders=float(4 - i)))
+    ts = {t.measure: t for t in C.taus(runs, {}, bootstrap=200, seed=3)}
+    assert ts["stable_rank"].tau == pytest.approx(1.0) and ts["stable_rank"].low == pytest.approx(1.0)
+    assert ts["stable_rank"].predicts is True  # 5 methods: exact p = 2 / 5! = 0.0167 < 0.05
+    assert ts["intruders"].tau == pytest.approx(-1.0)
+    again = {t.measure: t for t in C.taus(runs, {}, bootstrap=200, seed=3)}
+    assert (again["stable_rank"].low, again["stable_rank"].high) == (ts["stable_rank"].low, ts["stable_rank"].high)
+
+
+def test_bad_preset_exits_2(tmp_path, capsys):
+    assert C.main(["--preset", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown claims preset" in capsys.readouterr().err
