@@ -795,8 +795,16 @@ def _verdicts(pairs: list[Paired], cs: list[Cost], ts: list[Tau], device: str) -
         + ". " + (f"Measures that predict the gap (tau > 0, p < 0.05, bootstrap interval above 0): "
                   f"{', '.join(pred)}." if pred else
                   "No measure predicts the gap by that test in any cell.")
-        + (" Among them information-theoretic ones: " + ", ".join(p for p in pred if any(
-            p.startswith(MEASURES[k][0]) for k in INFORMATION_THEORETIC)) + "." if pred else ""))
+        + (" Among them information-theoretic ones: " + (", ".join(p for p in pred if any(
+            p.startswith(MEASURES[k][0]) for k in INFORMATION_THEORETIC)) or "none") + "." if pred else ""))
+    for cell in best:
+        it = [t for t in ts if t.cell == cell and t.measure in INFORMATION_THEORETIC and t.tau is not None]
+        usual = [t for t in ts if t.cell == cell and t.measure not in INFORMATION_THEORETIC and t.tau is not None]
+        if it and usual:
+            bi, bu = max(it, key=lambda t: t.tau), max(usual, key=lambda t: t.tau)
+            c += (f" In {cell} the best information-theoretic measure ({MEASURES[bi.measure][0]}, tau {bi.tau:+.2f}) "
+                  + ("orders the methods better than" if bi.tau > bu.tau else "does not order the methods better "
+                     "than") + f" the best usual tool ({MEASURES[bu.measure][0]}, tau {bu.tau:+.2f}).")
     return {"a": a, "b": b, "c": c}
 
 
