@@ -151,7 +151,7 @@ CLAIMS_PRESETS: dict[str, ClaimsPreset] = {
         ClaimsPreset("cpu", "mlp on digits (60 steps) and all-MiniLM-L6-v2 on BBC News and a 4,000-tweet subset "
                      "(24 steps of 16 at 32 tokens), 3 seeds: a few CPU hours", (
                          Cell("mlp-digits", _mlp(60), Measures(certificate=CPU_CERT,
-                                                               fcmi={"n": 150, "masks": 8, "supersamples": 2})),
+                                                               fcmi={"n": 150, "masks": 4, "supersamples": 1})),
                          Cell("minilm-bbc", _minilm("bbc", "bbc", 24, 16, 32), CPU_MINILM_MEASURES),
                          Cell("minilm-tweets", _minilm("tweets", "tweets", 24, 16, 32), CPU_MINILM_MEASURES,
                               data="tweets-subset:4000"),
