@@ -861,8 +861,13 @@ def build_report(preset: ClaimsPreset, out: Path, g: Gathered, command: str, sec
                           f"{budget} of {p.batch_size}", " ".join(map(str, c.seeds)), f"{done} / {len(st)}"])
     lines += ["## What ran", "", markdown_table(cell_rows, ["cell", "backbone", "data", "adapters", "budget", "seeds",
                                                             "runs finished"]), ""]
-    missing = [f"{c}: {n} ({s})" for c, st in g.status.items() for n, s in st.items()
-               if s.split()[0] not in ("trained", "resumed", "skipped")]
+    missing = []
+    for c, st in g.status.items():
+        absent = [n for n, s in st.items() if s.split()[0] not in ("trained", "resumed", "skipped")]
+        if absent:
+            why = sorted({st[n] for n in absent})
+            missing.append(f"{c}: {len(absent)} of {len(st)} not run or not finished ({', '.join(absent)}); "
+                           f"status: {'; '.join(why)[:300]}")
     if missing:
         lines += ["Runs that did not finish (left out of every table):", "", *[f"- {m}" for m in missing], ""]
     lines += [
