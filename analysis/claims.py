@@ -116,10 +116,13 @@ def _mlp(steps: int) -> Preset:
                   batch_size=32)
 
 
-def _minilm(task: str, dataset: str, steps: int, batch: int, length: int, lr: float = 2e-3) -> Preset:
-    return Preset(f"minilm-{task}", f"all-MiniLM-L6-v2 on {task}, r = 8 on query and value, chains of 3, {steps} "
-                  f"steps of {batch}, {length} tokens", backbone="minilm", dataset=dataset, rank=8, alpha=16.0,
-                  chain=3, lr=lr, lr_full=5e-5, steps=steps, batch_size=batch, max_length=length)
+def _minilm(task: str, dataset: str, steps: int | None, batch: int, length: int, lr: float = 2e-3,
+            epochs: int | None = None, rank: int = 8, lr_full: float = 5e-5) -> Preset:
+    budget = f"{steps} steps" if steps else f"{epochs} epochs"
+    return Preset(f"minilm-{task}", f"all-MiniLM-L6-v2 on {task}, r = {rank} on query and value, chains of 3, "
+                  f"{budget} of {batch}, {length} tokens", backbone="minilm", dataset=dataset, rank=rank,
+                  alpha=2.0 * rank, chain=3, lr=lr, lr_full=lr_full, steps=steps, epochs=epochs, batch_size=batch,
+                  max_length=length)
 
 
 TINY_CERT = {"subspace_dim": 50, "lr": 0.3, "steps": 12, "levels": 3, "qat_steps": 5, "qat_lr": 0.01, "rate": 0.0,
@@ -160,10 +163,11 @@ CLAIMS_PRESETS: dict[str, ClaimsPreset] = {
                      "full tweets (9 epochs / 3 epochs, 128 tokens), 3 seeds, every measure", (
                          Cell("mlp-digits", _mlp(60), Measures(certificate=CPU_CERT,
                                                                fcmi={"n": 150, "masks": 8, "supersamples": 2})),
-                         Cell("minilm-bbc", replace(_minilm("bbc", "bbc", 1, 32, 128, 3e-4), steps=None, epochs=9),
+                         Cell("minilm-bbc", _minilm("bbc", "bbc", None, 32, 128, 3e-4, epochs=9, rank=16,
+                                                    lr_full=1e-5),
                               Measures(hessian_samples=256, landscape_samples=256, pac_bayes_samples=8)),
-                         Cell("minilm-tweets", replace(_minilm("tweets", "tweets", 1, 32, 128, 3e-4), steps=None,
-                                                       epochs=3),
+                         Cell("minilm-tweets", _minilm("tweets", "tweets", None, 32, 128, 3e-4, epochs=3, rank=16,
+                                                       lr_full=1e-5),
                               Measures(hessian_samples=256, landscape_samples=256, pac_bayes_samples=8)),
                      ), notes=(SECOND_BACKBONE_NOTE,)),
     ]
