@@ -202,3 +202,18 @@ def test_a_one_process_state_resumes_under_torchrun(tmp_path, monkeypatch):
     assert json.loads(done.stdout)["metrics"]["resumed_at"] == [20]
     assert not state_dir_for(tmp_path / "two").exists()
     _same_training(tmp_path / "two", one)
+
+
+def test_the_torchrun_commands_in_the_docs_parse():
+    """docs/scale.md's torchrun lines are genbound command lines that the parser accepts as written."""
+    import shlex
+
+    from genbound.cli import build_parser
+
+    text = (ROOT / "docs" / "scale.md").read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("torchrun ") and " -m genbound " in ln]
+    assert {shlex.split(ln)[shlex.split(ln).index("genbound") + 1] for ln in lines} == {"hessian", "landscape", "train"}
+    for ln in lines:
+        words = shlex.split(ln)
+        args = words[words.index("genbound") + 1:]
+        build_parser(args[0], all_arguments=False).parse_args(args)
