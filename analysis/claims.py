@@ -842,7 +842,7 @@ def build_report(preset: ClaimsPreset, out: Path, g: Gathered, command: str, sec
               for t in ts if t.tau is not None]
     if rows_c:
         figs += F.save(F.intervals(rows_c, "Kendall tau-b with the 0-1 gap", "Claim (c): rank correlation, "
-                                   "bootstrap 95% interval"), f"{figure_stem}_c")
+                                   "bootstrap 95% interval", xlim=(-1.05, 1.05)), f"{figure_stem}_c")
     cells = [resolve_cell(c, out) for c in preset.cells]
     lines = [f"# The paper's claims, tested ({preset.name} preset)", "",
              f"Produced by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, on "

@@ -544,12 +544,13 @@ def certified_vs_measured(points: Sequence[dict], chance: float | None = None):
 
 
 def intervals(rows: Sequence[dict], xlabel: str, title: str, reference: float | None = None,
-              reference_label: str = "", zero: bool = True):
+              reference_label: str = "", zero: bool = True, xlim: tuple[float, float] | None = None):
     """A forest plot: one row per estimate with its interval (``rows``: dicts with label, value, low, high and
     optional method for the colour and marker); a dashed line at ``reference`` (e.g. a pre-registered margin)
-    and a thin one at 0. A row without an interval is drawn as a point."""
+    and a thin one at 0; ``xlim`` fixes the axis (e.g. [-1, 1] for a rank correlation). A row without an
+    interval is drawn as a point. Two columns wide: the row labels are long."""
     rows = list(rows)
-    fig, ax = _figure(0.8 + 0.2 * len(rows))
+    fig, ax = _figure(0.8 + 0.2 * len(rows), width=2 * COLUMN_WIDTH)
     with plt.rc_context(STYLE):
         y = np.arange(len(rows))[::-1]
         for i, (yy, r) in enumerate(zip(y, rows)):
@@ -565,6 +566,8 @@ def intervals(rows: Sequence[dict], xlabel: str, title: str, reference: float | 
             ax.axvline(reference, color="#777777", lw=0.8, ls="--", zorder=0)
             ax.annotate(reference_label, (reference, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -8),
                         textcoords="offset points", fontsize=6, color="#555555")
+        if xlim is not None:
+            ax.set_xlim(*xlim)
         ax.set_xlabel(xlabel)
         ax.set_title(title, fontsize=7)
     return _declutter(fig)
