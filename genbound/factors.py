@@ -195,6 +195,46 @@ class Factor:
         """W0 + dW from the checkpoint tensors (differentiable in them; the hypothesis of the bounds)."""
         return W0 + self.layer_update(ctx, tensors).materialize().to(W0.dtype)
 
+    # -- a whole checkpoint (docs/checkpoint-format.md, "tensors.safetensors") --------------------------
+
+    key_prefix: str = ""  # a checkpoint keeps this kind's tensors at "<prefix><layer>.<suffix>", "<prefix>head.*"
+    extra_prefix: str | None = None  # further keys under this prefix are allowed (Full: every model parameter)
+
+    def checkpoint_spec(self, layers: list[tuple[str, int, int]], rank: int, links: int, dtype: torch.dtype,
+                        head: TensorSpec, model_shapes: Callable[[], dict[str, tuple[int, ...]]] | None = None
+                        ) -> TensorSpec:
+        """Keys, shapes and dtypes of a checkpoint's tensors: the head's and every layer's ``tensor_spec``.
+        ``model_shapes`` (called only by kinds that store the model's own parameters) gives them all."""
+        out = {f"{self.key_prefix}head.{k}": v for k, v in head.items()}
+        for name, n, m in layers:
+            spec = self.tensor_spec(n, m, rank, links, dtype)
+            out.update({f"{self.key_prefix}{name}.{suffix}": v for suffix, v in spec.items()})
+        return out
+
+    def restore(self, model, ckpt, merged: bool = False) -> None:
+        """Put a loaded checkpoint's trained tensors into ``model`` (its pristine backbone): adapters holding
+        every link's factors (past links of a chain re-merged in training order, so the weights are
+        bit-identical to training's) and the head; with ``merged`` plain Linear layers W0 + dW whose weights
+        count as trained (docs/concepts.md, "Chains and real merges")."""
+        from .adapters import attach_adapters, merge_adapters
+
+        m = ckpt.meta
+        adapters = attach_adapters(model, ckpt.method, [li.name for li in m.layers], m.rank, m.alpha, m.seed,
+                                   m.paca_columns)
+        with torch.no_grad():
+            for name, ad in adapters.items():
+                layer = ckpt.layer_tensors(name)
+                for link in range(m.chain):
+                    ad.factor.load_link(ad, layer, link, ckpt.path)
+                    if link < m.chain - 1:
+                        ad.next_link()
+            for k, p in model.head.named_parameters():
+                p.copy_(ckpt.tensors[f"head.{k}"])
+        if merged:
+            merge_adapters(model)
+            for li in m.layers:
+                model.get_submodule(li.name).weight.requires_grad_(True)
+
 
 @dataclass(frozen=True)
 class Full(Factor):
@@ -212,6 +252,42 @@ class Full(Factor):
 
     def check(self, name: str, n: int, m: int, r: int, k: int) -> None:
         return None
+
+    # A checkpoint stores the model's own parameters, "model.<name>": the adapted layers' weights (whose dW
+    # is W_trained - W0), the head and everything else the run trained.
+    needs_base = True
+    key_prefix = "model."
+    extra_prefix = "model."
+
+    def tensor_spec(self, n, m, r, links, dtype):
+        return {"weight": ((n, m), dtype)}
+
+    def checkpoint_spec(self, layers, rank, links, dtype, head, model_shapes=None):
+        if model_shapes is None:  # without the model: the tensors every reader uses (layers, head)
+            return super().checkpoint_spec(layers, rank, links, dtype, head)
+        return {f"{self.key_prefix}{k}": (tuple(s), dtype) for k, s in model_shapes().items()}
+
+    def layer_update(self, ctx, tensors):
+        return LayerUpdate(ctx.name, ctx.n, ctx.m, dense=tensors["weight"] - ctx.w0())
+
+    def restore(self, model, ckpt, merged=False):
+        """Every parameter from ``model.<name>``, refused unless the names and shapes are the backbone's own."""
+        state = {k[len(self.key_prefix):]: v for k, v in ckpt.tensors.items()}
+        params = dict(model.named_parameters())
+        missing, extra = set(params) - set(state), set(state) - set(params)
+        where, backbone = ckpt.path, ckpt.meta.backbone
+        if missing:
+            raise CheckpointError(f"{where}: fft checkpoint lacks parameter '{sorted(missing)[0]}'")
+        if extra:
+            raise CheckpointError(f"{where}: fft checkpoint has tensor 'model.{sorted(extra)[0]}' that "
+                                  f"backbone '{backbone}' does not have")
+        for k, p in params.items():
+            if tuple(state[k].shape) != tuple(p.shape):
+                raise CheckpointError(f"{where}: tensor 'model.{k}' has shape {tuple(state[k].shape)}, "
+                                      f"backbone '{backbone}' has {tuple(p.shape)}")
+        model.load_state_dict(state, strict=False)
+        for p in model.parameters():
+            p.requires_grad_(True)
 
 
 class _Chained(Factor):

@@ -210,7 +210,7 @@ def _check_archive(bn: Path, max_bytes: int | None) -> None:
 def _load_tensors(path: Path, max_bytes: int | None = None) -> tuple[dict[str, Tensor], str]:
     st, bn = path / SAFETENSORS_FILE, path / BIN_FILE
     if st.is_file():
-        from .checkpoint import read_safetensors
+        from .readers import read_safetensors
 
         return read_safetensors(st, max_bytes=max_bytes), st.name
     if bn.is_file():
@@ -229,7 +229,7 @@ def _load_tensors(path: Path, max_bytes: int | None = None) -> tuple[dict[str, T
             ) from None
         if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
             raise CheckpointError(f"{bn}: not a dictionary of tensors")
-        from .checkpoint import check_values
+        from .readers import check_values
 
         check_values(obj, bn)  # the same value checks as the safetensors path
         return dict(obj), bn.name

@@ -170,7 +170,7 @@ def _require(cond: bool, where: Path, what: str) -> None:
 
 def load_state(path: str | Path) -> TrainState:
     """Read a state directory written by :func:`save_state` (JSON and safetensors only, validated)."""
-    from .checkpoint import read_safetensors
+    from .readers import read_safetensors
 
     path = Path(path)
     meta = path / STATE_JSON

@@ -189,7 +189,8 @@ def pca_plane(model: nn.Module, coords: Mapping[str, Tensor], trajectory: Sequen
 
 def _trajectory_points(ckpt, coords: Coords, space: str) -> list[dict[str, Tensor]]:
     """Each saved step of ``ckpt`` as a point of the coordinate space (dw / all)."""
-    from ..checkpoint import TRAJECTORY_FILE, read_safetensors
+    from ..checkpoint_format import TRAJECTORY_FILE
+    from ..readers import read_safetensors
 
     if space == "factors":
         raise GenboundError("PCA directions are computed in the merged weights; use --space dw or --space all")

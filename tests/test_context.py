@@ -1,0 +1,54 @@
+"""The run context and the split checkpoint modules: W0 read from the weights file equals the built model's,
+one backbone build and one data load per compare, and the old entry points still give the same results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genbound.backbones import get_backbone
+from genbound.pretrained import may_hold_conv1d, pretrained_weights
+from genbound.tinymodels import make_text_model
+
+
+def _linears(model, prefix="backbone."):
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith(prefix)}
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "roberta"])
+def test_w0_from_the_weights_file_equals_the_built_models(tmp_path, kind):
+    """Every Linear of a tiny task model: W0 read from model.safetensors (transposed for GPT-2's Conv1D) equals
+    the built model's weight bit for bit; where the file cannot tell the orientation, None (the caller builds)."""
+    folder = make_text_model(tmp_path / kind, kind)
+    backbone = get_backbone(str(folder))
+    model = backbone.build(2, 0)
+    lin = {n: m for n, m in _linears(model).items() if n != "backbone." + model.head_path}
+    layers = [(n, m.out_features, m.in_features) for n, m in lin.items()]
+    assert may_hold_conv1d(str(folder)) == (kind == "gpt2")
+    if kind == "gpt2":  # the square attention projections cannot be told apart by shape
+        square = [x for x in layers if x[1] == x[2]]
+        assert square and pretrained_weights(backbone, square) is None
+        layers = [x for x in layers if x[1] != x[2]]
+        assert any(n in model.fan_in_fan_out for n, _, _ in layers), "a Conv1D layer is read transposed"
+    got = pretrained_weights(backbone, layers)
+    assert got is not None and set(got) == {n for n, _, _ in layers}
+    for name, W in got.items():
+        assert torch.equal(W, lin[name].weight.detach()), name
+
+
+def test_checkpoint_w0_without_building(ckpt_dir, monkeypatch):
+    """A checkpoint's base_weights on the mlp backbone come from the file: no model is built, and they equal
+    the pristine model's weights."""
+    from genbound.backbones import Backbone
+    from genbound.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(ckpt_dir("pissa"))
+    pristine = ck.initial_model()
+    builds = []
+    original = Backbone.build
+    monkeypatch.setattr(Backbone, "build", lambda self, *a, **k: builds.append(1) or original(self, *a, **k))
+    w0 = ck.base_weights()
+    ck.layer_updates()  # PiSSA's dW needs W0
+    assert builds == []
+    for li in ck.meta.layers:
+        assert torch.equal(w0[li.name], pristine.get_submodule(li.name).weight.detach())
