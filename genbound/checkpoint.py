@@ -152,6 +152,10 @@ class Checkpoint:
         layers' weights and the head)."""
         return [n for n, p in model.named_parameters() if p.requires_grad]
 
+    def data_spec(self):
+        """The recorded dataset (name or data file with its column options; genbound.source)."""
+        return restore.dataset_spec(self.meta)
+
     def trajectory(self) -> list[dict[str, LayerUpdate]]:
         """dW of every adapted layer at each saved step (``meta.trajectory_steps``), oldest first."""
         from .trajectory import trajectory_updates

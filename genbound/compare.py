@@ -196,6 +196,12 @@ def compare(
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     a, b = _load(path_a, backbone, data), _load(path_b, backbone, data)
+    # One run context per side, sharing a cache: the backbone is built and each dataset loaded once for both.
+    from .context import BuildCache, RunContext
+    from .source import is_full
+
+    cache = BuildCache()
+    a, b = (RunContext(x, device, cache) if is_full(x) else x for x in (a, b))
     why = mismatch(a, b)
     banner = ""
     if why is not None:

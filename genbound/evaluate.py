@@ -62,7 +62,11 @@ def evaluate(
 def evaluate_source(source, device: torch.device | None = None, batch_size: int = 64) -> dict:
     """Train / val / test loss and accuracy and the gap G = L_test - L_train of a genbound checkpoint or a
     peft source (genbound.peft_source), in eval mode over the full splits. Every example is one sequence (or
-    image) with one label, so losses and the gap are per sequence."""
+    image) with one label, so losses and the gap are per sequence. ``source`` may be a run context
+    (genbound.context)."""
+    from .context import context_for
+
+    source = context_for(source, device)
     model = source.build_model(device)
     device = next(model.parameters()).device
     splits = source.load_splits()

@@ -290,7 +290,10 @@ def _map_name(module: str, keys: set[str], backbone) -> str | None:
 
 
 class PeftCheckpoint:
-    """A loaded peft LoRA adapter: metadata, tensors, and the factored updates."""
+    """A loaded peft LoRA adapter: metadata, tensors, and the factored updates (a source without data:
+    genbound.source)."""
+
+    kind = "peft"
 
     def __init__(self, path: Path, config: dict, tensors: dict[str, Tensor], meta: PeftMeta,
                  factors: dict[str, dict[str, Tensor]], backbone, weight_paths: dict[str, str]):
@@ -357,6 +360,10 @@ class PeftCheckpoint:
         u = self.layer_updates()[name] if li.dora else self._factored(li)
         d = u.materialize()
         return d.T if li.transposed else d
+
+    def data_spec(self) -> None:
+        """peft records no data."""
+        return None
 
     def base_weights(self) -> dict[str, Tensor]:
         """W0 of each adapted module, in the (out, in) orientation of :meth:`layer_updates`."""
@@ -541,11 +548,8 @@ def _apply_genbound_record(cfg: dict, meta: PeftMeta, path: Path) -> None:
 
 
 def load_any(path: str | Path, backbone=None):
-    """A genbound checkpoint (:func:`genbound.checkpoint.load_checkpoint`) or a peft adapter
-    (:func:`load_peft`); both give ``.meta``, ``.layer_updates()`` and ``.base_weights()``."""
-    path = Path(path)
-    if is_peft_dir(path):
-        return load_peft(path, backbone)
-    from .checkpoint import load_checkpoint
+    """A genbound checkpoint or a peft adapter's factors (:func:`genbound.source.load_source` without data);
+    both give ``.meta``, ``.layer_updates()`` and ``.base_weights()``."""
+    from .source import load_source
 
-    return load_checkpoint(path)
+    return load_source(path, backbone)

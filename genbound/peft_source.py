@@ -189,6 +189,10 @@ class PeftSource:
     def load_backbone(self):
         return self.backbone
 
+    def data_spec(self) -> DataChoice | None:
+        """The data the caller named (--dataset), or None: peft records none."""
+        return self.data if self.data.dataset else None
+
     def load_splits(self):
         if self._splits is None:
             splits = self.data.load(self.backbone)
@@ -376,10 +380,6 @@ def _is_transposed(model: nn.Module, key: str) -> bool:
 
 def load_source(path: str | Path, backbone: str | None = None, data: DataChoice | None = None):
     """A genbound checkpoint, or a peft adapter rebuilt on its base model folder (:class:`PeftSource`)."""
-    from .peft_import import is_peft_dir
+    from .source import load_source as load
 
-    if is_peft_dir(path):
-        return PeftSource(path, backbone, data)
-    from .checkpoint import load_checkpoint
-
-    return load_checkpoint(path)
+    return load(path, backbone, data or DataChoice())

@@ -52,3 +52,60 @@ def test_checkpoint_w0_without_building(ckpt_dir, monkeypatch):
     assert builds == []
     for li in ck.meta.layers:
         assert torch.equal(w0[li.name], pristine.get_submodule(li.name).weight.detach())
+
+
+def _count(monkeypatch):
+    """Counters on the functions that build a backbone and load a dataset."""
+    from genbound.backbones import Backbone
+    from genbound.datasets import DatasetSpec, FileDatasetSpec
+
+    counts = {"build": 0, "load": 0}
+
+    def counted(cls, name, what):
+        original = getattr(cls, name)
+
+        def wrapper(self, *a, **k):
+            counts[what] += 1
+            return original(self, *a, **k)
+
+        monkeypatch.setattr(cls, name, wrapper)
+
+    counted(Backbone, "build", "build")
+    counted(DatasetSpec, "load", "load")
+    counted(FileDatasetSpec, "load", "load")
+    return counts
+
+
+def test_compare_builds_the_backbone_once_and_loads_the_data_once(ckpt_dir, monkeypatch):
+    """compare --hessian --landscape on two mlp checkpoints of one backbone: one backbone build, one data load
+    (before the run context: 15 builds and 7 loads); the rows equal those of separate, uncached calls."""
+    from genbound.compare import compare
+    from genbound.hessian import hessian_from_checkpoint
+
+    a, b = ckpt_dir("lora"), ckpt_dir("cla")
+    counts = _count(monkeypatch)
+    rep = compare(a, b, hessian=True, landscape=True, samples=64, grid=3, progress=False)
+    assert counts == {"build": 1, "load": 1}
+    # the cached models give what a fresh, separate computation gives
+    alone = hessian_from_checkpoint(b, samples=64, seed=0, top_k=3, trace=True, density=True, progress=False)
+    assert rep.row("hessian", "eigenvalue 1").b == alone.eigen.top[0]
+    assert counts["build"] == 2 and counts["load"] == 2
+
+
+def test_compare_on_a_tiny_bert_folder_builds_once(tmp_path, monkeypatch):
+    """The same count on a transformers backbone (a tiny BERT folder and a CSV of sentence pairs)."""
+    from genbound.compare import compare
+    from genbound.tinymodels import make_pairs_csv
+    from genbound.train import TrainConfig, train
+
+    folder = make_text_model(tmp_path / "bert", "bert")
+    data = make_pairs_csv(tmp_path / "pairs.csv")
+    outs = []
+    for method in ("lora", "vera"):
+        cfg = TrainConfig(method=method, backbone=str(folder), dataset=str(data), text_columns=["s1", "s2"],
+                          split_column="split", rank=2, steps=2, batch_size=8, max_length=16, progress=False)
+        train(cfg, tmp_path / method, save_every=0)
+        outs.append(tmp_path / method)
+    counts = _count(monkeypatch)
+    compare(*outs, hessian=True, landscape=True, samples=16, grid=3, progress=False)
+    assert counts == {"build": 1, "load": 1}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -140,15 +141,15 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
                           theorem: bool = True, compression: bool = True, pac_bayes: bool = False,
                           pb_samples: int = 20, seed: int = 0, device: torch.device | None = None,
                           progress: bool | None = None) -> BoundsReport:
-    """All bounds for one checkpoint (a directory, or a :class:`~genbound.checkpoint.Checkpoint` already
-    loaded): its Table 1 row, Theorem 1 (mlp) or why not (transformer), and the compression (default) and
-    PAC-Bayes (``pac_bayes=True``) bounds on the real model."""
-    from ..checkpoint import load_checkpoint
+    """All bounds for one checkpoint (a directory, a :class:`~genbound.checkpoint.Checkpoint` already
+    loaded, or a run context, genbound.context): its Table 1 row, Theorem 1 (mlp) or why not (transformer),
+    and the compression (default) and PAC-Bayes (``pac_bayes=True``) bounds on the real model."""
+    from ..context import context_for
     from .transformer import TRANSFORMER_CHAIN, TRANSFORMER_REASONS
 
     device = where(device)  # a checkpoint is read onto the CPU
-    ckpt = load_checkpoint(path)
-    path = ckpt.path if ckpt is path else path  # a loaded checkpoint names its directory
+    ckpt = context_for(path, device)  # built once: the models, W0 and the data the bounds below share
+    path = path if isinstance(path, (str, Path)) else ckpt.path  # a loaded checkpoint names its directory
     if hasattr(ckpt, "results") and callable(ckpt.results):  # a peft source: N and the fit come from its data
         ckpt.load_splits()
         ckpt.results(device)

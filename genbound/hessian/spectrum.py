@@ -351,14 +351,13 @@ def hessian_from_checkpoint(
 ) -> HessianReport:
     """:func:`hessian_spectrum` of a checkpoint (a path or a loaded checkpoint) on a seeded subset of
     ``samples`` examples of its recorded ``split`` (all of them when ``samples`` is None); by default on
-    the parameters the checkpoint trained."""
-    from ..checkpoint import load_checkpoint
+    the parameters the checkpoint trained. ``ckpt`` may be a run context (genbound.context), which keeps the
+    model and the data for the next diagnostic."""
+    from ..context import context_for
 
-    path = None
-    if isinstance(ckpt, (str, Path)):
-        path = str(ckpt)
-        ckpt = load_checkpoint(ckpt)
+    path = str(ckpt) if isinstance(ckpt, (str, Path)) else None
     device = where(device)  # a checkpoint is read onto the CPU
+    ckpt = context_for(ckpt, device)
     model = ckpt.build_model(device=device)
     try:
         splits = ckpt.load_splits()

@@ -269,8 +269,9 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
     with its trajectory) or "interpolate" (two checkpoints: line A-B; three: plane A, B, C). The default is
     interpolate for several checkpoints, else random. ``space``: dw, factors or all. Evaluation on a
     seeded subset of ``samples`` examples (None: the whole split) of ``split`` of the first checkpoint's
-    data. ``span`` defaults to 1 (random, interpolate) or the trajectory's reach (pca)."""
-    from ..checkpoint import load_checkpoint
+    data. ``span`` defaults to 1 (random, interpolate) or the trajectory's reach (pca). Run contexts
+    (genbound.context) may stand for checkpoints; paths share one context cache."""
+    from ..context import contexts_for
 
     given = list(paths)
     paths = [str(p) if isinstance(p, (str, Path)) else str(p.path) for p in given]
@@ -299,7 +300,7 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
     if samples is not None and samples <= 0:
         raise GenboundError(f"--samples must be positive, got {samples}; omit it to use the whole split")
     device = where(device)  # checkpoints are read onto the CPU
-    ckpts = [load_checkpoint(p) for p in given]
+    ckpts = contexts_for(given, device)  # one backbone build and one data load for all of them
     if directions == "interpolate":
         _check_compatible(ckpts, paths, space)
     model, coords = checkpoint_space(ckpts[0], space, device)
