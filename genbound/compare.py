@@ -27,12 +27,14 @@ from __future__ import annotations
 import math
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import GenboundError
 from .render import cell, latex_table, markdown_table, md_escape, tex_escape, text_table, to_jsonable
+from .source import is_full
 
 if TYPE_CHECKING:
     import torch
@@ -96,41 +98,26 @@ def better(a: Any, b: Any, prefer: str | None) -> str | None:
     return ("a" if x < y else "b") if prefer == LOWER else ("a" if x > y else "b")
 
 
-class _Rows:
-    def __init__(self, mark: bool = True) -> None:
-        self.rows: list[Row] = []
-        self.mark = mark  # False: no value is marked better (A and B are not comparable)
-
-    def add(self, section: str, quantity: str, a: Any, b: Any, prefer: str | None = None, note: str = "") -> None:
-        self.rows.append(Row(section, quantity, a, b, better(a, b, prefer) if self.mark else None, note))
-
-
 def _short(layer: str) -> str:
     return layer.replace("backbone.encoder.layer.", "L").replace(".attention.self.", ".")
 
 
 def _load(path: str | Path, backbone: str | None, data=None):
-    from .peft_import import is_peft_dir, load_any
+    """A source (genbound.source): a peft adapter is a full source on its base folder when ``data`` names a
+    dataset (its fit measured once here), else its factors alone."""
+    from .source import load_source
 
     try:
-        if data is not None and data.dataset and is_peft_dir(path):
-            from .peft_source import PeftSource
-
-            src = PeftSource(path, backbone, data)  # a full source: data, model and results
+        wants_data = data is not None and bool(data.dataset)
+        src = load_source(path, backbone, data if wants_data else None)
+        if wants_data and getattr(src, "kind", "") == "peft" and callable(getattr(src, "results", None)):
             src.load_splits()
             src.results()
-            return src
-        return load_any(path, backbone)
+        return src
     except GenboundError:
         raise
     except FileNotFoundError as exc:
         raise GenboundError(f"{path} is not a checkpoint: {exc}") from None
-
-
-def _is_genbound(ck) -> bool:
-    from .checkpoint import Checkpoint
-
-    return isinstance(ck, Checkpoint) or hasattr(ck, "load_splits")
 
 
 def _same_backbone(a, b) -> str | None:
@@ -161,6 +148,245 @@ def mismatch(a, b) -> str | None:
     return " and ".join(reasons) or None
 
 
+# -- sections: each (a, b, pair) -> rows -------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    """What the sections share besides the two sources: the settings, the paths, whether both sit on one
+    backbone (``same`` is None) and what a section leaves for the figures (``raw``) and the notes."""
+
+    path_a: str
+    path_b: str
+    device: Any
+    top_k: int = 10
+    eps: float = 0.5
+    data_bounds: bool | None = None
+    pac_bayes: bool = False
+    samples: int = 256
+    grid: int = 11
+    seed: int = 0
+    n_train: int | None = None
+    progress: bool | None = None
+    same: str | None = None
+    notes: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _row(section: str, quantity: str, a: Any, b: Any, prefer: str | None = None, note: str = "") -> Row:
+    return Row(section, quantity, a, b, better(a, b, prefer), note)
+
+
+def run_rows(a, b, pair: Pair) -> list[Row]:
+    """The run: method, backbone, data, rank, chain, N and seed of each side (no order)."""
+    return [_row("run", title, getattr(a.meta, key, None), getattr(b.meta, key, None))
+            for key, title in (("method", "method"), ("backbone", "backbone"), ("dataset", "dataset"),
+                               ("rank", "rank r"), ("chain", "chain k"), ("n_train", "training examples N"),
+                               ("seed", "seed"))]
+
+
+def parameter_rows(a, b, pair: Pair) -> list[Row]:
+    """Trainable and data-dependent parameter counts (docs/concepts.md, "The data-dependent parameter count
+    D"); fewer is better."""
+    pa, pb = a.meta.params or {}, b.meta.params or {}
+    return [_row("parameters", "trainable", pa.get("trainable"), pb.get("trainable"), LOWER),
+            _row("parameters", "data-dependent D", pa.get("data_dependent"), pb.get("data_dependent"), LOWER,
+                 "what the information-theoretic bounds count")]
+
+
+def fit_rows(a, b, pair: Pair) -> list[Row]:
+    """Train / test loss and accuracy and the gaps (docs/concepts.md, "Empirical generalization gap")."""
+    ra, rb = getattr(a.meta, "results", {}) or {}, getattr(b.meta, "results", {}) or {}
+    missing = "" if (ra and rb) else "a peft adapter records no results; pass --dataset to measure them"
+    rows = [_row("fit", title, ra.get(key), rb.get(key), prefer, missing)
+            for key, title, prefer in (("train_loss", "train loss", LOWER),
+                                       ("train_accuracy", "train accuracy", HIGHER),
+                                       ("test_loss", "test loss", LOWER), ("test_accuracy", "test accuracy", HIGHER))]
+    # A signed gap has no better direction (G < 0 is underfitting's signature as often as luck); how far it is
+    # from 0, |G|, is what the bounds bound and what "generalizes better" means.
+    for key, title, abs_title in (("gap", "gap G = L_test - L_train", "|G| (closer to 0: generalizes better)"),
+                                  ("gap_01", "0-1 gap (train acc - test acc)", "|0-1 gap|")):
+        ga, gb = ra.get(key), rb.get(key)
+        rows.append(_row("fit", title, ga, gb, None, missing or "signed: not marked (see the |gap| row)"))
+        rows.append(_row("fit", abs_title, *(abs(g) if _num(g) is not None else None for g in (ga, gb)), LOWER,
+                         missing))
+    return rows
+
+
+@dataclass
+class SideBounds:
+    """The bounds of one side: Table 1 (always), Theorem 1 and the data-dependent bounds where computed."""
+
+    table1: list = field(default_factory=list)
+    theorem1: Any = None
+    compression: Any = None
+    pac_bayes: Any = None
+
+
+def bound_rows(a, b, pair: Pair) -> list[Row]:
+    """Table 1, Theorem 1 and the compression / PAC-Bayes bounds (docs/concepts.md, "Bounds"); lower is
+    better unless both are vacuous."""
+    reports = [_bounds(ck, path, pair) for ck, path in ((a, pair.path_a), (b, pair.path_b))]
+    pair.raw["bounds"] = reports
+    ta, tb = (r.table1[0] if r is not None else None for r in reports)
+    rows = [_row("bounds", "Table 1 MI bound (expected gap)", ta and ta.value, tb and tb.value,
+                 _bound_prefer(ta, tb), _vacuity(ta, tb) + _vacuous_tail(ta, tb))]
+    th = [r.theorem1 if r is not None else None for r in reports]
+    rows.append(_row("bounds", "Theorem 1 bound on G(W0 + dW)", *(_theorem_value(x) for x in th), _bound_prefer(*th),
+                     _pair_note(*(_theorem_note(x) for x in th)) + _vacuous_tail(*th)))
+    kinds = [("compression", "compression bound (test error)", "compression")]
+    if pair.pac_bayes:
+        kinds.append(("pac_bayes", "PAC-Bayes bound (test error)", "PAC-Bayes"))
+    for attr, title, what in kinds:
+        got = [getattr(r, attr, None) if r is not None else None for r in reports]
+        rows.append(_row("bounds", title, *(_bound_value(c) for c in got), _bound_prefer(*got),
+                         _data_note(got, what) + _vacuous_tail(*got)))
+    return rows
+
+
+def spectra_rows(a, b, pair: Pair) -> list[Row]:
+    """Norms and ranks of dW, overall and per layer (docs/concepts.md, "Factored update spectra")."""
+    from .spectra import spectra
+
+    sa, sb = (spectra(ck.layer_updates(), top_k=pair.top_k, device=pair.device, progress=pair.progress)
+              for ck in (a, b))
+    pair.raw["spectra"] = (sa, sb)
+    layer_note = _layer_sets_note([x.name for x in sa.layers], [x.name for x in sb.layers])
+    rows = [_row("spectra", title, getattr(sa.overall, attr), getattr(sb.overall, attr), note=layer_note)
+            for attr, title in (("spectral_norm", "overall ||dW||_2"), ("frobenius_norm", "overall ||dW||_F"),
+                                ("mean_stable_rank", "mean stable rank"),
+                                ("mean_effective_rank", "mean effective rank"))]
+    la, lb = {x.name: x for x in sa.layers}, {x.name: x for x in sb.layers}
+    for name in _union(la, lb):
+        x, y = la.get(name), lb.get(name)
+        s = _short(name)
+        for attr, title in (("spectral_norm", "||dW||_2"), ("frobenius_norm", "||dW||_F"),
+                            ("stable_rank", "stable rank"), ("effective_rank", "effective rank")):
+            rows.append(_row("spectra", f"{s} {title}", _layer_value(x, attr), _layer_value(y, attr),
+                             note="" if x is not None and y is not None else _absent_note(x, y)))
+    return rows
+
+
+def intruder_rows(a, b, pair: Pair) -> list[Row]:
+    """Intruder dimensions of W0 + dW, total and per layer (docs/concepts.md, "Intruder dimensions"); fewer is
+    better where both sides count the same layers."""
+    from .intruders import eps_sweep, intruders
+
+    sweep = eps_sweep(10)
+    ia = ib = None
+    try:
+        ua, ub = a.layer_updates(), b.layer_updates()
+        wa = a.base_weights()
+        # One backbone and one layer set: B's pretrained weights are A's, so read them once.
+        wb = wa if pair.same is None and set(ua) == set(ub) else b.base_weights()
+        ia = intruders(wa, ua, k=pair.top_k, eps=pair.eps, sweep=sweep, device=pair.device, progress=pair.progress)
+        ib = intruders(wb, ub, k=pair.top_k, eps=pair.eps, sweep=sweep, device=pair.device, progress=pair.progress)
+    except GenboundError as exc:
+        pair.notes.append(f"intruder dimensions skipped: {exc}")
+    pair.raw["intruders"] = (ia, ib)
+    if ia is None or ib is None:
+        return []
+    ca, cb = {x.name: x.count for x in ia.layers}, {x.name: x.count for x in ib.layers}
+    differ = _layer_sets_note(list(ca), list(cb))
+    # a total over different layer sets counts different things: no mark, and the note says why
+    rows = [_row("intruders", f"total (k = {pair.top_k}, eps = {pair.eps})", ia.total, ib.total,
+                 None if differ else LOWER,
+                 differ + "; not marked" if differ else "Shuttleworth et al. 2024: fewer intruders, less forgetting")]
+    for name in _union(ca, cb):
+        both = name in ca and name in cb
+        rows.append(_row("intruders", f"{_short(name)} count", ca.get(name, ABSENT), cb.get(name, ABSENT),
+                         LOWER if both else None, "" if both else _absent_note(ca.get(name), cb.get(name))))
+    return rows
+
+
+def similarity_rows(a, b, pair: Pair) -> list[Row]:
+    """The mean overlap of A's and B's top singular subspaces (docs/concepts.md, "Principal angles and
+    subspace overlap"); empty across backbones."""
+    title = "mean subspace overlap of A's and B's dW"
+    if pair.same is not None:
+        return [_row("similarity", title, None, None, note=f"empty: {pair.same}")]
+    from .similarity import compare_updates
+
+    sim = compare_updates(a.layer_updates(), b.layer_updates(), k=min(8, pair.top_k), device=pair.device)
+    pair.raw["similarity"] = sim
+    return [_row("similarity", title, sim.mean_overlap, sim.mean_overlap,
+                 note=f"between the two updates (1 = same top-{sim.k} subspaces, 0 = orthogonal)")]
+
+
+def hessian_rows(a, b, pair: Pair) -> list[Row]:
+    """Top eigenvalues and the trace of the training loss's Hessian in the trained parameters
+    (docs/concepts.md, "Hessian spectra"), on ``samples`` seeded training examples."""
+    from .hessian import hessian_from_checkpoint
+
+    reps = []
+    for ck, path in ((a, pair.path_a), (b, pair.path_b)):
+        if not is_full(ck):
+            pair.notes.append(f"{path}: Hessian needs the training data; a peft adapter records none")
+            reps.append(None)
+            continue
+        reps.append(hessian_from_checkpoint(ck, samples=pair.samples, device=pair.device, seed=pair.seed, top_k=3,
+                                            trace=True, density=True, progress=pair.progress))
+    pair.raw["hessian"] = reps
+    top = [r.eigen.top if r is not None and r.eigen is not None else [] for r in reps]
+    rows = []
+    for i in range(3):
+        va = top[0][i] if len(top[0]) > i else None
+        vb = top[1][i] if len(top[1]) > i else None
+        rows.append(_row("hessian", f"eigenvalue {i + 1}", va, vb, LOWER if i == 0 else None,
+                         "lower top eigenvalue: flatter minimum" if i == 0 else ""))
+    tr = [r.trace.estimate if r is not None and r.trace is not None else None for r in reps]
+    rows.append(_row("hessian", "trace (Hutch++)", tr[0], tr[1], LOWER,
+                     f"on {pair.samples} seeded training examples, trained parameters"))
+    return rows
+
+
+def landscape_rows(a, b, pair: Pair) -> list[Row]:
+    """Sharpness, curvature and basin area on a random plane around each side, and the barrier on the line
+    from A to B (docs/concepts.md, "Loss landscapes")."""
+    from .landscape import landscape_from_checkpoints
+
+    out: dict[str, Any] = {}
+    planes = []
+    opts = dict(grid=pair.grid, samples=pair.samples, seed=pair.seed, device=pair.device, progress=pair.progress)
+    for ck, path in ((a, pair.path_a), (b, pair.path_b)):
+        if not is_full(ck):
+            pair.notes.append(f"{path}: landscapes need the training data; a peft adapter records none")
+            planes.append(None)
+            continue
+        planes.append(landscape_from_checkpoints([ck], "random", **opts))
+    out["planes"] = planes
+    sums = [p.summary if p is not None else None for p in planes]
+    rows = [_row("landscape", "max loss rise within radius (sharpness)",
+                 *(s.sharpness[-1].max_rise if s is not None and s.sharpness else None for s in sums), LOWER,
+                 "filter-normalized random plane" if any(sums) else ""),
+            _row("landscape", "curvature along d1", *(s.curvature[0].finite_difference if s else None for s in sums),
+                 LOWER),
+            _row("landscape", "basin area below threshold", *(s.basin.area if s else None for s in sums), HIGHER)]
+    if pair.same is None:
+        line = landscape_from_checkpoints([a, b], "interpolate", span=1.0, **opts)
+        out["interpolation"] = line
+        # With span 1 the grid runs from t = -1 to t = 1: A is the centre point and B the last one.
+        segment = line.loss[line.centre[0]:].cpu().tolist()
+        barrier = max(segment) - max(segment[0], segment[-1])
+        rows.append(_row("landscape", "barrier on the line A -> B", barrier, barrier,
+                         note="max loss on the segment minus the higher end point (0: linearly connected)"))
+    else:
+        rows.append(_row("landscape", "barrier on the line A -> B", None, None, note=f"empty: {pair.same}"))
+    pair.raw["landscape"] = out
+    return rows
+
+
+# The sections in report order: (name, rows, whether it needs the slow models). Hessian and landscape are
+# added on request.
+SECTIONS: list[tuple[str, Callable[[Any, Any, Pair], list[Row]]]] = [
+    ("run", run_rows), ("parameters", parameter_rows), ("fit", fit_rows), ("bounds", bound_rows),
+    ("spectra", spectra_rows), ("intruders", intruder_rows), ("similarity", similarity_rows),
+]
+OPTIONAL_SECTIONS: dict[str, Callable[[Any, Any, Pair], list[Row]]] = {
+    "hessian": hessian_rows, "landscape": landscape_rows,
+}
+
+
 def compare(
     path_a: str | Path,
     path_b: str | Path,
@@ -189,19 +415,21 @@ def compare(
     nothing and sets the report's banner.
     ``data`` (a :class:`genbound.peft_source.DataChoice` naming a dataset) makes a peft adapter a full source
     on its base model folder: its fit, gap, data-dependent bounds, Hessian and landscape are then measured.
+    ``path_a`` / ``path_b`` may also be sources or run contexts (genbound.source, genbound.context).
+
+    Each section is a function (a, b, pair) -> rows (:data:`SECTIONS`); A and B are run contexts sharing one
+    cache, so the backbone is built and each dataset loaded once for the whole comparison.
     """
+    from .context import BuildCache, RunContext
     from .device import where
+    from .progress import bar
 
     device = where(device)  # checkpoints are read onto the CPU; "auto" is the CLI's to resolve
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    a, b = _load(path_a, backbone, data), _load(path_b, backbone, data)
-    # One run context per side, sharing a cache: the backbone is built and each dataset loaded once for both.
-    from .context import BuildCache, RunContext
-    from .source import is_full
-
-    cache = BuildCache()
-    a, b = (RunContext(x, device, cache) if is_full(x) else x for x in (a, b))
+    given = (path_a, path_b)
+    path_a, path_b = (str(p) if isinstance(p, (str, Path)) else str(p.path) for p in given)
+    a, b = (_load(p, backbone, data) if isinstance(p, (str, Path)) else p for p in given)
     why = mismatch(a, b)
     banner = ""
     if why is not None:
@@ -211,150 +439,40 @@ def compare(
                                 "them side by side without any value marked better")
         banner = (f"MISMATCH: {why}. These are different tasks or models; no value is marked better and no row "
                   "is a like-for-like comparison.")
+    # One run context per side, sharing a cache: the backbone is built and each dataset loaded once for both.
+    cache = next((x.cache for x in (a, b) if isinstance(x, RunContext)), None) or BuildCache()
+    a, b = (RunContext(x, device, cache) if is_full(x) and not isinstance(x, RunContext) else x for x in (a, b))
     labels = [str(a.meta.method), str(b.meta.method)]
     if labels[0] == labels[1]:
         labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
-    R = _Rows(mark=why is None)
-    notes: list[str] = []
-    raw: dict[str, Any] = {}
-    same = _same_backbone(a, b)
-
-    # -- run, parameters, fit -----------------------------------------------------------------------------
-    for key, title in (("method", "method"), ("backbone", "backbone"), ("dataset", "dataset"), ("rank", "rank r"),
-                       ("chain", "chain k"), ("n_train", "training examples N"), ("seed", "seed")):
-        R.add("run", title, getattr(a.meta, key, None), getattr(b.meta, key, None))
-    pa, pb = a.meta.params or {}, b.meta.params or {}
-    R.add("parameters", "trainable", pa.get("trainable"), pb.get("trainable"), LOWER)
-    R.add("parameters", "data-dependent D", pa.get("data_dependent"), pb.get("data_dependent"), LOWER,
-          "what the information-theoretic bounds count")
-    ra, rb = getattr(a.meta, "results", {}) or {}, getattr(b.meta, "results", {}) or {}
-    missing = "" if (ra and rb) else "a peft adapter records no results; pass --dataset to measure them"
-    for key, title, prefer in (("train_loss", "train loss", LOWER), ("train_accuracy", "train accuracy", HIGHER),
-                               ("test_loss", "test loss", LOWER), ("test_accuracy", "test accuracy", HIGHER)):
-        R.add("fit", title, ra.get(key), rb.get(key), prefer, missing)
-    # A signed gap has no better direction (G < 0 is underfitting's signature as often as luck); how far it is
-    # from 0, |G|, is what the bounds bound and what "generalizes better" means.
-    for key, title, abs_title in (("gap", "gap G = L_test - L_train", "|G| (closer to 0: generalizes better)"),
-                                  ("gap_01", "0-1 gap (train acc - test acc)", "|0-1 gap|")):
-        ga, gb = ra.get(key), rb.get(key)
-        R.add("fit", title, ga, gb, None, missing or "signed: not marked (see the |gap| row)")
-        R.add("fit", abs_title, *(abs(g) if _num(g) is not None else None for g in (ga, gb)), LOWER, missing)
-    timing["metadata"] = time.perf_counter() - t0
-    from .progress import bar
-
-    sections = (["bounds", "spectra", "intruders", "similarity"] + (["hessian"] if hessian else [])
-                + (["landscape"] if landscape else []) + (["figures"] if figures is not None else []))
+    pair = Pair(path_a, path_b, device, top_k, eps, data_bounds, pac_bayes, samples, grid, seed, n_train, progress,
+                _same_backbone(a, b))
+    chosen = SECTIONS + [(name, OPTIONAL_SECTIONS[name]) for name, on in (("hessian", hessian),
+                                                                          ("landscape", landscape)) if on]
     _estimate(a, b, hessian, landscape, samples, grid, device, seed, progress)
-    stage = bar(total=len(sections), desc="compare", unit="section", progress=progress, leave=False)
-
-    def done(section: str) -> None:
-        stage.set_postfix_str(section, refresh=False)
+    stage = bar(total=len(chosen) + (figures is not None), desc="compare", unit="section", progress=progress,
+                leave=False)
+    rows: list[Row] = []
+    for name, section in chosen:
+        t = time.perf_counter()
+        rows += section(a, b, pair)
+        timing[name] = time.perf_counter() - t
+        stage.set_postfix_str(name, refresh=False)
         stage.update(1)
-
-    # -- bounds -------------------------------------------------------------------------------------------
-    t = time.perf_counter()
-    reports = []
-    for ck, path in ((a, path_a), (b, path_b)):
-        reports.append(_bounds(ck, path, device, data_bounds, pac_bayes, seed, n_train, progress, notes))
-    raw["bounds"] = reports
-    ta, tb = (r.table1[0] if r is not None else None for r in reports)
-    R.add("bounds", "Table 1 MI bound (expected gap)", ta and ta.value, tb and tb.value, _bound_prefer(ta, tb),
-          _vacuity(ta, tb) + _vacuous_tail(ta, tb))
-    th = [r.theorem1 if r is not None else None for r in reports]
-    R.add("bounds", "Theorem 1 bound on G(W0 + dW)", *(_theorem_value(x) for x in th), _bound_prefer(*th),
-          _pair_note(*(_theorem_note(x) for x in th)) + _vacuous_tail(*th))
-    comp = [getattr(r, "compression", None) if r is not None else None for r in reports]
-    R.add("bounds", "compression bound (test error)", *(_bound_value(c) for c in comp), _bound_prefer(*comp),
-          _data_note(comp, "compression") + _vacuous_tail(*comp))
-    if pac_bayes:
-        pbs = [getattr(r, "pac_bayes", None) if r is not None else None for r in reports]
-        R.add("bounds", "PAC-Bayes bound (test error)", *(_bound_value(c) for c in pbs), _bound_prefer(*pbs),
-              _data_note(pbs, "PAC-Bayes") + _vacuous_tail(*pbs))
-    timing["bounds"] = time.perf_counter() - t
-    done("bounds")
-
-    # -- spectra, intruders, similarity --------------------------------------------------------------------
-    t = time.perf_counter()
-    from .intruders import eps_sweep, intruders
-    from .similarity import compare_updates
-    from .spectra import spectra
-
-    ua, ub = a.layer_updates(), b.layer_updates()
-    sa, sb = (spectra(u, top_k=top_k, device=device, progress=progress) for u in (ua, ub))
-    raw["spectra"] = (sa, sb)
-    R.add("spectra", "overall ||dW||_2", sa.overall.spectral_norm, sb.overall.spectral_norm)
-    R.add("spectra", "overall ||dW||_F", sa.overall.frobenius_norm, sb.overall.frobenius_norm)
-    R.add("spectra", "mean stable rank", sa.overall.mean_stable_rank, sb.overall.mean_stable_rank)
-    R.add("spectra", "mean effective rank", sa.overall.mean_effective_rank, sb.overall.mean_effective_rank)
-    la, lb = {x.name: x for x in sa.layers}, {x.name: x for x in sb.layers}
-    layer_note = _layer_sets_note(list(la), list(lb))
-    if layer_note:
-        for r in R.rows[-4:]:
-            r.note = layer_note
-    for name in _union(la, lb):
-        x, y = la.get(name), lb.get(name)
-        s = _short(name)
-        for attr, title in (("spectral_norm", "||dW||_2"), ("frobenius_norm", "||dW||_F"),
-                            ("stable_rank", "stable rank"), ("effective_rank", "effective rank")):
-            R.add("spectra", f"{s} {title}", _layer_value(x, attr), _layer_value(y, attr),
-                  note="" if x is not None and y is not None else _absent_note(x, y))
-    timing["spectra"] = time.perf_counter() - t
-    done("spectra")
-    t = time.perf_counter()
-    sweep = eps_sweep(10)
-    ia = ib = None
-    try:
-        wa = a.base_weights()
-        # One backbone and one layer set: B's pretrained weights are A's, so build the backbone once.
-        wb = wa if same is None and set(ua) == set(ub) else b.base_weights()
-        ia = intruders(wa, ua, k=top_k, eps=eps, sweep=sweep, device=device, progress=progress)
-        ib = intruders(wb, ub, k=top_k, eps=eps, sweep=sweep, device=device, progress=progress)
-    except GenboundError as exc:
-        notes.append(f"intruder dimensions skipped: {exc}")
-    raw["intruders"] = (ia, ib)
-    if ia is not None and ib is not None:
-        ca, cb = {x.name: x.count for x in ia.layers}, {x.name: x.count for x in ib.layers}
-        differ = _layer_sets_note(list(ca), list(cb))
-        # a total over different layer sets counts different things: no mark, and the note says why
-        R.add("intruders", f"total (k = {top_k}, eps = {eps})", ia.total, ib.total, None if differ else LOWER,
-              differ + "; not marked" if differ else "Shuttleworth et al. 2024: fewer intruders, less forgetting")
-        for name in _union(ca, cb):
-            both = name in ca and name in cb
-            R.add("intruders", f"{_short(name)} count", ca.get(name, ABSENT), cb.get(name, ABSENT),
-                  LOWER if both else None, "" if both else _absent_note(ca.get(name), cb.get(name)))
-    timing["intruders"] = time.perf_counter() - t
-    done("intruders")
-    if same is None:
-        sim = compare_updates(ua, ub, k=min(8, top_k), device=device)
-        raw["similarity"] = sim
-        R.add("similarity", "mean subspace overlap of A's and B's dW", sim.mean_overlap, sim.mean_overlap,
-              note=f"between the two updates (1 = same top-{sim.k} subspaces, 0 = orthogonal)")
-    else:
-        R.add("similarity", "mean subspace overlap of A's and B's dW", None, None, note=f"empty: {same}")
-
-    # -- optional: Hessian and landscape -----------------------------------------------------------------------
-    if hessian:
-        t = time.perf_counter()
-        raw["hessian"] = _hessian_rows(R, a, b, path_a, path_b, samples, device, seed, notes, progress)
-        timing["hessian"] = time.perf_counter() - t
-        done("hessian")
-    if landscape:
-        t = time.perf_counter()
-        raw["landscape"] = _landscape_rows(R, a, b, path_a, path_b, same, samples, grid, device, seed, notes,
-                                           progress)
-        timing["landscape"] = time.perf_counter() - t
-        done("landscape")
-
-    report = CompareReport(str(path_a), str(path_b), labels, R.rows, notes,
+    if why is not None:  # not comparable: nothing is better
+        for r in rows:
+            r.better = None
+    report = CompareReport(path_a, path_b, labels, rows, pair.notes,
                            {"device": str(device), "top_k": top_k, "eps": eps, "seed": seed, "samples": samples,
                             "grid": grid, "hessian": hessian, "landscape": landscape,
                             "data_bounds": data_bounds, "pac_bayes": pac_bayes, "allow_mismatch": allow_mismatch},
                            [], timing, banner)
     if figures is not None:
         t = time.perf_counter()
-        report.figures = [str(p) for p in write_figures(report, raw, figures)]
+        report.figures = [str(p) for p in write_figures(report, pair.raw, figures)]
         timing["figures"] = time.perf_counter() - t
-        done("figures")
+        stage.set_postfix_str("figures", refresh=False)
+        stage.update(1)
     stage.close()
     timing["total"] = time.perf_counter() - t0
     return report
@@ -375,7 +493,7 @@ def _estimate(a, b, hessian: bool, landscape: bool, samples, grid: int, device, 
 
     if not (hessian or landscape) or not shown(progress):
         return
-    genbound = [ck for ck in (a, b) if _is_genbound(ck)]
+    genbound = [ck for ck in (a, b) if is_full(ck)]
     if not genbound:
         return
     ck = genbound[0]
@@ -406,29 +524,32 @@ def _estimate(a, b, hessian: bool, landscape: bool, samples, grid: int, device, 
     say(progress, f"compare: the slow sections take about {duration(total)}: " + "; ".join(parts))
 
 
-def _bounds(ck, path, device, data_bounds, pac_bayes, seed, n_train, progress, notes):
-    from .bounds.report import report_for_checkpoint
+def _bounds(ck, path, pair: Pair) -> SideBounds | None:
+    """One side's bounds: a full source's from genbound.bounds; a peft adapter read alone gets its Table 1 row
+    from D of its own per-layer ranks (rank_pattern included), q = 32 bits, sigma = 1/2 (0-1 loss) and the N
+    the caller gives (peft records none), or None without N."""
+    if not is_full(ck):
+        from .bounds.mi import MIBound, mi_gap_bound
 
-    if not _is_genbound(ck):
-        # A peft adapter: D from its own per-layer ranks (rank_pattern included), q = 32 bits, sigma = 1/2
-        # (0-1 loss); N is not recorded and must be given.
-        from types import SimpleNamespace
-
-        from .bounds.mi import mi_gap_bound
-
-        if n_train is None:
-            notes.append(f"{path}: a peft adapter records no N; pass --n to bound it")
+        if pair.n_train is None:
+            pair.notes.append(f"{path}: a peft adapter records no N; pass --n to bound it")
             return None
         d = int(ck.meta.params["data_dependent"])
-        value = mi_gap_bound(d, 32, 0.5, n_train)
-        notes.append(f"{path}: Table 1 bound with D = {d:,} (peft per-layer ranks), q = 32, sigma = 1/2, "
-                     f"N = {n_train} (given)")
-        return SimpleNamespace(table1=[SimpleNamespace(value=value, vacuous=value >= 1.0)], theorem1=None,
-                               compression=None, pac_bayes=None)
+        value = mi_gap_bound(d, 32, 0.5, pair.n_train)
+        pair.notes.append(f"{path}: Table 1 bound with D = {d:,} (peft per-layer ranks), q = 32, sigma = 1/2, "
+                          f"N = {pair.n_train} (given)")
+        row = MIBound(method=str(ck.meta.method), title="peft adapter", chained=False, rank=int(ck.meta.rank),
+                      chain=1, per_link=d, head_params=0, data_dependent_params=d, q=32.0, sigma=0.5,
+                      n_train=int(pair.n_train), value=value, loss_range=1.0, vacuous=value >= 1.0,
+                      symbolic=r"\sum_i r_i (n_i + m_i)", note="D from the adapter's per-layer ranks")
+        return SideBounds(table1=[row])
+    from .bounds.report import report_for_checkpoint
+
     mlp = getattr(ck.meta, "backbone", None) == "mlp"
-    use_data = mlp if data_bounds is None else data_bounds
-    return report_for_checkpoint(ck, compression=use_data, pac_bayes=pac_bayes and use_data, seed=seed,
-                                 device=device, progress=progress, theorem=True)
+    use_data = mlp if pair.data_bounds is None else pair.data_bounds
+    rep = report_for_checkpoint(ck, compression=use_data, pac_bayes=pair.pac_bayes and use_data, seed=pair.seed,
+                                device=pair.device, progress=pair.progress, theorem=True)
+    return SideBounds(rep.table1, rep.theorem1, rep.compression, rep.pac_bayes)
 
 
 def _all_vacuous(*bounds) -> bool:
@@ -503,63 +624,6 @@ def _data_note(items, what: str) -> str:
         return f"skipped: pass --data-bounds to evaluate the {what} bound on the full training split"
     flags = ["-" if c is None else ("vacuous" if getattr(c, "vacuous", False) else "non-vacuous") for c in items]
     return " / ".join(flags)
-
-
-def _hessian_rows(R: _Rows, a, b, path_a, path_b, samples, device, seed, notes, progress=None):
-    from .hessian import hessian_from_checkpoint
-
-    reps = []
-    for ck, path in ((a, path_a), (b, path_b)):
-        if not _is_genbound(ck):
-            notes.append(f"{path}: Hessian needs the training data; a peft adapter records none")
-            reps.append(None)
-            continue
-        reps.append(hessian_from_checkpoint(ck, samples=samples, device=device, seed=seed, top_k=3, trace=True,
-                                            density=True, progress=progress))
-    top = [r.eigen.top if r is not None and r.eigen is not None else [] for r in reps]
-    for i in range(3):
-        va = top[0][i] if len(top[0]) > i else None
-        vb = top[1][i] if len(top[1]) > i else None
-        R.add("hessian", f"eigenvalue {i + 1}", va, vb, LOWER if i == 0 else None,
-              "lower top eigenvalue: flatter minimum" if i == 0 else "")
-    tr = [r.trace.estimate if r is not None and r.trace is not None else None for r in reps]
-    R.add("hessian", "trace (Hutch++)", tr[0], tr[1], LOWER,
-          f"on {samples} seeded training examples, trained parameters")
-    return reps
-
-
-def _landscape_rows(R: _Rows, a, b, path_a, path_b, same, samples, grid, device, seed, notes, progress=None):
-    from .landscape import landscape_from_checkpoints
-
-    out: dict[str, Any] = {}
-    planes = []
-    for ck, path in ((a, path_a), (b, path_b)):
-        if not _is_genbound(ck):
-            notes.append(f"{path}: landscapes need the training data; a peft adapter records none")
-            planes.append(None)
-            continue
-        planes.append(landscape_from_checkpoints([ck], "random", grid=grid, samples=samples, seed=seed,
-                                                 device=device, progress=progress))
-    out["planes"] = planes
-    sums = [p.summary if p is not None else None for p in planes]
-    R.add("landscape", "max loss rise within radius (sharpness)",
-          *(s.sharpness[-1].max_rise if s is not None and s.sharpness else None for s in sums), LOWER,
-          "filter-normalized random plane" if any(sums) else "")
-    R.add("landscape", "curvature along d1", *(s.curvature[0].finite_difference if s else None for s in sums),
-          LOWER)
-    R.add("landscape", "basin area below threshold", *(s.basin.area if s else None for s in sums), HIGHER)
-    if same is None:
-        line = landscape_from_checkpoints([a, b], "interpolate", grid=grid, span=1.0, samples=samples,
-                                          seed=seed, device=device, progress=progress)
-        out["interpolation"] = line
-        # With span 1 the grid runs from t = -1 to t = 1: A is the centre point and B the last one.
-        segment = line.loss[line.centre[0]:].cpu().tolist()
-        barrier = max(segment) - max(segment[0], segment[-1])
-        R.add("landscape", "barrier on the line A -> B", barrier, barrier,
-              note="max loss on the segment minus the higher end point (0: linearly connected)")
-    else:
-        R.add("landscape", "barrier on the line A -> B", None, None, note=f"empty: {same}")
-    return out
 
 
 # -- output: every format through genbound.render ------------------------------------------------------------

@@ -213,7 +213,19 @@ class PeftSource:
         return self.peft.layer_updates()
 
     def base_weights(self) -> dict[str, Tensor]:
-        """W0 of each adapted module in (out, in) orientation, from the built base model."""
+        """W0 of each adapted module in (out, in) orientation: read from the base folder's weights file where it
+        tells them (genbound.pretrained), else from the built base model."""
+        from .errors import CheckpointError
+        from .pretrained import pretrained_weights
+
+        if not any(li.kind == "embedding" for li in self.peft.meta.layers):
+            try:
+                fast = pretrained_weights(self.backbone, [(li.name, li.out_features, li.in_features)
+                                                          for li in self.peft.meta.layers])
+            except CheckpointError:  # a shape that fits no orientation: the built model's message says why
+                fast = None
+            if fast is not None:
+                return fast
         mods = dict(self.backbone.build(2, 0).named_modules())
         out = {}
         for li in self.peft.meta.layers:

@@ -15,11 +15,12 @@ by executing anything.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from torch import Tensor, nn
+if TYPE_CHECKING:  # importing this module (the CLI's compare) must not import torch
+    from torch import Tensor, nn
 
-from .update import LayerUpdate
+    from .update import LayerUpdate
 
 
 @runtime_checkable
