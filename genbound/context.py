@@ -165,8 +165,10 @@ class RunContext:
 
                 self._models[merged] = restore.build_model(self.source, self._pristine(), "cpu", merged,
                                                            copy_pristine=True)
-            else:
-                self._models[merged] = self.source.build_model("cpu", merged=merged)
+            elif merged:
+                self._models[merged] = self.source.build_model("cpu", merged=True)
+            else:  # any object with build_model(device) is a source here
+                self._models[merged] = self.source.build_model("cpu")
         return copy.deepcopy(self._models[merged]).to(device).eval()
 
 
