@@ -82,8 +82,9 @@ def test_ray_sweep_equals_local_and_retries_a_killed_worker(local_sweep, tmp_pat
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": WORKER_PATH, "OMP_NUM_THREADS": "1"}})
+    # 2 CPUs, a small object store (the runs pass only their specs and statuses), nothing on the network.
+    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": WORKER_PATH, "OMP_NUM_THREADS": "1"}})
     try:
         out = tmp_path / "ray"
         result = _sweep(out, executors.RayExecutor(cpus_per_run=1, max_retries=2, fn=crash_once))
