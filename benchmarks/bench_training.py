@@ -7,7 +7,14 @@ when the weights are not present), batch 32, sequence 128, rank 16, alpha 32, ad
 after warm-up) or, on CPU, the process's peak resident set (VmHWM, reset through /proc/self/clear_refs
 after warm-up). Results go to benchmarks/results/training.md.
 
+``--compare-to REV`` instead times one method (``--methods``, default lora) with the library of this tree and
+with the library of commit REV, checked out by ``git worktree add --detach`` into a temporary folder: the same
+harness (this file's ``one``) runs in fresh processes whose ``PYTHONPATH`` names one tree or the other,
+alternated ``--rounds`` times in the same run, so both trees see the same machine load. Results go to
+benchmarks/results/training-vs-REV.md.
+
     python benchmarks/bench_training.py [--device cpu|cuda] [--steps 5] [--quick]
+    python benchmarks/bench_training.py --compare-to 7abbba7 --rounds 5 --steps 5 --seq 64
 """
 
 from __future__ import annotations
@@ -78,7 +85,10 @@ def one(method: str, device: str, steps: int, warmup: int, batch: int, seq: int,
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return {"method": method.name, "median_s": statistics.median(times), "mean_s": statistics.fmean(times),
+    import genbound
+
+    return {"method": method.name, "genbound": str(Path(genbound.__file__).resolve().parents[1]),
+            "median_s": statistics.median(times), "mean_s": statistics.fmean(times),
             "peak_bytes": mem.peak_bytes(), "peak_kind": mem.kind(),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
@@ -98,6 +108,9 @@ def main() -> None:
     ap.add_argument("--random-init", action="store_true", help="BertConfig of MiniLM's shape, random weights")
     ap.add_argument("--quick", action="store_true", help="3 methods, 2 steps, sequence 64")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--compare-to", default=None, metavar="REV",
+                    help="time the first of --methods with this tree's library and with commit REV's, alternated")
+    ap.add_argument("--rounds", type=int, default=5, help="alternated rounds of --compare-to")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training.md"))
     args = ap.parse_args()
     if args.quick:
@@ -105,6 +118,9 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.one, args.device, args.steps, args.warmup, args.batch, args.seq, args.rank,
                              args.random_init)))
+        return
+    if args.compare_to:
+        compare_trees(args)
         return
     rows = []
     for m in args.methods:
@@ -150,6 +166,66 @@ def main() -> None:
 
     write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
+
+
+def compare_trees(args) -> None:
+    """Same-run step time of one method: this tree's library against commit ``args.compare_to``'s."""
+    import os
+    import tempfile
+
+    import torch
+
+    method = args.methods[0]
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.compare_to], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / f"genbound-{rev}"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), rev], capture_output=True,
+                       check=True)
+        try:
+            for r in range(args.rounds):
+                for label, tree in (("old", old), ("new", ROOT)) if r % 2 == 0 else (("new", ROOT), ("old", old)):
+                    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
+                    cmd = [sys.executable, __file__, "--one", method, "--device", args.device, "--steps",
+                           str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch), "--seq",
+                           str(args.seq), "--rank", str(args.rank)] + (["--random-init"] if args.random_init else [])
+                    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+                    res = json.loads(proc.stdout.strip().splitlines()[-1])
+                    if Path(res["genbound"]) != tree.resolve():  # the library really came from that tree
+                        raise SystemExit(f"the {label} run imported genbound from {res['genbound']}, not {tree}")
+                    times[label].append(res["median_s"])
+                    print(f"round {r + 1} {label:3s} {res['median_s']:.3f} s/step", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+    mo, mn = statistics.median(times["old"]), statistics.median(times["new"])
+    lines = [
+        f"## {method} training step time: this tree ({head}) against {rev}, same run",
+        "",
+        f"- date: {datetime.date.today()}; machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average "
+        f"{os.getloadavg()[0]:.1f} at the end; device {args.device}; torch {torch.__version__}",
+        f"- command: `python benchmarks/bench_training.py --compare-to {args.compare_to} --methods {method} --rounds "
+        f"{args.rounds} --steps {args.steps} --warmup {args.warmup} --seq {args.seq}`",
+        f"- MiniLM ({'random init, same shape' if args.random_init else 'pretrained'}), batch {args.batch}, sequence "
+        f"{args.seq}, r = {args.rank}, query + value; each value is the median of {args.steps} timed steps after "
+        f"{args.warmup} warm-up steps in a fresh process; trees alternated (old first in odd rounds)",
+        "",
+        "| tree | median s/step | rounds |",
+        "|---|---:|---|",
+        f"| {rev} (before) | {mo:.3f} | {', '.join(f'{t:.3f}' for t in times['old'])} |",
+        f"| {head} (this tree) | {mn:.3f} | {', '.join(f'{t:.3f}' for t in times['new'])} |",
+        "",
+        f"Ratio this tree / {rev}: {mn / mo:.3f}.",
+        "",
+    ]
+    from genbound.atomic import write_text
+
+    out = Path(args.out).with_name(f"training-vs-{rev}.md") if args.out.endswith("training.md") else Path(args.out)
+    write_text(out, "\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
