@@ -80,15 +80,17 @@ def one(method: str, device: str, steps: int, warmup: int, batch: int, seq: int,
     for _ in range(warmup):
         step()
     mem.start()
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)  # CPU seconds of this process: less sensitive to other jobs
     import genbound
 
     return {"method": method.name, "genbound": str(Path(genbound.__file__).resolve().parents[1]),
             "median_s": statistics.median(times), "mean_s": statistics.fmean(times),
+            "cpu_median_s": statistics.median(cpu),
             "peak_bytes": mem.peak_bytes(), "peak_kind": mem.kind(),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
@@ -181,6 +183,7 @@ def compare_trees(args) -> None:
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
     times: dict[str, list[float]] = {"old": [], "new": []}
+    cpu: dict[str, list[float]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / f"genbound-{rev}"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), rev], capture_output=True,
@@ -197,10 +200,13 @@ def compare_trees(args) -> None:
                     if Path(res["genbound"]) != tree.resolve():  # the library really came from that tree
                         raise SystemExit(f"the {label} run imported genbound from {res['genbound']}, not {tree}")
                     times[label].append(res["median_s"])
-                    print(f"round {r + 1} {label:3s} {res['median_s']:.3f} s/step", flush=True)
+                    cpu[label].append(res["cpu_median_s"])
+                    print(f"round {r + 1} {label:3s} {res['median_s']:.3f} s/step, {res['cpu_median_s']:.3f} CPU "
+                          "s/step", flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
     mo, mn = statistics.median(times["old"]), statistics.median(times["new"])
+    co, cn = statistics.median(cpu["old"]), statistics.median(cpu["new"])
     lines = [
         f"## {method} training step time: this tree ({head}) against {rev}, same run",
         "",
@@ -212,12 +218,15 @@ def compare_trees(args) -> None:
         f"{args.seq}, r = {args.rank}, query + value; each value is the median of {args.steps} timed steps after "
         f"{args.warmup} warm-up steps in a fresh process; trees alternated (old first in odd rounds)",
         "",
-        "| tree | median s/step | rounds |",
-        "|---|---:|---|",
-        f"| {rev} (before) | {mo:.3f} | {', '.join(f'{t:.3f}' for t in times['old'])} |",
-        f"| {head} (this tree) | {mn:.3f} | {', '.join(f'{t:.3f}' for t in times['new'])} |",
+        "| tree | median wall s/step | rounds (wall) | median CPU s/step | rounds (CPU) |",
+        "|---|---:|---|---:|---|",
+        f"| {rev} (before) | {mo:.3f} | {', '.join(f'{t:.3f}' for t in times['old'])} | {co:.3f} | "
+        f"{', '.join(f'{t:.3f}' for t in cpu['old'])} |",
+        f"| {head} (this tree) | {mn:.3f} | {', '.join(f'{t:.3f}' for t in times['new'])} | {cn:.3f} | "
+        f"{', '.join(f'{t:.3f}' for t in cpu['new'])} |",
         "",
-        f"Ratio this tree / {rev}: {mn / mo:.3f}.",
+        f"Ratio this tree / {rev}: wall {mn / mo:.3f}, process CPU time {cn / co:.3f} (CPU time counts only this "
+        "process's own work, so other jobs on a shared machine disturb it far less than wall time).",
         "",
     ]
     from genbound.atomic import write_text

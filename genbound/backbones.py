@@ -10,7 +10,9 @@ Registry
             researcher's own task model (never from the hub): ``AutoModelForSequenceClassification`` with the
             model's own pooling and head for text (encoders: BERT, RoBERTa, DeBERTa-v2, DistilBERT, ELECTRA;
             decoders: GPT-2, Llama, Mistral, Qwen2, pooled at the last non-pad token as transformers does) and
-            ``AutoModelForImageClassification`` for vision configurations (ViT); see :class:`TaskClassifier`.
+            ``AutoModelForImageClassification`` for vision configurations (ViT); see :class:`TaskClassifier`;
+            with task ``causal-lm`` (``--task causal-lm``) ``AutoModelForCausalLM`` with next-token
+            cross-entropy (genbound.causal_lm).
             Checkpoints written before task models existed record no task and rebuild as ``pooled``: the
             encoder with mean pooling and genbound's linear head.
 
@@ -187,7 +189,7 @@ class Backbone:
     description: str = ""
     folder: Path | None = None  # the Hugging Face model folder (kind "hf")
     data_kind: str = "text"  # which datasets fit: "text" (tokenized), "image" or "digits" (64 features)
-    task: str = "pooled"  # "pooled" (encoder + mean pooling + head), "seq-cls", "image-cls" or "mlp"
+    task: str = "pooled"  # "pooled" (encoder + mean pooling + head), "seq-cls", "image-cls", "causal-lm" or "mlp"
     _extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -195,7 +197,12 @@ class Backbone:
         return file_fingerprint(self.weights)
 
     def build(self, num_labels: int, seed: int = 0, attn_implementation: str = "sdpa") -> nn.Module:
-        """The pretrained network with a fresh linear head of ``num_labels`` outputs drawn from ``seed``."""
+        """The pretrained network with a fresh linear head of ``num_labels`` outputs drawn from ``seed`` (a
+        causal LM keeps its pretrained output layer and ignores ``num_labels``)."""
+        if self.task == "causal-lm":
+            from .causal_lm import build_causal_lm
+
+            return build_causal_lm(self, seed, attn_implementation)
         if num_labels < 2:
             raise GenboundError(f"a classifier needs at least 2 labels, got {num_labels}")
         if self.kind == "mlp":
@@ -288,6 +295,8 @@ class Backbone:
                 raise GenboundError(f"the tokenizer in {self.folder} has neither a pad nor an eos token; set one "
                                     "and save it")
             tok.pad_token = tok.eos_token
+        if self.task == "causal-lm":
+            tok.padding_side = "right"  # targets are the next tokens; left padding would shift the positions
         return tok
 
     def vocab_size(self) -> int | None:
@@ -402,7 +411,7 @@ def _mlp() -> Backbone:
 BACKBONES: dict[str, Callable[[], Backbone]] = {"minilm": _minilm, "mlp": _mlp}
 
 
-TASKS = ("pooled", "seq-cls", "image-cls")
+TASKS = ("pooled", "seq-cls", "image-cls", "causal-lm")
 
 
 def _from_path(path: Path, task: str | None = None) -> Backbone:
@@ -436,6 +445,9 @@ def _from_path(path: Path, task: str | None = None) -> Backbone:
         task = "image-cls" if vision else "seq-cls"
     if task not in TASKS:
         raise GenboundError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    if task == "causal-lm" and vision:
+        raise GenboundError(f"{path} holds a vision model ('{cfg.get('model_type')}'), not a causal language model; "
+                            "drop --task causal-lm")
     if task == "image-cls" and not vision:
         raise GenboundError(f"{path} holds a '{cfg.get('model_type')}' model, not a vision model; drop the image task")
     return Backbone(
@@ -453,8 +465,13 @@ def _from_path(path: Path, task: str | None = None) -> Backbone:
 def get_backbone(name: str, task: str | None = None) -> Backbone:
     """A backbone by registry name, or from a local Hugging Face model folder built for ``task`` (default:
     image classification for vision configurations, sequence classification otherwise; ``pooled`` is the
-    encoder with genbound's mean pooling and head, how checkpoints before task models were trained)."""
+    encoder with genbound's mean pooling and head, how checkpoints before task models were trained; ``causal-lm``
+    the folder's ``AutoModelForCausalLM``: chosen explicitly, never from the folder's architectures, since a
+    decoder saved as ``*ForCausalLM`` is also the usual start of sequence classification)."""
     if name in BACKBONES:
+        if task == "causal-lm":
+            raise GenboundError(f"backbone '{name}' is not a causal language model; pass a decoder's model folder "
+                                "(GPT-2, Llama, Mistral, Qwen2) as --backbone DIR")
         return BACKBONES[name]()
     if os.sep in name or name.startswith(".") or Path(name).exists():
         return _from_path(Path(name), task)

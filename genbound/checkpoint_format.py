@@ -120,7 +120,8 @@ def _check_meta_values(meta: CheckpointMeta, method: Method, where: Path) -> Non
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{where}: {what}; the checkpoint is corrupt or was edited")
 
-    if len(meta.classes) != meta.num_labels:
+    causal = meta.hyperparameters.get("task") == "causal-lm"  # vocabulary-sized output, no class list
+    if len(meta.classes) != (0 if causal else meta.num_labels):
         raise bad(f"the class list has {len(meta.classes)} entries but the head has {meta.num_labels} outputs")
     if meta.sizes.get("train", meta.n_train) != meta.n_train:
         raise bad(f"n_train {meta.n_train} differs from the training split size {meta.sizes.get('train')}")
@@ -142,6 +143,8 @@ def expected_tensors(meta: CheckpointMeta, model_shapes: dict[str, tuple[int, ..
     head = {"weight": ((meta.num_labels, meta.head_in_features), dtype)}
     if meta.head_bias:
         head["bias"] = ((meta.num_labels,), dtype)
+    if meta.hyperparameters.get("task") == "causal-lm":
+        head = {}  # a causal LM trains no head (genbound.causal_lm)
     links = chain_links if chain_links is not None else meta.chain
     layers = [(li.name, li.out_features, li.in_features) for li in meta.layers]
     return get_method(meta.method).factor.checkpoint_spec(

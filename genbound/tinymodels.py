@@ -66,6 +66,40 @@ def make_text_model(folder: Path, kind: str = "roberta", num_labels: int = 2, se
     return folder
 
 
+CAUSAL_KINDS = ("gpt2", "llama", "mistral", "qwen2")
+
+
+def make_causal_lm(folder: Path, kind: str = "gpt2", seed: int = 0) -> Path:
+    """A tiny ``<Kind>ForCausalLM`` (GPT2LMHeadModel for gpt2) with its tokenizer, saved to ``folder``."""
+    from transformers import AutoModelForCausalLM
+
+    if kind not in CAUSAL_KINDS:
+        raise ValueError(f"unknown causal LM kind {kind!r}; choose one of {CAUSAL_KINDS}")
+    folder = Path(folder)
+    tok = _tokenizer()
+    torch.manual_seed(seed)
+    cfg = _config(kind, tok.vocab_size, tok.pad_token_id, 2)
+    cfg.bos_token_id, cfg.eos_token_id = tok.cls_token_id, tok.sep_token_id  # inside the shared vocabulary
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def make_texts_jsonl(path: Path, n: int = 90, seed: int = 0, split: bool = False) -> Path:
+    """A JSON Lines file of short texts (a ``text`` column, optionally a ``split`` column), no labels."""
+    import json
+
+    rng = random.Random(seed)
+    with open(path, "w") as fh:
+        for i in range(n):
+            row = {"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))}
+            if split:
+                row["split"] = "train" if i < 0.7 * n else ("validation" if i < 0.8 * n else "test")
+            fh.write(json.dumps(row) + "\n")
+    return Path(path)
+
+
 def make_vit(folder: Path, num_labels: int = 3, seed: int = 0) -> Path:
     """A tiny ViTForImageClassification (16x16 images, 4x4 patches) with its image processor."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor

@@ -30,8 +30,9 @@ def cache_dir() -> Path | None:
     return (Path(root) if root else Path.home() / ".cache" / "genbound") / "tokens"
 
 
-def cache_key(folder: Path, raw: list, max_length: int) -> str:
-    h = hashlib.sha256(f"genbound-tokens-v{VERSION}|{max_length}|".encode())
+def cache_key(folder: Path, raw: list, max_length: int, variant: str = "") -> str:
+    h = hashlib.sha256(f"genbound-tokens-v{VERSION}|{max_length}|".encode() + (f"{variant}|".encode() if variant
+                                                                                 else b""))
     for name in TOKENIZER_FILES:
         f = Path(folder) / name
         if f.is_file():
@@ -44,12 +45,13 @@ def cache_key(folder: Path, raw: list, max_length: int) -> str:
 
 
 def cached_tokens(folder: Path, raw: list, max_length: int,
-                  tokenize: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
-    """``tokenize()``'s result for these texts, read from the cache when present, else computed and stored."""
+                  tokenize: Callable[[], dict[str, Tensor]], variant: str = "") -> dict[str, Tensor]:
+    """``tokenize()``'s result for these texts, read from the cache when present, else computed and stored;
+    ``variant`` names a tokenizer setting outside its files (the padding side)."""
     directory = cache_dir()
     if directory is None:
         return tokenize()
-    path = directory / f"{cache_key(folder, raw, max_length)}.safetensors"
+    path = directory / f"{cache_key(folder, raw, max_length, variant)}.safetensors"
     if path.is_file():
         try:
             from safetensors.torch import load_file

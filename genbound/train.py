@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from . import __version__
 from . import distributed as dist_train
@@ -42,6 +41,7 @@ from .checkpoint import CheckpointMeta, LayerInfo, is_checkpoint, save_checkpoin
 from .datasets import default_dataset_for, get_dataset
 from .errors import GenboundError, NonFiniteError
 from .evaluate import evaluate
+from .losses import mean_loss
 from .methods import METHODS, get_method, layer_generator
 from .resume import (
     TrainState,
@@ -69,7 +69,7 @@ class TrainConfig:
     text_columns: list[str] | None = None  # data files: one text column or a pair (default: "text")
     label_column: str | None = None  # data files: default "label"
     split_column: str | None = None  # data files: train / validation / test per row (default: seeded split)
-    task: str | None = None  # model folders: seq-cls (default for text), image-cls (vision) or pooled
+    task: str | None = None  # model folders: seq-cls (default for text), image-cls (vision), causal-lm or pooled
     rank: int = 16
     alpha: float = 32.0
     chain: int = 1
@@ -316,6 +316,10 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     method = get_method(config.method)
     backbone = get_backbone(config.backbone, config.task)
     config.task = backbone.task if backbone.kind == "hf" and backbone.name != "minilm" else config.task
+    if group is not None and backbone.task == "causal-lm":
+        # The process-sharded loss and evaluation weight examples, not target tokens.
+        raise GenboundError("a causal LM trains in one process (its token-level loss is not yet sharded over "
+                            "processes); run genbound train without torchrun")
     if backbone.kind == "hf" and backbone.task == "pooled":  # before tokenizing: 20,000 tokens took minutes
         from .claims import backbone_layout
 
@@ -449,7 +453,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
             feats = {k: v[idx].to(device, non_blocking=True) for k, v in splits.train.features.items()}
             labels = splits.train.labels[idx].to(device, non_blocking=True)
             if group is None:
-                loss = F.cross_entropy(model(**feats), labels)
+                loss = mean_loss(model(**feats), labels)  # per example, or per target token (causal LM)
             else:
                 trained = [p for p in model.parameters() if p.requires_grad]
                 loss = dist_train.slice_loss(model, feats, labels, n_batch, trained)
@@ -519,16 +523,20 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     results["gap_01"] = results["train_accuracy"] - results["test_accuracy"]
 
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    # Causal LM: results are per target token; the dataset card records the target-token counts.
+    causal = backbone.task == "causal-lm"
     meta = CheckpointMeta(
         method=method.name, rank=config.rank, alpha=config.alpha,
         scale=method.scale(config.alpha, config.rank), chain=config.chain,
         layers=[LayerInfo(n, o, i) for n, (o, i) in zip(layers, shapes)],
         backbone=config.backbone, fingerprint=backbone.fingerprint, dataset=dataset_name,
         split_seed=config.split_seed, max_length=config.max_length if backbone.kind == "hf" else None,
-        num_labels=splits.num_labels, head_in_features=model.head.in_features, classes=splits.classes,
+        # A causal LM's "classes" are its vocabulary: num_labels is its size, the class list stays empty.
+        num_labels=model.head.out_features if causal else splits.num_labels,
+        head_in_features=model.head.in_features, classes=splits.classes,
         n_train=n_train, sizes=splits.sizes, dtype=dtype, seed=config.seed, paca_columns=config.paca_columns,
         split_digest=splits.digest(), dataset_card=splits.info.get("card", {}),
-        head_bias=model.head.bias is not None,
+        head_bias=getattr(model.head, "bias", None) is not None,
         hyperparameters={**asdict(config), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                          "b_lr_ratio_applied": b_ratio, "chain_boundaries": sorted(boundaries)},
         params={"trainable": trainable, "total": total_params, "head": head_params,

@@ -41,16 +41,20 @@ class Hypothesis:
     @torch.no_grad()
     def error(self, data: EvalSet, tensors: dict[str, Tensor] | None = None, batch_size: int = 256,
               device: torch.device | None = None) -> float:
-        """0-1 error on ``data`` of the model defined by ``tensors`` (default: the trained ones)."""
+        """0-1 error on ``data`` of the model defined by ``tensors`` (default: the trained ones): the mean over
+        the N examples of each one's 0-1 loss; for a causal LM each sequence's next-token error rate
+        (genbound.losses.per_example_error), so that the N i.i.d. samples of the bounds are sequences."""
         from torch.func import functional_call
+
+        from ..losses import per_example_error
 
         params = self.to_params(self.trained if tensors is None else tensors)
         device = where(device, self.model)  # None: where the model is
-        wrong, total = 0, 0
+        wrong, total = 0.0, 0
         for feats, labels in data.batches(batch_size, device):
             logits = functional_call(self.model, params, args=(), kwargs=feats, strict=False)
-            wrong += int((logits.argmax(-1) != labels).sum())
-            total += int(labels.numel())
+            wrong += float(per_example_error(logits, labels).sum())
+            total += int(labels.shape[0])
         if total == 0:
             raise GenboundError("the training set is empty; a bound needs training examples")
         return wrong / total

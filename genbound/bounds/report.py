@@ -38,6 +38,7 @@ class BoundsReport:
     pac_bayes: object | None = None  # PacBayesBound
     empirical: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    units: dict = field(default_factory=dict)  # what N, the bounded loss and the measured gap count
 
 
 def report_for_config(cfg: BoundConfig, methods: list[str] | None = None, include_head: bool = True) -> BoundsReport:
@@ -193,6 +194,17 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
 
             report.pac_bayes = pac_bayes_bound(hyp, splits.train, delta, mc_samples=pb_samples, seed=seed,
                                                device=device, progress=progress, chance_error=chance)
+    if (getattr(meta, "hyperparameters", None) or {}).get("task") == "causal-lm":
+        report.units = {"N": "sequences (the i.i.d. samples)",
+                        "bounded_0_1_loss": "each sequence's next-token error rate, averaged over sequences",
+                        "measured_gap": "per target token (token-level means of train and test loss / accuracy)"}
+        report.notes.append(f"causal LM: N = {cfg.n_train} counts training sequences, the i.i.d. samples; the "
+                            "0-1 loss the bounds cover is each sequence's next-token error rate (in [0, 1]) "
+                            "averaged over sequences, while the measured losses and gap are means over target "
+                            "tokens")
+    else:
+        report.units = {"N": "examples (one labelled sequence or image each)", "bounded_0_1_loss": "per example",
+                        "measured_gap": "per example"}
     report.notes = [x for x in report.notes if x]
     return report
 

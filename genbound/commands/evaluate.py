@@ -9,8 +9,11 @@ HELP = "loss, accuracy and gap G = L_test - L_train of a genbound checkpoint or 
 DESCRIPTION = (
     "Evaluate SOURCE (a genbound checkpoint, or a peft LoRA adapter on its base model folder) in eval mode on "
     "the full train, validation and test splits: mean cross-entropy per sequence (one label per example), "
-    "accuracy, and the empirical gap G = L_test - L_train. A checkpoint is evaluated on the data it recorded; a "
-    "peft adapter, which records none, on --dataset (with its column options)."
+    "accuracy, and the empirical gap G = L_test - L_train. For a causal language model (--task causal-lm, or a "
+    "peft adapter with task_type CAUSAL_LM) the loss is next-token cross-entropy and the accuracy next-token "
+    "top-1, both means over the split's target tokens; N (what a bound counts) is the number of sequences. A "
+    "checkpoint is evaluated on the data it recorded; a peft adapter, which records none, on --dataset (with "
+    "its column options)."
 )
 
 
@@ -31,8 +34,13 @@ def run(args) -> int:
     if args.json:
         print_json(report)
         return 0
-    rows = [[s, report[f"{s}_loss"], report[f"{s}_accuracy"], report["sizes"][s]] for s in ("train", "val", "test")]
-    print(format_table(rows, ["split", "loss", "accuracy", "examples"]))
+    causal = report["unit"] == "token"
+    rows = [[s, report[f"{s}_loss"], report[f"{s}_accuracy"], report["sizes"][s]]
+            + ([report["target_tokens"][s]] if causal else []) for s in ("train", "val", "test")]
+    print(format_table(rows, ["split", "loss", "accuracy", "sequences" if causal else "examples"]
+                       + (["target tokens"] if causal else [])))
     print(f"\ngap G = L_test - L_train = {report['gap']:.6g} (per {report['unit']}); source: {report['kind']} "
           f"{report['source']}, dataset {report['dataset']}")
+    if causal:
+        print(f"causal LM: {report['note']}")
     return 0

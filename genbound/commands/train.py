@@ -23,8 +23,9 @@ def add_arguments(p) -> None:
                    help="bbc or tweets (text backbones), digits (mlp), or a data path: .csv, .jsonl, .parquet, a "
                         "datasets save_to_disk folder or an image folder; default fits the backbone")
     add_data_options(p)
-    p.add_argument("--task", choices=["seq-cls", "image-cls", "pooled"], default=None,
-                   help="how a model folder is built: its own sequence / image classifier (default by its config) "
+    p.add_argument("--task", choices=["seq-cls", "image-cls", "causal-lm", "pooled"], default=None,
+                   help="how a model folder is built: its own sequence / image classifier (default by its config), "
+                        "causal-lm (AutoModelForCausalLM, next-token loss on the texts; never chosen by default) "
                         "or pooled (encoder, mean pooling, genbound's head)")
     p.add_argument("--rank", type=int, default=16, help="adapter rank r (default 16)")
     p.add_argument("--alpha", type=float, default=32.0, help="scale numerator: s = alpha / r (default 32)")
@@ -105,6 +106,9 @@ def run(args) -> int:
     print(f"\ngap (test - train loss) {r['gap']:.4f}; {meta.params['trainable']:,} trainable, "
           f"{meta.params['data_dependent']:,} data-dependent parameters; "
           f"{m['seconds_per_step']:.3f} s/step, peak memory {m['peak_memory_bytes'] / 2**20:.0f} MiB")
+    if meta.hyperparameters.get("task") == "causal-lm":
+        print("causal LM: loss, next-token accuracy and gap are means over target tokens; N = "
+              f"{meta.n_train:,} training sequences (the i.i.d. samples a bound counts)")
     if m.get("resumed_at"):
         print(f"resumed from the saved state at step(s) {', '.join(map(str, m['resumed_at']))}")
     print(f"checkpoint written to {result.path}")

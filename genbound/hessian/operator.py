@@ -41,6 +41,7 @@ from ..device import where
 from ..distributed import Group
 from ..errors import GenboundError, NonFiniteError
 from ..evalset import EvalSet
+from ..losses import count, summed_loss
 
 ParamSelection = str | Sequence[str] | None
 
@@ -191,6 +192,7 @@ class HessianOperator:
         self.numels = [int(np.prod(s)) for s in self.shapes]
         self.dim = int(sum(self.numels))
         self.n_examples = len(evalset)
+        self.n_targets = count(evalset.labels)  # examples, or target tokens (genbound.losses), of the whole set
         self.group = group
         self._evalset = evalset  # the whole set (a float64 check builds its operator from it)
         if group is not None:  # this process's shard; the 1/N weights stay those of the whole set
@@ -248,8 +250,9 @@ class HessianOperator:
         state = dict(self._frozen)
         state.update(theta)
         logits = functional_call(self._module, state, (), feats)
-        # Summed over the batch and divided by the whole set's size: exact 1/N weights per example.
-        return nn.functional.cross_entropy(logits, labels, reduction="sum") / self.n_examples
+        # Summed over the batch and divided by the whole set's size: exact 1/N weights per example (per target
+        # token for a causal LM: the token-level mean loss that evaluate reports).
+        return summed_loss(logits, labels, upcast=False) / self.n_targets
 
     def loss_and_gradient(self) -> tuple[float, Tensor]:
         """L(theta) and nabla L(theta) (flat). In mode auto / cached they come out of the pass that builds

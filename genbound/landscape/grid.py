@@ -65,6 +65,7 @@ from torch.nn import functional as F
 from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
+from ..losses import count
 from .memo import FoldMismatch, PrefixMemo, tensors_in
 
 ENGINES = ("batched", "sequential")
@@ -580,7 +581,7 @@ class GridEvaluator:
                 memoized.append(mname)
             memo.out, memo.token, memo.versions = None, None, []  # release the cached activations
         self._memo_state["token"] = None
-        n = len(self.data)
+        n = count(self.data.labels)  # examples, or target tokens for a causal LM
         cached = [m for m, gl in self._grid_modules.items() if gl.uncached_calls == 0] if engine == "batched" else []
         schedule = ("folded" if self._fold is not None else "vmap") if engine == "batched" else "single"
         return PointValues(self._loss / n, self._correct / n, engine, time.perf_counter() - t0,
@@ -682,7 +683,13 @@ class GridEvaluator:
 
 
 def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Per point: summed cross-entropy (float64) and number correct, for logits (P, n, C)."""
+    """Per point: summed cross-entropy (float64) and number correct, for logits (P, n, C); for a causal LM's
+    logits (P, n, T, V) summed over target tokens (genbound.losses)."""
+    if labels.dim() == 2:
+        from ..losses import point_scores
+
+        ls, cs = point_scores(logits, labels)
+        return ls.cpu(), cs.cpu()
     P, n, C = logits.shape
     ce = F.cross_entropy(logits.float().reshape(P * n, C), labels.repeat(P), reduction="none").view(P, n)
     correct = (logits.argmax(-1) == labels.unsqueeze(0)).sum(1)
