@@ -14,11 +14,19 @@ paca                B = P - P0 (the change of the trained columns), A = their se
 vera, pissa         their factored dW relative to W0 as the layer's update reports it (VeRA's
                     diag(b) B diag(d) A; PiSSA's B A - B0 A0 with 2 r columns), r and lora_alpha
                     per layer (``rank_pattern`` / ``alpha_pattern`` where they differ)
-dora                refused: W = m (W0 + s B A) / ||W0 + s B A|| is not W0 plus a product B A
+dora                peft's own DoRA: ``use_dora`` with A, B and the magnitude as
+                    ``lora_magnitude_vector`` (W = m (W0 + s B A) / ||W0 + s B A||_row in both)
 fft                 refused: a full fine-tune is not an adapter
 ==================  ============================================================================
 
-Every exported adapter is peft type LORA: VeRA, PiSSA and DoRA are not written as peft's own types.
+DoRA is written as peft's own type. PiSSA is written as the rank-2r LoRA of dW relative to the unmodified W0,
+which is the form peft itself converts a PiSSA adapter to for sharing (``save_pretrained(...,
+path_initial_model_for_weight_conversion=...)``): peft's other PiSSA form stores A and B relative to a residual
+base W0 - s B0 A0 that peft recomputes with its own float32 SVD when loading, so the base it rebuilds is not
+bit-for-bit genbound's. VeRA is written as the exact LoRA of its dW: peft's VeRA type shares one frozen pair
+vera_A (r, max in) / vera_B (max out, r) across all layers, sliced to each layer's shape, while genbound draws
+one pair per layer shape (docs/concepts.md, ``vera``), so layers of different shapes have unrelated
+projections that peft's single shared pair cannot hold.
 
 The trained head goes to ``modules_to_save``: for a model folder's own task model the whole ``classifier`` /
 ``score`` module (its untrained parts at their seeded values, so the export does not depend on how peft
@@ -83,7 +91,18 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
     tensors: dict[str, Tensor] = {}
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
+    # DoRA (W = m (W0 + s B A) / ||W0 + s B A||_row) is peft's LoRA with use_dora: A, B and the magnitude m
+    # as peft's lora_magnitude_vector, the same one-norm-per-output-row convention (genbound.factors.dora_weight).
+    dora = ck.method.factor.peft_dora
     for name, u in updates.items():
+        if dora:
+            t = ck.layer_tensors(name)
+            r = int(t["A"].shape[0])
+            ranks[peft_name(name)], alphas[peft_name(name)] = r, scale * r
+            for key, v in (("lora_A.weight", t["A"]), ("lora_B.weight", t["B"]),
+                           ("lora_magnitude_vector", t["magnitude"])):
+                tensors[f"{PEFT_PREFIX}{peft_name(name)}.{key}"] = v.detach().to(torch.float32).contiguous()
+            continue
         if u.B is None or u.A is None:
             raise GenboundError(f"{ck.path}: method {meta.method}'s update of layer {name} is not a product B A "
                                 "(it depends on W0 nonlinearly), so it has no LoRA form; export a factored method")
@@ -117,7 +136,7 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
     alpha_pattern = {k: v for k, v in alphas.items() if v != lora_alpha}
     config = {
         "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_name,
-        "r": R, "lora_alpha": lora_alpha, "lora_dropout": 0.0, "use_rslora": False, "use_dora": False,
+        "r": R, "lora_alpha": lora_alpha, "lora_dropout": 0.0, "use_rslora": False, "use_dora": dora,
         "fan_in_fan_out": bool(fifo), "bias": "none", "target_modules": sorted({peft_name(n) for n in adapted}),
         "modules_to_save": [saved] if saved else None, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
         "init_lora_weights": True,

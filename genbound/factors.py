@@ -113,6 +113,7 @@ class Factor:
     gathers: bool = False  # A is a column selector: the layer gathers input columns
     chainable: bool = False  # links can be merged into the base and restarted
     needs_base: bool = False  # dW from the checkpoint needs W0
+    peft_dora: bool = False  # exported as peft's DoRA (A, B and lora_magnitude_vector), not as a LoRA of dW
     trained: tuple[str, ...] = ()
     frozen: tuple[str, ...] = ()
 
@@ -714,6 +715,7 @@ class Dora(Factor):
 
     family = "magnitude"
     needs_base = True
+    peft_dora = True
     trained = ("A", "B", "m")
 
     def trainable(self, n, m, r):

@@ -35,8 +35,8 @@ def _train(root, folder, data, method, name):
     return train(cfg, root / name, save_every=0).meta
 
 
-# DoRA's update is not a product B A (it renormalises W0 + s B A), so it has no LoRA form: refused below.
-EXPORTABLE = [m for m in METHODS if METHODS[m].adapter and m != "dora"]
+# Every adapter method; DoRA as peft's own DoRA (use_dora with lora_magnitude_vector).
+EXPORTABLE = [m for m in METHODS if METHODS[m].adapter]
 
 
 @pytest.mark.parametrize("method", EXPORTABLE)
@@ -44,7 +44,7 @@ def test_export_loads_in_peft_with_equal_logits(setup, method):
     from transformers import AutoModelForSequenceClassification
 
     root, rob, gpt2, data = setup
-    for folder in (rob, gpt2) if method in ("cla", "lora") else (rob,):
+    for folder in (rob, gpt2) if method in ("cla", "lora", "dora") else (rob,):
         name = f"{method}-{folder.name}"
         meta = _train(root, folder, data, method, name)
         out = root / f"{name}-peft"
@@ -65,9 +65,26 @@ def test_export_loads_in_peft_with_equal_logits(setup, method):
         assert back.meta.n_train == meta.n_train
 
 
-def test_export_refuses_fft_dora_and_existing_folder(setup, ckpt_dir, tmp_path, capsys):
-    assert main(["export", str(ckpt_dir("dora")), "--peft", str(tmp_path / "d")]) == 2
-    assert "has no LoRA form" in capsys.readouterr().err and not (tmp_path / "d").exists()
+def test_export_of_dora_is_peft_dora(ckpt_dir, tmp_path):
+    """DoRA goes out as peft's own DoRA: use_dora with the trained magnitude, and comes back as dora."""
+    ck = load_checkpoint(ckpt_dir("dora"))
+    cfg = export_peft(ck, tmp_path / "d")
+    assert cfg["use_dora"] is True and cfg["peft_type"] == "LORA"
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "d" / "adapter_model.safetensors"))
+    for li in ck.meta.layers:
+        torch.testing.assert_close(saved[f"base_model.model.{li.name}.lora_magnitude_vector"],
+                                   ck.tensors[f"{li.name}.magnitude"].float())
+    pm = PeftModel.from_pretrained(ck.initial_model(), str(tmp_path / "d")).eval()
+    x = ck.load_splits().test.features["x"]
+    with torch.no_grad():
+        torch.testing.assert_close(pm(x), ck.build_model()(x=x), rtol=1e-5, atol=1e-5)
+    back = load_peft(tmp_path / "d", resolve=False)
+    assert back.method.name == "dora" and back.meta.params["data_dependent"] == ck.meta.params["data_dependent"]
+
+
+def test_export_refuses_fft_and_existing_folder(setup, ckpt_dir, tmp_path, capsys):
     fft = ckpt_dir("fft")
     assert main(["export", str(fft), "--peft", str(tmp_path / "p")]) == 2
     assert "has no adapter to export" in capsys.readouterr().err

@@ -28,8 +28,8 @@ MAX_LEN = 10
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
     root = tmp_path_factory.mktemp("causal")
-    return {"root": root, "gpt2": make_causal_lm(root / "gpt2", "gpt2"), "llama": make_causal_lm(root / "llama", "llama"),
-            "texts": make_texts_jsonl(root / "texts.jsonl", n=40)}
+    return {"root": root, "gpt2": make_causal_lm(root / "gpt2", "gpt2"),
+            "llama": make_causal_lm(root / "llama", "llama"), "texts": make_texts_jsonl(root / "texts.jsonl", n=40)}
 
 
 def _splits(lm, kind):

@@ -123,6 +123,8 @@ def test_getting_started_code_runs(tmp_path):
     # What the walk-through says it produces.
     assert (tmp_path / "runs" / "lora" / "genbound.json").is_file()
     assert (tmp_path / "runs" / "cla" / "tensors.safetensors").is_file()
+    assert (tmp_path / "runs" / "lm" / "genbound.json").is_file()  # the causal-LM example
+    assert "per token: train loss" in proc.stdout and "training sequences" in proc.stdout
     assert (tmp_path / "compare.md").read_text().startswith("|")
 
 
