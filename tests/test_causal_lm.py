@@ -83,13 +83,10 @@ def test_train_lowers_the_loss_and_the_checkpoint_rebuilds(lm, tmp_path):
     assert again.loss == pytest.approx(r["train_loss"], abs=1e-6)
 
 
-ADAPTERS = [m for m, spec in METHODS.items() if spec.adapter]
-
-
-@pytest.mark.parametrize("method", ADAPTERS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_on_gpt2_conv1d(lm, tmp_path, method):
-    """Every method (chained with k = 2, selectors, PaCA) trains on GPT-2's Conv1D targets and its checkpoint
-    rebuilds to the recorded loss."""
+    """Every method (chained with k = 2, selectors, PaCA, fft) trains on GPT-2's Conv1D targets and its
+    checkpoint rebuilds to the recorded loss."""
     _, sp = _splits(lm, "gpt2")
     chain = 2 if METHODS[method].chained else 1
     cfg = TrainConfig(method=method, backbone=str(lm["gpt2"]), dataset=str(lm["texts"]), task="causal-lm",
@@ -193,6 +190,7 @@ def test_cli_train_evaluate_bounds_hessian_landscape(lm, tmp_path, capsys):
     assert 0 <= bounds["compression"]["train_error_original"] <= 1
     hes = _cli_json(capsys, ["hessian", str(out), "--top-k", "2", "--json", "--no-progress"])
     assert hes["loss"] == pytest.approx(ev["train_loss"], rel=1e-5)  # the token-level mean, as evaluate's
+    assert hes["loss_unit"] == "token" and hes["n_targets"] == ev["target_tokens"]["train"]
     land = _cli_json(capsys, ["landscape", str(out), "--dims", "1", "--grid", "3", "--json", "--no-progress"])
     assert land["summary"]["centre_loss"] == pytest.approx(land["reference_loss"], abs=1e-5)
 

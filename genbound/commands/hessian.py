@@ -100,7 +100,9 @@ def run(args) -> int:
         print_json(report)
         return 0
     r = report
-    print(f"Hessian of the mean cross-entropy on {r.n_examples} {args.split} examples (seed {r.seed}), "
+    what = (f"per target token ({r.n_targets:,} tokens) on {r.n_examples} {args.split} sequences"
+            if r.loss_unit == "token" else f"on {r.n_examples} {args.split} examples")
+    print(f"Hessian of the mean cross-entropy {what} (seed {r.seed}), "
           f"{len(r.params)} parameter tensors, dimension {r.dim:,}; loss {r.loss:.6g}, |grad| {r.grad_norm:.3g}")
     if r.eigen is not None:
         e = r.eigen

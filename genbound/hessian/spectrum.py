@@ -83,6 +83,8 @@ class HessianReport:
     n_hvp: int
     wall_time: float
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint path, split, samples, ...
+    loss_unit: str = "example"  # the loss is a mean per example, or per target token (a causal LM)
+    n_targets: int | None = None  # target tokens the mean runs over (causal LM)
 
 
 def _extreme(run: LanczosRun, top_k: int, bottom_k: int) -> dict[str, np.ndarray]:
@@ -324,6 +326,8 @@ def hessian_spectrum(
         params=list(op.names),
         dim=op.dim,
         n_examples=op.n_examples,
+        loss_unit="token" if evalset.labels.dim() == 2 else "example",
+        n_targets=op.n_targets if evalset.labels.dim() == 2 else None,
         loss=loss,
         grad_norm=grad_norm,
         seed=int(seed),
