@@ -110,22 +110,15 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch, digits, me
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "run"]
 
 
-class _DropoutLoss:
-    """Stands in for torch.nn.functional inside the trainer: the loss sees dropout on the logits, so every
-    step draws from the global torch RNG as MiniLM's dropout does (the mlp backbone has none)."""
-
-    def __getattr__(self, name):
-        return getattr(torch.nn.functional, name)
-
-    @staticmethod
-    def cross_entropy(logits, labels, *args, **kw):
-        return torch.nn.functional.cross_entropy(torch.nn.functional.dropout(logits, 0.3, training=True), labels,
-                                                 *args, **kw)
+def _dropout_loss(logits, labels):
+    """Stands in for the trainer's loss (genbound.losses.mean_loss): the loss sees dropout on the logits, so
+    every step draws from the global torch RNG as MiniLM's dropout does (the mlp backbone has none)."""
+    return torch.nn.functional.cross_entropy(torch.nn.functional.dropout(logits, 0.3, training=True), labels)
 
 
 @pytest.mark.parametrize("restore_rng", [True, False])
 def test_dropout_rng_is_restored(tmp_path, monkeypatch, digits, restore_rng):
-    monkeypatch.setattr(train_module, "F", _DropoutLoss())
+    monkeypatch.setattr(train_module, "mean_loss", _dropout_loss)
     reference = train(_config("lora", save_trajectory=False), tmp_path / "ref", splits=digits, save_every=10).path
     _interrupt_after(monkeypatch, 2)
     with pytest.raises(Interrupted):
