@@ -178,6 +178,51 @@ def _carve_validation(labels: np.ndarray, train: np.ndarray, seed: int) -> tuple
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(val))
 
 
+def _rows(path: Path, parts: dict, text_columns: list[str], other_columns: list[str],
+          split_column: str | None) -> tuple[list[list], dict[str, list], list[str]]:
+    """Every part's rows in order: the text values per row (None refused), the other columns' values and the
+    split of each row (the ``split_column`` value, or a DatasetDict's split name; empty when neither)."""
+    for name, ds in parts.items():
+        for col in [*text_columns, *other_columns, *([split_column] if split_column else [])]:
+            if col not in ds.column_names:
+                where = f"{path}" + ("" if name == "all" else f" (split '{name}')")
+                raise GenboundError(f"{where} has no column '{col}'; choose from {', '.join(ds.column_names)}")
+    texts: list[list] = []
+    others: dict[str, list] = {c: [] for c in other_columns}
+    split_of: list[str] = []
+    for name, ds in parts.items():
+        cols = ds.to_dict() if len(ds) else {c: [] for c in ds.column_names}
+        for i in range(len(ds)):
+            vals = [cols[c][i] for c in text_columns]
+            if any(v is None for v in vals):
+                raise GenboundError(f"{path}: row {i} has an empty text in {', '.join(text_columns)}; fill or drop "
+                                    "such rows")
+            texts.append(vals)
+        for c in other_columns:
+            others[c] += cols[c]
+        if split_column:
+            split_of += [str(v) for v in cols[split_column]]
+        elif name != "all":
+            split_of += [name] * len(ds)
+    return texts, others, split_of
+
+
+def _split_rows(path: Path, split_of: list[str]) -> dict[str, np.ndarray]:
+    """Row indices of train / val / test from the data's own split values; train and test must not be empty
+    (an empty validation split is left for the caller to carve)."""
+    unknown = sorted(set(split_of) - set(SPLIT_NAMES))
+    if unknown:
+        raise GenboundError(f"{path}: split value(s) {unknown[:4]} are not train, validation (val, dev) or test; "
+                            "rename them")
+    canon = np.asarray([SPLIT_NAMES[s] for s in split_of])
+    rows = {k: np.flatnonzero(canon == k) for k in ("train", "val", "test")}
+    for k in ("train", "test"):
+        if rows[k].size == 0:
+            raise GenboundError(f"{path}: the {k} split is empty; give it rows or drop --split-column to split with "
+                                "--split-seed")
+    return rows
+
+
 def read_data(path: str | Path, text_columns: list[str] | None = None, label_column: str | None = None,
               split_column: str | None = None, split_seed: int = 0) -> FileData:
     """Read ``path`` into raw examples, integer labels and (when the data names them) the split rows."""
@@ -205,29 +250,10 @@ def read_data(path: str | Path, text_columns: list[str] | None = None, label_col
                                 f"(columns: {', '.join(columns)})")
     if len(text_columns) > 2:
         raise GenboundError(f"--text-columns takes one column or a pair, got {len(text_columns)}")
-    for name, ds in parts.items():
-        for col in [*text_columns, label_column, *([split_column] if split_column else [])]:
-            if col not in ds.column_names:
-                where = f"{path}" + ("" if name == "all" else f" (split '{name}')")
-                raise GenboundError(f"{where} has no column '{col}'; choose from {', '.join(ds.column_names)}")
     # One table with a split column (or none); a DatasetDict's splits become a split column of their own.
-    examples: list = []
-    label_values: list = []
-    split_of: list[str] = []
-    for name, ds in parts.items():
-        cols = ds.to_dict() if len(ds) else {c: [] for c in ds.column_names}
-        texts = [cols[c] for c in text_columns]
-        for i in range(len(ds)):
-            vals = [t[i] for t in texts]
-            if any(v is None for v in vals):
-                raise GenboundError(f"{path}: row {i} has an empty text in {', '.join(text_columns)}; "
-                                    "fill or drop such rows")
-            examples.append(str(vals[0]) if len(vals) == 1 else (str(vals[0]), str(vals[1])))
-        label_values += cols[label_column]
-        if split_column:
-            split_of += [str(v) for v in cols[split_column]]
-        elif name != "all":
-            split_of += [name] * len(ds)
+    texts, others, split_of = _rows(path, parts, text_columns, [label_column], split_column)
+    examples: list = [str(v[0]) if len(v) == 1 else (str(v[0]), str(v[1])) for v in texts]
+    label_values = others[label_column]
     if not examples:
         raise GenboundError(f"{path} holds no rows; a dataset needs labelled examples")
     labels, classes = _labels(label_values, label_column, class_names.get(label_column), str(path))
@@ -239,17 +265,7 @@ def read_data(path: str | Path, text_columns: list[str] | None = None, label_col
         card["columns"]["split"] = split_column
     part_rows = None
     if split_of:
-        split_arr = np.asarray(split_of)
-        unknown = sorted(set(split_of) - set(SPLIT_NAMES))
-        if unknown:
-            raise GenboundError(f"{path}: split value(s) {unknown[:4]} are not train, validation (val, dev) or test; "
-                                "rename them")
-        canon = np.asarray([SPLIT_NAMES[s] for s in split_arr])
-        part_rows = {k: np.flatnonzero(canon == k) for k in ("train", "val", "test")}
-        for k, what in (("train", "train"), ("test", "test")):
-            if part_rows[k].size == 0:
-                raise GenboundError(f"{path}: the {what} split is empty; give it rows or drop --split-column to "
-                                    "split with --split-seed")
+        part_rows = _split_rows(path, split_of)
         if part_rows["val"].size == 0:
             part_rows["train"], part_rows["val"] = _carve_validation(labels, part_rows["train"], split_seed)
             card["splits"] = (f"from the data's splits; no validation split, so {CARVE_FRACTION:.0%} of train "
@@ -280,24 +296,8 @@ def read_texts(path: str | Path, text_columns: list[str] | None = None, split_co
                                 f"(columns: {', '.join(columns)})")
     if len(text_columns) > 2:
         raise GenboundError(f"--text-columns takes one column or a pair, got {len(text_columns)}")
-    texts: list[str] = []
-    split_of: list[str] = []
-    for name, ds in parts.items():
-        for col in [*text_columns, *([split_column] if split_column else [])]:
-            if col not in ds.column_names:
-                where = f"{path}" + ("" if name == "all" else f" (split '{name}')")
-                raise GenboundError(f"{where} has no column '{col}'; choose from {', '.join(ds.column_names)}")
-        cols = ds.to_dict() if len(ds) else {c: [] for c in ds.column_names}
-        for i in range(len(ds)):
-            vals = [cols[c][i] for c in text_columns]
-            if any(v is None for v in vals):
-                raise GenboundError(f"{path}: row {i} has an empty text in {', '.join(text_columns)}; fill or drop "
-                                    "such rows")
-            texts.append("\n".join(str(v) for v in vals))
-        if split_column:
-            split_of += [str(v) for v in cols[split_column]]
-        elif name != "all":
-            split_of += [name] * len(ds)
+    rows_, _, split_of = _rows(path, parts, text_columns, [], split_column)
+    texts = ["\n".join(str(v) for v in vals) for vals in rows_]
     if not texts:
         raise GenboundError(f"{path} holds no rows; a causal language model needs texts")
     card: dict = {"source": str(path), "format": fmt, "columns": {"text": list(text_columns)}, "classes": [],
@@ -306,16 +306,7 @@ def read_texts(path: str | Path, text_columns: list[str] | None = None, split_co
         card["columns"]["split"] = split_column
     if not split_of:
         return texts, None, card
-    unknown = sorted(set(split_of) - set(SPLIT_NAMES))
-    if unknown:
-        raise GenboundError(f"{path}: split value(s) {unknown[:4]} are not train, validation (val, dev) or test; "
-                            "rename them")
-    canon = np.asarray([SPLIT_NAMES[s] for s in split_of])
-    rows = {k: np.flatnonzero(canon == k) for k in ("train", "val", "test")}
-    for k in ("train", "test"):
-        if rows[k].size == 0:
-            raise GenboundError(f"{path}: the {k} split is empty; give it rows or drop --split-column to split with "
-                                "--split-seed")
+    rows = _split_rows(path, split_of)
     if rows["val"].size == 0:
         perm = rows["train"][np.random.default_rng([int(split_seed), 1]).permutation(rows["train"].size)]
         n_val = int(round(CARVE_FRACTION * perm.size))
