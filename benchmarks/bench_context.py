@@ -90,15 +90,19 @@ def agree(a: str, b: str, skip: tuple[str, ...]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", required=True, help="the baseline genbound tree (e.g. a worktree of main)")
+    ap.add_argument("--before", help="the baseline genbound tree (e.g. a worktree of main at the commit before)")
     ap.add_argument("--after", default=str(ROOT), help="the tree to compare (default: this one)")
-    ap.add_argument("--ckpt-a", required=True)
-    ap.add_argument("--ckpt-b", required=True)
+    ap.add_argument("--ckpt-a", help="a MiniLM checkpoint")
+    ap.add_argument("--ckpt-b", help="another MiniLM checkpoint of the same backbone and data")
+    ap.add_argument("--quick", action="store_true", help="accepted for run_all.py; the settings are already small")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--samples", type=int, default=32, help="compare --samples for the Hessian / landscape case")
     ap.add_argument("--grid", type=int, default=5, help="compare --grid for the landscape case")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "context.md"))
     args = ap.parse_args()
+    if not (args.before and args.ckpt_a and args.ckpt_b):  # run_all.py runs every script without arguments
+        print("bench_context: skipped; it needs --before TREE --ckpt-a A --ckpt-b B (see its docstring)")
+        return
     trees = {"before": Path(args.before).resolve(), "after": Path(args.after).resolve()}
     a, b = args.ckpt_a, args.ckpt_b
     common = ["--device", "cpu", "--json", "--no-progress"]
@@ -131,11 +135,13 @@ def main() -> None:
         rows.append((case, cb, ca, cb / ca, wb, wa, diff))
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"# Run context: before / after ({stamp})", "",
+        f"## Run context: spectra and compare before / after on MiniLM ({stamp})", "",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), python {platform.python_version()}, "
         f"torch threads 1 (OMP_NUM_THREADS=1)",
-        f"- before: {trees['before']}; after: {trees['after']}; checkpoints A = {a}, B = {b}",
-        f"- command: python benchmarks/bench_context.py --before {args.before} --ckpt-a {a} --ckpt-b {b} "
+        # names only: the trees and checkpoints live outside the repository
+        f"- before: tree {trees['before'].name}; after: tree {trees['after'].name}; checkpoints A = "
+        f"{Path(a).name}, B = {Path(b).name}",
+        f"- command: python benchmarks/bench_context.py --before BEFORE --ckpt-a A --ckpt-b B "
         f"--rounds {args.rounds} --samples {args.samples} --grid {args.grid}",
         f"- each cell: median over {args.rounds} round(s) of one fresh process; CPU = user + system time of the "
         "process; the two trees alternate", "",
