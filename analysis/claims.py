@@ -407,13 +407,18 @@ def _num(v: Any) -> float | None:
 
 
 def gather(preset: ClaimsPreset, out: Path, device: str = "cpu", train: bool = True,
-           progress: bool | None = None) -> Gathered:
-    """Train what is missing (analysis.sweep.train_runs; finished runs are skipped), compute or read the
-    cached measures of every finished run, and return them."""
+           progress: bool | None = None, executor=None) -> Gathered:
+    """Train what is missing on ``executor`` (analysis.executors; None: this process, through
+    analysis.sweep.train_runs; finished runs are skipped), compute or read the cached measures of every
+    finished run, and return them. The f-CMI supersample runs (analysis.fcmi) train in this process."""
     from genbound.checkpoint import load_meta
 
     from . import sweep as S
 
+    if executor is None:
+        from .executors import LocalExecutor
+
+        executor = LocalExecutor()
     runs: list[Run] = []
     status: dict[str, dict[str, str]] = {}
     fcmi_by_cell: dict[str, dict[str, float]] = {}
@@ -422,7 +427,7 @@ def gather(preset: ClaimsPreset, out: Path, device: str = "cpu", train: bool = T
         cell = resolve_cell(raw, out)
         out_cell = out / cell.name
         specs = cell_specs(cell, out, preset.methods, device)
-        st = S.train_runs(specs, wait=True, progress=progress) if train else {}
+        st = executor.run(specs, progress=progress) if train else {}
         trained += sum(v in ("trained", "resumed") for v in st.values())
         records = {r.name: r for r in S.collect(specs, st, out_cell, device=device, progress=False)}
         status[cell.name] = {name: r.status + (f" ({r.error})" if r.error else "") for name, r in records.items()}
@@ -431,7 +436,7 @@ def gather(preset: ClaimsPreset, out: Path, device: str = "cpu", train: bool = T
             from .certificates import certify_run
 
             cspecs = certificate_specs(cell, out_cell, preset.methods, device)
-            cst = S.train_runs(cspecs, wait=True, progress=progress) if train else {}
+            cst = executor.run(cspecs, progress=progress) if train else {}
             trained += sum(v in ("trained", "resumed") for v in cst.values())
             settings = {k: cell.measures.certificate[k] for k in CERT_SETTINGS}
             splits = S._SplitCache()
@@ -944,9 +949,10 @@ def sum_train_seconds(g: Gathered) -> float:
 
 def run_claims(preset: str | ClaimsPreset, out: str | Path, device: str = "cpu", train: bool = True,
                doc: str | Path | None = None, command: str | None = None,
-               progress: bool | None = None) -> Report:
-    """Train what is missing, then write ``<out>/paper-claims.md``, ``claims.json``, ``claims_{a,b,c}.tex``
-    and the figures (and, with ``doc``, the same Markdown at ``doc`` with its figures in docs/images)."""
+               progress: bool | None = None, executor=None) -> Report:
+    """Train what is missing (on ``executor``, see :func:`gather`), then write ``<out>/paper-claims.md``,
+    ``claims.json``, ``claims_{a,b,c}.tex`` and the figures (and, with ``doc``, the same Markdown at ``doc``
+    with its figures in docs/images)."""
     from genbound.atomic import write_json, write_text
     from genbound.device import resolve_device
     from genbound.render import to_jsonable
@@ -957,7 +963,7 @@ def run_claims(preset: str | ClaimsPreset, out: str | Path, device: str = "cpu",
     if out.exists() and not out.is_dir():
         raise GenboundError(f"--out {out} is a file; choose a directory")
     dev = str(resolve_device(device))
-    g = gather(preset, out, dev, train=train, progress=progress)
+    g = gather(preset, out, dev, train=train, progress=progress, executor=executor)
     command = command or f"python -m analysis.claims --preset {preset.name} --out {out}"
     if doc is not None:
         doc = Path(doc)
@@ -997,6 +1003,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--report-only", action="store_true", help="train nothing: the report from the finished runs")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    from .sweep import add_executor_arguments
+
+    add_executor_arguments(p)
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show tqdm")
     prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show tqdm")
@@ -1007,8 +1016,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     try:
+        from .sweep import executor_from_args
+
+        executor = executor_from_args(args, Path(args.out), need_package=not args.report_only)
         rep = run_claims(args.preset, args.out, args.device, train=not args.report_only, doc=args.doc,
-                         command="python -m analysis.claims " + " ".join(argv), progress=args.progress)
+                         command="python -m analysis.claims " + " ".join(argv), progress=args.progress,
+                         executor=executor)
     except GenboundError as exc:
         print(f"analysis.claims: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -444,6 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-timeout", type=float, default=None, help="stop waiting for other processes after S s")
     p.add_argument("--no-figures", action="store_true", help="write the tables and summary but no figures")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_executor_arguments(p)
+    prog = p.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show tqdm")
+    prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show tqdm")
+    return p
+
+
+def add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``--executor`` options (shared by analysis.sweep and analysis.claims)."""
     c = p.add_argument_group("executor", "where the runs are trained (docs/scale.md); install the cluster ones "
                                          "with pip install 'genbound[cluster]'")
     c.add_argument("--executor", choices=EXECUTORS, default="local",
@@ -463,10 +472,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submitit: slurm, local processes or debug (in this process); auto picks slurm when "
                         "sbatch exists (default)")
     c.add_argument("--submitit-folder", default=None, help="submitit: its logs and pickles (default OUT/submitit)")
-    prog = p.add_mutually_exclusive_group()
-    prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show tqdm")
-    prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show tqdm")
-    return p
 
 
 _ONLY = {"ray": ("address",),
@@ -474,8 +479,16 @@ _ONLY = {"ray": ("address",),
 
 
 def _executor(args: argparse.Namespace):
-    """The executor the command line asks for; an option of another executor is refused (it would be
-    silently ignored)."""
+    """The executor analysis.sweep's command line asks for."""
+    return executor_from_args(args, Path(args.out), wait=not args.no_wait,
+                              wait_timeout=0.0 if args.no_wait else args.wait_timeout,
+                              need_package=not args.tables_only)
+
+
+def executor_from_args(args: argparse.Namespace, out: Path, wait: bool = True, wait_timeout: float | None = None,
+                       need_package: bool = True):
+    """The executor named by the options of :func:`add_executor_arguments`; an option of another executor is
+    refused (it would be silently ignored), and a missing cluster package fails before any work."""
     from .executors import make_executor
 
     for name, keys in _ONLY.items():
@@ -492,18 +505,17 @@ def _executor(args: argparse.Namespace):
             raise GenboundError(f"--{key.replace('_', '-')} must be positive, got {v}")
     if args.executor == "submitit" and args.gpus_per_run is not None and args.gpus_per_run != int(args.gpus_per_run):
         raise GenboundError(f"--gpus-per-run {args.gpus_per_run}: Slurm allocates whole GPUs; give an integer")
-    wait_timeout = 0.0 if args.no_wait else args.wait_timeout
     opts = {"address": args.address, "cpus_per_run": args.cpus_per_run, "gpus_per_run": args.gpus_per_run,
             "mem_gb": args.mem_gb, "max_retries": args.max_retries, "partition": args.partition,
             "time_min": args.time_min, "array_parallelism": args.array_parallelism,
             "cluster": None if args.submitit_cluster == "auto" else args.submitit_cluster,
-            "folder": args.submitit_folder, "wait": not args.no_wait, "wait_timeout": wait_timeout}
+            "folder": args.submitit_folder, "wait": wait, "wait_timeout": wait_timeout}
     if args.executor == "submitit":
         for key in ("cpus_per_run", "gpus_per_run"):
             if opts[key] is not None:
                 opts[key] = int(opts[key])
-    executor = make_executor(args.executor, Path(args.out), **opts)
-    if args.executor != "local" and not args.tables_only:
+    executor = make_executor(args.executor, out, **opts)
+    if args.executor != "local" and need_package:
         from .executors import require
 
         require(args.executor, args.executor)  # fail before any work when the package is missing

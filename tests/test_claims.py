@@ -177,3 +177,32 @@ def test_tau_perfect_order_and_seeded_bootstrap():
 def test_bad_preset_exits_2(tmp_path, capsys):
     assert C.main(["--preset", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "unknown claims preset" in capsys.readouterr().err
+
+
+def test_claims_trains_a_missing_run_on_the_chosen_executor(report, tmp_path, capsys):
+    """--executor reaches the runs: a run deleted from a finished report is trained again by submitit's
+    in-process debug executor, to the same tensors, and the paired differences and taus come out the same."""
+    pytest.importorskip("submitit")
+    import shutil
+
+    src, _, first = report
+    out = tmp_path / "claims"
+    shutil.copytree(src, out)
+    run = out / "mlp-digits" / "runs" / "lora-s1"
+    tensors = (run / "tensors.safetensors").read_bytes()
+    shutil.rmtree(run)
+    for cached in (out / "mlp-digits" / "derived").glob("lora-s1.*"):
+        cached.unlink()
+    args = ["--preset", "tiny", "--out", str(out), "--no-progress", "--json"]
+    assert C.main([*args, "--executor", "submitit", "--submitit-cluster", "debug",
+                   "--submitit-folder", str(tmp_path / "logs")]) == 0
+    second = json.loads((out / "claims.json").read_text())
+    assert second["trained"] == 1
+    assert (run / "tensors.safetensors").read_bytes() == tensors
+    assert any((tmp_path / "logs").iterdir()), "the run went through submitit"
+    assert second["claim_a"] == first["claim_a"] and second["claim_c"] == first["claim_c"]
+    # An option of another executor is refused before any work: one line, exit 2.
+    capsys.readouterr()
+    assert C.main([*args, "--address", "auto"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--address applies to --executor ray only" in err
