@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from . import __version__
 from . import distributed as dist_train
 from .adapters import AdaptedLinear, attach_adapters
-from .backbones import get_backbone
+from .backbones import BACKBONES, get_backbone
 from .checkpoint import CheckpointMeta, LayerInfo, is_checkpoint, save_checkpoint
 from .datasets import default_dataset_for, get_dataset
 from .errors import GenboundError, NonFiniteError
@@ -315,7 +315,9 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         device = group.device(device)  # cuda: this process's GPU (cuda:LOCAL_RANK)
     method = get_method(config.method)
     backbone = get_backbone(config.backbone, config.task)
-    config.task = backbone.task if backbone.kind == "hf" and backbone.name != "minilm" else config.task
+    # A registry backbone (minilm, paraphrase-minilm-l3) records the task it was given (None), so that a sweep's
+    # planned configuration equals the recorded one; a model folder records the task it was built for.
+    config.task = backbone.task if backbone.kind == "hf" and backbone.name not in BACKBONES else config.task
     if group is not None and backbone.task == "causal-lm":
         # The process-sharded loss and evaluation weight examples, not target tokens.
         raise GenboundError("a causal LM trains in one process (its token-level loss is not yet sharded over "

@@ -206,3 +206,65 @@ def test_claims_trains_a_missing_run_on_the_chosen_executor(report, tmp_path, ca
     assert C.main([*args, "--address", "auto"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--address applies to --executor ray only" in err
+
+
+def _two_cells() -> C.ClaimsPreset:
+    quick = C.Measures(hessian_samples=None, landscape_samples=None, pac_bayes=False)
+    return C.ClaimsPreset("two", "two mlp cells (the tests)", (
+        C.Cell("mlp-a", C._mlp(5), quick, seeds=(0, 1)), C.Cell("mlp-b", C._mlp(5), quick, seeds=(0, 1))),
+        methods=("asym", "cla", "lora", "lora_plus"))
+
+
+def test_cells_trains_only_the_named_cells_and_writes_no_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(C.CLAIMS_PRESETS, "two", _two_cells())
+    out = tmp_path / "claims"
+    args = ["--preset", "two", "--out", str(out), "--no-progress", "--json"]
+    assert C.main([*args, "--cells", "mlp-b"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["cells"] == ["mlp-b"] and res["trained"] == 8 and res["finished"] == {"mlp-b": 8}
+    assert len(list((out / "mlp-b" / "runs").glob("*/genbound.json"))) == 8
+    assert not (out / "mlp-a").exists() and not (out / "paper-claims.md").exists()
+    for bad, needle in ((["--cells", "nope"], "has no cell nope; choose from mlp-a, mlp-b"),
+                        (["--cells", "mlp-a", "--report-only"], "drop --report-only")):
+        assert C.main([*args, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and needle in err
+    assert not (out / "mlp-a").exists()
+    assert C.main(args) == 0  # the whole preset: only mlp-a is left to train; the report covers both cells
+    full = json.loads((out / "claims.json").read_text())
+    assert full["trained"] == 8 and len(full["runs"]) == 16
+    rows = {(p["cell"], p["variant"]): p for p in full["claim_a"]}
+    assert set(rows) == {("mlp-a", "cla"), ("mlp-b", "cla"), ("pooled", "cla")}
+    assert rows[("pooled", "cla")]["differences"] == rows[("mlp-a", "cla")]["differences"] + \
+        rows[("mlp-b", "cla")]["differences"]
+
+
+def test_two_backbones_stay_apart_per_cell_and_pool_together():
+    runs = []
+    for cell, shift in (("minilm-bbc", 0.0), ("l3-bbc", -0.02)):
+        for s in range(3):
+            runs += [_run(cell, "asym", s, acc=0.9), _run(cell, "cla", s, acc=0.9 + shift + 0.001 * s)]
+    pairs = {(p.cell, p.variant): p for p in C.paired_differences(runs)}
+    assert pairs[("minilm-bbc", "cla")].differences == pytest.approx([0.0, 0.1, 0.2])
+    assert pairs[("l3-bbc", "cla")].differences == pytest.approx([-2.0, -1.9, -1.8])
+    assert pairs[("pooled", "cla")].n == 6
+    header, body = C.table_a(list(pairs.values()))
+    assert [row[0] for row in body] == ["minilm-bbc", "l3-bbc", "pooled"]
+
+
+def test_presets_have_two_backbones_with_the_same_budgets():
+    for name in ("cpu", "paper"):
+        preset = C.get_claims_preset(name)
+        C.check_cells(preset)
+        cells = {c.name: c for c in preset.cells}
+        assert {c.preset.backbone for c in preset.cells} == {"mlp", "minilm", "paraphrase-minilm-l3"}
+        for task in ("bbc", "tweets"):
+            a, b = cells[f"minilm-{task}"], cells[f"l3-{task}"]
+            same = {k: v for k, v in a.preset.to_dict().items() if k not in ("name", "description", "backbone")}
+            assert same == {k: v for k, v in b.preset.to_dict().items()
+                            if k not in ("name", "description", "backbone")}
+            assert (a.measures, a.seeds, a.data) == (b.measures, b.seeds, b.data)
+        assert not any("is not in the presets" in n for n in preset.notes)
+    twice = C.ClaimsPreset("x", "x", (C.Cell("a", C._mlp(1), C.Measures()), C.Cell("a", C._mlp(1), C.Measures())))
+    with pytest.raises(C.GenboundError, match="names cell.s. a twice"):
+        C.check_cells(twice)

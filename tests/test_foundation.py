@@ -45,7 +45,7 @@ def test_list_json_reports_sizes(capsys):
     out = json.loads(capsys.readouterr().out)
     sizes = {d["name"]: d["examples"] for d in out["datasets"]}
     assert sizes == {"bbc": 2225, "digits": 896, "tweets": 37185}
-    assert {b["name"] for b in out["backbones"]} == {"minilm", "mlp"}
+    assert {b["name"] for b in out["backbones"]} == {"minilm", "paraphrase-minilm-l3", "mlp"}
     from genbound.methods import METHODS
 
     assert [m["name"] for m in out["methods"]] == list(METHODS)

@@ -178,9 +178,13 @@ def test_every_method_trains_on_the_converted_backbone(texts_csv, tmp_path, meth
     chain = 2 if METHODS[method].chained else 1
     cfg = TrainConfig(method=method, backbone=L3_NAME, dataset=str(texts_csv), split_column="split", rank=2,
                       alpha=4.0, chain=chain, steps=4, batch_size=8, max_length=16, progress=False, lr=1e-3)
+    fresh = TrainConfig(**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
     res = train(cfg, tmp_path / "ck", save_every=0)
     meta = res.meta
     assert meta.backbone == L3_NAME and meta.fingerprint == get_backbone(L3_NAME).fingerprint
+    from analysis.sweep import config_mismatch
+
+    assert config_mismatch(meta.hyperparameters, fresh) is None  # a sweep (analysis.claims) sees it as finished
     ck = load_checkpoint(res.path)
     assert ck.load_backbone().name == L3_NAME
     if METHODS[method].adapter:
