@@ -105,11 +105,50 @@ def test_auto_schedule_is_exact():
     assert ev.points_per_batch > 1
     ev.points_per_batch = 4  # a smaller planned chunk, so that 25 points are enough to time both schedules
     fast, ref = ev.evaluate(pts), ev.evaluate(pts, "sequential")
-    assert set(fast.calibration) == {"chunk_seconds_per_point", "single_seconds_per_point", "chunk_points", "rounds"}
+    assert set(fast.calibration) == {"chunk_seconds_per_point", "single_seconds_per_point", "chunk_points", "rounds",
+                                    "clock"}
+    assert fast.calibration["clock"] == ("process" if torch.get_num_threads() == 1 else "wall")
     assert fast.calibration["rounds"] == 3  # 1 + 3 x (4 + 4) points of the 25 are timed
     assert fast.points_per_batch in (1, ev.points_per_batch)
     assert torch.allclose(fast.loss, ref.loss, rtol=0, atol=1e-6)
     assert torch.equal(fast.accuracy, ref.accuracy)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_single_point_partial_sums_are_exact(k):
+    """One point per forward combines the cached products by a kept partial sum over t_1 .. t_{k-1} plus
+    t_k d_k (:meth:`_FoldedLinear._combine`): equal to the matrix product c @ S whatever the order of the
+    points (shared leading coordinates or not), and the whole evaluation equals the reference engine."""
+    from genbound.landscape.grid import _FoldedLinear
+
+    g = torch.Generator().manual_seed(k)
+    w, dw = torch.randn(5, 3, generator=g), torch.randn(k, 5, 3, generator=g)
+    fl = _FoldedLinear(w, None, dw, None, shared=False)
+    stacked = torch.randn(k + 1, 40, generator=g)
+    rows = [[0.5] * (k - 1) + [0.25], [0.5] * (k - 1) + [-1.0], [-0.75] * (k - 1) + [2.0], [0.5] * (k - 1) + [0.0]]
+    for r in rows:  # the 2nd and 4th reuse the kept partial sum, the 3rd replaces it
+        fl.coef = torch.tensor([[1.0, *r]])
+        assert torch.allclose(fl._combine(stacked, "_partial"), fl.coef @ stacked, rtol=1e-6, atol=1e-6)
+    fl.coef = torch.tensor([[1.0] + rows[0], [1.0] + rows[2]])  # a chunk: one matrix product
+    assert torch.equal(fl._combine(stacked, "_partial"), fl.coef @ stacked)
+
+    model, data = tiny(4)
+    coords = coordinates(model)
+    dirs = [d.tensors for d in random_directions(coords, min(k, 2), seed=2)]
+    if k == 3:  # a third direction (the evaluator takes any number): the first two's sum, biases zeroed
+        dirs.append({n: (dirs[0][n] + dirs[1][n]) if t.dim() > 1 else torch.zeros_like(t) for n, t in coords.items()})
+    if k < 3:
+        pts = grid_points([grid_axis(5, 1.0)] * k)
+    else:
+        pts = grid_points([grid_axis(3, 1.0)] * 2)
+        pts = torch.cat([pts, torch.linspace(-1, 1, len(pts), dtype=torch.float64)[:, None]], 1)
+    pts = torch.cat([pts, pts[torch.randperm(len(pts), generator=g)]])  # grid order, then shuffled
+    ev = GridEvaluator(model, coords, dirs, data, points_per_batch=1)
+    fast, ref = ev.evaluate(pts), ev.evaluate(pts, "sequential")
+    assert fast.schedule == "folded" and fast.cached_layers == ["fc1"]
+    assert torch.allclose(fast.loss, ref.loss, rtol=0, atol=1e-6)
+    assert torch.equal(fast.accuracy, ref.accuracy)
+    assert all(fl._partial is None and fl._partial_w is None for fl in ev._grid_modules.values())  # released
 
 
 class SeqFirst(nn.Module):
