@@ -37,8 +37,10 @@ point (every layer before it is unperturbed) computes
 
 so its k + 1 products are computed once per data batch (on one copy of the batch) and reused by every point
 and every chunk; per point only their combination with c remains (one (P, k+1) x (k+1, M) product per
-chunk). This halves the work for an MLP whose first layer moves. The identity is exact in real
-arithmetic; in float32 it differs from the reference by rounding only (tests check 1e-6 on the loss).
+chunk; with one point per forward, a kept partial sum over t_1 .. t_{k-1} plus t_k times the last product,
+since grid points sharing the slow coordinates come in a row: :meth:`_FoldedLinear._combine`). This halves
+the work for an MLP whose first layer moves. The identity is exact in real arithmetic; in float32 it differs
+from the reference by rounding only (tests check 1e-6 on the loss).
 Which layers qualify is found by a probe pass (their input does not require grad when only the coordinates
 do) and re-checked at run time: under vmap a batched input disables the cache.
 
