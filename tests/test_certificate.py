@@ -319,3 +319,14 @@ def test_certificate_report_lists_both_certificates(tmp_path):
     assert "prediction-smoothed cross-entropy" in text and "../images/cert.png" in text
     assert (tmp_path / "docs" / "images" / "cert.png").is_file()
     assert certificates.main([*argv[:-2], "--methods", "vera"]) == 2  # outside the declared grid
+    assert certificates.main([*argv[:-2], "--levels", "6"]) == 2  # 6 levels are outside the declared grid
+
+    # Several levels: each certified from its own cache entry, the smallest bound kept, every one listed.
+    assert certificates.main([*argv[:-2], "--levels", "2", "3"]) == 0
+    many = json.loads((tmp_path / "out" / "certificates.json").read_text())["certificates"]["lora"]
+    tried = many["levels_tried"]
+    assert set(tried) == {"2", "3"}
+    assert tried["3"]["bound"] == cert["bound"]  # the preset's own level reuses the cache written above
+    assert many["bound"] == min(t["bound"] for t in tried.values())
+    assert str(many["levels"]) == min(tried, key=lambda lv: tried[lv]["bound"])
+    assert (tmp_path / "out" / "derived" / "lora-s0.L2.cert.json").is_file()
