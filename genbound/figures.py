@@ -548,7 +548,9 @@ def intervals(rows: Sequence[dict], xlabel: str, title: str, reference: float | 
     """A forest plot: one row per estimate with its interval (``rows``: dicts with label, value, low, high and
     optional method for the colour and marker); a dashed line at ``reference`` (e.g. a pre-registered margin)
     and a thin one at 0; ``xlim`` fixes the axis (e.g. [-1, 1] for a rank correlation). A row without an
-    interval is drawn as a point. Two columns wide: the row labels are long."""
+    interval is drawn as a point. The interval is drawn from low to high as given, also where it does not contain
+    the estimate (a percentile bootstrap interval of Kendall's tau need not contain the tau of the means). Two
+    columns wide: the row labels are long."""
     rows = list(rows)
     fig, ax = _figure(0.8 + 0.2 * len(rows), width=2 * COLUMN_WIDTH)
     with plt.rc_context(STYLE):
@@ -556,8 +558,9 @@ def intervals(rows: Sequence[dict], xlabel: str, title: str, reference: float | 
         for i, (yy, r) in enumerate(zip(y, rows)):
             m = r.get("method")
             lo, hi = r.get("low"), r.get("high")
-            xerr = None if lo is None or hi is None else [[r["value"] - lo], [hi - r["value"]]]
-            ax.errorbar(r["value"], yy, xerr=xerr, fmt=marker(m, i), color=colour(m, i), capsize=2, markersize=4)
+            if lo is not None and hi is not None:
+                ax.plot([lo, hi], [yy, yy], color=colour(m, i), lw=0.8, marker="|", markersize=4)
+            ax.plot([r["value"]], [yy], marker(m, i), color=colour(m, i), markersize=4)
         ax.set_yticks(y, [r["label"] for r in rows])
         _set_scale(ax, "x", [0.0])
         if zero:

@@ -234,3 +234,16 @@ def test_the_checks_catch_what_they_guard_against():
     with pytest.raises(AssertionError, match="overlap"):
         check_reviewer_rules(fig)
     plt.close("all")
+
+
+def test_intervals_draw_an_interval_that_misses_its_estimate():
+    """A percentile bootstrap interval of Kendall's tau need not contain the tau of the means (analysis.claims):
+    the forest plot draws it as given instead of failing on a negative error bar."""
+    from genbound.figures import intervals
+
+    rows = [{"label": "outside", "value": 0.5, "low": -0.2, "high": 0.3},
+            {"label": "inside", "value": 0.1, "low": -0.1, "high": 0.4, "method": "lora"},
+            {"label": "point", "value": -0.3, "low": None, "high": None}]
+    fig = intervals(rows, "tau", "t", xlim=(-1.05, 1.05))
+    lines = [list(line.get_xdata()) for line in fig.axes[0].lines]
+    assert [-0.2, 0.3] in lines and [-0.1, 0.4] in lines and [0.5] in lines and [-0.3] in lines
