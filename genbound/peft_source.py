@@ -96,6 +96,9 @@ def _resolve_base(ck: PeftCheckpoint, backbone: str | None):
     from .backbones import get_backbone
 
     base = backbone or ck.meta.base_model
+    own = _own_model(ck, base)
+    if own is not None:
+        return own
     if base == "minilm" or (ck.meta.backbone == "minilm" and not backbone):
         from .backbones import BACKBONES
 
@@ -111,6 +114,27 @@ def _resolve_base(ck: PeftCheckpoint, backbone: str | None):
     if bb.task not in ("seq-cls", "image-cls", "causal-lm"):
         raise GenboundError(f"{base}: a peft adapter is evaluated on its model's own classifier; use a model folder")
     return bb
+
+
+def _own_model(ck: PeftCheckpoint, base: str | None):
+    """genbound's own model for a registered backbone name (``minilm``, ``mlp``, ...) when every adapted module
+    of the adapter is one of its modules: what ``genbound export`` writes for those backbones (module names as
+    in genbound, the head saved as ``head``), so that an export is evaluated on the model it was trained as."""
+    from .backbones import BACKBONES, get_backbone
+
+    if not base or base not in BACKBONES:
+        return None
+    bb = get_backbone(base)
+    modules = dict(bb.build(2, 0).named_modules())
+    if not all(li.module in modules for li in ck.meta.layers):
+        return None
+    return bb
+
+
+def _is_own(backbone) -> bool:
+    from .backbones import BACKBONES
+
+    return backbone.name in BACKBONES
 
 
 class PeftSource:
@@ -150,7 +174,7 @@ class PeftSource:
         modules = dict(model.named_modules())
         renamed = {}
         for li in ck.meta.layers:
-            name = f"backbone.{li.module}"
+            name = li.module if _is_own(self.backbone) else f"backbone.{li.module}"
             if name not in modules:
                 raise GenboundError(f"{self.path}: layer {li.module} is not a module of backbone "
                                     f"'{self.backbone.name}'; the adapter was made for another base model (pass "
@@ -173,7 +197,7 @@ class PeftSource:
             return int(self.backbone.build(0, 0).head.out_features)
 
         head = [t for key, t in self.peft.tensors.items()
-                if key.removeprefix("base_model.model.").split(".")[0] in ("classifier", "score")
+                if key.removeprefix("base_model.model.").split(".")[0] in ("classifier", "score", "head")
                 and key.endswith(".weight") and t.dim() == 2]
         if head:  # the last Linear of the saved classifier gives the label count
             return int(head[-1].shape[0])
@@ -378,6 +402,14 @@ def _hf_parameter(model: nn.Module, key: str) -> Tensor:
     module, _, pname = key.rpartition(".")
     if head_path is not None and module == head_path:
         owner = model.head
+    elif head_path is None:  # genbound's own model: the adapter's names are its module paths
+        try:
+            owner = model.get_submodule(module)
+        except AttributeError:
+            raise GenboundError(f"saved tensor '{key}' names no module of the base model; pass the base the "
+                                "adapter was trained on") from None
+        if isinstance(getattr(owner, "base", None), nn.Linear):
+            owner = owner.base
     else:
         try:
             owner = model.get_submodule(f"backbone.{module}")

@@ -106,3 +106,18 @@ def test_export_of_mlp_checkpoint_wraps_genbound_model(ckpt_dir, tmp_path):
         torch.testing.assert_close(pm(x), ck.build_model()(x=x), rtol=1e-5, atol=1e-5)
     rec = json.loads((tmp_path / "p" / "adapter_config.json").read_text())["genbound"]
     assert rec["method"] == "c3la" and rec["data_dependent"] == ck.meta.params["data_dependent"]
+
+
+@pytest.mark.parametrize("method", ["lora", "cla"])
+def test_export_of_own_model_evaluates_as_its_checkpoint(ckpt_dir, tmp_path, capsys, method):
+    """`genbound export` then `genbound evaluate` on the export: an adapter written for genbound's own model
+    (module names as in genbound, the head saved as ``head``) is rebuilt on that model, not on a Hugging Face
+    folder, and gives the checkpoint's own losses."""
+    src = ckpt_dir(method)
+    export_peft(load_checkpoint(src), tmp_path / "p")
+    assert main(["evaluate", str(src), "--json"]) == 0
+    want = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(tmp_path / "p"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    for key in ("train_loss", "test_loss", "gap", "train_accuracy", "test_accuracy"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
