@@ -156,9 +156,15 @@ def _levels_phrase(rows, settings: dict[str, Any]) -> str:
             "paid by the grid index), the smallest certificate kept")
 
 
-def _limit_phrase(c: dict[str, Any]) -> str:
-    """Which of the two causes of a high decoded training error dominates, from the certificate's own numbers."""
+def _limit_phrase(c: dict[str, Any], floor: float) -> str:
+    """What dominates the certificate, from its own numbers: the code length (when the floor a perfect decoded
+    model would get is most of the bound), else the larger of the two causes of a high decoded training error."""
     trained, decoded = c["train_error_trained"], c["train_error"]
+    if floor > 0.5 * c["bound"]:
+        return (f"the code length: the training error is low ({decoded:.3f} decoded, {trained:.3f} before "
+                f"quantization to {c['levels']} levels) and the {c['bits']} bits are most of the bound, so fewer "
+                "bits at the same training error (a smaller d, or fewer levels without their quantization loss) "
+                "is what would lower it")
     if decoded - trained > trained:
         return (f"the quantization to {c['levels']} levels, which raises the training error from {trained:.3f} to "
                 f"{decoded:.3f}, costs more than the training budget leaves")
@@ -254,7 +260,7 @@ def report(preset: Preset, settings: dict[str, Any], specs, results: dict[str, A
                   f"{b['bits'] * 0.6931471805599453 / b['n']:.3f} nats per example; the rest is the decoded training "
                   f"error. With the same K, a decoded training error of 0.05 would certify {at5:.3f}, and the "
                   f"unquantized model's training error ({b['train_error_trained']:.3f}) "
-                  f"{at0:.3f}: {_limit_phrase(b)}. Even a decoded training error of 0 "
+                  f"{at0:.3f}: {_limit_phrase(b, ceiling)}. Even a decoded training error of 0 "
                   f"would certify {ceiling:.3f} at this K and N: the floor the code length sets."]
     nonvac = [m for m in TARGET_METHODS if m in certs and not certs[m]["vacuous"]]
     lines += ["", f"Non-vacuous (below chance) among {', '.join(TARGET_METHODS)}: "
