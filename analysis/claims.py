@@ -817,7 +817,22 @@ def table_c(ts: list[Tau]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def _verdicts(pairs: list[Paired], cs: list[Cost], ts: list[Tau], device: str) -> dict[str, str]:
+def seed_spread(runs: list[Run]) -> dict[str, tuple[float, str]]:
+    """Per cell, the largest ratio of one method's slowest to its fastest seed in median step time, and that
+    method: the same arithmetic run three times, so anything above 1 is the machine, not the method."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        if r.seconds_per_step:
+            times.setdefault((r.cell, r.method), []).append(r.seconds_per_step)
+    out: dict[str, tuple[float, str]] = {}
+    for (cell, method), ts in times.items():
+        if len(ts) > 1 and (cell not in out or max(ts) / min(ts) > out[cell][0]):
+            out[cell] = (max(ts) / min(ts), method)
+    return out
+
+
+def _verdicts(pairs: list[Paired], cs: list[Cost], ts: list[Tau], device: str,
+              runs: list[Run] | None = None) -> dict[str, str]:
     pooled = [p for p in pairs if p.cell == "pooled"]
     comp = [p.variant for p in pooled if p.verdict == "competitive"]
     notshown = [p.variant for p in pooled if p.verdict != "competitive"]
@@ -839,6 +854,17 @@ def _verdicts(pairs: list[Paired], cs: list[Cost], ts: list[Tau], device: str) -
          + f". Measured on {device}"
          + (" only: the paper's claim is about GPU memory and time, and no GPU figures were taken in these runs."
             if device == "cpu" else "."))
+    spread = seed_spread(runs or [])
+    if spread:
+        b += (" Seed-to-seed spread of one method's step time (slowest / fastest seed, the same arithmetic): "
+              + ", ".join(f"{c}: {x:.2f}x ({m})" for c, (x, m) in spread.items()) + ".")
+        beyond = [c for c, (x, _) in spread.items()
+                  if c in noise and noise[c].time_floor is not None and x - 1 > noise[c].time_floor]
+        if beyond:
+            b += (f" In {', '.join(beyond)} that spread exceeds the lora_plus / lora floor: the runs of a cell were "
+                  "trained at different times on a machine shared with other jobs, so there the step-time ratios "
+                  "reflect its load as much as the methods and do not decide claim (b); peak memory does not depend "
+                  "on load.")
     best = {}
     for t in ts:
         if t.tau is not None and (t.cell not in best or t.tau > best[t.cell].tau):
@@ -871,7 +897,7 @@ def build_report(preset: ClaimsPreset, out: Path, g: Gathered, command: str, sec
     pairs = paired_differences(g.runs)
     cs = costs(g.runs)
     ts = taus(g.runs, g.method_measures)
-    verdict = _verdicts(pairs, cs, ts, device)
+    verdict = _verdicts(pairs, cs, ts, device, g.runs)
     ha, ba = table_a(pairs)
     hb, bb = table_b(cs)
     hc, bc = table_c(ts)

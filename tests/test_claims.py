@@ -268,3 +268,17 @@ def test_presets_have_two_backbones_with_the_same_budgets():
     twice = C.ClaimsPreset("x", "x", (C.Cell("a", C._mlp(1), C.Measures()), C.Cell("a", C._mlp(1), C.Measures())))
     with pytest.raises(C.GenboundError, match="names cell.s. a twice"):
         C.check_cells(twice)
+
+
+def test_seed_spread_is_the_slowest_over_the_fastest_seed_of_one_method():
+    """Claim (b)'s load check: per cell, the largest slowest / fastest seed ratio of one method's step time."""
+    from analysis.claims import Run, seed_spread
+
+    def run(cell, method, seed, t):
+        return Run(cell, method, seed, "", 0.9, 0.0, 0.0, t, 1, "cpu", {})
+
+    runs = [run("a", "lora", 0, 1.0), run("a", "lora", 1, 3.0), run("a", "cla", 0, 2.0), run("a", "cla", 1, 2.5),
+            run("b", "lora", 0, 1.0), run("b", "lora", 1, None), run("b", "cla", 0, 4.0)]
+    spread = seed_spread(runs)
+    assert spread["a"] == (3.0, "lora")
+    assert "b" not in spread  # one timed seed per method: no spread to measure
