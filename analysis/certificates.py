@@ -15,7 +15,6 @@ against measured error (genbound.figures.certified_vs_measured).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from genbound.errors import GenboundError
 
 from . import locks
 from .presets import Preset
-from .sweep import _meta_digest, plan, train_runs
+from .sweep import _meta_digest, plan, read_cache, train_runs
 
 # Fixed before any certified run (and inside genbound.bounds.certificate.DECLARED_GRID): subspace dimension,
 # learning rate of w (the same for fft), the chain length, the levels and QAT budget.
@@ -69,13 +68,8 @@ def certify_run(spec, out: Path, settings: dict[str, Any], device: str, splits_c
 
     cache = out / "derived" / f"{spec.name}{suffix}.cert.json"
     key = {"checkpoint": _meta_digest(spec.path), **settings}
-    if cache.is_file():
-        try:
-            data = json.loads(cache.read_text())
-            if data.get("key") == key:
-                return data["certificate"]
-        except (OSError, json.JSONDecodeError, KeyError):
-            pass
+    if (data := read_cache(cache, key, "certificate")) is not None:
+        return data["certificate"]
     ck = load_checkpoint(spec.path)
     t0 = time.perf_counter()
     cert = certify(ck, device=device, splits=splits_cache.get(spec.config), progress=False, **settings).to_dict()

@@ -315,13 +315,10 @@ def _cached(cache: Path, key: dict[str, Any], compute) -> dict[str, Any]:
     """``compute()`` unless ``cache`` holds a result for the same ``key`` (then read, nothing recomputed)."""
     from genbound.atomic import write_json
 
-    if cache.is_file():
-        try:
-            data = json.loads(cache.read_text())
-            if data.get("key") == key:
-                return data["value"]
-        except (OSError, json.JSONDecodeError, KeyError):
-            pass
+    from .sweep import read_cache
+
+    if (data := read_cache(cache, key, "value")) is not None:
+        return data["value"]
     value = compute()
     write_json(cache, {"key": key, "value": value})
     return value
@@ -523,6 +520,7 @@ def _fcmi(cell: Cell, out_cell: Path, methods: tuple[str, ...], device: str, tra
     from genbound.bounds.fcmi import SupersampleRuns, fcmi_bound
 
     from . import fcmi as FC
+    from .sweep import read_cache
 
     plan = cell.measures.fcmi or {}
     fdir = out_cell / "fcmi"
@@ -531,7 +529,7 @@ def _fcmi(cell: Cell, out_cell: Path, methods: tuple[str, ...], device: str, tra
     for m in methods:
         names = [f"{m}-z{s}-u{u}" for s in range(plan["supersamples"]) for u in range(plan["masks"])]
         cached = [fdir / "derived" / f"{n}.json" for n in names]
-        if all(p.is_file() and json.loads(p.read_text()).get("key") == key for p in cached):
+        if all(read_cache(p, key, "run") is not None for p in cached):
             present.append(m)
     todo = [m for m in methods if m not in present]
     result: dict[str, Any] = {"_trained": 0}
@@ -1101,12 +1099,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train and measure only these cells of the preset and write no report (a worker beside "
                         "others sharing --out); run again without it for the report")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    from .sweep import add_executor_arguments
+    from .sweep import add_executor_arguments, add_progress_arguments
 
     add_executor_arguments(p)
-    prog = p.add_mutually_exclusive_group()
-    prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show tqdm")
-    prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show tqdm")
+    add_progress_arguments(p)
     return p
 
 

@@ -13,7 +13,6 @@ predicted labels on all 2n (``derived/<run>.json``). Runs are resumable and can 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from genbound.errors import GenboundError
 
 from . import locks
 from .presets import Preset, train_config
+from .sweep import read_cache
 
 PRESETS: dict[str, tuple[Preset, dict[str, int]]] = {
     "mlp": (Preset("fcmi-mlp", "the pretrained mlp on digits 5-9, r = 4, 60 steps of 32 (chains: 3 links)",
@@ -107,12 +107,10 @@ def collect(preset: Preset, plan: dict[str, int], methods: list[str], out: Path,
             name = f"{m}-z{s}-u{u}"
             derived = out / "derived" / f"{name}.json"
             key = {"preset": preset.to_dict(), "n": n}
-            if derived.is_file():
-                data = json.loads(derived.read_text())
-                if data.get("key") == key:
-                    done[(m, s, u)] = data["run"]
-                    bar.update(1)
-                    continue
+            if (data := read_cache(derived, key, "run")) is not None:
+                done[(m, s, u)] = data["run"]
+                bar.update(1)
+                continue
             with locks.held(out / "runs" / f".{name}.fcmi.lock") as mine:  # not train()'s own run lock
                 if not mine:
                     waiting.append((m, s, u))

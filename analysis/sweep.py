@@ -253,6 +253,18 @@ def checkpoint_bounds(path: str | Path, compression: bool = False, theorem1: boo
     return values, vacuous
 
 
+def read_cache(cache: Path, key: dict[str, Any], *fields: str) -> dict[str, Any] | None:
+    """The record ``{"key": key, field: ...}`` that a derived-result cache holds for ``key``, or None when the file is
+    missing, unreadable, written for another key or lacks one of ``fields`` (then the result is computed again)."""
+    try:
+        data = json.loads(cache.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != key or any(f not in data for f in fields):
+        return None
+    return data
+
+
 def _meta_digest(path: Path) -> str:
     from genbound.checkpoint import META_FILE, TENSOR_FILE
 
@@ -270,13 +282,8 @@ def cached_bounds(spec: RunSpec, out: Path, compression: bool, theorem1: bool, d
 
     cache = out / "derived" / f"{spec.name}.json"
     key = {"checkpoint": _meta_digest(spec.path), "compression": compression, "theorem1": theorem1, "seed": 0}
-    if cache.is_file():
-        try:
-            data = json.loads(cache.read_text())
-            if data.get("key") == key:
-                return data["bounds"], data["vacuous"]
-        except (OSError, json.JSONDecodeError, KeyError):
-            pass
+    if (data := read_cache(cache, key, "bounds", "vacuous")) is not None:
+        return data["bounds"], data["vacuous"]
     values, vacuous = checkpoint_bounds(spec.path, compression, theorem1, device)
     write_json(cache, {"key": key, "bounds": values, "vacuous": vacuous})
     return values, vacuous
@@ -445,10 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="write the tables and summary but no figures")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_executor_arguments(p)
+    add_progress_arguments(p)
+    return p
+
+
+def add_progress_arguments(p: argparse.ArgumentParser) -> None:
+    """``--progress`` / ``--no-progress`` into ``args.progress`` (None: tqdm decides from the terminal)."""
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show tqdm")
     prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show tqdm")
-    return p
 
 
 def add_executor_arguments(p: argparse.ArgumentParser) -> None:
