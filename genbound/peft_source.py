@@ -146,6 +146,7 @@ class PeftSource:
         self.path = Path(path)
         self.peft = load_peft(self.path, None, resolve=False)
         self.backbone = _resolve_base(self.peft, backbone)
+        self._own = _is_own(self.backbone)  # genbound's own model: the adapter uses its module names
         self._rename()
         self.data = data or DataChoice()
         self._splits = None
@@ -167,15 +168,16 @@ class PeftSource:
         self.meta.params.setdefault("head", int(pm.params.get("extra", 0)))
 
     def _rename(self) -> None:
-        """peft's module paths become the names inside genbound's model (``backbone.<path>``), checked against
-        the modules of the built base model (not its weights file, whose keys may use older names)."""
+        """peft's module paths become the names inside genbound's model (``backbone.<path>``; unchanged for
+        genbound's own model), checked against the modules of the built base model (not its weights file, whose
+        keys may use older names)."""
         ck = self.peft
-        model = self.backbone.build(2, 0)
-        modules = dict(model.named_modules())
+        # _own_model checked an own model's names against its modules already
+        modules = None if self._own else dict(self.backbone.build(2, 0).named_modules())
         renamed = {}
         for li in ck.meta.layers:
-            name = li.module if _is_own(self.backbone) else f"backbone.{li.module}"
-            if name not in modules:
+            name = li.module if self._own else f"backbone.{li.module}"
+            if modules is not None and name not in modules:
                 raise GenboundError(f"{self.path}: layer {li.module} is not a module of backbone "
                                     f"'{self.backbone.name}'; the adapter was made for another base model (pass "
                                     "--backbone)")
@@ -323,12 +325,12 @@ class PeftSource:
             if ".lora_B." in k:  # lora_bias: y += s * b_B, i.e. a shift of the layer's bias
                 module = k.split(".lora_B.")[0]
                 li = next(x for x in self.peft.meta.layers if x.module == module)
-                target = _hf_parameter(model, f"{module}.bias")
+                target = _hf_parameter(model, f"{module}.bias", self._own)
                 with torch.no_grad():
                     target.add_(li.scale * t.to(target.dtype))
                 target.requires_grad_(True)
                 continue
-            target = _hf_parameter(model, k)
+            target = _hf_parameter(model, k, self._own)
             want = tuple(target.shape)
             value = t.t() if _is_transposed(model, k) else t
             if tuple(value.shape) != want:
@@ -369,7 +371,7 @@ class PeftSource:
             k = key.removeprefix("base_model.model.")
             if ".lora_B." in k:
                 raise GenboundError(f"{self.path}: lora_bias tensors are not coded by the bounds")
-            name = names[id(_hf_parameter(model, k))]
+            name = names[id(_hf_parameter(model, k, self._own))]
             trained[name] = dict(model.named_parameters())[name].detach().clone()
             reference[name] = init[name].detach()
         scale = {li.name: li.scale for li in layers}
@@ -395,24 +397,19 @@ def _method_names() -> set[str]:
     return set(METHODS)
 
 
-def _hf_parameter(model: nn.Module, key: str) -> Tensor:
+def _hf_parameter(model: nn.Module, key: str, own: bool = False) -> Tensor:
     """The parameter of a :class:`~genbound.backbones.TaskClassifier` named ``key`` in the Hugging Face model
-    (the head's path maps onto ``head``; an adapted layer's weight is its base layer's)."""
+    (the head's path maps onto ``head``; an adapted layer's weight is its base layer's), or with ``own`` the
+    parameter of genbound's own model named ``key``."""
     head_path = getattr(model, "head_path", None)
     module, _, pname = key.rpartition(".")
+    module = module.removesuffix(".base_layer")  # peft's wrapper's own copy of the layer it adapts
     if head_path is not None and module == head_path:
         owner = model.head
-    elif head_path is None:  # genbound's own model: the adapter's names are its module paths
-        try:
-            owner = model.get_submodule(module)
-        except AttributeError:
-            raise GenboundError(f"saved tensor '{key}' names no module of the base model; pass the base the "
-                                "adapter was trained on") from None
-        if isinstance(getattr(owner, "base", None), nn.Linear):
-            owner = owner.base
     else:
+        path = module if own else f"backbone.{module}"  # a task model holds the HF model as ``backbone``
         try:
-            owner = model.get_submodule(f"backbone.{module}")
+            owner = model.get_submodule(path)
         except AttributeError:
             raise GenboundError(f"saved tensor '{key}' names no module of the base model; pass the base the "
                                 "adapter was trained on") from None

@@ -113,19 +113,21 @@ def test_methods_on_llama_linear(lm, tmp_path, method):
     assert ev.loss == pytest.approx(res.meta.results["test_loss"], abs=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_peft_lora_adapter_evaluates_as_peftmodel(lm, tmp_path, kind):
+@pytest.mark.parametrize("kind,bias", [("gpt2", "none"), ("llama", "none"), ("gpt2", "lora_only")])
+def test_peft_lora_adapter_evaluates_as_peftmodel(lm, tmp_path, kind, bias):
+    """With bias="lora_only" the adapted layers' biases are trained and saved too: restored onto the HF model
+    that a causal LM holds as its backbone."""
     peft = pytest.importorskip("peft")
     from genbound.evaluate import evaluate_source
     from genbound.peft_source import DataChoice, PeftSource
 
     targets = ["c_attn", "c_fc"] if kind == "gpt2" else ["q_proj", "v_proj", "down_proj"]
-    pm = peft.get_peft_model(_hf(lm[kind]), peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8,
+    pm = peft.get_peft_model(_hf(lm[kind]), peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, bias=bias,
                                                              target_modules=targets, fan_in_fan_out=kind == "gpt2"))
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for n, p in pm.named_parameters():
-            if "lora_" in n:
+            if "lora_" in n or (bias != "none" and p.requires_grad and n.endswith(".bias")):
                 p.add_(torch.randn(p.shape, generator=g) * 0.3)
     pm.save_pretrained(str(tmp_path / "adapter"))
     pm.eval()
