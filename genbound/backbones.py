@@ -228,13 +228,14 @@ class Backbone:
             try:
                 encoder = AutoModel.from_pretrained(
                     str(self.folder),
-                    local_files_only=True,
+                    local_files_only=True, trust_remote_code=False,
                     add_pooling_layer=False,
                     attn_implementation=attn_implementation,
                     use_safetensors=True,
                 )
             except TypeError:
-                encoder = AutoModel.from_pretrained(str(self.folder), local_files_only=True, use_safetensors=True)
+                encoder = AutoModel.from_pretrained(str(self.folder), local_files_only=True,
+                                                    trust_remote_code=False, use_safetensors=True)
             model = TextClassifier(encoder, num_labels)
         g = torch.Generator().manual_seed(int(seed))
         with torch.no_grad():
@@ -252,7 +253,8 @@ class Backbone:
         transformers.logging.disable_progress_bar()
         folder = str(self.folder)
         try:
-            config = AutoConfig.from_pretrained(folder, local_files_only=True, num_labels=num_labels)
+            config = AutoConfig.from_pretrained(folder,
+                                                local_files_only=True, trust_remote_code=False, num_labels=num_labels)
         except (OSError, ValueError, KeyError) as exc:
             raise GenboundError(f"cannot read {self.folder}/config.json: {str(exc).splitlines()[0]}; save the "
                                 "model with save_pretrained") from None
@@ -268,12 +270,14 @@ class Backbone:
             torch.manual_seed(int(seed))
             try:
                 try:
-                    model = auto.from_pretrained(folder, config=config, local_files_only=True, use_safetensors=True,
+                    model = auto.from_pretrained(folder, config=config,
+                                                 local_files_only=True, trust_remote_code=False, use_safetensors=True,
                                                  ignore_mismatched_sizes=True, attn_implementation=attn_implementation)
                 except (TypeError, ValueError) as exc:
                     if "attn_implementation" not in str(exc) and "sdpa" not in str(exc).lower():
                         raise
-                    model = auto.from_pretrained(folder, config=config, local_files_only=True, use_safetensors=True,
+                    model = auto.from_pretrained(folder, config=config,
+                                                 local_files_only=True, trust_remote_code=False, use_safetensors=True,
                                                  ignore_mismatched_sizes=True)
             except ValueError as exc:
                 raise GenboundError(f"{self.folder}: model type '{config.model_type}' has no {what}-classification "
@@ -290,7 +294,7 @@ class Backbone:
         from transformers import AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise GenboundError(f"{self.folder} holds no usable tokenizer ({str(exc).splitlines()[0][:80]}); save "
                                 "the model's tokenizer into the folder with save_pretrained") from None
@@ -322,7 +326,7 @@ class Backbone:
         from transformers import AutoImageProcessor
 
         try:
-            proc = AutoImageProcessor.from_pretrained(str(self.folder), local_files_only=True)
+            proc = AutoImageProcessor.from_pretrained(str(self.folder), local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise GenboundError(f"{self.folder} holds no image processor ({str(exc).splitlines()[0][:80]}); save "
                                 "one with save_pretrained") from None
@@ -435,6 +439,21 @@ BACKBONES: dict[str, Callable[[], Backbone]] = {"minilm": _minilm, "paraphrase-m
 TASKS = ("pooled", "seq-cls", "image-cls", "causal-lm")
 
 
+def _refuse_custom_code(path: Path, cfg: dict) -> None:
+    """Refuse a folder whose model exists only as code shipped beside it (``auto_map`` with a model type that
+    transformers does not know). genbound passes ``trust_remote_code=False`` to every load, so such code never
+    runs; this says so in one line before transformers raises (or, in older versions, asks on the terminal)."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = cfg.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return  # transformers' own class is used; any auto_map entry is ignored
+    if cfg.get("auto_map") is not None:
+        raise GenboundError(f"{path}: model type {model_type!r} is defined by code in the folder (config.json "
+                            "'auto_map'), and genbound never runs code from a model folder; use an architecture "
+                            "that transformers ships")
+
+
 def _from_path(path: Path, task: str | None = None) -> Backbone:
     if not path.is_dir():
         raise GenboundError(
@@ -460,6 +479,7 @@ def _from_path(path: Path, task: str | None = None) -> Backbone:
         raise GenboundError(f"{path}/config.json is not valid JSON ({exc}); save the model again") from None
     if not isinstance(cfg, dict):
         raise GenboundError(f"{path}/config.json is not a JSON object; save the model again")
+    _refuse_custom_code(path, cfg)
     archs = [str(a) for a in cfg.get("architectures") or []]
     vision = cfg.get("model_type") in VISION_TYPES or any("ImageClassification" in a for a in archs)
     if task is None:

@@ -88,7 +88,7 @@ def build_causal_lm(backbone, seed: int = 0, attn_implementation: str = "sdpa") 
     transformers.logging.disable_progress_bar()
     folder = str(backbone.folder)
     try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise GenboundError(f"cannot read {backbone.folder}/config.json: {str(exc).splitlines()[0]}; save the "
                             "model with save_pretrained") from None
@@ -96,13 +96,15 @@ def build_causal_lm(backbone, seed: int = 0, attn_implementation: str = "sdpa") 
         torch.manual_seed(int(seed))
         try:
             try:
-                model = AutoModelForCausalLM.from_pretrained(folder, config=config, local_files_only=True,
+                model = AutoModelForCausalLM.from_pretrained(folder, config=config,
+                                                             local_files_only=True, trust_remote_code=False,
                                                              use_safetensors=True,
                                                              attn_implementation=attn_implementation)
             except (TypeError, ValueError) as exc:
                 if "attn_implementation" not in str(exc) and "sdpa" not in str(exc).lower():
                     raise
-                model = AutoModelForCausalLM.from_pretrained(folder, config=config, local_files_only=True,
+                model = AutoModelForCausalLM.from_pretrained(folder, config=config,
+                                                             local_files_only=True, trust_remote_code=False,
                                                              use_safetensors=True)
         except ValueError as exc:
             raise GenboundError(f"{backbone.folder}: model type '{config.model_type}' has no causal-LM class in "

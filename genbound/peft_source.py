@@ -203,7 +203,7 @@ class PeftSource:
                 and key.endswith(".weight") and t.dim() == 2]
         if head:  # the last Linear of the saved classifier gives the label count
             return int(head[-1].shape[0])
-        cfg = AutoConfig.from_pretrained(str(self.backbone.folder), local_files_only=True)
+        cfg = AutoConfig.from_pretrained(str(self.backbone.folder), local_files_only=True, trust_remote_code=False)
         return int(cfg.num_labels)
 
     @property

