@@ -42,6 +42,7 @@ that reading the export back
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -55,23 +56,39 @@ PEFT_PREFIX = "base_model.model."
 def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
     """Write ``checkpoint`` (a path or a loaded genbound Checkpoint) as a peft adapter folder ``out``;
     returns the adapter config written."""
-    import json
-
     from safetensors.torch import save_file
 
     from .atomic import atomic_directory
-    from .backbones import TaskClassifier
-    from .causal_lm import is_causal_model
     from .checkpoint import load_checkpoint
+    from .output import PEFT_EXPORT, check_replaceable, check_writable, replaceable, resolve_out, run_lock
 
     ck = load_checkpoint(checkpoint)
-    meta = ck.meta
     if not ck.method.adapter:
-        raise GenboundError(f"{ck.path}: method {meta.method} trains every weight, so it has no adapter to export; "
-                            "export an adapter method's checkpoint")
-    out = Path(out)
-    if out.exists() and not overwrite and any(out.iterdir()):
-        raise GenboundError(f"{out} already holds files; pass --overwrite or choose another folder")
+        raise GenboundError(f"{ck.path}: method {ck.meta.method} trains every weight, so it has no adapter to "
+                            "export; export an adapter method's checkpoint")
+    # One output policy with train (genbound.output): --overwrite replaces only an earlier genbound export,
+    # never a user's folder or file, a device, the checkpoint itself or a folder holding it; one lock per OUT.
+    out = resolve_out(out, option="--peft")
+    check_writable(out, option="--peft")
+    with run_lock(out):
+        check_replaceable(out, overwrite, PEFT_EXPORT, sources=[ck.path])
+        config, tensors = _adapter(ck)
+        try:
+            with atomic_directory(out, overwrite=overwrite, may_replace=replaceable(PEFT_EXPORT)) as tmp:
+                save_file(tensors, str(Path(tmp) / "adapter_model.safetensors"), metadata={"format": "pt"})
+                (Path(tmp) / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        except FileExistsError:
+            raise GenboundError(f"{out} was filled by someone else while exporting and was kept as it is; choose "
+                                "another --peft") from None
+    return config
+
+
+def _adapter(ck) -> tuple[dict, dict[str, Tensor]]:
+    """The peft adapter config and tensors of loaded checkpoint ``ck``."""
+    from .backbones import TaskClassifier
+    from .causal_lm import is_causal_model
+
+    meta = ck.meta
     backbone = ck.load_backbone()
     pristine = ck.initial_model("cpu")
     causal = is_causal_model(pristine)  # a causal LM trains no head: nothing goes to modules_to_save
@@ -149,7 +166,4 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
             "seed": meta.seed, "paca_columns": meta.paca_columns, "genbound_names": task_model,
         },
     }
-    with atomic_directory(out, overwrite=True) as tmp:
-        save_file(tensors, str(Path(tmp) / "adapter_model.safetensors"), metadata={"format": "pt"})
-        (Path(tmp) / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    return config
+    return config, tensors

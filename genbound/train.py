@@ -291,7 +291,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     from .output import check_free_space, check_replaceable, may_replace
 
     if os.path.lexists(out) and not out.is_dir():
-        raise GenboundError(f"{out} is a file, not a checkpoint directory; choose another --out")
+        check_replaceable(out, overwrite)  # a file, a device, a FIFO: refused in genbound.output's words
     state_dir = state_dir_for(out)
     if resume and not overwrite and is_checkpoint(out):
         meta = load_meta(out)

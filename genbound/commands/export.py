@@ -16,7 +16,8 @@ DESCRIPTION = (
 def add_arguments(p) -> None:
     p.add_argument("checkpoint", help="a genbound checkpoint directory")
     p.add_argument("--peft", required=True, metavar="OUT", help="the peft adapter folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing folder at OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier genbound export at OUT (never a folder holding anything else)")
     add_json(p)
 
 
