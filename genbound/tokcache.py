@@ -2,7 +2,8 @@
 
 Key: sha256 over the tokenizer's files (tokenizer.json, vocab, config: any change of tokenizer changes it),
 the exact texts (pairs included, in order), the max length and a format version. Value: a safetensors file
-with ``input_ids`` and ``attention_mask`` (int64), written atomically; a file that does not parse or does not
+with every tensor the tokenizer returned (``input_ids``, ``attention_mask``, ``token_type_ids`` where it gives
+them; int64), written atomically; a file that does not parse or does not
 have the expected shapes is ignored and rewritten. Nothing is executed on load.
 
 Location: ``$GENBOUND_CACHE/tokens`` or ``~/.cache/genbound/tokens``; ``GENBOUND_CACHE=off`` disables it.
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-VERSION = "1"
+VERSION = "2"  # 2: the tokenizer's whole output, not input_ids and attention_mask only
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "spiece.model", "tokenizer.model")
 
@@ -58,8 +59,7 @@ def cached_tokens(folder: Path, raw: list, max_length: int,
 
             out = load_file(str(path))
             shape = (len(raw), max_length)
-            if set(out) == {"input_ids", "attention_mask"} and all(tuple(v.shape) == shape and
-                                                                   v.dtype == torch.int64 for v in out.values()):
+            if "input_ids" in out and all(tuple(v.shape) == shape and v.dtype == torch.int64 for v in out.values()):
                 return out
         except (OSError, ValueError, RuntimeError):
             pass  # a damaged entry: tokenize again and replace it
