@@ -250,6 +250,15 @@ def _split_key(key: str) -> tuple[str, str, str | None] | None:
     return None
 
 
+def _saved_module(module: str, modules_to_save: list[str]) -> bool:
+    """Whether a tensor of ``module`` belongs to a modules_to_save copy: peft wraps every module whose name ends
+    with an entry (a plain string suffix: ``classifier`` also wraps DistilBERT's ``pre_classifier``), and a
+    wrapped module's tensors are those of its submodules too."""
+    parts = module.split(".")
+    prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(p.endswith(m) for p in prefixes for m in modules_to_save)
+
+
 def _resolve_backbone(backbone, base_model: str | None):
     from .backbones import Backbone, get_backbone
 
@@ -457,7 +466,7 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
             groups.setdefault(module, {})[kind] = t
             continue
         module = k.rsplit(".", 1)[0]
-        if any(module == m or module.endswith("." + m) or f".{m}." in f".{module}." for m in mts):
+        if _saved_module(module, mts):
             extra.append(key)
             extra_params += t.numel()
             continue

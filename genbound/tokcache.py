@@ -1,6 +1,8 @@
 """An on-disk cache of tokenized text, so that a second process does not tokenize the same data again.
 
-Key: sha256 over the tokenizer's files (tokenizer.json, vocab, config: any change of tokenizer changes it),
+Key: sha256 over the tokenizer's files (tokenizer.json, vocab, config: any change of tokenizer changes it) and
+the model's config.json (AutoTokenizer picks the tokenizer class by the model type: the same tokenizer files
+in a Qwen2 folder and a Llama folder tokenize differently),
 the exact texts (pairs included, in order), the max length and a format version. Value: a safetensors file
 with every tensor the tokenizer returned (``input_ids``, ``attention_mask``, ``token_type_ids`` where it gives
 them; int64), written atomically; a file that does not parse or does not
@@ -21,7 +23,7 @@ from torch import Tensor
 
 VERSION = "2"  # 2: the tokenizer's whole output, not input_ids and attention_mask only
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "spiece.model", "tokenizer.model")
+                   "special_tokens_map.json", "spiece.model", "tokenizer.model", "config.json")
 
 
 def cache_dir() -> Path | None:
