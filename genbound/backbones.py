@@ -60,11 +60,15 @@ class TextClassifier(nn.Module):
         self.backbone = encoder
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, **features: Tensor) -> Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **features).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return self.head(pooled)
+
+    def forward_target(self):
+        """What ``forward`` passes its inputs to (genbound.hfmodels.forward_inputs): the encoder."""
+        return self.backbone.forward
 
 
 class MLPClassifier(nn.Module):
@@ -122,6 +126,10 @@ class TaskClassifier(nn.Module):
 
     def forward(self, **features: Tensor) -> Tensor:
         return self.backbone(**features).logits
+
+    def forward_target(self):
+        """What ``forward`` passes its inputs to (genbound.hfmodels.forward_inputs): the transformers model."""
+        return self.backbone.forward
 
 
 def _conv1d_to_linear(model: nn.Module, prefix: str = "") -> list[str]:
@@ -245,16 +253,18 @@ class Backbone:
             model.head.bias.zero_()
         return model
 
-    def _build_task_model(self, num_labels: int, seed: int, attn_implementation: str) -> nn.Module:
+    def config(self, num_labels: int | None = None):
+        """The folder's transformers configuration (kind "hf"), with ``num_labels`` for a classifier; a decoder
+        built for sequence classification gets its tokenizer's pad id, at which it pools."""
         import transformers
-        from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
+        from transformers import AutoConfig
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-        folder = str(self.folder)
+        extra = {"num_labels": num_labels} if num_labels is not None else {}
         try:
-            config = AutoConfig.from_pretrained(folder,
-                                                local_files_only=True, trust_remote_code=False, num_labels=num_labels)
+            config = AutoConfig.from_pretrained(str(self.folder), local_files_only=True, trust_remote_code=False,
+                                                **extra)
         except (OSError, ValueError, KeyError) as exc:
             raise GenboundError(f"cannot read {self.folder}/config.json: {str(exc).splitlines()[0]}; save the "
                                 "model with save_pretrained") from None
@@ -262,6 +272,46 @@ class Backbone:
             # Decoders pool at the last non-pad token and need a pad id: the tokenizer's pad, else its eos.
             tok = self.tokenizer()
             config.pad_token_id = tok.pad_token_id
+        return config
+
+    def build_empty(self, num_labels: int = 2) -> nn.Module:
+        """The same model as :meth:`build` made from the configuration alone (no weight is read, the head is not
+        drawn); genbound.hfmodels.empty_model calls it on the ``meta`` device for names and shapes."""
+        if self.kind == "mlp":
+            return MLPClassifier(MLP_SHAPE, num_labels)
+        from transformers import (
+            AutoModel,
+            AutoModelForCausalLM,
+            AutoModelForImageClassification,
+            AutoModelForSequenceClassification,
+        )
+
+        if self.task == "causal-lm":
+            from .causal_lm import CausalLM
+
+            return CausalLM(AutoModelForCausalLM.from_config(self.config()))
+        if self.task in ("seq-cls", "image-cls"):
+            auto = AutoModelForSequenceClassification if self.task == "seq-cls" else AutoModelForImageClassification
+            model = auto.from_config(self.config(num_labels))
+            return TaskClassifier(model, _head_path(model))
+        config = self.config()
+        try:
+            encoder = AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:
+            encoder = AutoModel.from_config(config)
+        return TextClassifier(encoder, num_labels)
+
+    def model_inputs(self) -> tuple[str, ...]:
+        """What the built model's forward accepts by name (genbound.hfmodels.forward_inputs)."""
+        from .hfmodels import empty_model, forward_inputs
+
+        return forward_inputs(empty_model(self))
+
+    def _build_task_model(self, num_labels: int, seed: int, attn_implementation: str) -> nn.Module:
+        from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+        folder = str(self.folder)
+        config = self.config(num_labels)
         auto = AutoModelForSequenceClassification if self.task == "seq-cls" else AutoModelForImageClassification
         what = "sequence" if self.task == "seq-cls" else "image"
         # Parts of the head that the folder lacks are initialised by transformers from the global RNG: seed it
@@ -320,8 +370,9 @@ class Backbone:
         v = cfg.get("vocab_size", (cfg.get("text_config") or {}).get("vocab_size"))
         return int(v) if isinstance(v, int) else None
 
-    def image_features(self, paths: Sequence[str]) -> Tensor:
-        """Pixel values of image files through the folder's own image processor (preprocessor_config.json)."""
+    def image_features(self, paths: Sequence[str]) -> dict[str, Tensor]:
+        """What the folder's own image processor (preprocessor_config.json) returns for image files: pixel
+        values, and any other tensor it gives (a pixel mask)."""
         from PIL import Image, UnidentifiedImageError
         from transformers import AutoImageProcessor
 
@@ -339,8 +390,9 @@ class Backbone:
                         images.append(im.convert("RGB"))
                 except (OSError, UnidentifiedImageError):
                     raise GenboundError(f"{p} is not a readable image; remove it from the image folder") from None
-            out.append(proc(images=images, return_tensors="pt")["pixel_values"])
-        return torch.cat(out)
+            enc = proc(images=images, return_tensors="pt")
+            out.append({k: v for k, v in enc.items() if isinstance(v, Tensor)})
+        return {k: torch.cat([o[k] for o in out]) for k in out[0]} if out else {"pixel_values": torch.empty(0)}
 
     def adaptable_layers(self, model: nn.Module, targets: Sequence[str] | str | None = None,
                          exclude: Sequence[str] | str | None = None) -> list[str]:
@@ -437,6 +489,11 @@ BACKBONES: dict[str, Callable[[], Backbone]] = {"minilm": _minilm, "paraphrase-m
 
 
 TASKS = ("pooled", "seq-cls", "image-cls", "causal-lm")
+# A model folder's default targets: the query and value projections under the names architectures give them
+# (BERT-like query / value, Llama-like and ViT q_proj / v_proj, DistilBERT q_lin / v_lin, DeBERTa-v2
+# query_proj / value_proj), or the fused projection (GPT-2 c_attn, GPT-NeoX query_key_value); those the model has.
+FOLDER_TARGETS = ("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "query_proj", "value_proj", "c_attn",
+                  "query_key_value")
 
 
 def _refuse_custom_code(path: Path, cfg: dict) -> None:
@@ -496,7 +553,7 @@ def _from_path(path: Path, task: str | None = None) -> Backbone:
         kind="hf",
         weights=path / "model.safetensors",
         folder=path,
-        targets=("query", "value", "q_proj", "v_proj", "q_lin", "v_lin", "c_attn"),
+        targets=FOLDER_TARGETS,
         description=f"local Hugging Face model folder {path} ({task})",
         data_kind="image" if task == "image-cls" else "text",
         task=task,

@@ -1,10 +1,11 @@
 """Causal language modelling: a local ``AutoModelForCausalLM`` folder fine-tuned on text, next-token loss.
 
 ``genbound train --task causal-lm --backbone DIR --dataset TEXTS`` builds the folder's
-``AutoModelForCausalLM`` (never from the hub) as :class:`CausalLM`: ``logits = model(input_ids,
-attention_mask)`` of shape (N, T, V), the transformer at ``.backbone`` (module names are peft's paths prefixed
-by ``backbone.``), GPT-2's ``Conv1D`` held as the equal ``nn.Linear`` (named in ``fan_in_fan_out``). The
-pretrained output layer predicts the next token; nothing new is added, so the model has no trained head
+``AutoModelForCausalLM`` (never from the hub) as :class:`CausalLM`: ``logits = model(**features)`` (the
+tokenizer's output, as the model's forward accepts it) of shape (N, T, V), the transformer at ``.backbone``
+(module names are peft's paths prefixed by ``backbone.``), GPT-2's ``Conv1D`` held as the equal ``nn.Linear``
+(named in ``fan_in_fan_out``). The pretrained output layer predicts the next token; nothing new is added, so
+the model has no trained head
 (:class:`NoHead`): the methods train their adapters only, as peft's CAUSAL_LM adapters do.
 
 Data: the examples are texts (a registered text dataset's texts, its labels unused, or a data file's
@@ -65,8 +66,12 @@ class CausalLM(nn.Module):
         self.head = NoHead(hidden, vocab)
         self.fan_in_fan_out: list[str] = _conv1d_to_linear(model, prefix="backbone.")
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def forward(self, **features: Tensor) -> Tensor:
+        return self.backbone(**features, use_cache=False).logits
+
+    def forward_target(self):
+        """What ``forward`` passes its inputs to (genbound.hfmodels.forward_inputs): the transformers model."""
+        return self.backbone.forward
 
 
 def is_causal_model(model: nn.Module) -> bool:
@@ -125,12 +130,14 @@ def random_split(n: int, seed: int, fractions=(0.7, 0.1, 0.2)) -> dict[str, np.n
             "train": np.sort(perm[n_val + n_test:])}
 
 
-def tokenize_texts(texts: list[str], backbone, max_length: int, progress: bool | None = None) -> dict[str, Tensor]:
-    """Token ids (right-padded to ``max_length``), attention masks and labels (ids, -100 at padding)."""
+def tokenize_texts(texts: list[str], backbone, max_length: int, progress: bool | None = None,
+                   inputs: tuple[str, ...] | None = None, info: dict | None = None) -> dict[str, Tensor]:
+    """The tokenizer's output as the model accepts it (genbound.datasets.featurize: token ids right-padded to
+    ``max_length``, attention masks, ...) and labels (ids, -100 at padding)."""
     from .datasets import featurize
     from .losses import lm_labels
 
-    feats = featurize(texts, backbone, max_length, progress=progress)
+    feats = featurize(texts, backbone, max_length, progress=progress, inputs=inputs, info=info)
     labels = lm_labels(feats["input_ids"], feats["attention_mask"])
     lengths = feats["attention_mask"].sum(1)
     short = torch.nonzero(lengths < 2).flatten()
@@ -140,7 +147,8 @@ def tokenize_texts(texts: list[str], backbone, max_length: int, progress: bool |
     return {**feats, "labels": labels}
 
 
-def load_lm_splits(spec, backbone, split_seed: int, max_length: int, progress: bool | None = None):
+def load_lm_splits(spec, backbone, split_seed: int, max_length: int, progress: bool | None = None,
+                   inputs: tuple[str, ...] | None = None):
     """A text dataset (registered or a file) as causal-LM splits: features input_ids / attention_mask,
     labels the (N, T) token targets, classes empty."""
     from .datasets import FileDatasetSpec, Splits
@@ -167,13 +175,14 @@ def load_lm_splits(spec, backbone, split_seed: int, max_length: int, progress: b
         if len(rows) == 0:
             raise GenboundError(f"dataset {spec.name}: the {part} split is empty; add texts or give the splits "
                                 "in a column")
-    feats = tokenize_texts(texts, backbone, max_length, progress)
+    noted: dict = {}
+    feats = tokenize_texts(texts, backbone, max_length, progress, inputs, noted)
     labels = feats.pop("labels")
     full = EvalSet(feats, labels)
     tr, va, te = (torch.as_tensor(parts[k]) for k in ("train", "val", "test"))
     sizes = {k: int(len(v)) for k, v in parts.items()}
     tokens = {k: int((labels[torch.as_tensor(parts[k])][:, 1:] != -100).sum()) for k in parts}
     card = {**card, "task": TASK, "splits": how, "sizes": sizes, "target_tokens": tokens, "examples": len(texts),
-            "max_length": max_length}
-    info = {"examples": len(texts), "max_length": max_length, "card": card, "task": TASK}
+            "max_length": max_length, **noted}
+    info = {"examples": len(texts), "max_length": max_length, "card": card, "task": TASK, **noted}
     return Splits(spec.name, [], full.index(tr), full.index(va), full.index(te), split_seed, info)

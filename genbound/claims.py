@@ -4,10 +4,11 @@ A checkpoint's metadata names its backbone and lists the adapted layers with the
 width, the stored dtype and the tokenizer length. Every later allocation follows from these numbers (a
 column selector of R x m, an fft tensor of n x m, a token batch of max_length), so a file that claims a
 1024 x 2^20 layer or 20,000 tokens would make a reader allocate gigabytes before anything else refuses it.
-Here they are compared with the backbone's own layout, read from the safetensors header of its weights and
-its ``config.json`` (no tensor is loaded): each adapted layer must be a Linear of the backbone with the
-same shape, the head's width the backbone's output width, the dtype the one the backbone is built in, the
-length at most its position table. The total bytes a tensor file may claim are bounded by a small multiple
+Here they are compared with the backbone's own layout, asked of the model: genbound's model built from its
+configuration on the meta device (genbound.hfmodels; names and shapes, nothing allocated, no tensor read):
+each adapted layer must be a Linear of that model with the same shape, the head's width the width of the
+model's head, the dtype the one the backbone is built in, the length at most its position table. The total
+bytes a tensor file may claim are bounded by a small multiple
 of the backbone's weights (:func:`max_tensor_bytes`).
 
 A backbone that is not available here (a local model folder that was moved) is not checked against; the
@@ -16,11 +17,8 @@ readers that need it refuse it later with their own message.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from .errors import CheckpointError, GenboundError
 
@@ -35,71 +33,44 @@ BUILD_DTYPE = "float32"  # Backbone.build makes float32 models (transformers' de
 class BackboneLayout:
     name: str
     kind: str
-    linears: dict[str, tuple[int, int]]  # module name in the weights file -> (out, in)
+    linears: dict[str, tuple[int, int]]  # Linear module of genbound's model (``backbone.<path>``) -> (out, in)
     head_in_features: int
     max_positions: int | None  # tokens per example (text backbones)
     weights_bytes: int
     dtype: str = BUILD_DTYPE
 
     def linear(self, name: str) -> tuple[int, int] | None:
-        """The (out, in) of the built model's Linear ``name``: a transformer's modules are its weights
-        file's under ``backbone.``, possibly with a leading component (``bert.``) that the file has and
-        the encoder does not."""
-        if self.kind == "mlp":
-            return self.linears.get(name)
-        if not name.startswith("backbone."):
-            return None
-        rest = name[len("backbone."):]
-        if rest in self.linears:
-            return self.linears[rest]
-        return next((v for k, v in self.linears.items() if k.endswith("." + rest)), None)
-
-
-@lru_cache(maxsize=8)
-def _layout(name: str, kind: str, weights: str, folder: str | None, size: int, mtime_ns: int) -> BackboneLayout:
-    from safetensors import safe_open
-
-    linears: dict[str, tuple[int, int]] = {}
-    head_in = None
-    with safe_open(weights, "pt") as fh:
-        for key in fh.keys():
-            if not key.endswith(".weight"):
-                continue
-            shape = fh.get_slice(key).get_shape()
-            if len(shape) != 2:
-                continue
-            module = key[: -len(".weight")]
-            if kind == "mlp":
-                if module == "head":
-                    head_in = int(shape[1])
-                    continue
-                linears[module] = (int(shape[0]), int(shape[1]))
-            else:
-                linears[module] = (int(shape[0]), int(shape[1]))
-    max_positions = None
-    if kind == "hf" and folder is not None:
-        cfg: dict[str, Any] = json.loads((Path(folder) / "config.json").read_text())
-        head_in = int(cfg.get("hidden_size") or cfg.get("dim") or cfg.get("d_model") or 0) or None
-        mp = cfg.get("max_position_embeddings")
-        max_positions = int(mp) if isinstance(mp, int) and mp > 0 else None
-    if head_in is None:
-        raise GenboundError(f"backbone '{name}': cannot tell the width of its output from {weights}")
-    return BackboneLayout(name, kind, linears, head_in, max_positions, size)
+        """The (out, in) of the built model's Linear ``name``, or None where it has no such Linear."""
+        return self.linears.get(name)
 
 
 def backbone_layout(backbone) -> BackboneLayout:
-    """The layout of a :class:`genbound.backbones.Backbone` (cached per weights file and modification)."""
-    st = Path(backbone.weights).stat()
-    return _layout(backbone.name, backbone.kind, str(backbone.weights),
-                   None if backbone.folder is None else str(backbone.folder), st.st_size, st.st_mtime_ns)
+    """The layout of a :class:`genbound.backbones.Backbone`, asked of the model itself: its modules built on the
+    meta device (genbound.hfmodels.empty_model: names and shapes, nothing allocated), the head's input width
+    from the head, the position table from ``config.get_text_config()``; only the byte size comes from the
+    weights file."""
+    from .hfmodels import empty_model, linear_shapes, max_positions
+
+    try:
+        model = empty_model(backbone)
+    except GenboundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers' own failure, in one line
+        raise GenboundError(f"backbone '{backbone.name}': transformers cannot build it from its config "
+                            f"({str(exc).splitlines()[0][:100]})") from None
+    linears = {n: s for n, s in linear_shapes(model).items() if n != "head" and not n.startswith("head.")}
+    positions = max_positions(backbone.config()) if backbone.kind == "hf" else None
+    return BackboneLayout(backbone.name, backbone.kind, linears, int(model.head.in_features), positions,
+                          Path(backbone.weights).stat().st_size)
 
 
-def layout_for(name: str) -> BackboneLayout | None:
-    """The layout of the backbone a checkpoint names, or None where it is not available here."""
+def layout_for(name: str, task: str | None = None) -> BackboneLayout | None:
+    """The layout of the backbone a checkpoint names (built for its recorded ``task``), or None where it is
+    not available here."""
     from .backbones import get_backbone
 
     try:
-        return backbone_layout(get_backbone(name))
+        return backbone_layout(get_backbone(name, task))
     except (GenboundError, OSError, ValueError, KeyError):
         return None
 
@@ -113,7 +84,7 @@ def max_tensor_bytes(layout: BackboneLayout | None) -> int | None:
 
 def check_meta_claims(meta, where: Path | str) -> BackboneLayout | None:
     """Refuse a checkpoint whose claimed shapes, head width, dtype or length do not fit its backbone."""
-    layout = layout_for(meta.backbone)
+    layout = layout_for(meta.backbone, (meta.hyperparameters or {}).get("task") or "pooled")
     if layout is None:
         return None
 

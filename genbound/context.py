@@ -137,9 +137,10 @@ class RunContext:
         m, backbone = self.meta, self.load_backbone()
         hp = m.hyperparameters
         key = (m.dataset, tuple(hp.get("text_columns") or ()), hp.get("label_column"), hp.get("split_column"),
-               backbone.name, backbone.task, m.split_seed, m.max_length or 128)
+               backbone.name, backbone.task, m.split_seed, m.max_length or 128, restore.model_inputs(m))
         if key not in self.cache.splits:
-            self.cache.splits[key] = restore.dataset_spec(m).load(backbone, m.split_seed, m.max_length or 128)
+            self.cache.splits[key] = restore.dataset_spec(m).load(backbone, m.split_seed, m.max_length or 128,
+                                                                  inputs=restore.model_inputs(m))
         self._splits = restore.check_splits(m, self.path, self.cache.splits[key])
         return self._splits
 

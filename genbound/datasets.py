@@ -95,23 +95,23 @@ class DatasetSpec:
     loader: Callable[[], tuple[list, np.ndarray, list[str]]]  # raw examples, labels, class names
 
     def load(self, backbone: Backbone, split_seed: int = 0, max_length: int = 128,
-             progress: bool | None = None) -> Splits:
-        """Load, featurize for ``backbone`` and split with ``split_seed``; tokenization shows a bar
-        (genbound.progress rule: ``None`` only on a terminal). A causal-LM backbone takes the texts only
-        (genbound.causal_lm)."""
+             progress: bool | None = None, inputs: tuple[str, ...] | None = None) -> Splits:
+        """Load, featurize for ``backbone`` (``inputs``: the model inputs to keep, default what the model
+        accepts: :func:`featurize`) and split with ``split_seed``; tokenization shows a bar (genbound.progress
+        rule: ``None`` only on a terminal). A causal-LM backbone takes the texts only (genbound.causal_lm)."""
         self.check_fits(backbone)
         if backbone.task == "causal-lm":
             from .causal_lm import load_lm_splits
 
-            return load_lm_splits(self, backbone, split_seed, max_length, progress)
+            return load_lm_splits(self, backbone, split_seed, max_length, progress, inputs)
         raw, labels, classes = self.loader()
         if len(raw) == 0:
             raise GenboundError(f"dataset '{self.name}' is empty; reinstall the package that carries it")
-        features = featurize(raw, backbone, max_length, progress=progress)
+        info = {"examples": len(raw), "max_length": max_length if backbone.kind == "hf" else None}
+        features = featurize(raw, backbone, max_length, progress=progress, inputs=inputs, info=info)
         y = torch.as_tensor(labels, dtype=torch.long)
         full = EvalSet(features, y)
         tr, va, te = (torch.as_tensor(i) for i in stratified_split(labels, split_seed))
-        info = {"examples": len(raw), "max_length": max_length if backbone.kind == "hf" else None}
         return Splits(self.name, classes, full.index(tr), full.index(va), full.index(te), split_seed, info)
 
     def check_fits(self, backbone: Backbone) -> None:
@@ -136,22 +136,24 @@ class FileDatasetSpec:
         return self.path
 
     def load(self, backbone: Backbone, split_seed: int = 0, max_length: int = 128,
-             progress: bool | None = None) -> Splits:
-        """Read, featurize for ``backbone`` and split (the data's own splits, or seeded); the card goes in
-        ``info["card"]``. A causal-LM backbone takes the texts only (genbound.causal_lm)."""
+             progress: bool | None = None, inputs: tuple[str, ...] | None = None) -> Splits:
+        """Read, featurize for ``backbone`` (``inputs`` as in :func:`featurize`) and split (the data's own
+        splits, or seeded); the card goes in ``info["card"]``. A causal-LM backbone takes the texts only
+        (genbound.causal_lm)."""
         from .datafiles import read_data
 
         if backbone.task == "causal-lm":
             from .causal_lm import load_lm_splits
 
-            return load_lm_splits(self, backbone, split_seed, max_length, progress)
+            return load_lm_splits(self, backbone, split_seed, max_length, progress, inputs)
 
         data = read_data(self.path, self.text_columns, self.label_column, self.split_column, split_seed)
         want = "image" if data.kind == "image" else "text"
         if backbone.data_kind != want:
             raise GenboundError(f"dataset {self.path} holds {want}s but backbone '{backbone.name}' takes "
                                 f"{backbone.data_kind}; choose a backbone for {want}s")
-        features = featurize(data.examples, backbone, max_length, progress)
+        noted: dict = {}
+        features = featurize(data.examples, backbone, max_length, progress, inputs=inputs, info=noted)
         y = torch.as_tensor(data.labels, dtype=torch.long)
         full = EvalSet(features, y)
         if data.parts is None:
@@ -164,56 +166,87 @@ class FileDatasetSpec:
                                     "needs about 10 for a seeded split) or give the splits in a column")
         tr, va, te = (torch.as_tensor(parts[k]) for k in ("train", "val", "test"))
         card = {**data.card, "sizes": {k: int(len(v)) for k, v in parts.items()}, "examples": len(data.examples),
-                "max_length": max_length if backbone.kind == "hf" and data.kind == "text" else None}
-        info = {"examples": len(data.examples), "max_length": card["max_length"], "card": card}
+                "max_length": max_length if backbone.kind == "hf" and data.kind == "text" else None, **noted}
+        info = {"examples": len(data.examples), "max_length": card["max_length"], "card": card, **noted}
         return Splits(self.path, data.classes, full.index(tr), full.index(va), full.index(te), split_seed, info)
 
 
 TOKENIZE_CHUNK = 128  # texts per tokenizer call: small enough for a live bar, large enough to stay fast
+# What featurize gave every model before it fed the processor's whole output: a checkpoint that does not record
+# its model inputs was trained on these (restore.model_inputs).
+LEGACY_INPUTS = ("input_ids", "attention_mask", "pixel_values", "x")
+_NOTED: set[tuple[str, tuple[str, ...]]] = set()
 
 
-def featurize(raw: list, backbone: Backbone, max_length: int, progress: bool | None = False) -> dict[str, torch.Tensor]:
-    """Model inputs for ``raw``: token ids and attention masks padded to ``max_length`` (texts, or (text,
-    text) pairs joined by the tokenizer), pixel values (image paths, through the backbone's image processor)
-    or the feature matrix (mlp). Tokenization goes in chunks with a bar; the result equals one call on all
-    texts."""
+def featurize(raw: list, backbone: Backbone, max_length: int, progress: bool | None = False,
+              inputs: tuple[str, ...] | list[str] | None = None, info: dict | None = None) -> dict[str, torch.Tensor]:
+    """Model inputs for ``raw``: exactly what the backbone's tokenizer returns for texts or (text, text) pairs
+    (``input_ids``, ``attention_mask`` and, where it gives them, ``token_type_ids``: BERT's segments), padded to
+    ``max_length``, or what its image processor returns for image paths, or the feature matrix (mlp); then
+    only the inputs the model's ``forward`` accepts (``inputs``: those names instead, a checkpoint's record). An
+    input returned and not accepted is said once on stderr and listed in ``info["dropped_inputs"]``, never
+    dropped silently. Tokenization goes in chunks with a bar; the result equals one call on all texts."""
     if backbone.data_kind == "image":
-        return {"pixel_values": backbone.image_features(raw)}
-    if backbone.kind == "hf":
-        from .progress import bar
+        full = backbone.image_features(raw)
+    elif backbone.kind == "hf":
+        full = _tokenized(raw, backbone, max_length, progress)
+    else:
+        return {"x": torch.as_tensor(np.asarray(raw), dtype=torch.float32)}
+    accepted = tuple(inputs) if inputs is not None else backbone.model_inputs()
+    out = {k: v for k, v in full.items() if k in accepted}
+    dropped = tuple(k for k in full if k not in accepted)
+    if inputs is not None and tuple(inputs) == LEGACY_INPUTS:  # an old record: say so only where it matters
+        dropped = tuple(k for k in dropped if bool(full[k].any()))
+    if dropped:
+        if info is not None:
+            info["dropped_inputs"] = list(dropped)
+        key = (backbone.name, dropped)
+        if key not in _NOTED:
+            _NOTED.add(key)
+            why = ("the checkpoint was trained without them (it predates genbound feeding the processor's whole "
+                   "output)" if inputs is not None else "the model's forward does not accept them")
+            import sys
 
-        if max_length < 2:
-            raise GenboundError(f"max length must be at least 2 tokens, got {max_length}")
-        from .tokcache import cached_tokens
+            print(f"genbound: note: {', '.join(dropped)} returned by the processor of '{backbone.name}' not fed to "
+                  f"the model: {why}", file=sys.stderr)
+    return out
 
-        def tokenize() -> dict[str, torch.Tensor]:
-            tok = backbone.tokenizer()
-            ids, masks = [], []
-            shown = bar(total=len(raw), desc=f"tokenize ({backbone.name})", unit="text", progress=progress)
-            for start in range(0, len(raw), TOKENIZE_CHUNK):
-                chunk = raw[start:start + TOKENIZE_CHUNK]
-                if chunk and isinstance(chunk[0], tuple):
-                    enc = tok([a for a, _ in chunk], [b for _, b in chunk], truncation=True, max_length=max_length,
-                              padding="max_length", return_tensors="pt")
-                else:
-                    enc = tok(list(chunk), truncation=True, max_length=max_length, padding="max_length",
-                              return_tensors="pt")
-                ids.append(enc["input_ids"])
-                masks.append(enc["attention_mask"])
-                shown.update(len(chunk))
-            shown.close()
-            return {"input_ids": torch.cat(ids).to(torch.int64), "attention_mask": torch.cat(masks).to(torch.int64)}
 
-        # Causal LMs pad on the right (the tokenizer is set so): the cache keeps the two layouts apart.
-        out = cached_tokens(backbone.folder, raw, max_length, tokenize,
-                            variant="right-padded" if backbone.task == "causal-lm" else "")
-        vocab = backbone.vocab_size()
-        if vocab is not None and out["input_ids"].numel() and int(out["input_ids"].max()) >= vocab:
-            raise GenboundError(f"the tokenizer of backbone '{backbone.name}' yields token id "
-                                f"{int(out['input_ids'].max())} but the model has {vocab} embeddings; save the "
-                                "model's own tokenizer in its folder")
-        return out
-    return {"x": torch.as_tensor(np.asarray(raw), dtype=torch.float32)}
+def _tokenized(raw: list, backbone: Backbone, max_length: int, progress: bool | None) -> dict[str, torch.Tensor]:
+    """Everything the tokenizer returns for ``raw`` (cached on disk: genbound.tokcache), as int64."""
+    from .progress import bar
+    from .tokcache import cached_tokens
+
+    if max_length < 2:
+        raise GenboundError(f"max length must be at least 2 tokens, got {max_length}")
+
+    def tokenize() -> dict[str, torch.Tensor]:
+        tok = backbone.tokenizer()
+        parts: dict[str, list[torch.Tensor]] = {}
+        shown = bar(total=len(raw), desc=f"tokenize ({backbone.name})", unit="text", progress=progress)
+        for start in range(0, len(raw), TOKENIZE_CHUNK):
+            chunk = raw[start:start + TOKENIZE_CHUNK]
+            if chunk and isinstance(chunk[0], tuple):
+                enc = tok([a for a, _ in chunk], [b for _, b in chunk], truncation=True, max_length=max_length,
+                          padding="max_length", return_tensors="pt")
+            else:
+                enc = tok(list(chunk), truncation=True, max_length=max_length, padding="max_length",
+                          return_tensors="pt")
+            for k, v in enc.items():
+                parts.setdefault(k, []).append(v)
+            shown.update(len(chunk))
+        shown.close()
+        return {k: torch.cat(v).to(torch.int64) for k, v in parts.items()}
+
+    # Causal LMs pad on the right (the tokenizer is set so): the cache keeps the two layouts apart.
+    out = cached_tokens(backbone.folder, raw, max_length, tokenize,
+                        variant="right-padded" if backbone.task == "causal-lm" else "")
+    vocab = backbone.vocab_size()
+    if vocab is not None and out["input_ids"].numel() and int(out["input_ids"].max()) >= vocab:
+        raise GenboundError(f"the tokenizer of backbone '{backbone.name}' yields token id "
+                            f"{int(out['input_ids'].max())} but the model has {vocab} embeddings; save the "
+                            "model's own tokenizer in its folder")
+    return out
 
 
 def _bbc_folder() -> Path:

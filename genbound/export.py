@@ -30,7 +30,9 @@ projections that peft's single shared pair cannot hold.
 
 The trained head goes to ``modules_to_save``: for a model folder's own task model the whole ``classifier`` /
 ``score`` module (its untrained parts at their seeded values, so the export does not depend on how peft
-initialises them), named as in the Hugging Face model, with ``task_type`` SEQ_CLS and
+initialises them), named as in the Hugging Face model, and every other module peft wraps with it (peft wraps
+each module whose name ends with ``classifier`` or ``score``: DistilBERT's frozen ``pre_classifier`` is saved at
+its values too, else peft cannot load the adapter), with ``task_type`` SEQ_CLS and
 ``base_model_name_or_path`` the folder; for ``minilm`` and ``mlp`` genbound's own model (module names as in
 genbound, ``head``), which peft wraps as any torch module. GPT-2 Conv1D layers are written with
 ``fan_in_fan_out``. A causal language model (genbound.causal_lm) trains no head: its export has task_type
@@ -133,16 +135,23 @@ def _adapter(ck) -> tuple[dict, dict[str, Tensor]]:
         base_name = str(Path(backbone.folder).resolve())
         task_type = "CAUSAL_LM"
     elif task_model:
-        saved = model.head_path.split(".")[0]
-        # The saved module's own tensors (RoBERTa's dense) plus the head's, under its path in the HF model.
-        for k, v in model.backbone.get_submodule(saved).state_dict().items():
-            tensors[f"{PEFT_PREFIX}{saved}.{k}"] = v.detach().to(torch.float32).contiguous()
+        head_top = model.head_path.split(".")[0]
+        # peft's SEQ_CLS adapter wraps every module whose name ends with classifier or score (DistilBERT's
+        # pre_classifier too) and loads each one's tensors: save them all, at their frozen values, plus the head's.
+        ends = (head_top, "classifier", "score")
+        wrapped = [n for n, _ in model.backbone.named_modules() if n and n.endswith(ends)]
+        saved = sorted(n for n in wrapped if not any(n.startswith(p + ".") for p in wrapped))  # outermost ones
+        for name in saved:
+            for k, v in model.backbone.get_submodule(name).state_dict().items():
+                tensors[f"{PEFT_PREFIX}{name}.{k}"] = v.detach().to(torch.float32).contiguous()
         for k, v in model.head.state_dict().items():
             tensors[f"{PEFT_PREFIX}{model.head_path}.{k}"] = v.detach().to(torch.float32).contiguous()
         base_name = str(Path(backbone.folder).resolve())
-        task_type = "SEQ_CLS"
+        # peft's SEQ_CLS wrapper calls forward with text inputs (input_ids=None, ...), which an image model's
+        # modules may not take: an image classifier's adapter is peft's plain PeftModel, as peft saves one
+        task_type = "SEQ_CLS" if backbone.task == "seq-cls" else None
     else:
-        saved = "head"
+        saved = ["head"]
         for k, v in model.head.state_dict().items():
             tensors[f"{PEFT_PREFIX}head.{k}"] = v.detach().to(torch.float32).contiguous()
         base_name = meta.backbone
@@ -155,7 +164,7 @@ def _adapter(ck) -> tuple[dict, dict[str, Tensor]]:
         "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_name,
         "r": R, "lora_alpha": lora_alpha, "lora_dropout": 0.0, "use_rslora": False, "use_dora": dora,
         "fan_in_fan_out": bool(fifo), "bias": "none", "target_modules": sorted({peft_name(n) for n in adapted}),
-        "modules_to_save": [saved] if saved else None, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
+        "modules_to_save": saved or None, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
         "init_lora_weights": True,
         "inference_mode": True,
         "genbound": {

@@ -27,11 +27,12 @@ orientation. :meth:`PeftCheckpoint.stored_delta` gives dW in the stored orientat
 
 Names. Module paths are those of the model peft wrapped. Where the base model is a genbound backbone
 (MiniLM by its hub name ``sentence-transformers/all-MiniLM-L6-v2`` or its local folder, ``mlp``, a local
-Hugging Face folder, or ``backbone=`` given explicitly), a path is mapped onto genbound's module name by
-dropping leading components until ``<rest>.weight`` is a tensor of the backbone's weights file, then
-prefixing ``backbone.`` for a transformer (genbound's TextClassifier names its encoder ``backbone``):
-``bert.encoder.layer.0.attention.self.query`` and ``encoder.layer.0.attention.self.query`` both become
-``backbone.encoder.layer.0.attention.self.query``. Without a backbone, names stay peft's module paths.
+Hugging Face folder, or ``backbone=`` given explicitly), a path is mapped onto the name of a module of
+genbound's model of that backbone, built on the meta device from its config (genbound.hfmodels: the names
+the installed transformers gives the loaded model, not the keys of the weights file, which may be older):
+the path under ``backbone.`` for a transformer, less leading components where the model lacks them
+(``bert.encoder.layer.0.attention.self.query`` on MiniLM's pooled encoder becomes
+``backbone.encoder.layer.0.attention.self.query``). Without a backbone, names stay peft's module paths.
 
 What peft does not record: the number of training examples N (bounds take it as an option) and the data.
 Refused with a one-line message: a non-LoRA peft type, LoRA on convolutions, variants whose dW is not
@@ -249,6 +250,15 @@ def _split_key(key: str) -> tuple[str, str, str | None] | None:
     return None
 
 
+def _saved_module(module: str, modules_to_save: list[str]) -> bool:
+    """Whether a tensor of ``module`` belongs to a modules_to_save copy: peft wraps every module whose name ends
+    with an entry (a plain string suffix: ``classifier`` also wraps DistilBERT's ``pre_classifier``), and a
+    wrapped module's tensors are those of its submodules too."""
+    parts = module.split(".")
+    prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(p.endswith(m) for p in prefixes for m in modules_to_save)
+
+
 def _resolve_backbone(backbone, base_model: str | None):
     from .backbones import Backbone, get_backbone
 
@@ -273,20 +283,36 @@ def _resolve_backbone(backbone, base_model: str | None):
     return None
 
 
-def _weight_keys(backbone) -> set[str]:
-    from safetensors import safe_open
+def _module_kinds(backbone) -> dict[str, str]:
+    """Module name -> "linear" / "embedding" for every Linear and Embedding of genbound's model of
+    ``backbone``, built on the meta device (genbound.hfmodels): the names the loaded model has, whatever the
+    keys of its weights file are."""
+    from torch import nn
 
-    with safe_open(str(backbone.weights), "pt") as fh:
-        return set(fh.keys())
+    from .hfmodels import empty_model
+
+    out = {}
+    for name, mod in empty_model(backbone).named_modules():
+        if isinstance(mod, nn.Linear):
+            out[name] = "linear"
+        elif isinstance(mod, nn.Embedding):
+            out[name] = "embedding"
+    return out
 
 
-def _map_name(module: str, keys: set[str], backbone) -> str | None:
+def _map_name(module: str, modules: dict[str, str], backbone) -> str | None:
+    """peft's module path -> the name of that module in genbound's model: the path under ``backbone.`` (a
+    transformers model) less as many leading components as it takes (an adapter on a task model
+    ``bert.encoder...`` or on genbound's own export ``backbone.encoder...``), else the one module whose name
+    ends with it (an adapter trained on the bare encoder, applied to the task model)."""
+    prefix = "" if backbone.kind == "mlp" else "backbone."
     parts = module.split(".")
     for i in range(len(parts)):
-        rest = ".".join(parts[i:])
-        if f"{rest}.weight" in keys:
-            return rest if backbone.kind == "mlp" else f"backbone.{rest}"
-    return None
+        name = prefix + ".".join(parts[i:])
+        if name in modules:
+            return name
+    ends = [n for n in modules if n.endswith("." + module)]
+    return ends[0] if len(ends) == 1 else None
 
 
 class PeftCheckpoint:
@@ -296,14 +322,13 @@ class PeftCheckpoint:
     kind = "peft"
 
     def __init__(self, path: Path, config: dict, tensors: dict[str, Tensor], meta: PeftMeta,
-                 factors: dict[str, dict[str, Tensor]], backbone, weight_paths: dict[str, str]):
+                 factors: dict[str, dict[str, Tensor]], backbone):
         self.path = path
         self.config = config
         self.tensors = tensors
         self.meta = meta
         self._factors = factors
         self._backbone = backbone
-        self._weight_paths = weight_paths  # genbound name -> key in the backbone's weights file
 
     def __repr__(self) -> str:
         return f"PeftCheckpoint({str(self.path)!r}, method={self.meta.method!r}, rank={self.meta.rank})"
@@ -372,19 +397,31 @@ class PeftCheckpoint:
                 f"{self.path}: base model '{self.meta.base_model}' is not available offline; pass --backbone "
                 "(minilm, mlp or a local Hugging Face model folder)"
             )
-        from safetensors import safe_open
+        from torch import nn
 
+        from .hfmodels import checkpoint_names
+        from .readers import read_tensors
+
+        bb = self._backbone
+        by_param = {param: key for key, param in checkpoint_names(bb).items() if param is not None}
+        keys = {li.name: by_param.get(f"{li.name}.weight") for li in self.meta.layers}
+        if all(keys.values()):  # every weight stored as it is: read those tensors only
+            stored = read_tensors(Path(bb.weights), sorted(set(keys.values())))
+            raw = {li.name: (stored[keys[li.name]], li.transposed) for li in self.meta.layers}
+        else:  # a weight transformers converts on loading: take it from the built model
+            mods = dict(bb.build(2, 0).named_modules())
+            raw = {li.name: (mods[li.name].weight.detach(), isinstance(mods[li.name], nn.Embedding))
+                   for li in self.meta.layers}
         out = {}
-        with safe_open(str(self._backbone.weights), "pt") as fh:
-            for li in self.meta.layers:
-                W = fh.get_tensor(self._weight_paths[li.name])
-                W = W.T if li.transposed else W
-                if tuple(W.shape) != (li.out_features, li.in_features):
-                    raise GenboundError(
-                        f"layer {li.name}: backbone weight is {tuple(W.shape)} but the adapter's factors give "
-                        f"{li.out_features}x{li.in_features}; the adapter was made for another base model"
-                    )
-                out[li.name] = W.to(torch.float32).clone()
+        for li in self.meta.layers:
+            W, transposed = raw[li.name]
+            W = W.T if transposed else W
+            if tuple(W.shape) != (li.out_features, li.in_features):
+                raise GenboundError(
+                    f"layer {li.name}: backbone weight is {tuple(W.shape)} but the adapter's factors give "
+                    f"{li.out_features}x{li.in_features}; the adapter was made for another base model"
+                )
+            out[li.name] = W.to(torch.float32).clone()
         return out
 
 
@@ -410,7 +447,7 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
     bias_mode = str(cfg.get("bias") or "none")
     mts = cfg.get("modules_to_save") or []
     mts = [mts] if isinstance(mts, str) else list(mts)
-    keys = _weight_keys(bb) if bb is not None else None
+    modules = _module_kinds(bb) if bb is not None else None
 
     groups: dict[str, dict[str, Tensor]] = {}
     extra: list[str] = []
@@ -429,7 +466,7 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
             groups.setdefault(module, {})[kind] = t
             continue
         module = k.rsplit(".", 1)[0]
-        if any(module == m or module.endswith("." + m) or f".{m}." in f".{module}." for m in mts):
+        if _saved_module(module, mts):
             extra.append(key)
             extra_params += t.numel()
             continue
@@ -447,7 +484,6 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
 
     layers: list[PeftLayer] = []
     factors: dict[str, dict[str, Tensor]] = {}
-    weight_paths: dict[str, str] = {}
     adapter_params = 0
     for module, g in groups.items():
         emb = "lora_embedding_A" in g or "lora_embedding_B" in g
@@ -485,15 +521,14 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
                 raise GenboundError(f"{path}: layer {module}: DoRA magnitude has {mag.numel()} entries, expected {n}")
         scale = alpha / math.sqrt(r) if rslora else alpha / r
         name = module
-        if keys is not None:
-            mapped = _map_name(module, keys, bb)
+        if modules is not None:
+            mapped = _map_name(module, modules, bb)
             if mapped is None:
                 raise GenboundError(
                     f"{path}: layer {module} is not a module of backbone '{bb.name}'; the adapter was made for "
                     "another base model (pass --backbone)"
                 )
             name = mapped
-            weight_paths[name] = (mapped[len("backbone."):] if mapped.startswith("backbone.") else mapped) + ".weight"
         kind = "embedding" if emb else ("conv1d" if fifo else "linear")
         layers.append(PeftLayer(name, module, kind, n, m, int(r), alpha, scale, emb or fifo, dora))
         factors[name] = {"A": A, "B": B}
@@ -521,7 +556,7 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
         extra_trained=extra,
     )
     _apply_genbound_record(cfg, meta, path)
-    return PeftCheckpoint(path, cfg, tensors, meta, factors, bb, weight_paths)
+    return PeftCheckpoint(path, cfg, tensors, meta, factors, bb)
 
 
 def _apply_genbound_record(cfg: dict, meta: PeftMeta, path: Path) -> None:

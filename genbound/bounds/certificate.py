@@ -255,6 +255,10 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
         raise GenboundError(f"--qat-steps must be 0 or more, got {qat_steps}")
     ws = load_w(ckpt)
     m = ckpt.meta
+    if (m.hyperparameters or {}).get("task") == "causal-lm":
+        raise GenboundError(f"{ckpt.path}: a causal language model's subspace run is not certified: the certificate "
+                            "bounds the 0-1 error of one label per example, and a causal LM predicts every token; "
+                            "certify a classifier's subspace run")
     config = {"method": m.method, "chain": m.chain, "subspace_dim": int(m.hyperparameters["subspace_dim"]),
               "levels": int(levels), "lr": float(m.hyperparameters.get("lr", 0.0)), "rate": float(rate)}
     grid.index(config)  # refuse an undeclared configuration before any work
