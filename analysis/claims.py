@@ -958,6 +958,10 @@ def build_report(preset: ClaimsPreset, out: Path, g: Gathered, command: str, sec
         markdown_table(ba, ha), "", f"**Verdict.** {verdict['a']}", "",
         f"![Claim (a)]({figure_ref}_a.png)", "",
         "## Claim (b): they save training time and memory", "",
+        "**Load-dependent.** The step times and peak resident memory below were measured by each run while it "
+        "trained, at different times on a machine shared with other jobs; they are kept as recorded. Claim (b) is "
+        "answered from exact, load-independent costs (saved-activation bytes, FLOPs, paired interleaved step "
+        "time, predicted GPU memory for RoBERTa-base) in [claim-b-cost.md](claim-b-cost.md).", "",
         "Test: genbound.train records each run's median seconds per step and its peak memory (on CPU the "
         "process's peak resident set, reset at the start of the run; on CUDA the allocator's peak). Ratios of "
         "per-cell means over seeds, each sparse variant over its matched baseline and over LoRA. The noise floor "

@@ -21,7 +21,7 @@ from . import __version__
 from .errors import GenboundError, os_error_message
 
 # Order is the order of ``genbound --help``.
-COMMANDS = ["demo", "list", "train", "evaluate", "export", "compare", "bounds", "certify", "spectra", "hessian",
+COMMANDS = ["demo", "list", "train", "cost", "evaluate", "export", "compare", "bounds", "certify", "spectra", "hessian",
             "landscape"]
 
 

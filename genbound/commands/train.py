@@ -15,9 +15,29 @@ DESCRIPTION = (
 
 
 def add_arguments(p) -> None:
+    add_setting_arguments(p)
+    p.add_argument("--save-trajectory", action="store_true", help="also save the trained tensors every epoch")
+    p.add_argument("--trajectory-every", type=int, default=None, help="steps between trajectory snapshots")
+    p.add_argument("--out", required=True, help="checkpoint directory to create")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint at --out (and discard an interrupted run's saved state); "
+                        "a directory holding anything but a checkpoint is never replaced")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of --out from its saved state (bit-identical to an "
+                        "uninterrupted run on CPU); a finished checkpoint is kept as it is; without a state, start")
+    p.add_argument("--save-every", type=int, default=None, metavar="N",
+                   help="save the training state every N steps and at each epoch's end (default 50; 0: never)")
+    add_device(p)
+    add_json(p)
+    add_progress(p)
+
+
+def add_setting_arguments(p, method_required: bool = True) -> None:
+    """The options that describe a run (method, backbone, data, adapters, optimizer, seeds); ``genbound cost``
+    takes the same ones."""
     from ..methods import METHODS
 
-    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--method", required=method_required, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--backbone", default="minilm",
                    help="minilm (default), paraphrase-minilm-l3, mlp, or a model folder")
     p.add_argument("--dataset", default=None,
@@ -58,37 +78,30 @@ def add_arguments(p) -> None:
                         "`genbound certify`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--save-trajectory", action="store_true", help="also save the trained tensors every epoch")
-    p.add_argument("--trajectory-every", type=int, default=None, help="steps between trajectory snapshots")
-    p.add_argument("--out", required=True, help="checkpoint directory to create")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing checkpoint at --out (and discard an interrupted run's saved state); "
-                        "a directory holding anything but a checkpoint is never replaced")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run of --out from its saved state (bit-identical to an "
-                        "uninterrupted run on CPU); a finished checkpoint is kept as it is; without a state, start")
-    p.add_argument("--save-every", type=int, default=None, metavar="N",
-                   help="save the training state every N steps and at each epoch's end (default 50; 0: never)")
-    add_device(p)
-    add_json(p)
-    add_progress(p)
 
 
-def run(args) -> int:
-    from ..distributed import launched
-    from ..train import TrainConfig, train
+def config_from_args(args, method: str | None = None):
+    """The TrainConfig the setting options describe (``method`` overrides --method)."""
+    from ..train import TrainConfig
 
-    config = TrainConfig(
-        method=args.method, backbone=args.backbone, dataset=args.dataset, rank=args.rank, alpha=args.alpha,
+    return TrainConfig(
+        method=method or args.method, backbone=args.backbone, dataset=args.dataset, rank=args.rank, alpha=args.alpha,
         chain=args.chain, epochs=1 if args.epochs is None else args.epochs, steps=args.steps, lr=args.lr,
         lr_ratio=args.lr_ratio,
         batch_size=args.batch_size, max_length=args.max_length, warmup=args.warmup,
         weight_decay=args.weight_decay, clip=args.clip, targets=args.target_regex or args.targets,
         exclude=args.exclude, paca_columns=args.paca_columns, task=args.task, **data_options(args),
-        subspace_dim=args.subspace_dim,
-        seed=args.seed, split_seed=args.split_seed, save_trajectory=args.save_trajectory,
-        trajectory_every=args.trajectory_every, device=args.device, progress=progress_of(args),
+        subspace_dim=args.subspace_dim, seed=args.seed, split_seed=args.split_seed, device=args.device,
+        progress=progress_of(args),
     )
+
+
+def run(args) -> int:
+    from ..distributed import launched
+    from ..train import train
+
+    config = config_from_args(args)
+    config.save_trajectory, config.trajectory_every = args.save_trajectory, args.trajectory_every
     with launched(resolve_device(args.device)) as group:  # under torchrun: data-parallel over the processes
         if group is not None and not group.is_main:
             config.progress = False
