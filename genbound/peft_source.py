@@ -22,6 +22,7 @@ the caller (``--dataset``), and N is its training split's size.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,7 @@ class PeftSource:
         self.data = data or DataChoice()
         self._splits = None
         self._hf_cfg = None
+        self._built: dict[int, nn.Module] = {}  # the base model, built once per label count (_base)
         pm = self.peft.meta
         bad = [li.name for li in pm.layers if li.kind == "embedding" or li.dora]
         self._dense_only = bad  # DoRA / embedding updates: applied merged, not as factors
@@ -200,7 +202,7 @@ class PeftSource:
         from transformers import AutoConfig
 
         if self.backbone.task == "causal-lm":
-            return int(self.backbone.build(0, 0).head.out_features)
+            return int(self._base(0).head.out_features)
 
         head = [t for key, t in self.peft.tensors.items()
                 if key.removeprefix("base_model.model.").split(".")[0] in ("classifier", "score", "head")
@@ -264,7 +266,7 @@ class PeftSource:
                 fast = None
             if fast is not None:
                 return fast
-        mods = dict(self.backbone.build(2, 0).named_modules())
+        mods = dict(self._base(self.meta.num_labels).named_modules())
         out = {}
         for li in self.peft.meta.layers:
             mod = mods[li.name]
@@ -280,7 +282,16 @@ class PeftSource:
 
     def initial_model(self, device: torch.device | None = None) -> nn.Module:
         """The base model with its classifier as saved in the base folder (or drawn from seed 0 where absent)."""
-        return self.backbone.build(self.meta.num_labels, 0).to(where(device)).eval()
+        return copy.deepcopy(self._base(self.meta.num_labels)).to(where(device)).eval()
+
+    def _base(self, num_labels: int) -> nn.Module:
+        """The base model as built from its folder, once per label count (a causal LM ignores the count):
+        every model of this source is a copy of it, so a command builds the base once (tests/test_build_counts.py).
+        Callers that change it copy it first."""
+        key = 0 if self.backbone.task == "causal-lm" else int(num_labels)
+        if key not in self._built:
+            self._built[key] = self.backbone.build(key, 0).eval()
+        return self._built[key]
 
     def build_model(self, device: torch.device | None = None, merged: bool = False) -> nn.Module:
         """The adapted model in eval mode: AdaptedLinear layers holding the adapter's factors (trained), or with
@@ -288,7 +299,7 @@ class PeftSource:
         from .adapters import AdaptedLinear, _parent
         from .methods import get_method
 
-        model = self.backbone.build(self.meta.num_labels, 0)
+        model = copy.deepcopy(self._base(self.meta.num_labels))
         for p in model.parameters():
             p.requires_grad_(False)
         pm = self.peft.meta
