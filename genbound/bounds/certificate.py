@@ -376,9 +376,10 @@ UNITS = {"bbc": "articles", "tweets": "tweets", "digits": "images"}
 def statement(cert: Certificate, dataset: str | None = None) -> str:
     """The certificate in one plain sentence: the probability, over what draw, of which claim about which model."""
     unit = UNITS.get(str(dataset), "examples")
-    pct = f"{100 * (1 - cert.delta):.4g}%"
+    pct = f"{math.floor(100 * (1 - cert.delta) * 100 + 1e-9) / 100:g}%"  # rounded down, never above 1 - delta
+    # rounded up: a sentence must never claim less error than the certificate does
     s = (f"With probability at least {pct} over the draw of the {cert.n:,} training {unit}, the decoded model's "
-         f"test error is at most {cert.bound:.2f}")
+         f"test error is at most {math.ceil(cert.bound * 100 - 1e-9) / 100:.2f}")
     s += (" (no better than guessing, which errs " f"{cert.chance_error:.2f} of the time)." if cert.vacuous
           else f" (guessing errs {cert.chance_error:.2f} of the time).")
     by_delta = [u for u in cert.unions if u.get("paid_by") == "delta"]
