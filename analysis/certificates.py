@@ -333,10 +333,30 @@ def report(preset: Preset, settings: dict[str, Any], specs, results: dict[str, A
     return "\n".join(lines), summary
 
 
+def best_of(summaries: list[Path]) -> dict[str, Any]:
+    """The best certificate over several reports' ``certificates.json`` (say the two BBC News budgets): every
+    record must carry the same declared unions at its split delta (genbound.bounds.union.best_certificate), so
+    a minimum over runs certified at different splits is refused. Returns the best record with its report."""
+    import json
+
+    certs = []
+    for path in summaries:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise GenboundError(f"cannot read the certificates summary {path}: {exc}") from exc
+        for c in (data.get("certificates") or {}).values():
+            certs.append(dict(c, report=str(path), preset=data.get("preset", {}).get("name")))
+    return best_certificate(certs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis.certificates", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=list(PRESETS), default="minilm")
-    p.add_argument("--out", required=True, help="run directory (resumable; may be shared by several processes)")
+    p.add_argument("--out", help="run directory (resumable; may be shared by several processes)")
+    p.add_argument("--best-of", nargs="+", default=None, metavar="SUMMARY",
+                   help="instead of certifying: the best certificate over these certificates.json files, refused "
+                        "unless all were certified under one declared split of delta")
     p.add_argument("--methods", nargs="+", default=None,
                    help="default: the eleven methods of the declared grid (vera, pissa and dora are outside it)")
     p.add_argument("--seed", type=int, default=0)
@@ -361,6 +381,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if args.best_of:
+            import json
+
+            best = best_of([Path(p) for p in args.best_of])
+            print(json.dumps({k: best.get(k) for k in ("preset", "method", "bound", "bits", "train_error", "delta",
+                                                         "unions", "statement", "report")}, indent=2))
+            return 0
+        if not args.out:
+            raise GenboundError("--out is required (unless --best-of)")
         preset = PRESETS[args.preset][0]
         settings = split_settings(args.preset)
         from genbound.bounds.certificate import DECLARED_GRID, PAPER_METHODS

@@ -138,3 +138,27 @@ def test_the_default_subspace_run_certifies_and_reads_plainly(tmp_path, capsys):
     assert main(["train", "--method", "lora", "--backbone", "mlp", "--rank", "4", "--steps", "2",
                  "--out", str(tmp_path / "plain"), "--no-progress"]) == 0
     assert load_checkpoint(tmp_path / "plain").meta.hyperparameters["lr"] == 5e-4
+
+
+def test_best_of_two_reports_refuses_a_mix(tmp_path, capsys):
+    from analysis import certificates
+    from analysis.certificates import QUESTIONS, split_settings
+
+    q = QUESTIONS["bbc-budgets"]
+
+    def summary(name, preset, delta, unions, bound):
+        cert = {"method": "lora", "bound": bound, "bits": 800, "train_error": 0.1, "delta": delta, "unions": unions,
+                "statement": "s"}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"preset": {"name": preset}, "certificates": {"lora": cert}}))
+        return str(path)
+
+    short = summary("short", "cert-minilm", 0.025, split_settings("minilm")["unions"], 0.52)
+    long_ = summary("long", "cert-minilm-long", 0.025, split_settings("minilm-long")["unions"], 0.46)
+    assert certificates.main(["--best-of", short, long_]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["bound"] == 0.46 and best["delta"] == q.delta / 2 and best["preset"] == "cert-minilm-long"
+    old = summary("old", "cert-minilm", 0.05, [], 0.52)  # the short budget as first certified, at the full delta
+    assert certificates.main(["--best-of", old, long_]) == 2
+    err = capsys.readouterr().err
+    assert "different unions" in err and len(err.strip().splitlines()) == 1
