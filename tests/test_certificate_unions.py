@@ -66,7 +66,8 @@ def _links(cfg, rng):
 
 def test_a_changed_max_length_changes_the_message_and_its_length(ckpt_dir):
     cfg = {"method": "lora", "chain": 1, "subspace_dim": 50, "levels": 3, "lr": 0.3, "rate": 0.0, "max_length": 32,
-           "rank": 8, "alpha": 16.0, "seed": 0, "targets": None}
+           "rank": 8, "alpha": 16.0, "seed": 0, "targets": None, "exclude": None,
+           "paca_columns": "random"}
     links = _links(cfg, np.random.default_rng(0))
     a = encode(links, DECLARED_GRID, cfg)
     b = encode(links, DECLARED_GRID, {**cfg, "max_length": 128})

@@ -25,7 +25,8 @@ docs/concepts.md, section "Certificates").
 Assumptions (listed in the text output and the JSON, :func:`assumptions`): the training examples are i.i.d.
 from the test distribution; every setting the decoder needs is either coded in the message from the declared
 grid (``DECLARED_GRID``, the versioned file genbound/assets/certificate-grid.json, whose sha256 every
-certificate records: method, chain length, d, L, learning rate, rate, max length, rank, alpha, seed, targets)
+certificate records: method, chain length, d, L, learning rate, rate, max length, rank, alpha, seed, targets,
+excluded layers, PaCA's column choice)
 or fixed before the data were seen (backbone, dataset and split, steps, batch size, QAT steps and learning
 rate); a comparison over runs outside the message (budgets, presets) is paid by splitting delta
 (genbound.bounds.union, recorded under ``unions``).
@@ -357,7 +358,8 @@ def run_config(ckpt, levels: int, rate: float) -> dict[str, Any]:
     hp = m.hyperparameters
     return {"method": m.method, "chain": m.chain, "subspace_dim": int(hp["subspace_dim"]), "levels": int(levels),
             "lr": float(hp.get("lr", 0.0)), "rate": float(rate), "max_length": m.max_length, "rank": int(m.rank),
-            "alpha": float(m.alpha), "seed": int(m.seed), "targets": hp.get("targets")}
+            "alpha": float(m.alpha), "seed": int(m.seed), "targets": hp.get("targets"), "exclude": hp.get("exclude"),
+            "paca_columns": m.paca_columns}
 
 
 def _file_digest(path: Path) -> str:
