@@ -24,18 +24,25 @@ The claims (the paper's, docs/concepts.md) and the test of each, fixed before an
     (cla, rcla, paca against asym; c3la, rc3la against rac) and each seed s present for both, the paired
     difference d_s = acc_test(v, s) - acc_test(baseline, s) in accuracy points (same seed: same head init,
     data order and split). Mean and the 95% Student-t interval mean +- t_{0.975, n-1} sd / sqrt(n) over the
-    n seeds, per cell and pooled over cells (the pairs of every cell together). **Competitive** means the
-    interval's lower end is above -1 point; **not shown** means the interval reaches below -1 point (too few
-    seeds or too much spread to tell, or worse); a mean below -1 with the upper end below -1 is **worse**.
+    n seeds, per cell; pooled over cells on the cell means (one mean difference per cell, the t interval with
+    cells - 1 degrees of freedom: the seeds of one cell share its data and backbone, so they are not independent
+    replicates of the pooled question). **Competitive** means the one-sided test of mean <= -1 point rejects at
+    0.025 after Holm's correction over the five variants (within each cell, and over the pooled rows); without
+    the correction that is the interval's lower end above -1. **Not shown** means it does not (too few seeds
+    or too much spread to tell, or worse); a mean below -1 with the upper end below -1 is **worse**.
 (b) *They save time and memory.* Median seconds per step and peak memory (genbound.train's recorded
     metrics) of each sparse variant over its baseline and over LoRA, as ratios of per-cell means over seeds;
     the noise floor is the same ratio for lora_plus over lora, whose arithmetic per step is identical (only
     the learning rate of B differs): a saving smaller than that ratio's deviation from 1 is not resolved.
 (c) *The information-theoretic measures order the methods by their generalization gap better than the usual
     tools.* Kendall's tau-b (scipy.stats.kendalltau, two-sided p) between each measure's per-method mean and
-    the measured 0-1 gap's per-method mean, per cell, with a seeded bootstrap 95% interval (resampling each
-    method's seeds with replacement, recomputing both means and tau). A measure *predicts* the gap when its
-    tau is positive with p < 0.05 and a bootstrap interval above 0.
+    the measured 0-1 gap's per-method mean, per cell, with a seeded BCa bootstrap 95% interval (Efron 1987;
+    scipy.stats.bootstrap, method "BCa": each method's seeds resampled with replacement, both means and tau
+    recomputed). Where the BCa interval excludes the point estimate (the bootstrap distribution lies almost
+    entirely on one side of it) the interval is widened to reach the estimate and marked: every reported tau
+    lies inside its interval by construction, and widening only makes the interval more conservative. A
+    measure *predicts* the gap when its tau is positive with a Holm-corrected p < 0.05 (over the measures of
+    the cell) and its interval lies above 0.
 """
 
 from __future__ import annotations
@@ -559,11 +566,14 @@ class Paired:
     variant: str
     baseline: str
     n: int
-    differences: list[float]
+    differences: list[float]  # per seed; for "pooled" one mean difference per cell
     mean: float | None
     low: float | None
     high: float | None
     verdict: str
+    p_value: float | None = None  # one-sided, H0: mean <= -COMPETITIVE_MARGIN (t with n - 1 df)
+    p_holm: float | None = None  # Holm-adjusted over the variants of the same cell (or the pooled rows)
+    unit: str = "seeds"  # what the n values are: seeds of a cell, or cell means
 
 
 def t_interval(xs: list[float], confidence: float = 0.95) -> tuple[float | None, float | None, float | None]:
@@ -580,36 +590,83 @@ def t_interval(xs: list[float], confidence: float = 0.95) -> tuple[float | None,
     return mean, mean - half, mean + half
 
 
-def verdict_a(low: float | None, high: float | None, n: int) -> str:
+ALPHA_A = 0.025  # one-sided level of claim (a): a 95% two-sided interval's lower end above -margin
+
+
+def one_sided_p(xs: list[float], margin: float) -> float | None:
+    """P(T >= t) for t = (mean + margin) / (s / sqrt(n)), T ~ t_{n-1}: the one-sided test of mean <= -margin;
+    p < 0.025 exactly when the 95% t interval's lower end lies above -margin. None for n < 2."""
+    from scipy.stats import t
+
+    if len(xs) < 2:
+        return None
+    mean = math.fsum(xs) / len(xs)
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    if sd == 0:
+        return 0.0 if mean > -margin else 1.0
+    return float(t.sf((mean + margin) / (sd / math.sqrt(len(xs))), len(xs) - 1))
+
+
+def holm(ps: list[float | None]) -> list[float | None]:
+    """Holm's (1979) step-down adjusted p-values: sorted ascending, p_(i) (m - i + 1), running maximum, capped
+    at 1; None stays None (and does not count in m)."""
+    idx = sorted((i for i, p in enumerate(ps) if p is not None), key=lambda i: ps[i])
+    m = len(idx)
+    out: list[float | None] = [None] * len(ps)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * float(ps[i])))
+        out[i] = running
+    return out
+
+
+def verdict_a(low: float | None, high: float | None, n: int, p_holm: float | None = None) -> str:
+    """Competitive when the Holm-adjusted one-sided p is below ALPHA_A (given), else when the lower end of the
+    95% interval lies above -margin; worse when the upper end lies below it; otherwise not shown."""
     if low is None or high is None:
         return f"no interval (n = {n})"
-    if low > -COMPETITIVE_MARGIN:
+    if (p_holm < ALPHA_A) if p_holm is not None else (low > -COMPETITIVE_MARGIN):
         return "competitive"
     if high < -COMPETITIVE_MARGIN:
         return "worse"
     return "not shown"
 
 
+def _with_holm(rows: list[Paired]) -> list[Paired]:
+    """The rows of one family (the variants of one cell, or the pooled rows) with Holm-adjusted p-values and
+    the verdicts they give."""
+    adj = holm([r.p_value for r in rows])
+    for r, p in zip(rows, adj):
+        r.p_holm = p
+        r.verdict = verdict_a(r.low, r.high, r.n, p)
+    return rows
+
+
 def paired_differences(runs: list[Run]) -> list[Paired]:
-    """Claim (a) per cell, then pooled over cells (every cell's seed pairs together)."""
+    """Claim (a) per cell (over seeds), then pooled over cells on the cell means (t with cells - 1 df), each
+    family Holm-corrected over its variants."""
     acc = {(r.cell, r.method, r.seed): r.test_accuracy for r in runs}
     cells = list(dict.fromkeys(r.cell for r in runs))
     out: list[Paired] = []
     pooled: dict[str, list[float]] = {v: [] for v in SPARSE}
     for c in cells:
+        family = []
         for v, b in BASELINE.items():
             seeds = sorted(s for (cc, m, s) in acc if cc == c and m == v and (c, b, s) in acc)
             d = [100.0 * (acc[(c, v, s)] - acc[(c, b, s)]) for s in seeds]
             if not d:
                 continue
-            pooled[v] += d
+            pooled[v].append(math.fsum(d) / len(d))
             mean, lo, hi = t_interval(d)
-            out.append(Paired(c, v, b, len(d), d, mean, lo, hi, verdict_a(lo, hi, len(d))))
+            family.append(Paired(c, v, b, len(d), d, mean, lo, hi, "", one_sided_p(d, COMPETITIVE_MARGIN)))
+        out += _with_holm(family)
+    family = []
     for v, d in pooled.items():
         if d:
             mean, lo, hi = t_interval(d)
-            out.append(Paired("pooled", v, BASELINE[v], len(d), d, mean, lo, hi, verdict_a(lo, hi, len(d))))
-    return out
+            family.append(Paired("pooled", v, BASELINE[v], len(d), d, mean, lo, hi, "",
+                                 one_sided_p(d, COMPETITIVE_MARGIN), unit="cell means"))
+    return out + _with_holm(family)
 
 
 # -- claim (b): time and memory ---------------------------------------------------------------------------
@@ -699,6 +756,46 @@ class Tau:
     n_methods: int
     note: str
     predicts: bool
+    p_holm: float | None = None  # Holm-adjusted over the measures of the cell
+    interval_method: str = "BCa"  # "BCa", or "BCa widened to the estimate"
+
+
+def tau_interval(per: dict[str, list[tuple[float, float]]], estimate: float, resamples: int, seed: int
+                 ) -> tuple[float | None, float | None, str]:
+    """(low, high, method): the BCa 95% interval of Kendall's tau-b between the per-method means of the measure
+    and of the gap, each method's (gap, measure) pairs resampled with replacement (scipy.stats.bootstrap over
+    one index sample per method). An interval that excludes ``estimate`` is widened to reach it and marked;
+    a method with a single seed, or a degenerate resample distribution, gives no BCa interval (None)."""
+    from scipy.stats import bootstrap, kendalltau
+
+    names = list(per)
+    if any(len(per[m]) < 2 for m in names):
+        return None, None, "no interval (a method with one seed)"
+    arrays = [np.array(per[m], dtype=np.float64) for m in names]
+
+    def stat(*idx):
+        g = [float(a[np.asarray(i, dtype=np.int64), 0].mean()) for a, i in zip(arrays, idx)]
+        v = [float(a[np.asarray(i, dtype=np.int64), 1].mean()) for a, i in zip(arrays, idx)]
+        t = kendalltau(v, g).statistic
+        return float(t) if math.isfinite(t) else 0.0  # a resample with no order in it: no association
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = bootstrap(tuple(np.arange(len(a)) for a in arrays), stat, n_resamples=resamples, vectorized=False,
+                        paired=False, confidence_level=0.95, method="BCa", random_state=np.random.default_rng(seed))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
+        if dist.size and np.all(dist == dist[0]):  # every resample gives one tau: the interval is that point
+            lo = hi = float(dist[0])
+        else:
+            return None, None, "no interval (degenerate bootstrap)"
+    lo, hi = max(-1.0, lo), min(1.0, hi)
+    if lo <= estimate <= hi:
+        return lo, hi, "BCa"
+    return min(lo, estimate), max(hi, estimate), "BCa widened to the estimate"
 
 
 BOOTSTRAP = 1000
@@ -708,10 +805,8 @@ BOOTSTRAP_SEED = 0
 def taus(runs: list[Run], method_measures: dict[str, dict[str, float]], bootstrap: int = BOOTSTRAP,
          seed: int = BOOTSTRAP_SEED) -> list[Tau]:
     """Claim (c): per cell and measure, Kendall tau-b (analysis.tables.kendall) between the per-method means
-    of the measure and of the 0-1 gap; the interval is the 2.5 / 97.5 percentiles of tau over ``bootstrap``
+    of the measure and of the 0-1 gap; the interval is the BCa interval (:func:`tau_interval`) over ``bootstrap``
     resamples (each method's seeds drawn with replacement, numpy default_rng(seed))."""
-    from scipy.stats import kendalltau
-
     from .tables import kendall
 
     rng = np.random.default_rng(seed)
@@ -719,6 +814,7 @@ def taus(runs: list[Run], method_measures: dict[str, dict[str, float]], bootstra
     for c in dict.fromkeys(r.cell for r in runs):
         mine = [r for r in runs if r.cell == c]
         methods = list(dict.fromkeys(r.method for r in mine))
+        fam: list[Tau] = []
         for key in MEASURES:
             per: dict[str, list[tuple[float, float | None]]] = {}
             for m in methods:
@@ -736,24 +832,15 @@ def taus(runs: list[Run], method_measures: dict[str, dict[str, float]], bootstra
             vm = {m: float(np.mean([v for _, v in xs])) for m, xs in per.items()}
             k = kendall(vm, gm, key, "gap_01")
             lo = hi = None
+            how = "none"
             if k.tau is not None and bootstrap:
-                names = list(per)
-                draws = []
-                for _ in range(bootstrap):
-                    g, v = [], []
-                    for m in names:
-                        xs = per[m]
-                        idx = rng.integers(0, len(xs), len(xs))
-                        g.append(float(np.mean([xs[i][0] for i in idx])))
-                        v.append(float(np.mean([xs[i][1] for i in idx])))
-                    t = kendalltau(v, g).statistic
-                    if math.isfinite(t):
-                        draws.append(float(t))
-                if draws:
-                    lo, hi = float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
-            predicts = bool(k.tau is not None and k.tau > 0 and k.p_value is not None and k.p_value < 0.05
-                            and lo is not None and lo > 0)
-            out.append(Tau(c, key, k.tau, k.p_value, lo, hi, k.n_methods, k.note, predicts))
+                lo, hi, how = tau_interval(per, float(k.tau), bootstrap, int(rng.integers(0, 2 ** 31)))
+            fam.append(Tau(c, key, k.tau, k.p_value, lo, hi, k.n_methods, k.note, False, None, how))
+        for t, p in zip(fam, holm([t.p_value for t in fam])):
+            t.p_holm = p
+            t.predicts = bool(t.tau is not None and t.tau > 0 and p is not None and p < 0.05
+                              and t.low is not None and t.low > 0)
+        out += fam
     return out
 
 
@@ -787,9 +874,11 @@ class Report:
 
 
 def table_a(pairs: list[Paired]) -> tuple[list[str], list[list[str]]]:
-    header = ["cell", "variant vs baseline", "n", "differences (points)", "mean", "95% t-interval", "verdict"]
-    body = [[p.cell, f"{p.variant} vs {p.baseline}", str(p.n), " ".join(f"{d:+.2f}" for d in p.differences),
-             _f(p.mean, 3, True), _iv(p.low, p.high), p.verdict] for p in pairs]
+    header = ["cell", "variant vs baseline", "n", "differences (points)", "mean", "95% t-interval",
+              "p (one-sided, Holm)", "verdict"]
+    body = [[p.cell, f"{p.variant} vs {p.baseline}", f"{p.n} {'cells' if p.unit == 'cell means' else 'seeds'}",
+             " ".join(f"{d:+.2f}" for d in p.differences), _f(p.mean, 3, True), _iv(p.low, p.high),
+             _f(p.p_holm, 3), p.verdict] for p in pairs]
     return header, body
 
 
@@ -809,8 +898,10 @@ def table_b(cs: list[Cost]) -> tuple[list[str], list[list[str]]]:
 
 
 def table_c(ts: list[Tau]) -> tuple[list[str], list[list[str]]]:
-    header = ["cell", "measure", "Kendall tau-b", "p", "bootstrap 95%", "methods", "predicts the gap"]
-    body = [[t.cell, MEASURES[t.measure][0], _f(t.tau, 3, True), _f(t.p_value, 3), _iv(t.low, t.high),
+    header = ["cell", "measure", "Kendall tau-b", "p", "p (Holm)", "BCa bootstrap 95%", "methods",
+              "predicts the gap"]
+    body = [[t.cell, MEASURES[t.measure][0], _f(t.tau, 3, True), _f(t.p_value, 3), _f(t.p_holm, 3),
+             _iv(t.low, t.high) + (" (widened)" if "widened" in t.interval_method else ""),
              str(t.n_methods), "yes" if t.predicts else "no"] for t in ts]
     return header, body
 
@@ -834,8 +925,9 @@ def _verdicts(pairs: list[Paired], cs: list[Cost], ts: list[Tau], device: str,
     pooled = [p for p in pairs if p.cell == "pooled"]
     comp = [p.variant for p in pooled if p.verdict == "competitive"]
     notshown = [p.variant for p in pooled if p.verdict != "competitive"]
-    a = (f"Pooled over every cell, {len(comp)} of {len(pooled)} sparse variants are competitive by the definition "
-         f"fixed in advance (95% interval of the paired accuracy difference above -{COMPETITIVE_MARGIN:g} point)"
+    a = (f"Pooled over every cell (on cell means, t with cells - 1 df, Holm over the variants), {len(comp)} of "
+         f"{len(pooled)} sparse variants are competitive by the definition fixed in advance (paired accuracy "
+         f"difference shown above -{COMPETITIVE_MARGIN:g} point)"
          + (f": {', '.join(comp)}" if comp else "") + (f"; not shown for {', '.join(notshown)}" if notshown else "")
          + ".")
     noise = {c.cell: c for c in cs if (c.method, c.against) == NOISE_PAIR}
@@ -870,7 +962,7 @@ def _verdicts(pairs: list[Paired], cs: list[Cost], ts: list[Tau], device: str,
     pred = [f"{MEASURES[t.measure][0]} ({t.cell})" for t in ts if t.predicts]
     c = ("Best-ordering measure per cell: " + "; ".join(
         f"{cell}: {MEASURES[t.measure][0]} (tau {t.tau:+.2f}, p {_f(t.p_value, 2)})" for cell, t in best.items())
-        + ". " + (f"Measures that predict the gap (tau > 0, p < 0.05, bootstrap interval above 0): "
+        + ". " + (f"Measures that predict the gap (tau > 0, Holm p < 0.05, bootstrap interval above 0): "
                   f"{', '.join(pred)}." if pred else
                   "No measure predicts the gap by that test in any cell.")
         + (" Among them information-theoretic ones: " + (", ".join(p for p in pred if any(
@@ -952,9 +1044,14 @@ def build_report(preset: ClaimsPreset, out: Path, g: Gathered, command: str, sec
         "## Claim (a): the sparse variants are competitive with their matched baselines", "",
         "Test, defined before any run was looked at: for each sparse variant and each seed present for it and its "
         "parameter-matched baseline (cla, rcla, paca against asym; c3la, rc3la against rac), the difference of "
-        "test accuracy in points; mean and 95% Student-t interval over seeds, per cell and pooled over cells. "
-        f"**Competitive** means the interval's lower end is above -{COMPETITIVE_MARGIN:g} point; **worse** means "
-        f"its upper end is below -{COMPETITIVE_MARGIN:g}; otherwise **not shown**.", "",
+        "test accuracy in points; mean and 95% Student-t interval over seeds, per cell. **Pooled** rows are "
+        "computed on the cell means: one mean difference per cell, the t interval with cells - 1 degrees of "
+        "freedom (the seeds of one cell share its data and backbone, so they are not independent replicates "
+        "of the pooled question); this rule was fixed before the pooled rows were computed. "
+        f"**Competitive** means the one-sided t test of mean <= -{COMPETITIVE_MARGIN:g} point rejects at "
+        f"{ALPHA_A:g} after Holm's correction over the five variants (within each cell, and over the pooled "
+        f"rows); uncorrected, that is the interval's lower end above -{COMPETITIVE_MARGIN:g}. **Worse** means "
+        f"the upper end is below -{COMPETITIVE_MARGIN:g}; otherwise **not shown**.", "",
         markdown_table(ba, ha), "", f"**Verdict.** {verdict['a']}", "",
         f"![Claim (a)]({figure_ref}_a.png)", "",
         "## Claim (b): they save training time and memory", "",
@@ -971,9 +1068,12 @@ def build_report(preset: ClaimsPreset, out: Path, g: Gathered, command: str, sec
         markdown_table(bb, hb), "", f"**Verdict.** {verdict['b']}", "",
         "## Claim (c): the information-theoretic measures order the methods by their gap", "",
         "Test: Kendall tau-b between each measure's per-method mean and the per-method mean measured 0-1 gap "
-        "(test error - train error), per cell, with the two-sided p-value and a bootstrap 95% interval "
-        f"({BOOTSTRAP} resamples of each method's seeds, numpy seed {BOOTSTRAP_SEED}). A measure *predicts* the "
-        "gap when tau > 0, p < 0.05 and the interval lies above 0. Measures:", "",
+        "(test error - train error), per cell, with the two-sided p-value, its Holm correction over the "
+        f"measures of the cell, and a BCa bootstrap 95% interval ({BOOTSTRAP} resamples of each method's seeds, "
+        f"numpy seed {BOOTSTRAP_SEED}; scipy.stats.bootstrap). Where the BCa interval excludes tau (its "
+        "bootstrap distribution lies almost entirely on one side) it is widened to reach tau and marked "
+        "(widened), so every tau lies inside its interval. A measure *predicts* the gap when tau > 0, the Holm "
+        "p < 0.05 and the interval lies above 0. Measures:", "",
         *[f"- **{label}**: {what}" for label, what in MEASURES.values()], "",
         markdown_table(bc, hc), "", f"**Verdict.** {verdict['c']}", "",
         f"![Claim (c)]({figure_ref}_c.png)", ""]

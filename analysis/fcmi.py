@@ -33,7 +33,7 @@ PRESETS: dict[str, tuple[Preset, dict[str, int]]] = {
                    batch_size=32), {"n": 150, "masks": 8, "supersamples": 2}),
     "minilm": (Preset("fcmi-minilm", "all-MiniLM-L6-v2 on BBC News, r = 8, 32 tokens, 12 steps of 16",
                       backbone="minilm", dataset="bbc", rank=8, alpha=16.0, chain=3, lr=2e-3, lr_full=5e-5,
-                      steps=12, batch_size=16, max_length=32), {"n": 40, "masks": 4, "supersamples": 1}),
+                      steps=12, batch_size=16, max_length=32), {"n": 40, "masks": 4, "supersamples": 3}),
 }
 
 
@@ -141,12 +141,18 @@ def report(preset: Preset, plan: dict[str, int], results: dict[str, Any], comman
              f"Setting: {preset.description}. n = {plan['n']} pairs per supersample, {plan['masks']} masks x "
              f"{plan['supersamples']} supersample(s) per method. The f-CMI value estimates a bound on the "
              "**expected** 0-1 gap (over data and training randomness), from the plug-in mutual information of "
-             "each mask bit with the pair of predictions; it is not a certificate for one model, and with few "
-             "masks the plug-in estimate is biased upwards.", "",
-             "| method | f-CMI estimate (expected gap) | mean plug-in I (nats) | measured mean gap |",
-             "|---|---:|---:|---:|"]
+             "each mask bit with the pair of predictions; it is not a certificate for one model. The plug-in "
+             "estimate is biased, down when the information is high and up when it is low (docs/concepts.md, "
+             "the bias table); the last column gives the bias at each method's measured information for this "
+             "mask count. The interval is a 95% Student-t interval over the supersamples (none with one).", "",
+             "| method | f-CMI estimate (expected gap) | 95% interval over supersamples | mean plug-in I (nats) | "
+             "measured mean gap | plug-in bias at this I and mask count |",
+             "|---|---:|---|---:|---:|---|"]
     for m, e in results.items():
-        lines.append(f"| {m} | {e.bound:.3f} | {e.mean_mi:.3f} | {e.mean_gap:.3f} |")
+        iv = f"[{e.interval[0]:.3f}, {e.interval[1]:.3f}]" if e.interval else "- (one supersample)"
+        side = "" if e.bias is None else "down" if e.bias < -0.005 else "up" if e.bias > 0.005 else "small"
+        b = "-" if e.bias is None else f"{e.bias:+.3f} ({side})"
+        lines.append(f"| {m} | {e.bound:.3f} | {iv} | {e.mean_mi:.3f} | {e.mean_gap:.3f} | {b} |")
     lines.append("")
     return "\n".join(lines)
 

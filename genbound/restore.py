@@ -44,6 +44,9 @@ def dataset_spec(meta):
     from .datasets import get_dataset
 
     hp = meta.hyperparameters
+    if meta.dataset == "bbc" and "deduplicated" not in (meta.dataset_card or {}):
+        # trained before BBC News was deduplicated (genbound.datasets): the corpus as it then loaded
+        return get_dataset("bbc-raw")
     return get_dataset(meta.dataset, hp.get("text_columns"), hp.get("label_column"), hp.get("split_column"))
 
 

@@ -89,21 +89,41 @@ def _runs(out: Path) -> dict[tuple[str, int], dict]:
     return found
 
 
+def _holm_rejects(ps: dict[str, float], alpha: float) -> set[str]:
+    """Holm's step-down procedure as its definition states it: reject in ascending order while p_(i) <= alpha /
+    (m - i + 1), stop at the first that is not."""
+    out = set()
+    for i, (name, p) in enumerate(sorted(ps.items(), key=lambda kv: kv[1])):
+        if p > alpha / (len(ps) - i):
+            break
+        out.add(name)
+    return out
+
+
 def test_paired_difference_equals_an_independent_computation(report):
     out, doc, first = report
     runs = _runs(out)
+    pairs = {"cla": "asym", "rcla": "asym", "paca": "asym", "c3la": "rac", "rc3la": "rac"}
+    d = {v: [100 * (runs[(v, s)]["results"]["test_accuracy"] - runs[(b, s)]["results"]["test_accuracy"])
+             for s in (0, 1, 2)] for v, b in pairs.items()}
+    # one-sided t test of mean <= -1 per variant, Holm over the five at 0.025
+    ps = {v: float(stats.ttest_1samp(x, -1.0, alternative="greater").pvalue) if np.std(x) > 0
+          else (0.0 if np.mean(x) > -1 else 1.0) for v, x in d.items()}
+    rejected = _holm_rejects(ps, 0.025)
     for variant, baseline in (("cla", "asym"), ("rc3la", "rac")):
-        d = [100 * (runs[(variant, s)]["results"]["test_accuracy"] - runs[(baseline, s)]["results"]["test_accuracy"])
-             for s in (0, 1, 2)]
-        lo, hi = stats.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
+        lo, hi = stats.t.interval(0.95, 2, loc=np.mean(d[variant]), scale=stats.sem(d[variant]))
         row = next(p for p in first["claim_a"] if p["cell"] == "mlp-digits" and p["variant"] == variant)
         assert row["baseline"] == baseline
-        assert row["differences"] == pytest.approx(d, abs=1e-9)
-        assert (row["mean"], row["low"], row["high"]) == pytest.approx((np.mean(d), lo, hi), abs=1e-9)
-        expected = "competitive" if lo > -1 else "worse" if hi < -1 else "not shown"
+        assert row["differences"] == pytest.approx(d[variant], abs=1e-9)
+        assert (row["mean"], row["low"], row["high"]) == pytest.approx((np.mean(d[variant]), lo, hi), abs=1e-9)
+        expected = "competitive" if variant in rejected else "worse" if hi < -1 else "not shown"
         assert row["verdict"] == expected
         line = next(x for x in doc.read_text().splitlines() if x.startswith(f"| mlp-digits | {variant} vs "))
-        assert f"{np.mean(d):+.3g}" in line and expected in line
+        assert f"{np.mean(d[variant]):+.3g}" in line and expected in line
+    # the pooled rows are on cell means (one cell here: n = 1, no interval)
+    pooled = next(p for p in first["claim_a"] if p["cell"] == "pooled" and p["variant"] == "cla")
+    assert pooled["n"] == 1 and pooled["differences"] == pytest.approx([np.mean(d["cla"])])
+    assert pooled["unit"] == "cell means" and "cell means" in doc.read_text()
 
 
 def test_kendall_tau_equals_an_independent_computation(report):
@@ -235,8 +255,8 @@ def test_cells_trains_only_the_named_cells_and_writes_no_report(tmp_path, monkey
     assert full["trained"] == 8 and len(full["runs"]) == 16
     rows = {(p["cell"], p["variant"]): p for p in full["claim_a"]}
     assert set(rows) == {("mlp-a", "cla"), ("mlp-b", "cla"), ("pooled", "cla")}
-    assert rows[("pooled", "cla")]["differences"] == rows[("mlp-a", "cla")]["differences"] + \
-        rows[("mlp-b", "cla")]["differences"]
+    assert rows[("pooled", "cla")]["differences"] == pytest.approx(  # the pooled rows are on cell means
+        [np.mean(rows[("mlp-a", "cla")]["differences"]), np.mean(rows[("mlp-b", "cla")]["differences"])])
 
 
 def test_two_backbones_stay_apart_per_cell_and_pool_together():
@@ -247,7 +267,8 @@ def test_two_backbones_stay_apart_per_cell_and_pool_together():
     pairs = {(p.cell, p.variant): p for p in C.paired_differences(runs)}
     assert pairs[("minilm-bbc", "cla")].differences == pytest.approx([0.0, 0.1, 0.2])
     assert pairs[("l3-bbc", "cla")].differences == pytest.approx([-2.0, -1.9, -1.8])
-    assert pairs[("pooled", "cla")].n == 6
+    assert pairs[("pooled", "cla")].n == 2  # on cell means: one per cell, t with 1 df
+    assert pairs[("pooled", "cla")].differences == pytest.approx([0.1, -1.9])
     header, body = C.table_a(list(pairs.values()))
     assert [row[0] for row in body] == ["minilm-bbc", "l3-bbc", "pooled"]
 
@@ -282,3 +303,35 @@ def test_seed_spread_is_the_slowest_over_the_fastest_seed_of_one_method():
     spread = seed_spread(runs)
     assert spread["a"] == (3.0, "lora")
     assert "b" not in spread  # one timed seed per method: no spread to measure
+
+
+def test_holm_adjusted_p_values_by_hand():
+    assert C.holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    assert C.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    # the adjusted p is below alpha exactly for the hypotheses the step-down procedure rejects
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        ps = rng.uniform(0, 0.1, 5).tolist()
+        adj = C.holm(ps)
+        assert {i for i, p in enumerate(adj) if p <= 0.025} == _holm_rejects(dict(enumerate(ps)), 0.025)
+
+
+def test_every_reported_tau_lies_inside_its_bootstrap_interval(report):
+    _, doc, first = report
+    rows = [t for t in first["claim_c"] if t["tau"] is not None and t["low"] is not None]
+    assert rows
+    for t in rows:
+        assert t["low"] <= t["tau"] <= t["high"], t
+    # and on data built to push the bootstrap distribution to one side of the estimate: 5 methods whose means
+    # order perfectly but whose seeds overlap, so most resamples break ties the other way
+    rng = np.random.default_rng(1)
+    for trial in range(5):
+        runs = []
+        for i, m in enumerate(["lora", "asym", "cla", "rcla", "paca", "rac", "cola"]):
+            for s in range(3):
+                runs.append(_run("x", m, s, gap=0.01 * i + rng.normal(0, 0.03), stable_rank=float(rng.normal()),
+                                 intruders=float(i + rng.normal(0, 5))))
+        for t in C.taus(runs, {}, bootstrap=300, seed=trial):
+            if t.tau is not None and t.low is not None:
+                assert t.low <= t.tau <= t.high
+                assert t.interval_method in ("BCa", "BCa widened to the estimate")

@@ -44,7 +44,7 @@ def test_list_json_reports_sizes(capsys):
     assert main(["list", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     sizes = {d["name"]: d["examples"] for d in out["datasets"]}
-    assert sizes == {"bbc": 2225, "digits": 896, "tweets": 37185}
+    assert sizes == {"bbc": 2122, "bbc-raw": 2225, "digits": 896, "tweets": 37185}
     assert {b["name"] for b in out["backbones"]} == {"minilm", "paraphrase-minilm-l3", "mlp"}
     from genbound.methods import METHODS
 
@@ -175,4 +175,4 @@ def test_defaults_load_with_network_disabled():
     env["HF_HUB_OFFLINE"] = "1"
     proc = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "OFFLINE-OK {'train': 1558, 'val': 223, 'test': 444}" in proc.stdout
+    assert "OFFLINE-OK {'train': 1486, 'val': 212, 'test': 424}" in proc.stdout  # BBC News deduplicated

@@ -2,9 +2,11 @@
 
 The message, written bit by bit (:class:`BitWriter`), is
 
-1. the index of the run's configuration in a hyperparameter grid declared before training
-   (:class:`HyperGrid`): ceil(log2 |grid|) bits. It fixes the method, chain length k, subspace dimension d
-   and the number of quantization levels L, hence every link's dimension d_j (genbound.subspace.link_dims);
+1. the run's configuration in a hyperparameter grid declared before training (:class:`HyperGrid`, the
+   versioned file genbound/assets/certificate-grid.json): per axis, the value's position, in ceil(log2 |axis|)
+   bits ("uniform") or as the Elias gamma code of the 1-based position ("gamma"). It fixes the method, chain
+   length k, subspace dimension d, the number of quantization levels L (hence every link's dimension d_j,
+   genbound.subspace.link_dims) and every other setting the decoder needs (max length, rank, alpha, seed);
 2. for each link j:
    * the number of codebook levels used, L_j in 1..L: ceil(log2 L) bits;
    * the codebook: L_j float16 values, 16 bits each, ascending;
@@ -64,6 +66,15 @@ class BitWriter:
         self.write(0, b - 1)
         self.write(n, b)
 
+    def delta(self, n: int) -> None:
+        """Elias delta code of n >= 1: the gamma code of its bit length, then n without its leading 1
+        (Elias 1975; length floor(log2 n) + 2 floor(log2(floor(log2 n) + 1)) + 1)."""
+        if n < 1:
+            raise GenboundError(f"Elias delta codes positive integers, got {n}")
+        b = n.bit_length()
+        self.gamma(b)
+        self.write(n - (1 << (b - 1)), b - 1)
+
     def to_bytes(self) -> bytes:
         pad = (-self.nbits) % 8
         return (self.value << pad).to_bytes((self.nbits + pad) // 8, "big")
@@ -90,6 +101,23 @@ class BitReader:
             if zeros > 64:
                 raise GenboundError("corrupt message: an Elias gamma code longer than 64 bits")
         return (1 << zeros) | self.read(zeros)
+
+    def delta(self) -> int:
+        b = self.gamma()
+        if b > 4096:
+            raise GenboundError("corrupt message: an Elias delta code of a number over 4096 bits")
+        return (1 << (b - 1)) | self.read(b - 1)
+
+
+def gamma_length(n: int) -> int:
+    """Bits of the Elias gamma code of n >= 1: 2 floor(log2 n) + 1."""
+    return 2 * (int(n).bit_length() - 1) + 1
+
+
+def delta_length(n: int) -> int:
+    """Bits of the Elias delta code of n >= 1: floor(log2 n) + 2 floor(log2(floor(log2 n) + 1)) + 1."""
+    b = int(n).bit_length()
+    return (b - 1) + gamma_length(b)
 
 
 def width(choices: int) -> int:
@@ -120,34 +148,99 @@ def unrank_composition(rank: int, n: int, parts: int) -> list[int]:
 # -- the grid ----------------------------------------------------------------------------------------------
 
 
+CODES = ("uniform", "gamma")
+GRID_FORMAT = "genbound-certificate-grid"
+
+
+def _same(a: Any, v: Any) -> bool:
+    if a is None or v is None:
+        return a is None and v is None
+    if isinstance(a, (list, tuple)) or isinstance(v, (list, tuple)):
+        return list(a) == list(v) if isinstance(a, (list, tuple)) and isinstance(v, (list, tuple)) else False
+    if isinstance(a, float) and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return math.isclose(a, v, rel_tol=1e-9)
+    return a == v
+
+
 @dataclass(frozen=True)
 class HyperGrid:
-    """Hyperparameter values declared before training: name -> the allowed values, in order."""
+    """Hyperparameter values declared before training: name -> the allowed values, in order, each axis with
+    its prefix code ("uniform": a ceil(log2 |axis|)-bit index; "gamma": the Elias gamma code of the 1-based
+    position, 2 floor(log2 i) + 1 bits). Each axis' code is prefix-free and the axes come in a fixed order,
+    so the whole configuration's code is prefix-free (Kraft sum <= 1)."""
 
     values: tuple[tuple[str, tuple[Any, ...]], ...]
+    codes: tuple[str, ...] = ()
+    version: int | None = None
+    digest: str | None = None  # sha256 of the grid file the grid was read from
+    defaults: tuple[tuple[str, Any], ...] = ()  # declared training defaults (train --subspace-dim)
+
+    def __post_init__(self) -> None:
+        if not self.codes:
+            object.__setattr__(self, "codes", tuple("uniform" for _ in self.values))
+        if len(self.codes) != len(self.values) or any(c not in CODES for c in self.codes):
+            raise GenboundError(f"a grid needs one code per axis from {', '.join(CODES)}, got {self.codes}")
 
     @classmethod
-    def of(cls, mapping: dict[str, list]) -> HyperGrid:
-        return cls(tuple((k, tuple(v)) for k, v in mapping.items()))
+    def of(cls, mapping: dict[str, list], codes: dict[str, str] | None = None) -> HyperGrid:
+        codes = codes or {}
+        return cls(tuple((k, tuple(v)) for k, v in mapping.items()), tuple(codes.get(k, "uniform") for k in mapping))
+
+    @classmethod
+    def from_file(cls, path) -> HyperGrid:
+        """The grid of a declared grid file (genbound/assets/certificate-grid.json), with its version and the
+        sha256 of its bytes; a file of another format is refused."""
+        import hashlib
+        import json
+        from pathlib import Path
+
+        raw = Path(path).read_bytes()
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise GenboundError(f"{path} is not a JSON grid file: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != GRID_FORMAT or not isinstance(data.get("axes"), list):
+            raise GenboundError(f"{path} is not a {GRID_FORMAT} file (format, version and axes)")
+        axes = data["axes"]
+        for ax in axes:
+            if not isinstance(ax, dict) or not isinstance(ax.get("name"), str) or not ax.get("values"):
+                raise GenboundError(f"{path}: every axis needs a name and a non-empty list of values")
+        return cls(tuple((ax["name"], tuple(tuple(v) if isinstance(v, list) else v for v in ax["values"]))
+                         for ax in axes),
+                   tuple(ax.get("code", "uniform") for ax in axes), int(data.get("version", 0)),
+                   "sha256:" + hashlib.sha256(raw).hexdigest(), tuple(dict(data.get("train_defaults", {})).items()))
 
     @property
     def size(self) -> int:
         return math.prod(len(v) for _, v in self.values)
 
     @property
+    def _uniform_size(self) -> int:
+        return math.prod(len(v) for (_, v), c in zip(self.values, self.codes) if c == "uniform")
+
+    @property
     def bits(self) -> int:
-        return width(self.size)
+        """The longest configuration code: the uniform axes' joint index, then each gamma axis' last value."""
+        return width(self._uniform_size) + sum(gamma_length(len(v)) for (_, v), c in zip(self.values, self.codes)
+                                               if c == "gamma")
+
+    def positions(self, config: dict[str, Any]) -> list[int]:
+        """The position of each axis' value; a value outside the grid is refused with the axis' values."""
+        out = []
+        for name, allowed in self.values:
+            v = config.get(name)
+            hits = [i for i, a in enumerate(allowed) if _same(a, v)]
+            if not hits:
+                shown = ", ".join("none" if a is None else str(a) for a in allowed)
+                raise GenboundError(f"{name} = {v!r} is not in the hyperparameter grid declared before training "
+                                    f"({shown}); train with a declared value")
+            out.append(hits[0])
+        return out
 
     def index(self, config: dict[str, Any]) -> int:
         idx = 0
-        for name, allowed in self.values:
-            v = config.get(name)
-            hits = [i for i, a in enumerate(allowed) if a == v or (isinstance(a, float) and isinstance(v, (int, float))
-                                                                   and math.isclose(a, v, rel_tol=1e-9))]
-            if not hits:
-                raise GenboundError(f"{name} = {v!r} is not in the hyperparameter grid declared before training "
-                                    f"({', '.join(map(str, allowed))}); train with a declared value")
-            idx = idx * len(allowed) + hits[0]
+        for (_, allowed), i in zip(self.values, self.positions(config)):
+            idx = idx * len(allowed) + i
         return idx
 
     def config(self, index: int) -> dict[str, Any]:
@@ -159,8 +252,59 @@ class HyperGrid:
             out[name] = allowed[i]
         return dict(reversed(list(out.items())))
 
+    def _uniform_index(self, pos: list[int]) -> int:
+        idx = 0
+        for (_, allowed), c, i in zip(self.values, self.codes, pos):
+            if c == "uniform":
+                idx = idx * len(allowed) + i
+        return idx
+
+    def length(self, config: dict[str, Any]) -> int:
+        """Bits of ``config``'s code."""
+        pos = self.positions(config)
+        return width(self._uniform_size) + sum(gamma_length(i + 1) for c, i in zip(self.codes, pos) if c == "gamma")
+
+    def write(self, out: BitWriter, config: dict[str, Any]) -> None:
+        """The uniform axes' joint mixed-radix index in ceil(log2 prod |axis|) bits, then each gamma axis'
+        Elias gamma code, in the file's order."""
+        pos = self.positions(config)
+        out.write(self._uniform_index(pos), width(self._uniform_size))
+        for c, i in zip(self.codes, pos):
+            if c == "gamma":
+                out.gamma(i + 1)
+
+    def read(self, inp: BitReader) -> dict[str, Any]:
+        idx = inp.read(width(self._uniform_size))
+        if idx >= self._uniform_size:
+            raise GenboundError(f"corrupt message: grid index {idx} is outside the {self._uniform_size} declared "
+                                "choices")
+        pos: dict[str, int] = {}
+        for name, allowed in reversed([(n, v) for (n, v), c in zip(self.values, self.codes) if c == "uniform"]):
+            idx, pos[name] = divmod(idx, len(allowed))
+        out = {}
+        for (name, allowed), c in zip(self.values, self.codes):
+            i = pos[name] if c == "uniform" else inp.gamma() - 1
+            if not 0 <= i < len(allowed):
+                raise GenboundError(f"corrupt message: position {i} of grid axis {name} (it has {len(allowed)} "
+                                    "values)")
+            out[name] = allowed[i]
+        return out
+
+    def kraft_sum(self) -> float:
+        """sum over every configuration of 2^-length (at most 1 for a prefix-free code; a check)."""
+        total = self._uniform_size * 2.0 ** -width(self._uniform_size)
+        for (_, v), c in zip(self.values, self.codes):
+            if c == "gamma":
+                total *= sum(2.0 ** -gamma_length(i) for i in range(1, len(v) + 1))
+        return total
+
     def to_dict(self) -> dict[str, list]:
         return {k: list(v) for k, v in self.values}
+
+    def describe(self) -> dict[str, Any]:
+        """What a certificate records of the grid: version, digest, axes with their codes."""
+        return {"version": self.version, "digest": self.digest,
+                "axes": {k: {"values": list(v), "code": c} for (k, v), c in zip(self.values, self.codes)}}
 
     def __iter__(self):
         names = [k for k, _ in self.values]
@@ -256,15 +400,14 @@ def encode(links: list[QuantizedVector], grid: HyperGrid, config: dict[str, Any]
 
     from ..subspace import link_dims
 
-    index = grid.index(config)
-    cfg = grid.config(index)
+    cfg = grid.config(grid.index(config))
     dims = link_dims(int(cfg["subspace_dim"]), int(cfg["chain"]))
     max_levels = int(cfg["levels"])
     if [q.symbols.size for q in links] != dims:
         raise GenboundError(f"the links have {[q.symbols.size for q in links]} numbers, the grid's d and k say {dims}")
     out, bits = BitWriter(), Bits()
-    out.write(index, grid.bits)
-    bits.hyperparameters = grid.bits
+    grid.write(out, config)
+    bits.hyperparameters = out.nbits
     for q in links:
         L, n = int(q.centers.size), int(q.symbols.size)
         if not 1 <= L <= max_levels:
@@ -303,7 +446,7 @@ def decode(message: Message | tuple[bytes, int], grid: HyperGrid) -> tuple[dict[
 
     data, nbits = (message.data, message.nbits) if isinstance(message, Message) else message
     inp = BitReader(data, nbits)
-    cfg = grid.config(inp.read(grid.bits))
+    cfg = grid.read(inp)
     dims = link_dims(int(cfg["subspace_dim"]), int(cfg["chain"]))
     max_levels = int(cfg["levels"])
     links = []

@@ -10,11 +10,11 @@ tensors relative to their data-independent starting point theta_0 (pretrained W0
 drawn from the recorded seed), so only the update Delta = theta - theta_0 is coded:
 
 * each tensor's Delta is quantized to a small codebook (1-D k-means, or a uniform grid between min and max);
-* the symbols are arithmetic-coded: the ideal length is sum_c -n_c log2(n_c / n) = n H(counts) bits, plus
-  2 bits of coder termination per tensor; the codebook (32 bits per level) and the counts
-  (ceil(log2(n + 1)) bits per level) are sent too;
-* the quantizer choice (kind, number of levels) is one of a fixed grid, coded in log2(#choices) bits, and
-  the length is made prefix-free: K' = K + 2 log2 K + log2(#choices).
+* the message (genbound.bounds.occam_code) is a real prefix-free code, decoded again before the bound is
+  computed: the quantizer choice (kind, number of levels) as a fixed-width index into the declared grid, then per
+  tensor the levels it uses (coded), its float32 codebook, the rank of its symbol counts, the Elias delta code
+  of its stream's length in 32-bit words, and the range-coded symbols (constriction). K is the message's
+  length in bits, every bit counted; no ideal entropy length and no length prefix outside the code.
 
 R_hat is the 0-1 error of the *quantized* model on the training set (the model is rebuilt with the
 quantized tensors), so the bound is about the model the code describes, not the trained one.
@@ -26,6 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,6 +35,7 @@ from ..errors import GenboundError
 from ..evalset import EvalSet
 from .common import check_positive, check_probability, kl_inverse_upper, vacuity_note
 from .hypothesis import Hypothesis
+from .occam_code import CodedTensor, decode_tensors, encode_tensors, normalize
 
 CODEBOOK_BITS = 32  # each codebook level stored as a float32
 
@@ -52,11 +54,21 @@ def occam_bound(train_error: float, bits: float, n: int, delta: float = 0.05) ->
     return kl_inverse_upper(float(train_error), occam_kl_budget(bits, n, delta))
 
 
-def prefix_free_bits(bits: float, choices: int = 1) -> float:
-    """K + 2 log2 K + log2(#choices): a prefix-free length for a K-bit message and a hyperparameter index."""
+def prefix_free_bits(bits: float, choices: int = 1) -> int:
+    """ceil(K) + len_delta(ceil(K)) + ceil(log2 #choices): the length of a K-bit message made prefix-free by the
+    Elias delta code of its length, after a fixed-width hyperparameter index. Kraft: over every K >= 1 and its
+    2^K messages, sum_K 2^K 2^-(K + len_delta(K)) = sum_K 2^-len_delta(K) <= 1 (the 2 log2 K prefix this
+    replaces sums to pi^2 / 6 > 1)."""
+    from .codec import delta_length
+
     if choices < 1:
         raise GenboundError(f"the number of hyperparameter choices must be >= 1, got {choices}")
-    return bits + (2.0 * math.log2(bits) if bits > 1 else 0.0) + math.log2(choices)
+    k = max(1, math.ceil(bits))
+    return k + delta_length(k) + width_of(choices)
+
+
+def width_of(choices: int) -> int:
+    return (choices - 1).bit_length() if choices > 1 else 0
 
 
 def quantize(t: Tensor, levels: int, kind: str = "kmeans", iters: int = 30) -> tuple[Tensor, Tensor]:
@@ -113,7 +125,8 @@ class CodeLength:
 
 
 def code_length(symbols: Tensor, levels: int) -> CodeLength:
-    """Ideal arithmetic-code length of ``symbols`` given their counts, plus codebook and counts."""
+    """Ideal arithmetic-code length of ``symbols`` given their counts, plus codebook and counts (an estimate,
+    for comparison; the bound counts the real message of genbound.bounds.occam_code)."""
     n = int(symbols.numel())
     counts = torch.bincount(symbols.reshape(-1), minlength=levels).to(torch.float64)
     p = counts[counts > 0] / max(n, 1)
@@ -135,8 +148,8 @@ def error_limit(chance_error: float | None) -> tuple[float, str]:
 class CompressionCandidate:
     kind: str
     levels: int
-    message_bits: float  # K before the prefix-free overhead
-    total_bits: float  # K'
+    message_bits: float  # the tensors' part of the message
+    total_bits: float  # K: the whole prefix-free message, grid index included
     train_error: float  # on the quantized model
     kl_budget: float
     bound: float
@@ -172,9 +185,10 @@ def compression_bound(hyp: Hypothesis, train: EvalSet, delta: float = 0.05,
                       progress: bool | None = None, chance_error: float | None = None) -> CompressionBound:
     """Occam bound for the hypothesis ``hyp`` (trained tensors and their data-independent start theta_0).
     Each (kind, levels) of the grid quantizes every Delta = theta - theta_0, codes it, evaluates the
-    quantized model on ``train`` and inverts the kl; the best is returned, with log2(len(grid)) bits in K'
-    paying for the choice. The bound is called vacuous when it reaches ``chance_error`` (1 - 1/classes: a
-    uniform random guess does that well) or 1 when that is not given."""
+    quantized model on ``train`` and inverts the kl; the best is returned, with the fixed-width grid index
+    in the message paying for the choice (K is the length of the real message, genbound.bounds.occam_code).
+    The bound is called vacuous when it reaches ``chance_error`` (1 - 1/classes: a uniform random guess does
+    that well) or 1 when that is not given."""
     from tqdm.auto import tqdm
 
     delta = check_probability(delta, "delta", "--delta")
@@ -190,18 +204,35 @@ def compression_bound(hyp: Hypothesis, train: EvalSet, delta: float = 0.05,
     err_orig = hyp.error(train, None, batch_size, device)
     candidates: list[CompressionCandidate] = []
     best = None
-    for kind, lv in tqdm(grid, desc="compression grid", disable=(None if progress is None else not progress)):
+    names = list(hyp.trained)
+    for choice, (kind, lv) in enumerate(tqdm(grid, desc="compression grid",
+                                              disable=(None if progress is None else not progress))):
         tensors: dict[str, Tensor] = {}
-        codes: dict[str, CodeLength] = {}
-        for name, value in hyp.trained.items():
+        coded: list[CodedTensor] = []
+        for name in names:
+            value = hyp.trained[name]
             ref = hyp.reference[name].to(device=value.device, dtype=torch.float64)
             centers, sym = quantize(value.to(torch.float64) - ref, lv, kind)
-            codes[name] = code_length(sym, int(centers.numel()))
-            # The codebook is sent as float32: rebuild from the rounded levels.
-            q = centers.to(torch.float32).to(torch.float64)[sym].reshape(ref.shape)
+            coded.append(normalize(centers.cpu().numpy(), sym.cpu().numpy()))
+        msg = encode_tensors(coded, choice, len(grid), lv)
+        # The model is rebuilt from the decoded message, never from the encoder's copy.
+        got_choice, decoded = decode_tensors(msg.data, [t.symbols.size for t in coded], len(grid),
+                                             lambda c: grid[c][1])
+        if got_choice != choice or any(not (np.array_equal(a.centers, b.centers) and np.array_equal(a.symbols,
+                                                                                                      b.symbols))
+                                       for a, b in zip(coded, decoded)):
+            raise GenboundError("internal error: the decoded Occam message differs from what was encoded")
+        codes: dict[str, CodeLength] = {}
+        for name, t, tb in zip(names, decoded, msg.tensors):
+            value = hyp.trained[name]
+            ref = hyp.reference[name].to(device=value.device, dtype=torch.float64)
+            q = torch.from_numpy(t.centers[t.symbols].astype(np.float64)).to(ref.device).reshape(ref.shape)
             tensors[name] = (ref + q).to(value.dtype)
-        k_bits = sum(c.total for c in codes.values())
-        total = prefix_free_bits(k_bits, len(grid))
+            codes[name] = CodeLength(numel=int(t.symbols.size), levels=int(t.centers.size), data_bits=tb.stream,
+                                     coder_bits=tb.levels + tb.stream_length, codebook_bits=tb.codebook,
+                                     counts_bits=tb.counts)
+        total = msg.nbits
+        k_bits = total - msg.choice_bits
         err = hyp.error(train, tensors, batch_size, device)
         budget = occam_kl_budget(total, n, delta)
         bnd = kl_inverse_upper(err, budget)
@@ -218,6 +249,7 @@ def compression_bound(hyp: Hypothesis, train: EvalSet, delta: float = 0.05,
         bound=cand.bound, vacuous=cand.bound >= limit, verdict=vacuity_note(cand.bound, limit, limit_what),
         tensors=codes, candidates=candidates,
         assumed={"delta": delta, "codebook": f"{CODEBOOK_BITS}-bit floats per level",
+                 "code": "the prefix-free message of genbound.bounds.occam_code, decoded before evaluation",
                  "theta_0": "data-independent start (pretrained W0, B0 = 0, seeded A0 and head)",
                  "i.i.d.": "training examples drawn i.i.d. from the test distribution"},
         measured={"train error of the quantized model": cand.train_error, "N": n,

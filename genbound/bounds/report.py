@@ -314,7 +314,8 @@ def format_text(report: BoundsReport) -> str:
     if c is not None:
         parts.append(
             f"Compression (Occam) bound: {c.kind} quantizer, {c.levels} levels, {c.n_params} coded parameters, "
-            f"K' = {c.total_bits:.0f} bits; train error of the quantized model {c.train_error_quantized:.4g} "
+            f"K = {c.total_bits:.0f} bits (a prefix-free message, decoded back); train error of the quantized model "
+            f"{c.train_error_quantized:.4g} "
             f"(unquantized {c.train_error_original:.4g}), N = {c.n_train}, delta = {c.delta:g}\n"
             f"  test error <= {c.bound:.4g}: {c.verdict}")
     p = report.pac_bayes

@@ -50,11 +50,13 @@ def run(args) -> int:
         print_json(cert.to_dict())
         return 0
     b = cert.bits_breakdown
-    rows = [["method", cert.method], ["subspace dimension d", cert.d], ["levels L", cert.levels],
+    rows = [["checkpoint", cert.checkpoint], ["method", cert.method], ["subspace dimension d", cert.d],
+            ["levels L", cert.levels],
             ["bits K (prefix-free message)", cert.bits],
             ["  symbols (range-coded)", b["symbols"]], ["  codebook (float16)", b["codebook"]],
             ["  counts", b["counts"]], ["  hyperparameter grid index", b["hyperparameters"]],
             ["  levels used + stream length", b["levels"] + b["stream_length"]],
+            ["declared grid", f"version {cert.grid_version}, {cert.grid_digest[:19]}"],
             ["training examples N", cert.n], ["delta", cert.delta],
             ["train error (decoded model)", cert.train_error], ["certified test error", cert.bound],
             ["measured test error (decoded model)", cert.test_error],
@@ -70,8 +72,12 @@ def run(args) -> int:
                   f"{sm['train_loss']:.4g} / {sm['test_loss']:.4g}" if sm["test_loss"] is not None
                   else f"{sm['train_loss']:.4g} / -"],
                  ["  ln V (the uniform prediction's loss)", sm["chance_loss"]]]
+    print(cert.statement + "\n")
     print(format_table(rows, ["quantity", "value"]))
     print(f"\n{cert.verdict}")
     if sm:
         print(f"smoothed cross-entropy: {sm['verdict']}")
+    print("\nAssumptions:")
+    for a in cert.assumptions:
+        print(f"- {a}")
     return 0

@@ -57,7 +57,9 @@ def add_setting_arguments(p, method_required: bool = True) -> None:
     # would pass the mutual exclusion silently.
     budget.add_argument("--epochs", type=int, default=None, help="passes over the training split (default 1)")
     budget.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--lr", type=float, default=5e-4, help="learning rate (default 5e-4)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"learning rate (default 5e-4; with --subspace-dim {default_lr(1):g}, the declared certificate "
+                        "grid's default, so that the run can be certified)")
     p.add_argument("--lr-ratio", type=float, default=None, help="LoRA+ lr(B)/lr(A) (default 16, lora_plus only)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128, help="tokens per example for text datasets")
@@ -80,13 +82,27 @@ def add_setting_arguments(p, method_required: bool = True) -> None:
     p.add_argument("--split-seed", type=int, default=0)
 
 
+def default_lr(subspace_dim: int | None) -> float:
+    """5e-4, or for a subspace run the declared certificate grid's training default (so that the default run
+    is one `genbound certify` accepts; genbound/assets/certificate-grid.json, read as JSON so that --help
+    imports no torch)."""
+    if subspace_dim is None:
+        return 5e-4
+    import json
+    from pathlib import Path
+
+    grid = Path(__file__).resolve().parent.parent / "assets" / "certificate-grid.json"
+    return float(json.loads(grid.read_text(encoding="utf-8"))["train_defaults"]["lr"])
+
+
 def config_from_args(args, method: str | None = None):
     """The TrainConfig the setting options describe (``method`` overrides --method)."""
     from ..train import TrainConfig
 
     return TrainConfig(
         method=method or args.method, backbone=args.backbone, dataset=args.dataset, rank=args.rank, alpha=args.alpha,
-        chain=args.chain, epochs=1 if args.epochs is None else args.epochs, steps=args.steps, lr=args.lr,
+        chain=args.chain, epochs=1 if args.epochs is None else args.epochs, steps=args.steps,
+        lr=default_lr(args.subspace_dim) if args.lr is None else args.lr,
         lr_ratio=args.lr_ratio,
         batch_size=args.batch_size, max_length=args.max_length, warmup=args.warmup,
         weight_decay=args.weight_decay, clip=args.clip, targets=args.target_regex or args.targets,
