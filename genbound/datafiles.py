@@ -40,6 +40,10 @@ SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "valid": "va
 CARVE_FRACTION = 0.1  # validation carved from train when the data has no validation split
 
 
+class MissingColumnError(GenboundError):
+    """The data lacks a column the task needs (a label column for a classifier): data of another task, perhaps."""
+
+
 @dataclass
 class FileData:
     """Raw examples and labels of a dataset read from files, and how it was split."""
@@ -186,7 +190,7 @@ def _rows(path: Path, parts: dict, text_columns: list[str], other_columns: list[
         for col in [*text_columns, *other_columns, *([split_column] if split_column else [])]:
             if col not in ds.column_names:
                 where = f"{path}" + ("" if name == "all" else f" (split '{name}')")
-                raise GenboundError(f"{where} has no column '{col}'; choose from {', '.join(ds.column_names)}")
+                raise MissingColumnError(f"{where} has no column '{col}'; choose from {', '.join(ds.column_names)}")
     texts: list[list] = []
     others: dict[str, list] = {c: [] for c in other_columns}
     split_of: list[str] = []
@@ -241,12 +245,12 @@ def read_data(path: str | Path, text_columns: list[str] | None = None, label_col
     columns = list(first.column_names)
     label_column = label_column or ("label" if "label" in columns else None)
     if label_column is None:
-        raise GenboundError(f"{path} has no column 'label'; name the label column with --label-column "
+        raise MissingColumnError(f"{path} has no column 'label'; name the label column with --label-column "
                             f"(columns: {', '.join(columns)})")
     if not text_columns:
         text_columns = [c for c in ("text", "sentence") if c in columns][:1]
         if not text_columns:
-            raise GenboundError(f"{path} has no column 'text'; name the text column(s) with --text-columns a[,b] "
+            raise MissingColumnError(f"{path} has no column 'text'; name the text column(s) with --text-columns a[,b] "
                                 f"(columns: {', '.join(columns)})")
     if len(text_columns) > 2:
         raise GenboundError(f"--text-columns takes one column or a pair, got {len(text_columns)}")
@@ -292,7 +296,7 @@ def read_texts(path: str | Path, text_columns: list[str] | None = None, split_co
     if not text_columns:
         text_columns = [c for c in ("text", "sentence", "content") if c in columns][:1]
         if not text_columns:
-            raise GenboundError(f"{path} has no column 'text'; name the text column with --text-columns NAME "
+            raise MissingColumnError(f"{path} has no column 'text'; name the text column with --text-columns NAME "
                                 f"(columns: {', '.join(columns)})")
     if len(text_columns) > 2:
         raise GenboundError(f"--text-columns takes one column or a pair, got {len(text_columns)}")

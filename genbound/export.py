@@ -52,9 +52,12 @@ from .errors import GenboundError
 PEFT_PREFIX = "base_model.model."
 
 
-def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
+def export_peft(checkpoint, out: str | Path, overwrite: bool = False, backbone: str | None = None,
+                dataset: str | None = None) -> dict:
     """Write ``checkpoint`` (a path or a loaded genbound Checkpoint) as a peft adapter folder ``out``;
-    returns the adapter config written."""
+    returns the adapter config written. ``backbone`` / ``dataset``: where a moved run's model folder and data
+    are now (checked by fingerprint, genbound.provenance); the adapter's base_model_name_or_path is then the
+    model folder's new place."""
     import json
 
     from safetensors.torch import save_file
@@ -64,7 +67,7 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
     from .causal_lm import is_causal_model
     from .checkpoint import load_checkpoint
 
-    ck = load_checkpoint(checkpoint)
+    ck = load_checkpoint(checkpoint, backbone, dataset)
     meta = ck.meta
     if not ck.method.adapter:
         raise GenboundError(f"{ck.path}: method {meta.method} trains every weight, so it has no adapter to export; "
@@ -147,6 +150,7 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
             "backbone": meta.backbone, "fingerprint": meta.fingerprint, "dataset": meta.dataset,
             "n_train": meta.n_train, "split_seed": meta.split_seed, "split_digest": meta.split_digest,
             "seed": meta.seed, "paca_columns": meta.paca_columns, "genbound_names": task_model,
+            "sources": meta.sources,
         },
     }
     with atomic_directory(out, overwrite=True) as tmp:
