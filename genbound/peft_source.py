@@ -248,7 +248,7 @@ class PeftSource:
             try:
                 splits = self.data.load(self.backbone)
             except MissingColumnError as exc:  # data of another task: say which task was assumed and why
-                raise GenboundError(f"{exc}; {self.path} was {task_hint(self.backbone.task, self.task_reason)}"
+                raise GenboundError(f"{exc}; {self.path} is {task_hint(self.backbone.task, self.task_reason)}"
                                     ) from None
             if self.backbone.task != "causal-lm" and splits.num_labels != self.meta.num_labels:
                 raise GenboundError(f"dataset {splits.name} has {splits.num_labels} classes but the adapter's "

@@ -56,8 +56,9 @@ def check_checkpoint_task(meta, where: Path | str, task: str) -> None:
     """Refuse ``--task`` other than the task a genbound checkpoint was trained for."""
     trained = checkpoint_task(meta)
     if task != trained:
-        raise CheckpointError(f"{where} was trained as {trained}, so it cannot be evaluated as {task}; drop --task "
-                              f"(or pass --task {trained})")
+        hint = f" (or pass --task {trained})" if trained in READ_TASKS else ""
+        raise CheckpointError(f"{where} was trained as {trained}, so it cannot be evaluated as {task}; drop "
+                              f"--task{hint}")
 
 
 def _config(folder: Path | str | None) -> dict:
@@ -94,7 +95,12 @@ def peft_task(task_type: str | None, saved_modules: list[str], base_folder: Path
     return None, f"the adapter records no task_type, saves no classifier and the base model is {what}"
 
 
+TASK_WORDS = {"seq-cls": "a sequence classifier", "image-cls": "an image classifier",
+              "causal-lm": "a causal language model", "pooled": "a mean-pooled encoder with a linear head"}
+
+
 def task_hint(task: str, why: str) -> str:
-    """What to say when data does not fit the task assumed."""
-    others = [t for t in ("seq-cls", "causal-lm", "image-cls") if t != task]
-    return (f"evaluated as {task} ({why}); pass --task {' or --task '.join(others)} to evaluate it as another task")
+    """What to say when data does not fit the task assumed: the task, why it was assumed, how to choose another."""
+    other = {"seq-cls": "causal-lm", "causal-lm": "seq-cls", "image-cls": "seq-cls"}.get(task, "seq-cls")
+    return (f"evaluated as {TASK_WORDS.get(task, task)} (task {task}: {why}); to evaluate it as "
+            f"{TASK_WORDS[other]}, pass --task {other}")
