@@ -71,7 +71,7 @@ class CompareReport:
         raise KeyError((section, quantity))
 
     def to_dict(self) -> dict:
-        return to_jsonable(self)
+        return {"source": [self.a, self.b], **to_jsonable(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> CompareReport:

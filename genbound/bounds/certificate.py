@@ -91,6 +91,7 @@ class Certificate:
     assumed: dict[str, str] = field(default_factory=dict)
     pac_bayes: dict[str, Any] | None = None
     smoothed: dict[str, Any] | None = None  # the prediction-smoothed cross-entropy bound (bounds.smoothed)
+    source: dict[str, Any] = field(default_factory=dict)  # the checkpoint certified: path, backbone, dataset
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -333,6 +334,8 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
                          "other option fixed before training",
                  "theta_0": "data-independent: pretrained weights, adapters and head drawn from the recorded seed"},
         pac_bayes=pb, smoothed=smoothed,
+        source={"checkpoint": str(getattr(ckpt, "path", "")), "backbone": m.backbone, "dataset": m.dataset,
+                "fingerprint": m.fingerprint},
     )
 
 

@@ -28,7 +28,7 @@ def run(args) -> int:
     config = export_peft(args.checkpoint, args.peft, overwrite=args.overwrite, backbone=args.backbone,
                          dataset=args.dataset)
     if args.json:
-        print_json({"adapter": args.peft, "config": config})
+        print_json({"source": args.checkpoint, "adapter": args.peft, "config": config})
         return 0
     g = config["genbound"]
     print(f"wrote peft LoRA adapter {args.peft}: method {g['method']} as r = {config['r']}, lora_alpha = "

@@ -109,7 +109,7 @@ def run(args) -> int:
         intr = intruders(ckpt.base_weights(), updates, k=k, eps=eps, sweep=sweep, method=args.intruder_method,
                          device=device, progress=progress_of(args))
     meta = ckpt.meta
-    header = {"checkpoint": str(path), "format": kind, "method": meta.method, "rank": meta.rank,
+    header = {"source": str(path), "checkpoint": str(path), "format": kind, "method": meta.method, "rank": meta.rank,
               "alpha": meta.alpha, "backbone": meta.backbone, "layers": len(updates)}
     if args.json:
         print_json({**header, "spectra": report, "intruders": intr})
