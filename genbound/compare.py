@@ -633,8 +633,10 @@ def _theorem_value(t) -> float | None:
 def _theorem_note(t) -> str:
     if t is None:
         return ""
-    if not t.applicable:
-        return "not applicable to a transformer (residuals, attention, LayerNorm): see `genbound bounds`"
+    if not t.applicable:  # the model's own failed assumptions: genbound.bounds.architecture
+        what = (t.chain_of_maps or "").split(":", 1)[0] if ":" in (t.chain_of_maps or "") else "a transformer"
+        short = "; ".join(r.split(":", 1)[0] for r in (t.reasons or [])[:3])
+        return f"not applicable to {what} ({short}): see `genbound bounds`"
     return getattr(t, "verdict", "") or ""
 
 
