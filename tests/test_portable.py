@@ -196,3 +196,27 @@ def test_fingerprint_cache_is_keyed_by_modification(tmp_path, monkeypatch):
     st = os.stat(f)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert provenance.file_sha256(f) == hashlib.sha256(b"a,b\n1,3\n").hexdigest()
+
+
+def test_compare_decides_one_backbone_by_content(runs, tmp_path, capsys):
+    """An adapter whose base_model_name_or_path names a copy of the run's model folder (another path, the same
+    files) is on the run's backbone; a copy with other weights is not."""
+    new = runs["new"]
+    run = str(new / "cls")
+    where = ["--backbone", str(new / "bert"), "--dataset", str(new / "labels.csv")]
+    peft = tmp_path / "peft"
+    _json(capsys, ["export", run, *where, "--peft", str(peft), "--json"])
+    shutil.copytree(new / "bert", tmp_path / "bert-copy")
+    cfg = json.loads((peft / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(tmp_path / "bert-copy")
+    (peft / "adapter_config.json").write_text(json.dumps(cfg))
+    from genbound.compare import mismatch
+    from genbound.source import load_source
+
+    a = load_source(peft)
+    b = load_source(run, str(new / "bert"), dataset=str(new / "labels.csv"))
+    assert a.meta.backbone != b.meta.backbone and mismatch(a, b) is None
+    make_text_model(tmp_path / "bert-other", "bert", seed=7)
+    cfg["base_model_name_or_path"] = str(tmp_path / "bert-other")
+    (peft / "adapter_config.json").write_text(json.dumps(cfg))
+    assert "different backbones" in mismatch(load_source(peft), b)
