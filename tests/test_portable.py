@@ -63,6 +63,9 @@ def runs(tmp_path_factory):
                      "--no-progress"]) == 0
         assert main(["train", "--method", "cla", "--backbone", "bert", "--dataset", "labels.csv", "--max-length",
                      str(MAX_LEN), "--steps", "3", "--rank", "2", "--out", "cls", "--no-progress"]) == 0
+        assert main(["train", "--method", "lora", "--backbone", "bert", "--dataset", "labels.csv", "--max-length",
+                     str(MAX_LEN), "--steps", "2", "--rank", "2", "--subspace-dim", "50", "--lr", "0.1", "--out",
+                     "sub", "--no-progress"]) == 0
     finally:
         os.chdir(cwd)
     recorded = {name: load_meta(old / name) for name in ("lm", "cls")}
@@ -118,6 +121,10 @@ def test_every_read_side_command_takes_the_new_places(runs, tmp_path, capsys):
     # compare a moved run with its own export: one model by content (the adapter names its folder by path)
     rep = _json(capsys, ["compare", str(tmp_path / "peft"), run, *where, "--json", "--no-progress"])
     assert not rep["banner"]
+    cert = _json(capsys, ["certify", str(new / "sub"), *where, "--levels", "3", "--qat-steps", "0", "--json",
+                          "--no-progress"])
+    assert cert["source"]["backbone"] == str(new / "bert") and cert["source"]["dataset"] == str(new / "labels.csv")
+    assert main(["certify", str(new / "sub"), "--levels", "3", "--qat-steps", "0", "--no-progress"]) == 2
 
 
 def test_wrong_model_or_data_is_refused_naming_both_fingerprints(runs, tmp_path, capsys):
