@@ -227,3 +227,16 @@ def test_compare_decides_one_backbone_by_content(runs, tmp_path, capsys):
     cfg["base_model_name_or_path"] = str(tmp_path / "bert-other")
     (peft / "adapter_config.json").write_text(json.dumps(cfg))
     assert "different backbones" in mismatch(load_source(peft), b)
+
+
+def test_a_relative_path_is_the_same_option_as_its_absolute_path(tmp_path, monkeypatch):
+    """Resuming, reusing a finished run and a sweep's reuse compare options: a relative model folder or data
+    path and the absolute path training recorded are one option; registered names are compared as names."""
+    from genbound.resume import config_difference
+
+    monkeypatch.chdir(tmp_path)
+    assert config_difference({"backbone": str(tmp_path / "gpt2")}, {"backbone": "gpt2"}) is None
+    assert config_difference({"dataset": str(tmp_path / "t.jsonl")}, {"dataset": "./t.jsonl"}) is None
+    assert config_difference({"dataset": str(tmp_path / "t.jsonl")}, {"dataset": "other.jsonl"}) is not None
+    assert config_difference({"backbone": str(tmp_path / "minilm")}, {"backbone": "minilm"}) is not None
+    assert config_difference({"seed": 1}, {"seed": "1"}) is not None
