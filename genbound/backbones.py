@@ -26,11 +26,9 @@ pretrained weights (sha256 of the weights file), so that a checkpoint refuses to
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 # Nothing reaches the network at run time: set before transformers is imported anywhere.
@@ -175,19 +173,12 @@ def _head_path(model: nn.Module) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_fingerprint(path: Path) -> str:
-    """sha256 of a weights file (cached per process by path, size and mtime)."""
-    st = path.stat()
-    return "sha256:" + _sha256(str(path), st.st_size, st.st_mtime_ns)
+    """sha256 of a weights file, streamed and cached per process and on disk by path, size, mtime and inode
+    (genbound.provenance.file_sha256)."""
+    from .provenance import file_sha256
+
+    return "sha256:" + file_sha256(path)
 
 
 @dataclass

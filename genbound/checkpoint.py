@@ -52,6 +52,7 @@ from .device import where
 from .errors import CheckpointError
 from .factors import LayerContext
 from .methods import Method, get_method
+from .provenance import relocate
 from .readers import DTYPES, MAX_ABS_VALUE, MAX_HEADER_BYTES, MAX_TENSORS, check_values, read_safetensors
 from .update import LayerUpdate
 
@@ -163,16 +164,19 @@ class Checkpoint:
         return trajectory_updates(self)
 
 
-def load_checkpoint(path: str | Path | Checkpoint) -> Checkpoint:
+def load_checkpoint(path: str | Path | Checkpoint, backbone: str | None = None,
+                    dataset: str | None = None) -> Checkpoint:
     """Load a checkpoint directory; reads only JSON and safetensors and validates both. A checkpoint
     already loaded (or any other source, or a run context: genbound.source, genbound.context) is returned as
-    it is, so that functions may take either without reading twice."""
+    it is, so that functions may take either without reading twice. ``backbone`` / ``dataset`` point a moved
+    run at its model folder and data, each accepted only if its fingerprint is the recorded one
+    (genbound.provenance.relocate)."""
     if isinstance(path, Checkpoint):
         return path
     if hasattr(path, "build_model") and hasattr(path, "load_splits") and hasattr(path, "meta"):
         return path  # another full source (a peft adapter on its base model, a run context)
     path = Path(path)
-    meta = load_meta(path)
+    meta = relocate(load_meta(path), path, backbone, dataset)
     limit = max_tensor_bytes(check_meta_claims(meta, path))  # shapes against the backbone, before reading
     factor = get_method(meta.method).factor
     tensors = read_safetensors(path / TENSOR_FILE, expected_tensors(meta), allow_extra_prefix=factor.extra_prefix,

@@ -5,7 +5,8 @@ A checkpoint is a directory holding ``genbound.json`` and ``tensors.safetensors`
 ``genbound.json``          metadata: format version, genbound version, method, rank, alpha, scale, chain,
                            every adapted layer (name, out_features n, in_features m), backbone name and
                            weight fingerprint, dataset, split seed and sizes (N = training examples), stored
-                           dtype, all hyperparameters, seed, metrics and final results.
+                           dtype, all hyperparameters, seed, metrics and final results; the model and data
+                           by absolute path and content fingerprint (``sources``, genbound.provenance).
 ``tensors.safetensors``    the trained tensors: per adapted layer the method's factors by suffix
                            (``<layer>.B`` (n, k r) with ``<layer>.A`` (k r, m) for low-rank methods,
                            ``<layer>.columns`` (k r,) for column methods, all links concatenated), the head as
@@ -76,6 +77,9 @@ class CheckpointMeta:
     paca_columns: str = "random"
     split_digest: str = ""  # sha256 of the split's contents (empty in checkpoints that predate it)
     dataset_card: dict[str, Any] = field(default_factory=dict)  # data files: source, columns, classes, sizes
+    # model and data by absolute path (or registry name) and content fingerprint (genbound.provenance); empty in
+    # checkpoints that predate it
+    sources: dict[str, Any] = field(default_factory=dict)
     head_bias: bool = True  # False for heads without a bias (decoders' score layer)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)

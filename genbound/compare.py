@@ -71,7 +71,7 @@ class CompareReport:
         raise KeyError((section, quantity))
 
     def to_dict(self) -> dict:
-        return to_jsonable(self)
+        return {"source": [self.a, self.b], **to_jsonable(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> CompareReport:
@@ -102,14 +102,16 @@ def _short(layer: str) -> str:
     return layer.replace("backbone.encoder.layer.", "L").replace(".attention.self.", ".")
 
 
-def _load(path: str | Path, backbone: str | None, data=None):
+def _load(path: str | Path, backbone: str | None, data=None, task: str | None = None):
     """A source (genbound.source): a peft adapter is a full source on its base folder when ``data`` names a
-    dataset (its fit measured once here), else its factors alone."""
+    dataset (its fit measured once here), else its factors alone; a moved genbound checkpoint is pointed at
+    ``backbone`` and ``data.dataset`` (checked by fingerprint, genbound.provenance)."""
     from .source import load_source
 
     try:
         wants_data = data is not None and bool(data.dataset)
-        src = load_source(path, backbone, data if wants_data else None)
+        src = load_source(path, backbone, data if wants_data else None,
+                          dataset=data.dataset if wants_data else None, task=task)
         if wants_data and getattr(src, "kind", "") == "peft" and callable(getattr(src, "results", None)):
             src.load_splits()
             src.results()
@@ -121,11 +123,14 @@ def _load(path: str | Path, backbone: str | None, data=None):
 
 
 def _same_backbone(a, b) -> str | None:
-    """None if both sit on one backbone (same fingerprint and layer shapes), else the reason."""
-    fa, fb = getattr(a.meta, "fingerprint", None), getattr(b.meta, "fingerprint", None)
-    if fa is None or fb is None:
+    """None if both sit on one backbone (the same model by content: genbound.provenance.same_backbone), else the
+    reason."""
+    from .provenance import same_backbone
+
+    same = same_backbone(a.meta, b.meta)
+    if same is None:
         return "the backbone of a peft adapter is not known exactly; pass --backbone"
-    if fa != fb:
+    if not same:
         return f"different backbones ({a.meta.backbone} vs {b.meta.backbone})"
     return None
 
@@ -137,13 +142,15 @@ def mismatch(a, b) -> str | None:
     """Why A and B are not comparable as fine-tunings of one model on one task (different backbones or
     datasets), or None. A side that does not record its backbone or dataset (a peft adapter) is not held
     against the other."""
+    from .provenance import dataset_identity, same_backbone
+
     reasons = []
     ba, bb = getattr(a.meta, "backbone", None), getattr(b.meta, "backbone", None)
-    fa, fb = getattr(a.meta, "fingerprint", None), getattr(b.meta, "fingerprint", None)
-    if (ba and bb and ba != bb) or (fa and fb and fa != fb):
+    same = same_backbone(a.meta, b.meta)  # by content, not by how each names its model (a path, a name)
+    if same is False or (same is None and ba and bb and ba != bb):
         reasons.append(f"different backbones ({ba} vs {bb})")
     da, db = getattr(a.meta, "dataset", None), getattr(b.meta, "dataset", None)
-    if da and db and da != db:
+    if da and db and da != db and dataset_identity(a.meta) != dataset_identity(b.meta):
         reasons.append(f"different datasets ({da} vs {db})")
     return " and ".join(reasons) or None
 
@@ -420,6 +427,7 @@ def compare(
     progress: bool | None = None,
     allow_mismatch: bool = False,
     data=None,
+    task: str | None = None,
 ) -> CompareReport:
     """Compare two checkpoints (genbound or peft). ``data_bounds`` (default: on for the mlp backbone,
     off for transformers, where it costs minutes) adds the compression bound; ``pac_bayes`` the PAC-Bayes
@@ -428,6 +436,8 @@ def compare(
     nothing and sets the report's banner.
     ``data`` (a :class:`genbound.peft_source.DataChoice` naming a dataset) makes a peft adapter a full source
     on its base model folder: its fit, gap, data-dependent bounds, Hessian and landscape are then measured.
+    ``backbone`` / ``data.dataset`` also point a moved genbound checkpoint at its model and data (checked by
+    fingerprint); ``task`` is the task a peft adapter is evaluated as (genbound.tasks).
     ``path_a`` / ``path_b`` may also be sources or run contexts (genbound.source, genbound.context).
 
     Each section is a function (a, b, pair) -> rows (:data:`SECTIONS`); A and B are run contexts sharing one
@@ -442,7 +452,7 @@ def compare(
     t0 = time.perf_counter()
     given = (path_a, path_b)
     path_a, path_b = (str(p) if isinstance(p, (str, Path)) else str(p.path) for p in given)
-    a, b = (_load(p, backbone, data) if isinstance(p, (str, Path)) else p for p in given)
+    a, b = (_load(p, backbone, data, task) if isinstance(p, (str, Path)) else p for p in given)
     why = mismatch(a, b)
     banner = ""
     if why is not None:
@@ -623,8 +633,10 @@ def _theorem_value(t) -> float | None:
 def _theorem_note(t) -> str:
     if t is None:
         return ""
-    if not t.applicable:
-        return "not applicable to a transformer (residuals, attention, LayerNorm): see `genbound bounds`"
+    if not t.applicable:  # the model's own failed assumptions: genbound.bounds.architecture
+        what = (t.chain_of_maps or "").split(":", 1)[0] if ":" in (t.chain_of_maps or "") else "a transformer"
+        short = "; ".join(r.split(":", 1)[0] for r in (t.reasons or [])[:3])
+        return f"not applicable to {what} ({short}): see `genbound bounds`"
     return getattr(t, "verdict", "") or ""
 
 

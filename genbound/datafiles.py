@@ -4,7 +4,9 @@
 
 * ``*.csv``, ``*.jsonl`` / ``*.json`` (JSON Lines), ``*.parquet``: one table, read with pyarrow;
 * a folder written by ``datasets``' ``save_to_disk`` (a ``DatasetDict`` with its splits, or one ``Dataset``);
-* an image folder: one subfolder per class, images inside (the class names are the subfolder names, sorted).
+* an image folder: one subfolder per class, images inside, or ``train`` / ``test`` (and ``validation``) folders of
+  class subfolders (genbound.imagefolders: the classes in the order of the model's own ``id2label`` when it names
+  them, else sorted by name).
 
 Text examples come from ``text_columns`` (one column, or two for a GLUE-style sentence pair that the tokenizer
 joins with its separator), labels from ``label_column`` (strings become classes sorted by name; integers
@@ -38,6 +40,10 @@ TABLE_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "valid": "val", "dev": "val", "test": "test"}
 CARVE_FRACTION = 0.1  # validation carved from train when the data has no validation split
+
+
+class MissingColumnError(GenboundError):
+    """The data lacks a column the task needs (a label column for a classifier): data of another task, perhaps."""
 
 
 @dataclass
@@ -117,22 +123,11 @@ def _tables(path: Path) -> tuple[dict[str, object], str, dict[str, list[str]]]:
     )
 
 
-def _image_folder(path: Path) -> FileData | None:
-    subdirs = sorted(p for p in path.iterdir() if p.is_dir())
-    if not subdirs or (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
-        return None
-    examples, labels = [], []
-    for c, d in enumerate(subdirs):
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                examples.append(str(f))
-                labels.append(c)
-    if not examples:
-        return None
-    y = np.asarray(labels, dtype=np.int64)
-    card = {"source": str(path), "format": "imagefolder", "columns": {"image": "file", "label": "subfolder"},
-            "classes": [d.name for d in subdirs]}
-    return FileData(examples, y, [d.name for d in subdirs], None, card, kind="image")
+def _image_folder(path: Path, split_seed: int = 0, labels: list[str] | None = None) -> FileData | None:
+    """An image folder (one folder of classes, or split folders of classes: genbound.imagefolders), or None."""
+    from .imagefolders import read_image_folder
+
+    return read_image_folder(path, split_seed, labels)
 
 
 def _labels(values: list, column: str, names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
@@ -186,7 +181,7 @@ def _rows(path: Path, parts: dict, text_columns: list[str], other_columns: list[
         for col in [*text_columns, *other_columns, *([split_column] if split_column else [])]:
             if col not in ds.column_names:
                 where = f"{path}" + ("" if name == "all" else f" (split '{name}')")
-                raise GenboundError(f"{where} has no column '{col}'; choose from {', '.join(ds.column_names)}")
+                raise MissingColumnError(f"{where} has no column '{col}'; choose from {', '.join(ds.column_names)}")
     texts: list[list] = []
     others: dict[str, list] = {c: [] for c in other_columns}
     split_of: list[str] = []
@@ -224,13 +219,14 @@ def _split_rows(path: Path, split_of: list[str]) -> dict[str, np.ndarray]:
 
 
 def read_data(path: str | Path, text_columns: list[str] | None = None, label_column: str | None = None,
-              split_column: str | None = None, split_seed: int = 0) -> FileData:
-    """Read ``path`` into raw examples, integer labels and (when the data names them) the split rows."""
+              split_column: str | None = None, split_seed: int = 0, labels: list[str] | None = None) -> FileData:
+    """Read ``path`` into raw examples, integer labels and (when the data names them) the split rows.
+    ``labels``: the model's own class names (its id2label), which order an image folder's classes."""
     path = Path(path)
     if not path.exists():
         raise GenboundError(f"dataset file {path} does not exist; pass a .csv, .jsonl, .parquet file or a folder")
     if path.is_dir():
-        images = _image_folder(path)
+        images = _image_folder(path, split_seed, labels)
         if images is not None:
             if split_column:
                 raise GenboundError(f"{path} is an image folder, which has no columns; drop --split-column")
@@ -241,12 +237,12 @@ def read_data(path: str | Path, text_columns: list[str] | None = None, label_col
     columns = list(first.column_names)
     label_column = label_column or ("label" if "label" in columns else None)
     if label_column is None:
-        raise GenboundError(f"{path} has no column 'label'; name the label column with --label-column "
+        raise MissingColumnError(f"{path} has no column 'label'; name the label column with --label-column "
                             f"(columns: {', '.join(columns)})")
     if not text_columns:
         text_columns = [c for c in ("text", "sentence") if c in columns][:1]
         if not text_columns:
-            raise GenboundError(f"{path} has no column 'text'; name the text column(s) with --text-columns a[,b] "
+            raise MissingColumnError(f"{path} has no column 'text'; name the text column(s) with --text-columns a[,b] "
                                 f"(columns: {', '.join(columns)})")
     if len(text_columns) > 2:
         raise GenboundError(f"--text-columns takes one column or a pair, got {len(text_columns)}")
@@ -292,7 +288,7 @@ def read_texts(path: str | Path, text_columns: list[str] | None = None, split_co
     if not text_columns:
         text_columns = [c for c in ("text", "sentence", "content") if c in columns][:1]
         if not text_columns:
-            raise GenboundError(f"{path} has no column 'text'; name the text column with --text-columns NAME "
+            raise MissingColumnError(f"{path} has no column 'text'; name the text column with --text-columns NAME "
                                 f"(columns: {', '.join(columns)})")
     if len(text_columns) > 2:
         raise GenboundError(f"--text-columns takes one column or a pair, got {len(text_columns)}")

@@ -155,7 +155,11 @@ class FileDatasetSpec:
 
             return load_lm_splits(self, backbone, split_seed, max_length, progress, inputs)
 
-        data = read_data(self.path, self.text_columns, self.label_column, self.split_column, split_seed)
+        from .imagefolders import model_labels
+
+        # an image folder's classes follow the model's own id2label where it names them (genbound.imagefolders)
+        data = read_data(self.path, self.text_columns, self.label_column, self.split_column, split_seed,
+                         labels=model_labels(backbone) if backbone.data_kind == "image" else None)
         want = "image" if data.kind == "image" else "text"
         if backbone.data_kind != want:
             raise GenboundError(f"dataset {self.path} holds {want}s but backbone '{backbone.name}' takes "

@@ -55,16 +55,19 @@ from .errors import GenboundError
 PEFT_PREFIX = "base_model.model."
 
 
-def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
+def export_peft(checkpoint, out: str | Path, overwrite: bool = False, backbone: str | None = None,
+                dataset: str | None = None) -> dict:
     """Write ``checkpoint`` (a path or a loaded genbound Checkpoint) as a peft adapter folder ``out``;
-    returns the adapter config written."""
+    returns the adapter config written. ``backbone`` / ``dataset``: where a moved run's model folder and data
+    are now (checked by fingerprint, genbound.provenance); the adapter's base_model_name_or_path is then the
+    model folder's new place."""
     from safetensors.torch import save_file
 
     from .atomic import atomic_directory
     from .checkpoint import load_checkpoint
     from .output import PEFT_EXPORT, check_replaceable, check_writable, replaceable, resolve_out, run_lock
 
-    ck = load_checkpoint(checkpoint)
+    ck = load_checkpoint(checkpoint, backbone, dataset)
     if not ck.method.adapter:
         raise GenboundError(f"{ck.path}: method {ck.meta.method} trains every weight, so it has no adapter to "
                             "export; export an adapter method's checkpoint")
@@ -173,6 +176,7 @@ def _adapter(ck) -> tuple[dict, dict[str, Tensor]]:
             "backbone": meta.backbone, "fingerprint": meta.fingerprint, "dataset": meta.dataset,
             "n_train": meta.n_train, "split_seed": meta.split_seed, "split_digest": meta.split_digest,
             "seed": meta.seed, "paca_columns": meta.paca_columns, "genbound_names": task_model,
+            "sources": meta.sources,
         },
     }
     return config, tensors

@@ -125,7 +125,9 @@ def read_run(output_dir: str | Path) -> dict:
 def read_trajectory(output_dir: str | Path) -> list[tuple[int, dict]]:
     """(step, {layer: LayerUpdate}) for each snapshot of a Trainer output folder, ordered by step: the
     callback's snapshots when present, else the Trainer's ``checkpoint-*`` peft adapters. Layer names are
-    peft's module paths; dW = s B A with each adapter's own scale (rank_pattern, rsLoRA)."""
+    peft's module paths; dW = s B A with each adapter's own scale (rank_pattern, rsLoRA). The snapshots are read
+    with the adapter_config.json of the last ``checkpoint-*`` folder or, for a run saved with
+    ``save_strategy="no"`` and ``trainer.save_model(output_dir)``, of the final adapter in the folder itself."""
     from .peft_import import load_peft
 
     root = Path(output_dir)
@@ -135,12 +137,18 @@ def read_trajectory(output_dir: str | Path) -> list[tuple[int, dict]]:
                    if (m := _STEP.match(p.name)))
     ckpts = sorted((int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CKPT.match(p.name)))
     if snaps:
-        template = next((p for _, p in reversed(ckpts) if (p / "adapter_config.json").is_file()), None)
+        # The config of the last checkpoint-* adapter, else of the final save_model / save_pretrained output.
+        candidates = [p for _, p in reversed(ckpts)] + [root]
+        template = next((p for p in candidates if (p / "adapter_config.json").is_file()), None)
         if template is None:
             raise GenboundError(f"{root}: the snapshots need a saved adapter_config.json to be read (a Trainer "
-                                "checkpoint-* folder or the final save_pretrained output)")
+                                "checkpoint-* folder, or the final adapter: trainer.save_model(output_dir))")
         return [(step, _updates_from(template, path)) for step, path in snaps]
     ckpts = [(s, p) for s, p in ckpts if (p / "adapter_config.json").is_file()]
+    if not ckpts and (root / "adapter_config.json").is_file():
+        raise GenboundError(f"{root} holds only the final adapter, one point, not a trajectory; train with "
+                            "genbound.hf_trainer.GenboundCallback in the Trainer's callbacks (or save_steps) to "
+                            "record one")
     if not ckpts:
         raise GenboundError(f"{root} has neither genbound snapshots nor checkpoint-* peft adapter folders; train "
                             "with GenboundCallback or save_steps")

@@ -121,6 +121,7 @@ class PeftMeta:
     n_train: int | None = None  # peft does not record N: bounds take it as an option
     params: dict[str, int] = field(default_factory=dict)
     extra_trained: list[str] = field(default_factory=list)  # biases and modules_to_save tensors
+    sources: dict[str, Any] = field(default_factory=dict)  # the resolved base model by path and fingerprint
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
@@ -539,9 +540,12 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
         raise GenboundError(f"{path}: two adapted modules map onto one backbone layer")
 
     label = ", ".join(x for x, on in (("rsLoRA", rslora), ("DoRA", dora)) if on)
-    fingerprint = None
+    fingerprint, sources = None, {}
     if bb is not None:
+        from .provenance import backbone_record
+
         fingerprint = bb.fingerprint
+        sources = {"backbone": backbone_record(bb.name, bb)}
     meta = PeftMeta(
         method=f"lora ({label})" if label else "lora",
         rank=int(r0), alpha=a0, scale=a0 / math.sqrt(r0) if rslora else a0 / r0, chain=1, layers=layers,
@@ -553,7 +557,7 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
         params={"adapter": int(adapter_params), "extra": int(extra_params),
                 "trainable": int(adapter_params + extra_params),
                 "data_dependent": int(adapter_params + extra_params)},
-        extra_trained=extra,
+        extra_trained=extra, sources=sources,
     )
     _apply_genbound_record(cfg, meta, path)
     return PeftCheckpoint(path, cfg, tensors, meta, factors, bb)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from .device import where
 from .errors import GenboundError
 from .peft_import import PeftCheckpoint, load_peft
+from .provenance import backbone_record
 
 
 @dataclass
@@ -82,6 +83,7 @@ class PeftSourceMeta:
     trajectory_steps: list[int] = field(default_factory=list)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     peft: Any = None  # the adapter's PeftMeta
+    sources: dict[str, Any] = field(default_factory=dict)  # the base model by path and fingerprint
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
@@ -92,14 +94,18 @@ class PeftSourceMeta:
         return False
 
 
-def _resolve_base(ck: PeftCheckpoint, backbone: str | None):
-    """The base model folder as a task-model Backbone: ``backbone`` or the adapter's local base path."""
+def _resolve_base(ck: PeftCheckpoint, backbone: str | None, task: str | None = None):
+    """(the base model folder as a task-model Backbone: ``backbone`` or the adapter's local base path, why it was
+    built for its task: genbound.tasks.peft_task)."""
     from .backbones import get_backbone
+    from .tasks import peft_task
 
     base = backbone or ck.meta.base_model
     own = _own_model(ck, base)
     if own is not None:
-        return own
+        if task is not None and task != own.task:
+            raise GenboundError(f"{ck.path} is an export of genbound's {own.name} model ({own.task}); drop --task")
+        return own, f"genbound's own {own.name} model"
     if base == "minilm" or (ck.meta.backbone == "minilm" and not backbone):
         from .backbones import BACKBONES
 
@@ -109,12 +115,16 @@ def _resolve_base(ck: PeftCheckpoint, backbone: str | None):
             f"{ck.path}: base model '{ck.meta.base_model}' is not a local folder; pass --backbone DIR (the model "
             "folder the adapter was trained on; genbound never downloads it)"
         )
-    # peft's CAUSAL_LM adapters are evaluated as causal LMs (next-token loss); others as classifiers.
-    task = "causal-lm" if str(ck.meta.task_type or "").upper() == "CAUSAL_LM" else None
+    # --task, else the adapter's task_type, its saved classifier, the base config's architectures.
+    saved = [k.removeprefix("base_model.model.") for k in ck.meta.extra_trained]
+    task, why = peft_task(ck.meta.task_type, saved, base, task)
+    if task == "pooled":
+        raise GenboundError(f"{ck.path}: a peft adapter is evaluated on its model's own head; pass --task seq-cls, "
+                            "image-cls or causal-lm")
     bb = get_backbone(str(base), task)
     if bb.task not in ("seq-cls", "image-cls", "causal-lm"):
         raise GenboundError(f"{base}: a peft adapter is evaluated on its model's own classifier; use a model folder")
-    return bb
+    return bb, why
 
 
 def _own_model(ck: PeftCheckpoint, base: str | None):
@@ -145,10 +155,11 @@ class PeftSource:
 
     kind = "peft"
 
-    def __init__(self, path: str | Path, backbone: str | None = None, data: DataChoice | None = None):
+    def __init__(self, path: str | Path, backbone: str | None = None, data: DataChoice | None = None,
+                 task: str | None = None):
         self.path = Path(path)
         self.peft = load_peft(self.path, None, resolve=False)
-        self.backbone = _resolve_base(self.peft, backbone)
+        self.backbone, self.task_reason = _resolve_base(self.peft, backbone, task)
         self._own = _is_own(self.backbone)  # genbound's own model: the adapter uses its module names
         self._rename()
         self.data = data or DataChoice()
@@ -164,7 +175,8 @@ class PeftSource:
             backbone=self.backbone.name, fingerprint=self.backbone.fingerprint, dataset=self.data.dataset,
             split_seed=self.data.split_seed, max_length=self.data.max_length, num_labels=self._num_labels(),
             classes=[], n_train=pm.n_train, sizes={}, params=dict(pm.params), peft=pm,
-            hyperparameters={"task": self.backbone.task, "source": "peft"},
+            hyperparameters={"task": self.backbone.task, "source": "peft", "task_reason": self.task_reason},
+            sources={"backbone": backbone_record(self.backbone.name, self.backbone)},
         )
         # Table 1 counts one rank for every layer: with rank_pattern the largest, which over-counts D (a
         # looser, still valid bound); the exact D is params["data_dependent"].
@@ -192,6 +204,7 @@ class PeftSource:
         ck._factors = {renamed[k]: v for k, v in ck._factors.items()}
         ck.meta.backbone = self.backbone.name
         ck.meta.fingerprint = self.backbone.fingerprint
+        ck.meta.sources = {"backbone": backbone_record(self.backbone.name, self.backbone)}
         ck.base_weights = self.base_weights  # DoRA's dW and the intruder diagnostics read W0 from the model
 
     # -- what the adapter implies about the model -------------------------------------------------------
@@ -235,7 +248,14 @@ class PeftSource:
 
     def load_splits(self):
         if self._splits is None:
-            splits = self.data.load(self.backbone)
+            from .datafiles import MissingColumnError
+            from .tasks import task_hint
+
+            try:
+                splits = self.data.load(self.backbone)
+            except MissingColumnError as exc:  # data of another task: say which task was assumed and why
+                raise GenboundError(f"{exc}; {self.path} is {task_hint(self.backbone.task, self.task_reason)}"
+                                    ) from None
             if self.backbone.task != "causal-lm" and splits.num_labels != self.meta.num_labels:
                 raise GenboundError(f"dataset {splits.name} has {splits.num_labels} classes but the adapter's "
                                     f"classifier has {self.meta.num_labels} outputs; pass the data it was trained on")
@@ -442,8 +462,10 @@ def _is_transposed(model: nn.Module, key: str) -> bool:
     return key.endswith(".weight") and f"backbone.{module}" in getattr(model, "fan_in_fan_out", [])
 
 
-def load_source(path: str | Path, backbone: str | None = None, data: DataChoice | None = None):
-    """A genbound checkpoint, or a peft adapter rebuilt on its base model folder (:class:`PeftSource`)."""
+def load_source(path: str | Path, backbone: str | None = None, data: DataChoice | None = None,
+                task: str | None = None):
+    """A genbound checkpoint (moved: pointed at ``backbone`` and ``data.dataset``), or a peft adapter rebuilt on its
+    base model folder as ``task`` (:class:`PeftSource`)."""
     from .source import load_source as load
 
-    return load(path, backbone, data or DataChoice())
+    return load(path, backbone, data or DataChoice(), task=task)

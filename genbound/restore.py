@@ -29,6 +29,11 @@ from .errors import CheckpointError
 
 def load_backbone(meta, path: Path | str) -> Backbone:
     """The recorded backbone, refused if its weights' fingerprint differs from the checkpoint's."""
+    from .provenance import missing_backbone
+
+    moved = missing_backbone(meta, path)
+    if moved is not None:
+        raise moved
     # A model folder trained before task models existed records no task: it was the pooled encoder.
     backbone = get_backbone(meta.backbone, meta.hyperparameters.get("task") or "pooled")
     if backbone.fingerprint != meta.fingerprint:
@@ -42,7 +47,11 @@ def load_backbone(meta, path: Path | str) -> Backbone:
 def dataset_spec(meta):
     """The recorded dataset (a registered name or the researcher's data file, with its column options)."""
     from .datasets import get_dataset
+    from .provenance import missing_dataset
 
+    moved = missing_dataset(meta)
+    if moved is not None:
+        raise moved
     hp = meta.hyperparameters
     if meta.dataset == "bbc" and "deduplicated" not in (meta.dataset_card or {}):
         # trained before BBC News was deduplicated (genbound.datasets): the corpus as it then loaded

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -236,9 +237,22 @@ def config_difference(saved: dict[str, Any], current: dict[str, Any],
     saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
     names = set(saved) | set(current) if keys is None else set(keys)
     for k in sorted(names - set(IGNORED_ON_RESUME)):
-        if saved.get(k) != current.get(k):
+        if saved.get(k) != current.get(k) and not _same_path(k, saved.get(k), current.get(k)):
             return k, saved.get(k), current.get(k)
     return None
+
+
+def _same_path(key: str, a: Any, b: Any) -> bool:
+    """A model folder or data file named by a relative path and by the absolute path it resolves to here: the
+    same option (training records paths absolute, genbound.provenance); registered names only as themselves."""
+    if key not in ("backbone", "dataset") or not isinstance(a, str) or not isinstance(b, str):
+        return False
+    from .backbones import BACKBONES
+    from .datasets import DATASETS
+
+    if {a, b} & (set(BACKBONES) | set(DATASETS)):
+        return False
+    return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
 
 
 def check_config(saved: dict[str, Any], current: dict[str, Any], where: Path,

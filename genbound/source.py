@@ -60,21 +60,29 @@ def is_full(source: Any) -> bool:
     return isinstance(source, FullSource)
 
 
-def load_source(path: str | Path, backbone: str | None = None, data=None) -> Source:
+def load_source(path: str | Path, backbone: str | None = None, data=None, dataset: str | None = None,
+                task: str | None = None) -> Source:
     """The source at ``path``: a genbound checkpoint, or a peft adapter. With ``data`` (a
     :class:`genbound.peft_source.DataChoice`) a peft adapter is rebuilt on its base model folder
     (``backbone`` or the one it records) as a full source; without, only its factors are read (and W0 from
-    ``backbone`` where given)."""
+    ``backbone`` where given). A genbound checkpoint that was moved is pointed at its model folder and data by
+    ``backbone`` and ``dataset`` (default: ``data.dataset``), each checked by fingerprint
+    (genbound.provenance); ``task`` must then be the one it was trained for."""
     from .peft_import import is_peft_dir
 
     if is_peft_dir(path):
         if data is not None:
             from .peft_source import PeftSource
 
-            return PeftSource(path, backbone, data)
+            return PeftSource(path, backbone, data, task)
         from .peft_import import load_peft
 
         return load_peft(path, backbone)
     from .checkpoint import load_checkpoint
 
-    return load_checkpoint(path)
+    ckpt = load_checkpoint(path, backbone, dataset or getattr(data, "dataset", None))
+    if task is not None:
+        from .tasks import check_checkpoint_task
+
+        check_checkpoint_task(ckpt.meta, ckpt.path, task)
+    return ckpt

@@ -43,6 +43,7 @@ from .errors import GenboundError, NonFiniteError
 from .evaluate import evaluate
 from .losses import mean_loss
 from .methods import METHODS, get_method, layer_generator
+from .provenance import sources_record
 from .resume import (
     TrainState,
     changing_tensors,
@@ -251,6 +252,18 @@ def _clean_stale(out: Path) -> None:
     clean_stale(state_dir_for(out))
 
 
+def _absolute_paths(config: TrainConfig) -> None:
+    """A model folder or data file given by a relative path is recorded by its absolute path, so that the run
+    does not depend on the directory it was started from (genbound.provenance); registered names stay."""
+    from .datasets import DATASETS
+    from .provenance import absolute
+
+    if config.backbone not in BACKBONES and Path(config.backbone).exists():
+        config.backbone = absolute(config.backbone, BACKBONES)
+    if config.dataset and config.dataset not in DATASETS and Path(config.dataset).exists():
+        config.dataset = absolute(config.dataset, DATASETS)
+
+
 def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=None, resume: bool = False,
           save_every: int | None = None, group: dist_train.Group | None = None) -> TrainResult:
     """Train ``config`` and write the checkpoint to ``out`` (atomically). ``splits`` may be passed to reuse
@@ -265,6 +278,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     from .output import check_writable, resolve_out, run_lock
 
     config.validate()
+    _absolute_paths(config)
     save_every = DEFAULT_SAVE_EVERY if save_every is None else int(save_every)
     if config.subspace_dim:
         save_every = 0  # subspace runs are short; their state (w per link) is not saved
@@ -538,6 +552,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         head_in_features=model.head.in_features, classes=splits.classes,
         n_train=n_train, sizes=splits.sizes, dtype=dtype, seed=config.seed, paca_columns=config.paca_columns,
         split_digest=splits.digest(), dataset_card=splits.info.get("card", {}),
+        sources=sources_record(config.backbone, backbone, dataset_name),
         head_bias=getattr(model.head, "bias", None) is not None,
         hyperparameters={**asdict(config), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                          "b_lr_ratio_applied": b_ratio, "chain_boundaries": sorted(boundaries),

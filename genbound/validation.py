@@ -84,6 +84,29 @@ class LayerEntry(_Model):
     in_features: Dim
 
 
+class SourceRecord(_Model):
+    """One entry of ``sources`` (genbound.provenance): a registered name or an absolute path, and fingerprints."""
+
+    name: Annotated[str, Field(strict=True, min_length=1, max_length=4096)] | None = None
+    path: Annotated[str, Field(strict=True, min_length=1, max_length=4096)] | None = None
+    fingerprint: Annotated[str, Field(strict=True, pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    files: dict[Annotated[str, Field(strict=True, max_length=MAX_NAME)],
+                Annotated[str, Field(strict=True, pattern=r"^sha256:[0-9a-f]{64}$")]] = {}
+
+    @model_validator(mode="after")
+    def _named(self) -> SourceRecord:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("a source has a registered name or a path, exactly one of them")
+        if self.path is not None and not self.path.startswith("/") and ":" not in self.path[:3]:
+            raise ValueError(f"the source path '{self.path[:60]}' is not absolute")
+        return self
+
+
+class SourcesModel(_Model):
+    backbone: SourceRecord | None = None
+    dataset: SourceRecord | None = None
+
+
 class CheckpointMetaModel(_Model):
     """``genbound.json`` (genbound.checkpoint.CheckpointMeta)."""
 
@@ -110,6 +133,7 @@ class CheckpointMetaModel(_Model):
     paca_columns: Literal["random", "first"] = "random"
     split_digest: Text = ""
     dataset_card: dict[str, Any] = {}  # the researcher's data file: source, columns, classes, sizes, digest
+    sources: SourcesModel = SourcesModel()  # model and data by absolute path and fingerprint (genbound.provenance)
     head_bias: Annotated[bool, Field(strict=True)] = True
     hyperparameters: dict[str, Any] = {}
     params: dict[str, NonNeg] = {}

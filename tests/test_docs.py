@@ -125,6 +125,7 @@ def test_getting_started_code_runs(tmp_path):
     assert (tmp_path / "runs" / "cla" / "tensors.safetensors").is_file()
     assert (tmp_path / "runs" / "lm" / "genbound.json").is_file()  # the causal-LM example
     assert "per token: train loss" in proc.stdout and "training sequences" in proc.stdout
+    assert "moved run, same test loss" in proc.stdout  # a moved run, pointed at its model and data
     assert (tmp_path / "compare.md").read_text().startswith("|")
 
 

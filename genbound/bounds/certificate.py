@@ -99,6 +99,7 @@ class Certificate:
     unions: list[dict[str, Any]] = field(default_factory=list)  # genbound.bounds.union records
     statement: str = ""  # the certificate in one plain sentence
     assumptions: list[str] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)  # the checkpoint certified: path, backbone, dataset
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -350,6 +351,8 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
         pac_bayes=pb, smoothed=smoothed, checkpoint=str(ckpt.path), checkpoint_digest=_file_digest(
             Path(ckpt.path) / "genbound.json"), grid_version=grid.version, grid_digest=grid.digest,
         unions=list(unions or []),
+        source={"checkpoint": str(getattr(ckpt, "path", "")), "backbone": m.backbone, "dataset": m.dataset,
+                "fingerprint": m.fingerprint},
     )
     cert.statement = statement(cert, m.dataset)
     cert.assumptions = assumptions(cert, grid)

@@ -146,7 +146,7 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
     loaded, or a run context, genbound.context): its Table 1 row, Theorem 1 (mlp) or why not (transformer),
     and the compression (default) and PAC-Bayes (``pac_bayes=True``) bounds on the real model."""
     from ..context import context_for
-    from .transformer import TRANSFORMER_CHAIN, TRANSFORMER_REASONS
+    from .architecture import describe
 
     device = where(device)  # a checkpoint is read onto the CPU
     ckpt = context_for(path, device)  # built once: the models, W0 and the data the bounds below share
@@ -175,11 +175,12 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
                                             clip=m_clip, delta=delta, mi_gap=None, form=theorem_form, device=device)
             report.theorem1.assumed["G(dW) branch"] = ("not evaluated: Table 1 bounds an expectation of the 0-1 "
                                                       "loss, not G(dW) of the clipped loss")
-        else:
+        else:  # why not, said of this model (its config.json) and its adapted layers
+            chain, reasons = describe(backbone.folder, [li.name for li in meta.layers], backbone.task)
             report.theorem1 = Theorem1Result(
                 applicable=False, form=theorem_form, layers=[], input_bound=None, loss_lipschitz=None,
                 n_train=meta.n_train, delta=delta, loss_range=m_clip, verdict="not applicable",
-                reasons=list(TRANSFORMER_REASONS), chain_of_maps=TRANSFORMER_CHAIN)
+                reasons=reasons, chain_of_maps=chain)
     if compression or pac_bayes:
         from .hypothesis import from_checkpoint
 

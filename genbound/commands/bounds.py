@@ -118,7 +118,8 @@ def run(args) -> int:
         elif target:
             write_text(target, render(reports))
     if args.json:
-        print_json({"reports": reports})
+        print_json({"source": [r.source for r in reports] if len(reports) > 1 else reports[0].source,
+                    "reports": reports})
     elif "-" not in (args.markdown, args.latex):
         print("\n\n".join(format_text(r) for r in reports))
     return 0

@@ -13,6 +13,7 @@ cross-entropy of the decoded model's prediction smoothed with the uniform one (S
 from __future__ import annotations
 
 from .common import add_device, add_json, format_table, print_json, resolve_device
+from .dataopts import add_relocation_options
 
 HELP = "certify the test error of a subspace-trained checkpoint (quantize, arithmetic-code, Occam bound)"
 DESCRIPTION = __doc__
@@ -33,6 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--pac-bayes", action="store_true",
                    help="also the PAC-Bayes bound with a learned Gaussian posterior over w (slower)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_relocation_options(p)
     add_device(p)
     add_json(p)
 
@@ -42,7 +44,7 @@ def run(args) -> int:
     from ..checkpoint import load_checkpoint
 
     progress = False if args.no_progress else None
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, args.backbone, args.dataset)
     cert = certify(ckpt, levels=args.levels, delta=args.delta, qat_steps=args.qat_steps, qat_lr=args.qat_lr,
                    seed=args.seed, device=resolve_device(args.device), progress=progress,
                    pac_bayes=args.pac_bayes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..tasks import add_task_option
 from .common import add_device, add_json, add_progress, print_json, progress_of, resolve_device
 from .dataopts import add_data_options, data_choice
 
@@ -42,10 +43,14 @@ def add_arguments(p) -> None:
     p.add_argument("--samples", type=int, default=256, help="training examples for Hessian / landscape (default 256)")
     p.add_argument("--grid", type=int, default=11, help="landscape resolution, odd (default 11)")
     p.add_argument("--n", type=int, default=None, help="training examples N, for peft adapters (which lack it)")
-    p.add_argument("--backbone", default=None, help="backbone of peft adapters, when not resolvable")
+    p.add_argument("--backbone", default=None,
+                   help="backbone of peft adapters, when not resolvable; for a moved genbound checkpoint: where its "
+                        "model folder is now (checked by fingerprint)")
     p.add_argument("--dataset", default=None,
                    help="peft adapters: measure fit, gap, Hessian and landscape on this data (a registered name or "
-                        "a data file / folder), with the adapter rebuilt on its base model folder")
+                        "a data file / folder), with the adapter rebuilt on its base model folder; for a moved "
+                        "genbound checkpoint: where its data is now (checked by fingerprint)")
+    add_task_option(p)
     p.add_argument("--max-length", type=int, default=128, help="peft adapters with --dataset: tokens per example")
     p.add_argument("--split-seed", type=int, default=0, help="peft adapters with --dataset: seed of a seeded split")
     add_data_options(p)
@@ -85,7 +90,7 @@ def run(args) -> int:
                      landscape=args.landscape, samples=args.samples, grid=args.grid, seed=args.seed,
                      n_train=args.n, backbone=args.backbone, figures=args.figures,
                      progress=progress_of(args), allow_mismatch=args.allow_mismatch,
-                     data=data_choice(args))
+                     data=data_choice(args), task=args.task)
     if out is not None:
         suffix = out.suffix.lower()
         if suffix == ".json":

@@ -71,7 +71,9 @@ def run(args) -> int:
     pairs = args.timing_pairs if args.timing_pairs is not None else (20 if args.pair else 0)
     chain = base.chain
     splits = load_splits_for(base)
-    report: dict = {"device": str(device), "methods": {}}
+    source = ({"checkpoint": str(args.checkpoint)} if args.checkpoint is not None else {})
+    source.update(backbone=base.backbone, dataset=base.dataset)
+    report: dict = {"source": source, "device": str(device), "methods": {}}
     settings = {}
     for name in methods:
         config = config_from_args(args, method=name) if args.checkpoint is None else base

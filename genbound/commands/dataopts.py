@@ -27,13 +27,28 @@ def data_options(args) -> dict:
     return {"text_columns": args.text_columns, "label_column": args.label_column, "split_column": args.split_column}
 
 
+BACKBONE_HELP = ("peft adapters: the base model folder (default: the adapter's base_model_name_or_path when that is a "
+                 "local folder); genbound checkpoints: where their model folder is now, if the run was moved "
+                 "(accepted when its fingerprint is the recorded one)")
+DATASET_HELP = ("peft adapters: the data to evaluate on (a registered name or a data file / folder); genbound "
+                "checkpoints: where their data is now, if the run was moved (accepted when its fingerprint is the "
+                "recorded one)")
+
+
+def add_relocation_options(p, dataset: bool = True) -> None:
+    """``--backbone`` / ``--dataset`` for commands that read a checkpoint without evaluating a peft adapter."""
+    p.add_argument("--backbone", default=None, help=BACKBONE_HELP)
+    if dataset:
+        p.add_argument("--dataset", default=None, help=DATASET_HELP)
+
+
 def add_source_options(p) -> None:
-    """Options that turn a peft adapter into a full source: its base model folder and the data."""
-    p.add_argument("--backbone", default=None,
-                   help="peft adapters: the base model folder (default: the adapter's base_model_name_or_path "
-                        "when that is a local folder)")
-    p.add_argument("--dataset", default=None,
-                   help="peft adapters: the data to evaluate on (a registered name or a data file / folder)")
+    """Options that turn a peft adapter into a full source (its base model folder, the data, the task) and point
+    a moved genbound checkpoint at its model and data."""
+    from ..tasks import add_task_option
+
+    add_relocation_options(p)
+    add_task_option(p)
     p.add_argument("--max-length", type=int, default=128, help="peft adapters: tokens per example (default 128)")
     p.add_argument("--split-seed", type=int, default=0, help="peft adapters: seed of a seeded split (default 0)")
 
@@ -45,7 +60,7 @@ def source_from_args(args, path: str | None = None):
     data = DataChoice(getattr(args, "dataset", None), getattr(args, "text_columns", None),
                       getattr(args, "label_column", None), getattr(args, "split_column", None),
                       getattr(args, "split_seed", 0), getattr(args, "max_length", 128))
-    return load_source(path or args.source, getattr(args, "backbone", None), data)
+    return load_source(path or args.source, getattr(args, "backbone", None), data, getattr(args, "task", None))
 
 
 def data_choice(args):

@@ -30,6 +30,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import sys
     import time
     from pathlib import Path
 
@@ -39,6 +40,9 @@ def run(args) -> int:
     from ..compare import compare, to_markdown, to_text
     from ..datasets import default_dataset_for, get_dataset
     from ..train import TrainConfig, train
+
+    def say(text: str) -> None:  # progress lines: on stderr under --json, so that stdout is the JSON alone
+        print(text, file=sys.stderr if args.json else sys.stdout)
 
     out = Path(args.out)
     device = str(resolve_device(args.device))
@@ -53,19 +57,19 @@ def run(args) -> int:
                              alpha=args.alpha, steps=args.steps, lr=args.lr, max_length=args.max_length,
                              seed=args.seed, device=device, progress=progress_of(args))
         if is_checkpoint(path) and _same_run(load_meta(path), config):
-            print(f"[demo] reusing {path}")
+            say(f"[demo] reusing {path}")
         else:
             if splits is None:
-                print(f"[demo] loading {dataset} for {args.backbone} (max length {args.max_length})")
+                say(f"[demo] loading {dataset} for {args.backbone} (max length {args.max_length})")
                 splits = get_dataset(dataset).load(backbone, config.split_seed, args.max_length,
                                                    progress=progress_of(args))
-            print(f"[demo] training {method}: rank {args.rank}, {args.steps} steps on {device}")
+            say(f"[demo] training {method}: rank {args.rank}, {args.steps} steps on {device}")
             meta = train(config, path, overwrite=True, splits=splits).meta
             r = meta.results
-            print(f"[demo]   test accuracy {r['test_accuracy']:.3f}, gap {r['gap']:+.4f}, "
-                  f"{meta.metrics['seconds_per_step']:.2f} s/step")
+            say(f"[demo]   test accuracy {r['test_accuracy']:.3f}, gap {r['gap']:+.4f}, "
+                f"{meta.metrics['seconds_per_step']:.2f} s/step")
         paths.append(path)
-    print("[demo] comparing")
+    say("[demo] comparing")
     figures = out / "figures"
     report = compare(paths[0], paths[1], device=device, figures=figures, hessian=args.hessian,
                      landscape=args.landscape, seed=args.seed, progress=progress_of(args))
@@ -73,7 +77,8 @@ def run(args) -> int:
     write_text(out / "compare.md", to_markdown(report))
     elapsed = time.perf_counter() - t0
     if args.json:
-        print_json({"checkpoints": [str(p) for p in paths], "report": report.to_dict(), "seconds": elapsed})
+        print_json({"source": [str(p) for p in paths], "checkpoints": [str(p) for p in paths],
+                    "report": report.to_dict(), "seconds": elapsed})
         return 0
     print()
     print(to_text(report))

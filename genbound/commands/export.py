@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .common import add_json, print_json
+from .dataopts import add_relocation_options
 
 HELP = "write a genbound checkpoint as a peft LoRA adapter (peft loads it; genbound reads it back as its method)"
 DESCRIPTION = (
@@ -18,15 +19,17 @@ def add_arguments(p) -> None:
     p.add_argument("--peft", required=True, metavar="OUT", help="the peft adapter folder to write")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier genbound export at OUT (never a folder holding anything else)")
+    add_relocation_options(p)
     add_json(p)
 
 
 def run(args) -> int:
     from ..export import export_peft
 
-    config = export_peft(args.checkpoint, args.peft, overwrite=args.overwrite)
+    config = export_peft(args.checkpoint, args.peft, overwrite=args.overwrite, backbone=args.backbone,
+                         dataset=args.dataset)
     if args.json:
-        print_json({"adapter": args.peft, "config": config})
+        print_json({"source": args.checkpoint, "adapter": args.peft, "config": config})
         return 0
     g = config["genbound"]
     print(f"wrote peft LoRA adapter {args.peft}: method {g['method']} as r = {config['r']}, lora_alpha = "

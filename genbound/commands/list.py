@@ -13,12 +13,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from .. import __version__
     from ..backbones import BACKBONES, get_backbone
     from ..datasets import DATASETS
     from ..errors import GenboundError
     from ..methods import METHODS
 
-    out: dict = {}
+    out: dict = {"source": f"the registries of genbound {__version__}"}
     if args.what in ("all", "backbones"):
         rows = []
         for name in BACKBONES:

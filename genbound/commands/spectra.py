@@ -63,7 +63,11 @@ def add_arguments(p) -> None:
                    help="top-k of W0 + dW by Krylov on W0's cached SVD, by dense SVD, or auto by size")
     p.add_argument("--bins", type=int, default=20, help="histogram bins of the spectral density (20)")
     p.add_argument("--backbone", default=None,
-                   help="for a peft adapter: the base model (minilm, mlp or a model folder), if not recorded")
+                   help="for a peft adapter: the base model (minilm, mlp or a model folder), if not recorded; for a "
+                        "moved genbound checkpoint: where its model folder is now (checked by fingerprint)")
+    p.add_argument("--dataset", default=None,
+                   help="for a moved genbound checkpoint: where its data is now (checked by fingerprint; spectra "
+                        "read no data)")
     add_json(p)
     add_device(p)
     add_progress(p)
@@ -88,9 +92,12 @@ def run(args) -> int:
     if not path.is_dir():
         raise GenboundError(f"{path} is not a directory; give a genbound checkpoint or a peft adapter directory")
     kind = "peft" if is_peft_dir(path) else "genbound"
-    if kind == "genbound" and args.backbone:
-        raise GenboundError("--backbone is for peft adapters; a genbound checkpoint records its backbone")
-    ckpt = load_any(path, backbone=args.backbone)
+    if kind == "genbound":  # a moved run: --backbone / --dataset say where its model and data are now
+        from ..source import load_source
+
+        ckpt = load_source(path, args.backbone, dataset=args.dataset)
+    else:
+        ckpt = load_any(path, backbone=args.backbone)
     updates = ckpt.layer_updates()
     report = spectra(updates, top_k=args.top_k, bins=args.bins, device=device, progress=progress_of(args))
     intr = None
@@ -102,7 +109,7 @@ def run(args) -> int:
         intr = intruders(ckpt.base_weights(), updates, k=k, eps=eps, sweep=sweep, method=args.intruder_method,
                          device=device, progress=progress_of(args))
     meta = ckpt.meta
-    header = {"checkpoint": str(path), "format": kind, "method": meta.method, "rank": meta.rank,
+    header = {"source": str(path), "checkpoint": str(path), "format": kind, "method": meta.method, "rank": meta.rank,
               "alpha": meta.alpha, "backbone": meta.backbone, "layers": len(updates)}
     if args.json:
         print_json({**header, "spectra": report, "intruders": intr})

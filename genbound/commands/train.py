@@ -127,7 +127,9 @@ def run(args) -> int:
         return 0  # rank 0 wrote the checkpoint and prints
     meta = result.meta
     if args.json:
-        print_json({"checkpoint": str(result.path), **meta.to_json()})
+        # what the run was trained on; the checkpoint's own metadata follows (sources: by fingerprint)
+        print_json({"source": {"backbone": meta.backbone, "dataset": meta.dataset}, "checkpoint": str(result.path),
+                    **meta.to_json()})
         return 0
     r = meta.results
     rows = [[s, r[f"{s}_loss"], r[f"{s}_accuracy"]] for s in ("train", "val", "test")]
