@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
+from .data_checks import check_max_length
 from .errors import GenboundError
 from .evalset import EvalSet
 
@@ -184,6 +185,7 @@ def featurize(raw: list, backbone: Backbone, max_length: int, progress: bool | N
 
         if max_length < 2:
             raise GenboundError(f"max length must be at least 2 tokens, got {max_length}")
+        check_max_length(backbone, max_length)  # before any tokenizer sees it: 10^9 aborted inside Rust
         from .tokcache import cached_tokens
 
         def tokenize() -> dict[str, torch.Tensor]:

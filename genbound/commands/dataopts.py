@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..data_checks import seed_arg
 from ..errors import GenboundError
 
 
@@ -35,7 +36,7 @@ def add_source_options(p) -> None:
     p.add_argument("--dataset", default=None,
                    help="peft adapters: the data to evaluate on (a registered name or a data file / folder)")
     p.add_argument("--max-length", type=int, default=128, help="peft adapters: tokens per example (default 128)")
-    p.add_argument("--split-seed", type=int, default=0, help="peft adapters: seed of a seeded split (default 0)")
+    p.add_argument("--split-seed", type=seed_arg, default=0, help="peft adapters: seed of a seeded split (default 0)")
 
 
 def source_from_args(args, path: str | None = None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..data_checks import seed_arg
 from .common import add_device, add_json, add_progress, format_table, print_json, progress_of, resolve_device
 from .dataopts import add_data_options, data_options
 
@@ -56,8 +57,8 @@ def add_arguments(p) -> None:
                    help="train only w in theta = theta_0 + P w: P a seeded Kronecker projection of every trained "
                         "tensor (head included) onto d dimensions (split over a chain's links); needed by "
                         "`genbound certify`")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--split-seed", type=seed_arg, default=0)
     p.add_argument("--save-trajectory", action="store_true", help="also save the trained tensors every epoch")
     p.add_argument("--trajectory-every", type=int, default=None, help="steps between trajectory snapshots")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
