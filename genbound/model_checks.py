@@ -45,7 +45,7 @@ MAX_IMAGE = 1 << 14
 # A config may describe a somewhat larger model than its weights (a pooler or head the file lacks is drawn);
 # beyond this factor plus slack the weights cannot be the model's.
 PARAMS_FACTOR = 2
-PARAMS_SLACK = 1 << 20
+PARAMS_SLACK = 1 << 16
 # A float32 build may take at most this fraction of the machine's memory.
 MEMORY_FRACTION = 0.5
 # Absolute position tables: other types (rotary) allocate nothing per position.
