@@ -474,3 +474,19 @@ def test_corrupt_cache_entry_is_rebuilt_and_unwritable_cache_skipped(bert, tmp_p
         got = featurize(texts, backbone, 16)
     assert torch.equal(got["input_ids"], want["input_ids"])
     np.testing.assert_array_equal(got["attention_mask"].numpy(), want["attention_mask"].numpy())
+
+
+# -- certify on edited hyperparameters -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["abc", [64], {"d": 64}, 1.5, True, -3, 10**30])
+def test_certify_refuses_an_edited_subspace_dim_in_one_line(ckpt_dir, tmp_path, value):
+    src = ckpt_dir("lora", subspace_dim=64, steps=4)
+    ck = tmp_path / "ck"
+    shutil.copytree(src, ck)
+    meta = json.loads((ck / "genbound.json").read_text())
+    meta["hyperparameters"]["subspace_dim"] = value
+    (ck / "genbound.json").write_text(json.dumps(meta))
+    code, _, err = cli("certify", str(ck), "--levels", "3", "--qat-steps", "1", "--no-progress")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "subspace" in lines[0], err
