@@ -217,6 +217,7 @@ def check_model_folder(path: Path, cfg: dict | None = None) -> dict:
     weights = path / "model.safetensors"
     _regular(weights, "a safetensors file")
     memory = machine_memory()
+    refuse_sparse(weights)
     header = read_header(weights, dtypes=MODEL_DTYPES)
     numel = sum(math.prod(info["shape"]) for info in header.values())
     claimed = sum(info["data_offsets"][1] - info["data_offsets"][0] for info in header.values())
@@ -232,6 +233,29 @@ def check_model_folder(path: Path, cfg: dict | None = None) -> dict:
         raise GenboundError(f"{where}: building this model takes at least {4 * need / 2**30:.1f} GiB in float32, "
                             f"more than half of this machine's {memory / 2**30:.1f} GiB")
     return cfg
+
+
+# A file whose apparent size exceeds its disk blocks by this factor (and this many bytes) is mostly holes: a
+# sparse file claiming gigabytes it does not hold. Trained or even freshly initialised float tensors compress
+# by far less on a compressing filesystem.
+SPARSE_RATIO = 8
+SPARSE_MIN_BYTES = 64 << 20
+
+
+def refuse_sparse(path: Path) -> None:
+    """Refuse a tensor file that is mostly holes (reading it would allocate its apparent size in zeros), where
+    no base model bounds what it may claim."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return
+    blocks = getattr(st, "st_blocks", None)
+    if blocks is None:  # pragma: no cover - not POSIX
+        return
+    on_disk = 512 * blocks
+    if st.st_size > SPARSE_MIN_BYTES and st.st_size > SPARSE_RATIO * on_disk:
+        raise GenboundError(f"{path} claims {st.st_size / 2**30:.1f} GiB but holds {on_disk / 2**20:.0f} MiB on disk "
+                            "(a sparse file); it is corrupt or hostile")
 
 
 def _model_dtypes() -> dict:

@@ -165,7 +165,7 @@ def test_sparse_weights_claiming_more_than_memory_are_refused(bert, tmp_path):
     f.write_bytes(data)
     with open(f, "r+b") as fh:
         fh.truncate(len(data) + 4 * n)
-    one_line(lambda: get_backbone(str(folder)), "claim .* GiB")
+    one_line(lambda: get_backbone(str(folder)), "claims? .* GiB")
 
 
 def test_cli_exits_2_with_one_line_for_a_quantized_folder(bert, tmp_path):
@@ -490,3 +490,37 @@ def test_certify_refuses_an_edited_subspace_dim_in_one_line(ckpt_dir, tmp_path, 
     code, _, err = cli("certify", str(ck), "--levels", "3", "--qat-steps", "1", "--no-progress")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "subspace" in lines[0], err
+
+
+# -- estimates before allocating: a sparse adapter without a base, a huge landscape grid ------------------------
+
+
+def test_sparse_adapter_without_a_base_is_refused_before_allocating(tmp_path):
+    import resource
+
+    from peft import LoraConfig, get_peft_model
+
+    from genbound.peft_import import load_peft
+
+    torch.manual_seed(0)
+    pm = get_peft_model(get_backbone("mlp").build(5, 0), LoraConfig(r=4, lora_alpha=8, target_modules=["fc1"]))
+    pm.save_pretrained(tmp_path / "ad")
+    f = tmp_path / "ad" / "adapter_model.safetensors"
+    header, body = split_st(f.read_bytes())
+    n = 1 << 29  # 2 GiB of float32
+    header["base_model.model.fc2.lora_A.weight"] = {"dtype": "F32", "shape": [1 << 16, 1 << 13],
+                                                    "data_offsets": [len(body), len(body) + 4 * n]}
+    data = join_st(header, body)
+    f.write_bytes(data)
+    with open(f, "r+b") as fh:
+        fh.truncate(len(data) + 4 * n)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    one_line(lambda: load_peft(tmp_path / "ad", None, resolve=False), "sparse file")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before < 256 << 20
+
+
+def test_huge_landscape_grid_is_refused_before_allocating():
+    from genbound.landscape.grid import check_grid
+
+    assert check_grid(2001) == 2001
+    one_line(lambda: check_grid(70_001), "points in 2-D")
