@@ -116,6 +116,51 @@ def table_options(path: Path, fmt: str) -> dict:
     return {"read_options": json.ReadOptions(block_size=block)}
 
 
+def to_dataset(table, path: Path):
+    """A ``datasets.Dataset`` over a pyarrow table read from ``path``: column names must be distinct, non-empty
+    and printable (a NUL in a CSV header made ``datasets`` fail to cast), and a table ``datasets`` cannot take
+    (a column of lists of nulls broke its fingerprinting inside pyarrow) is one line."""
+    import datasets
+
+    names = list(table.column_names)
+    for name in names:
+        if not name or not name.isprintable():
+            raise GenboundError(f"{path}: column name {_shown(name)} is empty or holds control characters; fix the "
+                                "header")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise GenboundError(f"{path}: column {_shown(dup)} appears twice; give every column its own name")
+    try:
+        return datasets.Dataset(table)
+    except Exception as exc:  # noqa: BLE001 - any failure on untrusted data is a file genbound cannot use
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise GenboundError(f"cannot use {path} as a table ({type(exc).__name__}: {first}); check the file's "
+                            "columns and their types") from None
+
+
+def cut_long_texts(texts: list[str], tok, max_length: int) -> list[str]:
+    """``texts`` with every very long text cut where the cut provably changes none of the first ``max_length``
+    tokens, so that a 10 MB row is not tokenized whole (40 s) to keep 128 tokens.
+
+    A text longer than ``64 max_length`` characters (at least 4096) is cut at the first whitespace after that
+    length. Pre-tokenizers split at whitespace (WordPiece, byte-level BPE, SentencePiece's metaspace), so the
+    tokens before the cut are those of the whole text; if the prefix alone has more than ``max_length`` tokens,
+    truncation keeps only tokens of the prefix and the result equals the whole text's. Otherwise (a long run of
+    whitespace, one giant word) the text is kept whole."""
+    limit = max(4096, 64 * int(max_length))
+    out = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or len(text) <= limit:
+            continue
+        cut = next((j for j in range(limit, min(len(text), limit + 4096)) if text[j].isspace()), None)
+        if cut is None:
+            continue
+        prefix = text[:cut]
+        if len(tok(prefix, add_special_tokens=False)["input_ids"]) > max_length:
+            out[i] = prefix
+    return out
+
+
 def max_classes(n: int) -> int:
     """The most classes ``n`` labelled rows may hold: every class needs examples in train and test, so more
     than n / 2 classes means the column is not a class label (an id, a score, a text)."""

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data_checks import check_data_path, check_datasets_folder, labels_from_values, table_options
+from .data_checks import check_data_path, check_datasets_folder, labels_from_values, table_options, to_dataset
 from .errors import GenboundError
 
 TABLE_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -99,7 +99,7 @@ def _tables(path: Path) -> tuple[dict[str, object], str, dict[str, list[str]]]:
         fmt = TABLE_SUFFIXES.get(path.suffix.lower())
         if fmt is None:
             raise GenboundError(f"{path}: unknown data file type '{path.suffix}'; use .csv, .jsonl or .parquet")
-        return {"all": datasets.Dataset(_read_table(path, fmt))}, fmt, {}
+        return {"all": to_dataset(_read_table(path, fmt), path)}, fmt, {}
     if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
         check_datasets_folder(path)
         try:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
-from .data_checks import check_max_length
+from .data_checks import check_max_length, cut_long_texts
 from .errors import GenboundError
 from .evalset import EvalSet
 
@@ -197,9 +197,9 @@ def featurize(raw: list, backbone: Backbone, max_length: int, progress: bool | N
                 if chunk and isinstance(chunk[0], tuple):
                     enc = tok([a for a, _ in chunk], [b for _, b in chunk], truncation=True, max_length=max_length,
                               padding="max_length", return_tensors="pt")
-                else:
-                    enc = tok(list(chunk), truncation=True, max_length=max_length, padding="max_length",
-                              return_tensors="pt")
+                else:  # a 10 MB text is cut where its first max_length tokens provably stay the same
+                    enc = tok(cut_long_texts(list(chunk), tok, max_length), truncation=True, max_length=max_length,
+                              padding="max_length", return_tensors="pt")
                 ids.append(enc["input_ids"])
                 masks.append(enc["attention_mask"])
                 shown.update(len(chunk))

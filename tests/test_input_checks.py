@@ -524,3 +524,28 @@ def test_huge_landscape_grid_is_refused_before_allocating():
 
     assert check_grid(2001) == 2001
     one_line(lambda: check_grid(70_001), "points in 2-D")
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_cutting_long_texts_keeps_the_first_tokens_exactly(tmp_path, kind):
+    """The cut of a very long text changes none of the kept tokens: checked against the tokenizer on the whole
+    text, for WordPiece, byte-level BPE and SentencePiece-style tokenizers, including texts the cut must keep
+    whole (a long whitespace run, a giant word)."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from genbound.data_checks import cut_long_texts
+    from genbound.tinymodels import WORDS, make_causal_lm, make_text_model
+
+    folder = (make_causal_lm if kind != "bert" else make_text_model)(tmp_path / kind, kind)
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    rng = random.Random(0)
+    words = " ".join(rng.choice(WORDS + ["naïve", "x" * 150, "3.14", "don't"]) for _ in range(6000))
+    texts = [words, " " * 9000 + words, "y" * 12000 + " " + words, words[:3000], "tail " + words + "\n\t" * 3000]
+    for max_length in (16, 40):
+        cut = cut_long_texts(texts, tok, max_length)
+        assert cut[0] != texts[0] and cut[1] == texts[1] and cut[2] == texts[2]  # cut only where provable
+        want = tok(texts, truncation=True, max_length=max_length, padding="max_length")["input_ids"]
+        got = tok(cut, truncation=True, max_length=max_length, padding="max_length")["input_ids"]
+        assert got == want
