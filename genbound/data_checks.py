@@ -233,7 +233,8 @@ def labels_from_values(values: list, column: str, names: list[str] | None, where
 
 
 @lru_cache(maxsize=16)
-def _positions(folder: str) -> tuple[int | None, str | None]:
+def _positions(folder: str, size: int = 0, mtime_ns: int = 0) -> tuple[int | None, str | None]:
+    """The usable positions of a model folder's configuration (cached per config.json size and mtime)."""
     from transformers import AutoConfig
 
     try:
@@ -257,7 +258,11 @@ def check_max_length(backbone, max_length: int) -> None:
         return
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise GenboundError(f"--max-length must be an integer of at least 2 tokens, got {max_length!r}")
-    positions, field = _positions(str(backbone.folder))
+    try:
+        st = (Path(backbone.folder) / "config.json").stat()
+    except OSError:
+        raise GenboundError(f"{backbone.folder} has no readable config.json; save the model again") from None
+    positions, field = _positions(str(backbone.folder), st.st_size, st.st_mtime_ns)
     limit = positions or MAX_TOKENS
     if max_length > limit:
         raise GenboundError(f"--max-length {max_length} exceeds the {limit} positions of backbone '{backbone.name}'"

@@ -53,6 +53,7 @@ ABSOLUTE_POSITIONS = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert
                       "deberta", "mpnet")
 QUANT_HINT = ("genbound trains and measures float weights; load the model with its quantization library, "
               "dequantize it and save_pretrained the float model")
+FLOAT_DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
                    "sentencepiece.bpe.model")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "image_processor_config.json")
@@ -118,7 +119,14 @@ class ConfigSizes(BaseModel):
         return self.first("max_position_embeddings", "n_positions")
 
 
+# Sizes a configuration may leave null (GPT-2's n_inner means 4 x width); any other null size is corrupt.
+NULLABLE = ("n_inner", "head_dim", "num_key_value_heads", "embedding_size", "num_labels")
+
+
 def _sizes(raw: dict, where: str) -> ConfigSizes:
+    null = next((k for k in ConfigSizes.model_fields if k in raw and raw[k] is None and k not in NULLABLE), None)
+    if null is not None:
+        raise GenboundError(f"{where}: field '{null}' is null; the config is corrupt or not a model genbound can build")
     try:
         return ConfigSizes.model_validate(raw)
     except ValidationError as exc:
@@ -199,6 +207,10 @@ def check_model_folder(path: Path, cfg: dict | None = None) -> dict:
         method = quant.get("quant_method") if isinstance(quant, dict) else None
         raise GenboundError(f"{where} declares a quantized model ({method or 'quantization_config'}); {QUANT_HINT}")
     model_type = cfg.get("model_type") if isinstance(cfg.get("model_type"), str) else None
+    for key in ("torch_dtype", "dtype"):
+        if cfg.get(key) is not None and cfg.get(key) not in FLOAT_DTYPES:
+            raise GenboundError(f"{where}: field '{key}' is {str(repr(cfg.get(key)))[:40]}, not one of "
+                                f"{', '.join(FLOAT_DTYPES)}; genbound builds float models")
     sizes = _sizes(cfg, where)
     for sub in ("text_config", "vision_config"):
         if isinstance(cfg.get(sub), dict):
@@ -214,6 +226,7 @@ def check_model_folder(path: Path, cfg: dict | None = None) -> dict:
                             f"{sizes.num_key_value_heads}; the config is corrupt")
     if sizes.image_size and sizes.patch_size and sizes.patch_size > sizes.image_size:
         raise GenboundError(f"{where}: patch_size {sizes.patch_size} exceeds image_size {sizes.image_size}")
+    _transformers_config(path, model_type)
     weights = path / "model.safetensors"
     _regular(weights, "a safetensors file")
     memory = machine_memory()
@@ -256,6 +269,21 @@ def refuse_sparse(path: Path) -> None:
     if st.st_size > SPARSE_MIN_BYTES and st.st_size > SPARSE_RATIO * on_disk:
         raise GenboundError(f"{path} claims {st.st_size / 2**30:.1f} GiB but holds {on_disk / 2**20:.0f} MiB on disk "
                             "(a sparse file); it is corrupt or hostile")
+
+
+def _transformers_config(path: Path, model_type: str | None) -> None:
+    """Let transformers' own configuration class validate the file (its types and relations), after the sizes
+    above were bounded, so that no build later fails on a value of the wrong type with a traceback."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - any failure on an untrusted config is a config genbound cannot build
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])
+        text = " ".join(line.strip() for line in first[:3])[:200]
+        raise GenboundError(f"{path}/config.json is not a valid {model_type or 'model'} configuration for "
+                            f"transformers ({type(exc).__name__}: {text}); save the model again with "
+                            "save_pretrained") from None
 
 
 def _model_dtypes() -> dict:
