@@ -552,3 +552,55 @@ def test_cutting_long_texts_keeps_the_first_tokens_exactly(tmp_path, kind):
         want = tok(texts, truncation=True, max_length=max_length, padding="max_length")["input_ids"]
         got = tok(cut, truncation=True, max_length=max_length, padding="max_length")["input_ids"]
         assert got == want
+
+
+# -- analysis: lock and cache files ------------------------------------------------------------------------------
+
+
+def test_lock_of_another_host_without_heartbeat_is_reported_not_waited_for(tmp_path):
+    from analysis import locks
+
+    lock = tmp_path / ".run.sweep.lock"
+    lock.write_text(json.dumps({"host": "elsewhere.invalid", "pid": 4242, "start": "1"}))
+    text = one_line(lambda: locks.try_acquire(lock), "pid 4242 on host 'elsewhere.invalid'")
+    assert f"delete {lock}" in text and lock.exists()  # nothing taken over behind the user's back
+    lock.unlink()  # what the message says to do
+    assert locks.try_acquire(lock)
+    locks.release(lock)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{", b"[" * 100_000 + b"]" * 100_000, b'{"pid": "x", "host": [1]}',
+                                     b'["not", "a", "record"]', b""])
+def test_garbage_lock_files_are_taken_over(tmp_path, content):
+    from analysis import locks
+
+    lock = tmp_path / ".run.sweep.lock"
+    lock.write_bytes(content)
+    old = time.time() - 60
+    os.utime(lock, (old, old))  # not a lock being written right now
+    assert locks.try_acquire(lock)
+    assert locks.read_owner(lock)["pid"] == os.getpid()
+    locks.release(lock)
+
+
+def test_folder_in_a_lock_or_cache_place_is_one_line(tmp_path):
+    from analysis import locks
+    from analysis.sweep import read_cache
+
+    (tmp_path / "lock").mkdir()
+    one_line(lambda: locks.try_acquire(tmp_path / "lock"), "not a file")
+    (tmp_path / "cache.json").mkdir()
+    one_line(lambda: read_cache(tmp_path / "cache.json", {"k": 1}, "value"), "is a folder")
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{", b"[" * 100_000 + b"]" * 100_000,
+                                     b'{"key": {"k": 1}, "value": "abc"}', b'{"key": {"k": 1}, "value": [1, 2]}',
+                                     b'{"key": {"k": 2}, "value": {}}'])
+def test_garbage_cache_files_mean_compute_again(tmp_path, content):
+    from analysis.sweep import read_cache
+
+    cache = tmp_path / "c.json"
+    cache.write_bytes(content)
+    assert read_cache(cache, {"k": 1}, "value") is None
+    cache.write_text(json.dumps({"key": {"k": 1}, "value": {"x": 1.5}}))
+    assert read_cache(cache, {"k": 1}, "value")["value"] == {"x": 1.5}
