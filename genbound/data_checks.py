@@ -222,6 +222,9 @@ def labels_from_values(values: list, column: str, names: list[str] | None, where
                                 "label is a class name, an integer or a boolean")
         ints.append(v)
     distinct = sorted(set(ints))
+    if distinct[-1] > MAX_SEED:  # beyond int64: no class numbering anyone wrote (a uint64 overflow, a hash)
+        raise GenboundError(f"{where}: label {distinct[-1]} in '{column}' is beyond 64-bit integers; use class names "
+                            "or integers up to 2^63-1")
     if distinct[0] < 0:
         raise GenboundError(f"{where}: label {distinct[0]} in '{column}' is out of range (labels are 0..C-1); "
                             "drop unlabelled rows or relabel")

@@ -8,7 +8,8 @@
 
 Text examples come from ``text_columns`` (one column, or two for a GLUE-style sentence pair that the tokenizer
 joins with its separator), labels from ``label_column`` (strings become classes sorted by name; integers
-0..C-1 are kept, classes named by their value; a ``datasets`` ``ClassLabel`` keeps its names).
+0..C-1 are kept, other integers become the classes the data holds, sorted by value and named by it; a
+``datasets`` ``ClassLabel`` keeps its names; genbound.data_checks).
 
 Splits, in order of precedence:
 
