@@ -292,25 +292,3 @@ def open_image(path: str | Path):
                             "remove or shrink it") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, MemoryError):
         raise GenboundError(f"{path} is not a readable image; remove it from the image folder") from None
-
-
-def seed_arg(text: str) -> int:
-    """An argparse type for seeds: an integer 0..2^63-1 (numpy's and torch's generators take no more)."""
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise GenboundError(f"a seed must be an integer 0..{MAX_SEED}, got '{text}'") from None
-    if not 0 <= value <= MAX_SEED:
-        raise GenboundError(f"a seed must be an integer 0..{MAX_SEED}, got {value}")
-    return value
-
-
-def positive_float_arg(text: str) -> float:
-    """An argparse type for rates and scales: a finite number above 0 (nan, inf and negatives refused)."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise GenboundError(f"expected a positive number, got '{text}'") from None
-    if not math.isfinite(value) or value <= 0:
-        raise GenboundError(f"expected a finite positive number, got '{text}'")
-    return value

@@ -11,7 +11,7 @@ q, sigma (or loss "01" / "ce" with clip), n, head, total, name; flags override i
 
 from __future__ import annotations
 
-from ..data_checks import seed_arg
+from ..argtypes import seed_arg
 from .common import add_device, add_json, print_json, resolve_device
 from .dataopts import add_data_options, add_source_options, source_from_args
 

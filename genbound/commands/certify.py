@@ -12,7 +12,7 @@ cross-entropy of the decoded model's prediction smoothed with the uniform one (S
 
 from __future__ import annotations
 
-from ..data_checks import positive_float_arg, seed_arg
+from ..argtypes import positive_float_arg, seed_arg
 from .common import add_device, add_json, format_table, print_json, resolve_device
 
 HELP = "certify the test error of a subspace-trained checkpoint (quantize, arithmetic-code, Occam bound)"

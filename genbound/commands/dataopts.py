@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..data_checks import seed_arg
+from ..argtypes import seed_arg
 from ..errors import GenboundError
 
 

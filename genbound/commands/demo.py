@@ -7,7 +7,7 @@ Checkpoints already in the output directory are reused, so an interrupted demo p
 
 from __future__ import annotations
 
-from ..data_checks import seed_arg
+from ..argtypes import seed_arg
 from .common import add_device, add_json, add_progress, print_json, progress_of, resolve_device
 
 HELP = "train two adapters on the embedded default (MiniLM, BBC News), compare them, write figures"

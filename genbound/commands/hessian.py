@@ -7,7 +7,7 @@ The Hessian is that of the mean cross-entropy on a seeded subset of ``--samples`
 
 from __future__ import annotations
 
-from ..data_checks import seed_arg
+from ..argtypes import seed_arg
 from ..errors import GenboundError
 from .common import (
     add_device,

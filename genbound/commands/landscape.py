@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data_checks import seed_arg
+from ..argtypes import seed_arg
 from ..errors import GenboundError
 from .common import (
     add_device,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..data_checks import seed_arg
+from ..argtypes import seed_arg
 from .common import add_device, add_json, add_progress, format_table, print_json, progress_of, resolve_device
 from .dataopts import add_data_options, data_options
 
