@@ -9,7 +9,8 @@ the owner record); a lock from another host whose file has not been touched for 
 heartbeats is stale. That is what lets a cluster executor (analysis.executors) retry a run on another node
 after the node that held it died, on any shared filesystem (only the file's mtime is used, not flock, which
 some network filesystems emulate per client). A lock from another host without a heartbeat (an older
-genbound) is never judged stale; remove it by hand if its owner is gone.
+genbound) is never judged stale: taking it is refused in one line that names the owner and says to delete the
+lock file once its owner is gone (rather than waiting for it forever, silently).
 
 Taking over is the one racy step (two processes could both find the lock stale, one removes it and creates
 its own, and the other would then remove that live lock). It is therefore done under an exclusive ``flock``
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from genbound.atomic import pid_alive
+from genbound.errors import GenboundError
 
 
 def _start_time(pid: int) -> str | None:
@@ -55,16 +57,37 @@ def owner_record() -> dict:
 def read_owner(path: Path) -> dict | None:
     """The lock's owner record; None when the file is gone. An unreadable record is returned as {}."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()[: 1 << 16]
     except FileNotFoundError:
         return None
     except OSError:
         return {}
     try:
-        rec = json.loads(text)
-    except json.JSONDecodeError:
+        rec = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # invalid UTF-8, not JSON, nested too deep: garbage, like a torn write
         return {}
-    return rec if isinstance(rec, dict) else {}
+    if not isinstance(rec, dict) or not isinstance(rec.get("host"), str) or not _is_int(rec.get("pid")) \
+            or not isinstance(rec.get("start"), (str, type(None))) \
+            or not (rec.get("heartbeat") is None or _is_number(rec.get("heartbeat"))):
+        return {}  # a record of the wrong shape cannot be a live owner's (it writes the right one at once)
+    return rec
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def unjudgeable(owner: dict | None) -> bool:
+    """True for a lock held on another host that records no heartbeat (an older genbound): whether its owner
+    is alive cannot be told from here, so waiting for it could last forever."""
+    if not owner or owner.get("host") == socket.gethostname():
+        return False
+    beat = owner.get("heartbeat")
+    return not isinstance(beat, (int, float)) or isinstance(beat, bool) or beat <= 0
 
 
 def is_stale(owner: dict | None, path: Path | None = None) -> bool:
@@ -123,6 +146,9 @@ def try_acquire(path: str | os.PathLike) -> bool:
     """Create the lock ``path`` for this process; take it over if its owner is dead. False if held."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        raise GenboundError(f"the lock {path} is not a file (a folder or a special file is in its place); remove "
+                            "it to run")
     if _create(path):
         return True
     # Held, or stale: decide and replace under the directory flock (see the module docstring). The grace
@@ -131,11 +157,21 @@ def try_acquire(path: str | os.PathLike) -> bool:
         owner = read_owner(path)
         if owner == {} and _young(path):
             return False
+        if unjudgeable(owner):
+            raise GenboundError(
+                f"{path} is held by pid {_short(owner.get('pid'))} on host {_short(owner.get('host'))}, which records "
+                "no heartbeat (an older genbound), so whether it is alive cannot be told from here; if that process "
+                f"has ended, delete {path} to take the run over")
         if not is_stale(owner, path):
             return False
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return _create(path)
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _young(path: Path, seconds: float = 5.0) -> bool:

@@ -255,12 +255,16 @@ def checkpoint_bounds(path: str | Path, compression: bool = False, theorem1: boo
 
 def read_cache(cache: Path, key: dict[str, Any], *fields: str) -> dict[str, Any] | None:
     """The record ``{"key": key, field: ...}`` that a derived-result cache holds for ``key``, or None when the file is
-    missing, unreadable, written for another key or lacks one of ``fields`` (then the result is computed again)."""
+    missing, unreadable (invalid UTF-8, deep nesting), written for another key or lacks one of ``fields`` as a JSON
+    object (then the result is computed again). A folder in the cache file's place is refused in one line, since
+    the result could not be written there either."""
+    if cache.is_dir():
+        raise GenboundError(f"the cache file {cache} is a folder; remove it so that the result can be cached")
     try:
-        data = json.loads(cache.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(cache.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
-    if not isinstance(data, dict) or data.get("key") != key or any(f not in data for f in fields):
+    if not isinstance(data, dict) or data.get("key") != key or any(not isinstance(data.get(f), dict) for f in fields):
         return None
     return data
 

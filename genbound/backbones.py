@@ -40,6 +40,14 @@ import torch
 from torch import Tensor, nn
 
 from .errors import GenboundError
+from .model_checks import (
+    check_model_folder,
+    check_processor_folder,
+    check_tokenizer_folder,
+    check_vocabulary,
+    read_config,
+    require_weights,
+)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MLP_ASSET = ASSETS / "mlp-digits04.safetensors"
@@ -225,16 +233,17 @@ class Backbone:
             transformers.logging.set_verbosity_error()
             transformers.logging.disable_progress_bar()
             try:
-                encoder = AutoModel.from_pretrained(
+                encoder = require_weights(AutoModel.from_pretrained(
                     str(self.folder),
                     local_files_only=True, trust_remote_code=False,
                     add_pooling_layer=False,
                     attn_implementation=attn_implementation,
-                    use_safetensors=True,
-                )
+                    use_safetensors=True, output_loading_info=True,
+                ), self.folder, head_may_be_new=False)
             except TypeError:
-                encoder = AutoModel.from_pretrained(str(self.folder), local_files_only=True,
-                                                    trust_remote_code=False, use_safetensors=True)
+                encoder = require_weights(AutoModel.from_pretrained(str(self.folder), local_files_only=True,
+                                                                    trust_remote_code=False, use_safetensors=True,
+                                                                    output_loading_info=True), self.folder, False)
             model = TextClassifier(encoder, num_labels)
         g = torch.Generator().manual_seed(int(seed))
         with torch.no_grad():
@@ -311,15 +320,16 @@ class Backbone:
             torch.manual_seed(int(seed))
             try:
                 try:
-                    model = auto.from_pretrained(folder, config=config,
-                                                 local_files_only=True, trust_remote_code=False, use_safetensors=True,
-                                                 ignore_mismatched_sizes=True, attn_implementation=attn_implementation)
+                    model = require_weights(auto.from_pretrained(
+                        folder, config=config, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+                        ignore_mismatched_sizes=True, attn_implementation=attn_implementation,
+                        output_loading_info=True), folder)
                 except (TypeError, ValueError) as exc:
                     if "attn_implementation" not in str(exc) and "sdpa" not in str(exc).lower():
                         raise
-                    model = auto.from_pretrained(folder, config=config,
-                                                 local_files_only=True, trust_remote_code=False, use_safetensors=True,
-                                                 ignore_mismatched_sizes=True)
+                    model = require_weights(auto.from_pretrained(
+                        folder, config=config, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+                        ignore_mismatched_sizes=True, output_loading_info=True), folder)
             except ValueError as exc:
                 raise GenboundError(f"{self.folder}: model type '{config.model_type}' has no {what}-classification "
                                     f"class in transformers ({str(exc).splitlines()[0][:80]}); use a supported "
@@ -334,11 +344,13 @@ class Backbone:
             raise GenboundError(f"backbone '{self.name}' has no tokenizer; use a text backbone such as minilm")
         from transformers import AutoTokenizer
 
+        check_tokenizer_folder(self.folder)
         try:
             tok = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise GenboundError(f"{self.folder} holds no usable tokenizer ({str(exc).splitlines()[0][:80]}); save "
                                 "the model's tokenizer into the folder with save_pretrained") from None
+        check_vocabulary(tok, self.folder)
         if tok.pad_token is None:
             if tok.eos_token is None:
                 raise GenboundError(f"the tokenizer in {self.folder} has neither a pad nor an eos token; set one "
@@ -364,9 +376,11 @@ class Backbone:
     def image_features(self, paths: Sequence[str]) -> dict[str, Tensor]:
         """What the folder's own image processor (preprocessor_config.json) returns for image files: pixel
         values, and any other tensor it gives (a pixel mask)."""
-        from PIL import Image, UnidentifiedImageError
         from transformers import AutoImageProcessor
 
+        from .data_checks import open_image
+
+        check_processor_folder(self.folder)
         try:
             proc = AutoImageProcessor.from_pretrained(str(self.folder), local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError) as exc:
@@ -376,11 +390,7 @@ class Backbone:
         for start in range(0, len(paths), 256):
             images = []
             for p in paths[start : start + 256]:
-                try:
-                    with Image.open(p) as im:
-                        images.append(im.convert("RGB"))
-                except (OSError, UnidentifiedImageError):
-                    raise GenboundError(f"{p} is not a readable image; remove it from the image folder") from None
+                images.append(open_image(p))  # regular files only, PIL's bomb limit as one line
             enc = proc(images=images, return_tensors="pt")
             out.append({k: v for k, v in enc.items() if isinstance(v, Tensor)})
         return {k: torch.cat([o[k] for o in out]) for k in out[0]} if out else {"pixel_values": torch.empty(0)}
@@ -519,15 +529,9 @@ def _from_path(path: Path, task: str | None = None) -> Backbone:
                                                     "a pickle can execute code)" if other else "")
             + "; save the model with save_pretrained(..., safe_serialization=True) into one file"
         )
-    import json
-
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise GenboundError(f"{path}/config.json is not valid JSON ({exc}); save the model again") from None
-    if not isinstance(cfg, dict):
-        raise GenboundError(f"{path}/config.json is not a JSON object; save the model again")
+    cfg = read_config(path)  # strict: bounded, UTF-8, no deep nesting
     _refuse_custom_code(path, cfg)
+    check_model_folder(path, cfg)  # sizes typed and against the weights, before anything is allocated
     archs = [str(a) for a in cfg.get("architectures") or []]
     vision = cfg.get("model_type") in VISION_TYPES or any("ImageClassification" in a for a in archs)
     if task is None:

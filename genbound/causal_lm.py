@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import GenboundError
+from .model_checks import require_weights
 
 TASK = "causal-lm"
 
@@ -101,16 +102,15 @@ def build_causal_lm(backbone, seed: int = 0, attn_implementation: str = "sdpa") 
         torch.manual_seed(int(seed))
         try:
             try:
-                model = AutoModelForCausalLM.from_pretrained(folder, config=config,
-                                                             local_files_only=True, trust_remote_code=False,
-                                                             use_safetensors=True,
-                                                             attn_implementation=attn_implementation)
+                model = require_weights(AutoModelForCausalLM.from_pretrained(
+                    folder, config=config, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+                    attn_implementation=attn_implementation, output_loading_info=True), folder, False)
             except (TypeError, ValueError) as exc:
                 if "attn_implementation" not in str(exc) and "sdpa" not in str(exc).lower():
                     raise
-                model = AutoModelForCausalLM.from_pretrained(folder, config=config,
-                                                             local_files_only=True, trust_remote_code=False,
-                                                             use_safetensors=True)
+                model = require_weights(AutoModelForCausalLM.from_pretrained(
+                    folder, config=config, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+                    output_loading_info=True), folder, False)
         except ValueError as exc:
             raise GenboundError(f"{backbone.folder}: model type '{config.model_type}' has no causal-LM class in "
                                 f"transformers ({str(exc).splitlines()[0][:80]}); use a decoder (GPT-2, Llama, "

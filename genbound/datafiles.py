@@ -10,7 +10,8 @@
 
 Text examples come from ``text_columns`` (one column, or two for a GLUE-style sentence pair that the tokenizer
 joins with its separator), labels from ``label_column`` (strings become classes sorted by name; integers
-0..C-1 are kept, classes named by their value; a ``datasets`` ``ClassLabel`` keeps its names).
+0..C-1 are kept, other integers become the classes the data holds, sorted by value and named by it; a
+``datasets`` ``ClassLabel`` keeps its names; genbound.data_checks).
 
 Splits, in order of precedence:
 
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data_checks import check_data_path, check_datasets_folder, labels_from_values, table_options, to_dataset
 from .errors import GenboundError
 
 TABLE_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -83,11 +85,11 @@ def _read_table(path: Path, fmt: str):
         if fmt == "csv":
             from pyarrow import csv
 
-            return csv.read_csv(str(path))
+            return csv.read_csv(str(path), **table_options(path, fmt))
         if fmt == "jsonl":
             from pyarrow import json
 
-            return json.read_json(str(path))
+            return json.read_json(str(path), **table_options(path, fmt))
         from pyarrow import parquet
 
         return parquet.read_table(str(path))
@@ -104,8 +106,9 @@ def _tables(path: Path) -> tuple[dict[str, object], str, dict[str, list[str]]]:
         fmt = TABLE_SUFFIXES.get(path.suffix.lower())
         if fmt is None:
             raise GenboundError(f"{path}: unknown data file type '{path.suffix}'; use .csv, .jsonl or .parquet")
-        return {"all": datasets.Dataset(_read_table(path, fmt))}, fmt, {}
+        return {"all": to_dataset(_read_table(path, fmt), path)}, fmt, {}
     if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+        check_datasets_folder(path)
         try:
             loaded = datasets.load_from_disk(str(path))
         except (OSError, ValueError, FileNotFoundError) as exc:
@@ -131,33 +134,8 @@ def _image_folder(path: Path, split_seed: int = 0, labels: list[str] | None = No
 
 
 def _labels(values: list, column: str, names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
-    """Integer labels 0..C-1 and class names from a label column."""
-    if any(v is None for v in values):
-        raise GenboundError(f"{where}: label column '{column}' has empty values; fill or drop those rows")
-    if names is not None:
-        y = np.asarray(values, dtype=np.int64)
-        bad = y[(y < 0) | (y >= len(names))]
-        if bad.size:
-            raise GenboundError(f"{where}: label {int(bad[0])} in '{column}' is out of range 0..{len(names) - 1} "
-                                "(unlabelled rows, such as GLUE's test split, have -1); drop those rows")
-        return y, names
-    if all(isinstance(v, (bool, str)) for v in values):
-        classes = sorted({str(v) for v in values})
-        index = {c: i for i, c in enumerate(classes)}
-        return np.asarray([index[str(v)] for v in values], dtype=np.int64), classes
-    try:
-        y = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise GenboundError(f"{where}: label column '{column}' mixes types; use class names or integers") from None
-    if not np.all(y == np.round(y)):
-        raise GenboundError(f"{where}: label column '{column}' holds non-integer numbers; a classifier needs "
-                            "class names or integer labels 0..C-1")
-    y = y.astype(np.int64)
-    if y.min() < 0:
-        raise GenboundError(f"{where}: label {int(y.min())} in '{column}' is out of range (labels are 0..C-1); "
-                            "drop unlabelled rows or relabel")
-    c = int(y.max()) + 1
-    return y, [str(i) for i in range(c)]
+    """Integer labels 0..C-1 and class names from a label column (genbound.data_checks.labels_from_values)."""
+    return labels_from_values(values, column, names, where)
 
 
 def _carve_validation(labels: np.ndarray, train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -225,6 +203,7 @@ def read_data(path: str | Path, text_columns: list[str] | None = None, label_col
     path = Path(path)
     if not path.exists():
         raise GenboundError(f"dataset file {path} does not exist; pass a .csv, .jsonl, .parquet file or a folder")
+    check_data_path(path)
     if path.is_dir():
         images = _image_folder(path, split_seed, labels)
         if images is not None:
@@ -281,6 +260,7 @@ def read_texts(path: str | Path, text_columns: list[str] | None = None, split_co
     path = Path(path)
     if not path.exists():
         raise GenboundError(f"dataset file {path} does not exist; pass a .csv, .jsonl, .parquet file or a folder")
+    check_data_path(path)
     if path.is_dir() and _image_folder(path) is not None:
         raise GenboundError(f"{path} is an image folder; a causal language model trains on texts")
     parts, fmt, _ = _tables(path)

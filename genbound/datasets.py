@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
+from .data_checks import check_max_length, cut_long_texts
 from .errors import GenboundError
 from .evalset import EvalSet
 
@@ -231,6 +232,7 @@ def _tokenized(raw: list, backbone: Backbone, max_length: int, progress: bool | 
 
     if max_length < 2:
         raise GenboundError(f"max length must be at least 2 tokens, got {max_length}")
+    check_max_length(backbone, max_length)  # before any tokenizer sees it: 10^9 aborted inside Rust
 
     def tokenize() -> dict[str, torch.Tensor]:
         tok = backbone.tokenizer()
@@ -241,9 +243,9 @@ def _tokenized(raw: list, backbone: Backbone, max_length: int, progress: bool | 
             if chunk and isinstance(chunk[0], tuple):
                 enc = tok([a for a, _ in chunk], [b for _, b in chunk], truncation=True, max_length=max_length,
                           padding="max_length", return_tensors="pt")
-            else:
-                enc = tok(list(chunk), truncation=True, max_length=max_length, padding="max_length",
-                          return_tensors="pt")
+            else:  # a 10 MB text is cut where its first max_length tokens provably stay the same
+                enc = tok(cut_long_texts(list(chunk), tok, max_length), truncation=True, max_length=max_length,
+                          padding="max_length", return_tensors="pt")
             for k, v in enc.items():
                 parts.setdefault(k, []).append(v)
             shown.update(len(chunk))

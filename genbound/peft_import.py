@@ -54,6 +54,7 @@ from torch import Tensor
 
 from .errors import CheckpointError, GenboundError
 from .factors import dora_weight
+from .model_checks import refuse_sparse
 from .update import LayerUpdate
 from .validation import check_pattern_work, read_json, validate_peft_config
 
@@ -211,6 +212,8 @@ def _check_archive(bn: Path, max_bytes: int | None) -> None:
 
 def _load_tensors(path: Path, max_bytes: int | None = None) -> tuple[dict[str, Tensor], str]:
     st, bn = path / SAFETENSORS_FILE, path / BIN_FILE
+    if max_bytes is None:  # no base model bounds the claim: at least refuse a file of holes
+        refuse_sparse(st if st.is_file() else bn)
     if st.is_file():
         from .readers import read_safetensors
 

@@ -47,9 +47,11 @@ def check_values(tensors: dict[str, Tensor], where: Path | str, max_abs: float |
                                       f"trained weight ({max_abs:.0e}); the file is corrupt")
 
 
-def read_header(path: Path, max_bytes: int | None = None) -> dict[str, dict]:
-    """The validated safetensors header of ``path`` (without ``__metadata__``): every tensor's dtype, shape
-    and byte range checked against the file's size, the claimed total at most ``max_bytes``."""
+def read_header(path: Path, max_bytes: int | None = None, dtypes: dict | None = None) -> dict[str, dict]:
+    """The validated safetensors header of ``path`` (without ``__metadata__``): every tensor's dtype (one of
+    ``dtypes``, default :data:`DTYPES`), shape and byte range checked against the file's size, the claimed
+    total at most ``max_bytes``."""
+    dtypes = DTYPES if dtypes is None else dtypes
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     size = path.stat().st_size
@@ -68,14 +70,14 @@ def read_header(path: Path, max_bytes: int | None = None) -> dict[str, dict]:
         raise CheckpointError(f"{path}: safetensors header lists {len(header)} tensors; the file is corrupt")
     data_len = size - 8 - hlen
     for key, info in header.items():
-        if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or info["dtype"] not in DTYPES:
+        if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or info["dtype"] not in dtypes:
             raise CheckpointError(f"{path}: tensor '{key}' has an unsupported or missing dtype")
         shape, offs = info.get("shape"), info.get("data_offsets")
         if (not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d <= 1 << 32 for d in shape)
                 or not isinstance(offs, list) or len(offs) != 2
                 or not all(isinstance(o, int) and 0 <= o <= data_len for o in offs) or offs[0] > offs[1]):
             raise CheckpointError(f"{path}: tensor '{key}' has a malformed shape or byte range")
-        nbytes = math.prod(shape) * DTYPES[info["dtype"]].itemsize
+        nbytes = math.prod(shape) * dtypes[info["dtype"]].itemsize
         if offs[1] - offs[0] != nbytes:
             raise CheckpointError(f"{path}: tensor '{key}' byte range does not match its shape and dtype")
     claimed = sum(info["data_offsets"][1] - info["data_offsets"][0] for info in header.values())

@@ -6,7 +6,9 @@ in a Qwen2 folder and a Llama folder tokenize differently),
 the exact texts (pairs included, in order), the max length and a format version. Value: a safetensors file
 with every tensor the tokenizer returned (``input_ids``, ``attention_mask``, ``token_type_ids`` where it gives
 them; int64), written atomically; a file that does not parse or does not
-have the expected shapes is ignored and rewritten. Nothing is executed on load.
+have the expected shapes is ignored and rewritten. Nothing is executed on load. The cache is an optimisation:
+an entry that cannot be read or written (a full or read-only disk, a folder in its place) is skipped with a
+warning, never fatal.
 
 Location: ``$GENBOUND_CACHE/tokens`` or ``~/.cache/genbound/tokens``; ``GENBOUND_CACHE=off`` disables it.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,17 +57,14 @@ def cached_tokens(folder: Path, raw: list, max_length: int,
     directory = cache_dir()
     if directory is None:
         return tokenize()
-    path = directory / f"{cache_key(folder, raw, max_length, variant)}.safetensors"
-    if path.is_file():
-        try:
-            from safetensors.torch import load_file
-
-            out = load_file(str(path))
-            shape = (len(raw), max_length)
-            if "input_ids" in out and all(tuple(v.shape) == shape and v.dtype == torch.int64 for v in out.values()):
-                return out
-        except (OSError, ValueError, RuntimeError):
-            pass  # a damaged entry: tokenize again and replace it
+    try:
+        path = directory / f"{cache_key(folder, raw, max_length, variant)}.safetensors"
+    except OSError as exc:  # an unreadable tokenizer file: tokenizing reports it better than the cache could
+        _skip(f"cannot fingerprint the tokenizer ({exc.strerror or exc})")
+        return tokenize()
+    out = _read_entry(path, len(raw), max_length)
+    if out is not None:
+        return out
     out = tokenize()
     try:
         from safetensors.torch import save_file
@@ -74,6 +74,45 @@ def cached_tokens(folder: Path, raw: list, max_length: int,
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as tmp:
             save_file({k: v.contiguous().to(torch.int64) for k, v in out.items()}, str(tmp))
+    except Exception as exc:  # noqa: BLE001 - a read-only or full disk (safetensors wraps it): the cache is optional
+        _skip(f"cannot write {path} ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})")
+    return out
+
+
+def _skip(why: str) -> None:
+    """Say once per cause that the token cache was skipped: it is an optimisation, never a reason to fail."""
+    warnings.warn(f"genbound: token cache skipped: {why}; tokenizing without it", RuntimeWarning, stacklevel=3)
+
+
+# What a tokenizer returns that genbound keeps (the model's forward then takes what it accepts).
+TOKEN_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _read_entry(path: Path, rows: int, max_length: int) -> dict[str, Tensor] | None:
+    """A cache entry with the expected tensors, or None: a missing, damaged, hostile or mistyped entry (or a
+    folder, FIFO or device in its place) is tokenized again and replaced, never fatal."""
+    import stat
+
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            if path.is_dir():
+                _skip(f"{path} is a folder")
+            return None
     except OSError:
-        pass  # a read-only or full disk: the cache is an optimisation only
+        return None
+    from .errors import GenboundError
+    from .readers import read_header, read_safetensors
+
+    shape = (rows, max_length)
+    # The entry's claimed size is bounded by what these rows can hold (int64 ids, mask and segment ids), plus
+    # its header; its tensors are the tokenizer's own outputs, input_ids always among them.
+    try:
+        bound = len(TOKEN_TENSORS) * 8 * rows * max_length
+        keys = set(read_header(path, bound))
+        if "input_ids" not in keys or not keys <= set(TOKEN_TENSORS):
+            return None
+        expected = {k: (shape, torch.int64) for k in keys}
+        out = read_safetensors(path, expected=expected, max_abs=None, max_bytes=bound)
+    except (GenboundError, OSError, ValueError, RuntimeError):
+        return None
     return out

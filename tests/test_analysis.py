@@ -174,9 +174,13 @@ def test_lock_exclusive_and_stale_takeover(tmp_path):
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "start": "-1"}))
     assert locks.try_acquire(lock)
     locks.release(lock)
-    # Another host's lock cannot be judged: never taken over.
-    lock.write_text(json.dumps({"host": socket.gethostname() + "-elsewhere", "pid": 1, "start": "1"}))
-    assert not locks.try_acquire(lock)
+    # Another host's lock without a heartbeat cannot be judged: never taken over, and said so with its owner
+    # and the way to take over (instead of waiting for it forever, silently).
+    record = json.dumps({"host": socket.gethostname() + "-elsewhere", "pid": 1, "start": "1"})
+    lock.write_text(record)
+    with pytest.raises(GenboundError, match="pid 1 on host .*no heartbeat.*delete"):
+        locks.try_acquire(lock)
+    assert lock.read_text() == record
     # An unreadable record is stale once it is old (a live owner writes its record right after creating).
     lock.write_text("garbage")
     assert not locks.try_acquire(lock)

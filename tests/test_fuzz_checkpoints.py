@@ -349,6 +349,8 @@ class Tally:
     GenboundError of one line), crashed (anything else), hung (past the alarm); and the peak memory growth.
     The counts are printed by tests/conftest.py's terminal summary (``make test`` shows them)."""
 
+    seconds = PER_EXAMPLE_SECONDS
+
     def __init__(self, name: str):
         self.name = name
         self.counts = {"tried": 0, "accepted": 0, "refused": 0, "crashed": 0, "hung": 0}
@@ -359,7 +361,7 @@ class Tally:
     def run(self, what: str, fn) -> None:
         self.counts["tried"] += 1
         old = signal.signal(signal.SIGALRM, _alarm)
-        signal.alarm(PER_EXAMPLE_SECONDS)
+        signal.alarm(self.seconds)
         try:
             fn()
             self.counts["accepted"] += 1
@@ -371,7 +373,7 @@ class Tally:
                 self.counts["refused"] += 1
         except Hang:
             self.counts["hung"] += 1
-            self.failures.append(f"{what}: hung past {PER_EXAMPLE_SECONDS} s")
+            self.failures.append(f"{what}: hung past {self.seconds} s")
         except Exception as exc:
             self.counts["crashed"] += 1
             self.failures.append(f"{what}: {type(exc).__name__}: {str(exc)[:200]}")

@@ -179,7 +179,8 @@ def _third_party_imports(folders: list[str]) -> set[str]:
         for path in (ROOT / folder).rglob("*.py"):
             for module in _imported_modules(path):
                 top = module.split(".")[0]
-                if top and top not in sys.stdlib_module_names and top not in ("genbound", "analysis", "__future__"):
+                if top and top not in sys.stdlib_module_names and top not in ("genbound", "analysis", "__future__") \
+                        and not (folder == "tests" and (ROOT / "tests" / f"{top}.py").exists()):  # a test module
                     out.add(top)
     return out
 

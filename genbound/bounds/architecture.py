@@ -35,7 +35,7 @@ def _config(folder: Path | str | None):
     try:
         from transformers import AutoConfig
 
-        cfg = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        cfg = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError):
         return None
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg

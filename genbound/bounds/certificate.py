@@ -105,6 +105,29 @@ class Certificate:
         return asdict(self)
 
 
+MAX_SUBSPACE_DIM = 1 << 24  # the declared grid stops at 20,000; beyond this P alone would not fit in memory
+
+
+def subspace_dim(ckpt) -> int:
+    """The recorded ``subspace_dim`` of a checkpoint's hyperparameters, as a positive integer (a string, list,
+    dict, float or bool there is an edited or corrupt checkpoint, refused in one line)."""
+    d = ckpt.meta.hyperparameters.get("subspace_dim")
+    if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= MAX_SUBSPACE_DIM:
+        shown = repr(d) if len(repr(d)) <= 40 else repr(d)[:37] + "..."
+        raise GenboundError(f"{ckpt.path}: hyperparameter subspace_dim is {shown}, not an integer "
+                            f"1..{MAX_SUBSPACE_DIM}; the checkpoint is corrupt or edited")
+    return d
+
+
+def recorded_lr(ckpt) -> float:
+    """The recorded learning rate (0 where absent), a finite number."""
+    lr = ckpt.meta.hyperparameters.get("lr", 0.0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+        raise GenboundError(f"{ckpt.path}: hyperparameter lr is {str(repr(lr))[:40]}, not a finite number; the "
+                            "checkpoint is corrupt or edited")
+    return float(lr)
+
+
 def load_w(ckpt) -> list[Tensor]:
     """w of every link, from the checkpoint's subspace file (refused when the run was not in a subspace)."""
     from ..checkpoint import read_safetensors
@@ -114,7 +137,7 @@ def load_w(ckpt) -> list[Tensor]:
     if not d:
         raise GenboundError(f"{ckpt.path} was not trained in a subspace; retrain it with `genbound train "
                             "--subspace-dim d` to certify it")
-    dims = link_dims(int(d), ckpt.meta.chain if ckpt.method.chained else 1)
+    dims = link_dims(subspace_dim(ckpt), ckpt.meta.chain if ckpt.method.chained else 1)
     expected = {f"w.link{j}": ((n,), torch.float32) for j, n in enumerate(dims)}
     tensors = read_safetensors(ckpt.path / SUBSPACE_FILE, expected)
     return [tensors[f"w.link{j}"] for j in range(len(dims))]
@@ -135,7 +158,7 @@ class Replay:
         _, model = ckpt._pristine("cpu")
         self.adapters = attach_adapters(model, ckpt.method, [li.name for li in m.layers], m.rank, m.alpha, m.seed,
                                         m.paca_columns)
-        self.dims = link_dims(int(m.hyperparameters["subspace_dim"]), m.chain if ckpt.method.chained else 1)
+        self.dims = link_dims(subspace_dim(ckpt), m.chain if ckpt.method.chained else 1)
         self.space = attach_subspace(model, self.dims[0], m.seed, 0)
         self.model = model.to(device)
         self.device = torch.device(device)
@@ -265,6 +288,8 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
     delta = check_probability(delta, "delta", "--delta")
     if qat_steps < 0:
         raise GenboundError(f"--qat-steps must be 0 or more, got {qat_steps}")
+    if not (math.isfinite(qat_lr) and qat_lr > 0):  # a nan rate made the encoded message differ from the decoded
+        raise GenboundError(f"--qat-lr must be a finite positive number, got {qat_lr}")
     ws = load_w(ckpt)
     m = ckpt.meta
     if (m.hyperparameters or {}).get("task") == "causal-lm":
@@ -363,8 +388,8 @@ def run_config(ckpt, levels: int, rate: float) -> dict[str, Any]:
     """Every setting the decoder of the message needs, as the checkpoint records it (the grid's axes)."""
     m = ckpt.meta
     hp = m.hyperparameters
-    return {"method": m.method, "chain": m.chain, "subspace_dim": int(hp["subspace_dim"]), "levels": int(levels),
-            "lr": float(hp.get("lr", 0.0)), "rate": float(rate), "max_length": m.max_length, "rank": int(m.rank),
+    return {"method": m.method, "chain": m.chain, "subspace_dim": subspace_dim(ckpt), "levels": int(levels),
+            "lr": recorded_lr(ckpt), "rate": float(rate), "max_length": m.max_length, "rank": int(m.rank),
             "alpha": float(m.alpha), "seed": int(m.seed), "targets": hp.get("targets"), "exclude": hp.get("exclude"),
             "paca_columns": m.paca_columns}
 

@@ -11,6 +11,7 @@ q, sigma (or loss "01" / "ce" with clip), n, head, total, name; flags override i
 
 from __future__ import annotations
 
+from ..argtypes import seed_arg
 from .common import add_device, add_json, print_json, resolve_device
 from .dataopts import add_data_options, add_source_options, source_from_args
 
@@ -48,7 +49,7 @@ def add_arguments(p) -> None:
     b.add_argument("--no-compression", action="store_true", help="skip the compression (Occam) bound")
     b.add_argument("--pac-bayes", action="store_true", help="also compute the PAC-Bayes bound (slower)")
     b.add_argument("--pb-samples", type=int, default=20, help="Monte Carlo posterior samples per scale")
-    b.add_argument("--seed", type=int, default=0, help="seed of the PAC-Bayes posterior draws (recorded)")
+    b.add_argument("--seed", type=seed_arg, default=0, help="seed of the PAC-Bayes posterior draws (recorded)")
     o = p.add_argument_group("output")
     add_json(o)
     o.add_argument("--markdown", metavar="FILE", help="write Table 1 as Markdown ('-' for stdout)")

@@ -12,6 +12,7 @@ cross-entropy of the decoded model's prediction smoothed with the uniform one (S
 
 from __future__ import annotations
 
+from ..argtypes import positive_float_arg, seed_arg
 from .common import add_device, add_json, format_table, print_json, resolve_device
 from .dataopts import add_relocation_options
 
@@ -28,9 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("--delta", type=float, default=0.05, help="the certificate holds with probability 1 - delta")
     p.add_argument("--qat-steps", type=int, default=DEFAULT_QAT_STEPS,
                    help=f"quantization-aware fine-tuning steps (default {DEFAULT_QAT_STEPS}; 0: k-means only)")
-    p.add_argument("--qat-lr", type=float, default=DEFAULT_QAT_LR, help=f"its Adam learning rate "
+    p.add_argument("--qat-lr", type=positive_float_arg, default=DEFAULT_QAT_LR, help=f"its Adam learning rate "
                    f"(default {DEFAULT_QAT_LR})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning batches and dropout (recorded)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the fine-tuning batches and dropout (recorded)")
     p.add_argument("--pac-bayes", action="store_true",
                    help="also the PAC-Bayes bound with a learned Gaussian posterior over w (slower)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..argtypes import seed_arg
 from ..tasks import add_task_option
 from .common import add_device, add_json, add_progress, print_json, progress_of, resolve_device
 from .dataopts import add_data_options, data_choice
@@ -52,9 +53,10 @@ def add_arguments(p) -> None:
                         "genbound checkpoint: where its data is now (checked by fingerprint)")
     add_task_option(p)
     p.add_argument("--max-length", type=int, default=128, help="peft adapters with --dataset: tokens per example")
-    p.add_argument("--split-seed", type=int, default=0, help="peft adapters with --dataset: seed of a seeded split")
+    p.add_argument("--split-seed", type=seed_arg, default=0,
+                   help="peft adapters with --dataset: seed of a seeded split")
     add_data_options(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     add_device(p)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..argtypes import seed_arg
 from ..errors import GenboundError
 
 
@@ -50,7 +51,7 @@ def add_source_options(p) -> None:
     add_relocation_options(p)
     add_task_option(p)
     p.add_argument("--max-length", type=int, default=128, help="peft adapters: tokens per example (default 128)")
-    p.add_argument("--split-seed", type=int, default=0, help="peft adapters: seed of a seeded split (default 0)")
+    p.add_argument("--split-seed", type=seed_arg, default=0, help="peft adapters: seed of a seeded split (default 0)")
 
 
 def source_from_args(args, path: str | None = None):

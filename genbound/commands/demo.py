@@ -7,6 +7,7 @@ Checkpoints already in the output directory are reused, so an interrupted demo p
 
 from __future__ import annotations
 
+from ..argtypes import seed_arg
 from .common import add_device, add_json, add_progress, print_json, progress_of, resolve_device
 
 HELP = "train two adapters on the embedded default (MiniLM, BBC News), compare them, write figures"
@@ -21,7 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--max-length", type=int, default=64, help="tokens per article (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--landscape", action="store_true", help="add landscape rows and figures (slower)")
     p.add_argument("--hessian", action="store_true", help="add Hessian rows and figures (slower)")
     add_device(p)

@@ -7,6 +7,7 @@ The Hessian is that of the mean cross-entropy on a seeded subset of ``--samples`
 
 from __future__ import annotations
 
+from ..argtypes import seed_arg
 from ..errors import GenboundError
 from .common import (
     add_device,
@@ -51,7 +52,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256, help="examples per forward pass (256)")
     p.add_argument("--tol", type=float, default=1e-4, help="relative error bound for the eigenvalues (1e-4)")
     p.add_argument("--max-steps", type=positive_int, default=100, help="most Lanczos steps for eigenvalues (100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of every random probe (0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the subset and of every random probe (0)")
     p.add_argument("--out", default=None, help="also write the JSON report to this file (atomically)")
     add_json(p)
     add_device(p)

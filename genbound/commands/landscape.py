@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..argtypes import seed_arg
 from ..errors import GenboundError
 from .common import (
     add_device,
@@ -46,7 +47,7 @@ def add_arguments(p) -> None:
     p.add_argument("--samples", type=sample_count, default=512,
                    help="seeded evaluation subset size, or 'all' for the whole split (default 512)")
     p.add_argument("--split", choices=["train", "val", "test"], default="train", help="evaluation split")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random directions and of the subset")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the random directions and of the subset")
     p.add_argument("--engine", choices=["batched", "sequential"], default="batched",
                    help="batched (several points per forward, default) or the point-by-point reference")
     p.add_argument("--points-per-batch", type=int, default=None, help="grid points per forward (default: by memory)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..argtypes import seed_arg
 from .common import add_device, add_json, add_progress, format_table, print_json, progress_of, resolve_device
 from .dataopts import add_data_options, data_options
 
@@ -78,8 +79,8 @@ def add_setting_arguments(p, method_required: bool = True) -> None:
                    help="train only w in theta = theta_0 + P w: P a seeded Kronecker projection of every trained "
                         "tensor (head included) onto d dimensions (split over a chain's links); needed by "
                         "`genbound certify`")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--split-seed", type=seed_arg, default=0)
 
 
 def default_lr(subspace_dim: int | None) -> float:

@@ -81,6 +81,9 @@ except ImportError:  # pragma: no cover
     _is_batched = None
 
 
+MAX_GRID = 2001  # 4 M points in 2-D, each a forward pass: far beyond any landscape worth computing
+
+
 def check_grid(grid: int) -> int:
     """An odd positive resolution, else a one-line error."""
     if isinstance(grid, bool) or not isinstance(grid, int) and not (isinstance(grid, float) and grid.is_integer()):
@@ -92,6 +95,10 @@ def check_grid(grid: int) -> int:
         raise GenboundError(
             f"grid resolution must be odd so that the trained point is a grid point, got {grid}; use {grid + 1}"
         )
+    if grid > MAX_GRID:  # before any allocation: a 2-D grid holds grid^2 points, each with coordinates and results
+        raise GenboundError(f"grid resolution {grid} gives {grid * grid:,} points in 2-D (about "
+                            f"{grid * grid * 40 / 2**30:.0f} GiB of coordinates and results alone); use at most "
+                            f"{MAX_GRID}")
     return grid
 
 
