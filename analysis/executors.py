@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from genbound.errors import GenboundError
+from genbound.core.errors import GenboundError
 
 from .sweep import EXECUTORS, RunSpec, finished_run, run_one, train_runs
 

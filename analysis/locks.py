@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from genbound.atomic import pid_alive
+from genbound.core.atomic import pid_alive
 
 
 def _start_time(pid: int) -> str | None:

@@ -11,9 +11,9 @@ checkpoints on disk, the same whichever executor trained them.
 
 Layout of ``--out``::
 
-    runs/<method>-s<seed>/      one genbound checkpoint per run (written atomically by genbound.train)
+    runs/<method>-s<seed>/      one genbound checkpoint per run (written atomically by genbound.training.train)
     runs/.<name>.sweep.lock     held while a process works on that run (see analysis.locks)
-    runs/.<name>.state          a killed run's training state (genbound.train resumes it)
+    runs/.<name>.state          a killed run's training state (genbound.training.train resumes it)
     derived/<name>.json         the bounds computed for a checkpoint (reused while the checkpoint is unchanged)
     tables.md, results.tex, bounds.tex, kendall.tex, summary.md, summary.json, figures/*.pdf|png
 
@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genbound.errors import GenboundError
+from genbound.core.errors import GenboundError
 
 from . import locks
 from .presets import PRESETS, Preset, get_preset, train_config, with_budget
@@ -56,11 +56,11 @@ class RunSpec:
     seed: int
     name: str
     path: Path
-    config: Any  # genbound.train.TrainConfig
+    config: Any  # genbound.training.train.TrainConfig
 
     @property
     def lock(self) -> Path:
-        # Not ".<name>.lock": genbound.train holds that one itself (output.run_lock) and writes a bare pid in
+        # Not ".<name>.lock": genbound.training.train holds that one itself (output.run_lock) and writes a bare pid in
         # it, which this lock would read as a stale owner record and take over.
         return self.path.parent / f".{self.name}.sweep.lock"
 
@@ -101,8 +101,8 @@ def plan(preset: Preset, methods: list[str], seeds: list[int], out: str | Path, 
 
 def config_mismatch(hyperparameters: dict[str, Any], config) -> str | None:
     """The first configuration field where a checkpoint's recorded hyperparameters differ from ``config``
-    (device and progress do not count: genbound.resume.config_difference), or None when they match."""
-    from genbound.resume import config_difference
+    (device and progress do not count: genbound.checkpoints.resume.config_difference), or None when they match."""
+    from genbound.checkpoints.resume import config_difference
 
     fields = asdict(config)
     diff = config_difference(hyperparameters, fields, keys=fields)
@@ -111,7 +111,7 @@ def config_mismatch(hyperparameters: dict[str, Any], config) -> str | None:
 
 def finished_run(spec: RunSpec) -> tuple[bool, str | None]:
     """(is a checkpoint, mismatch or None)."""
-    from genbound.checkpoint import is_checkpoint, load_meta
+    from genbound.checkpoints.checkpoint import is_checkpoint, load_meta
 
     if not is_checkpoint(spec.path):
         return False, None
@@ -125,8 +125,8 @@ class _SplitCache:
         self.cache: dict[tuple, Any] = {}
 
     def get(self, config) -> Any:
-        from genbound.backbones import get_backbone
-        from genbound.datasets import get_dataset
+        from genbound.data.datasets import get_dataset
+        from genbound.models.backbones import get_backbone
 
         key = (config.backbone, config.dataset, config.split_seed, config.max_length)
         if key not in self.cache:
@@ -137,8 +137,8 @@ class _SplitCache:
 
 def _train_one(spec: RunSpec, splits: _SplitCache, overwrite: bool) -> str:
     """Train ``spec`` unless finished; returns the status. The caller holds the run's lock."""
-    from genbound.resume import state_dir_for
-    from genbound.train import train
+    from genbound.checkpoints.resume import state_dir_for
+    from genbound.training.train import train
 
     done, mismatch = finished_run(spec)
     if done and mismatch is None:
@@ -158,7 +158,7 @@ def run_one(spec: RunSpec, overwrite: bool = False, poll: float = 5.0, wait_time
     of what is on the shared filesystem only: it claims the run's lock (waiting while another live process
     holds it; a dead holder's lock is taken over, see analysis.locks), returns "skipped" for a finished
     matching checkpoint, continues a killed run's saved state ("resumed"), and otherwise trains it
-    ("trained"). genbound.train writes the checkpoint atomically, so a worker killed part-way never leaves a
+    ("trained"). genbound.training.train writes the checkpoint atomically, so a worker killed part-way never leaves a
     half-written run that a later reader could take for a finished one. A GenboundError (e.g. a diverging
     loss) is returned as "failed: <message>"; anything else propagates, for the engine to report.
     """
@@ -230,8 +230,8 @@ def checkpoint_bounds(path: str | Path, compression: bool = False, theorem1: boo
     the stored dtype), the trainable count, and on request the Occam bound and Theorem 1 (mlp only)."""
     from genbound.bounds.mi import method_bound
     from genbound.bounds.report import config_from_meta, report_for_checkpoint
-    from genbound.checkpoint import load_meta
-    from genbound.methods import get_method
+    from genbound.checkpoints.checkpoint import load_meta
+    from genbound.methods.catalogue import get_method
 
     meta = load_meta(path)
     cfg = config_from_meta(meta, source=str(path))
@@ -266,7 +266,7 @@ def read_cache(cache: Path, key: dict[str, Any], *fields: str) -> dict[str, Any]
 
 
 def _meta_digest(path: Path) -> str:
-    from genbound.checkpoint import META_FILE, TENSOR_FILE
+    from genbound.checkpoints.checkpoint import META_FILE, TENSOR_FILE
 
     h = hashlib.sha256((path / META_FILE).read_bytes())
     st = (path / TENSOR_FILE).stat()
@@ -278,7 +278,7 @@ def cached_bounds(spec: RunSpec, out: Path, compression: bool, theorem1: bool, d
                   ) -> tuple[dict[str, float | None], dict[str, bool]]:
     """:func:`checkpoint_bounds`, cached in ``derived/<name>.json`` while the checkpoint and options are the
     same (the compression bound takes seconds to minutes per checkpoint)."""
-    from genbound.atomic import write_json
+    from genbound.core.atomic import write_json
 
     cache = out / "derived" / f"{spec.name}.json"
     key = {"checkpoint": _meta_digest(spec.path), "compression": compression, "theorem1": theorem1, "seed": 0}
@@ -294,7 +294,7 @@ def collect(specs: list[RunSpec], status: dict[str, str], out: Path, compression
     """A RunRecord per run: measured values from the checkpoint, bounds computed (or read from the cache)."""
     from tqdm.auto import tqdm
 
-    from genbound.checkpoint import load_meta
+    from genbound.checkpoints.checkpoint import load_meta
 
     records = []
     for spec in tqdm(specs, desc="bounds", unit="run", disable=None if progress is None else not progress):
@@ -336,10 +336,10 @@ def run_sweep(preset: str | Preset, seeds: list[int], out: str | Path, methods: 
     ``backbone`` / ``dataset`` replace the preset's (a registry name, a model folder, a data file): one sweep
     directory per (model, dataset) cell of a grid (docs/scale.md).
     """
-    from genbound.atomic import write_json, write_text
-    from genbound.device import resolve_device
-    from genbound.methods import METHODS, get_method
-    from genbound.render import to_jsonable
+    from genbound.core.atomic import write_json, write_text
+    from genbound.core.device import resolve_device
+    from genbound.core.render import to_jsonable
+    from genbound.methods.catalogue import METHODS, get_method
 
     from . import tables as T
 
@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         print("analysis.sweep: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     if args.json:
-        from genbound.render import print_json
+        from genbound.core.render import print_json
 
         print_json(result.to_dict())
         return 0

@@ -137,7 +137,7 @@ def _concepts() -> str:
 
 
 def test_concepts_covers_every_method():
-    from genbound.methods import METHODS
+    from genbound.methods.catalogue import METHODS
 
     text = _concepts()
     for name in METHODS:
@@ -145,7 +145,7 @@ def test_concepts_covers_every_method():
 
 
 def test_concepts_method_table_matches_catalogue():
-    from genbound.methods import METHODS
+    from genbound.methods.catalogue import METHODS
 
     rows = {}
     table = _concepts().split("<!-- methods-table -->", 2)[1]
@@ -163,7 +163,7 @@ def test_concepts_method_table_matches_catalogue():
 
 def test_concepts_table1_numbers_are_what_the_code_computes():
     from genbound.bounds.mi import load_config, method_bound, override
-    from genbound.methods import METHODS
+    from genbound.methods.catalogue import METHODS
 
     text = _concepts()
     block = text.split("<!-- table1-check -->", 2)[1]
@@ -194,9 +194,9 @@ def test_concepts_counterexample_numbers():
 def test_concepts_quotes_the_code_defaults():
     from genbound.bounds.occam import compression_bound
     from genbound.bounds.pacbayes import DEFAULT_LAMBDA_GRID, DEFAULT_S_GRID
-    from genbound.intruders import DENSE_MAX
-    from genbound.methods import METHODS
-    from genbound.spectra import MIN_POWER_LAW_POINTS
+    from genbound.diagnostics.intruders import DENSE_MAX
+    from genbound.diagnostics.spectra import MIN_POWER_LAW_POINTS
+    from genbound.methods.catalogue import METHODS
 
     text = " ".join(_concepts().split())
     assert f"dense path up to min(n, m) = {DENSE_MAX}" in text

@@ -194,7 +194,7 @@ def test_required_dependencies_are_what_the_library_imports():
     used = {_canon(d) for m in _third_party_imports(["genbound", "analysis"]) for d in dists.get(m, [m])}
     # The cluster engines (ray, submitit) are an extra: analysis.executors imports them lazily, when their
     # executor runs, so that the library works without them (checked below: never at a module's top level).
-    # Likewise the backbones extra (onnx, read by genbound.onnx_bert when paraphrase-minilm-l3 is converted).
+    # Likewise the backbones extra (onnx, read by genbound.models.onnx_bert when paraphrase-minilm-l3 is converted).
     cluster = {_canon(d) for d in project["optional-dependencies"]["cluster"]}
     cluster |= {_canon(d) for d in project["optional-dependencies"]["backbones"]}
     assert used <= required | cluster, (f"the library imports {sorted(used - required - cluster)} but pyproject "

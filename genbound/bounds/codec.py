@@ -4,7 +4,7 @@ The message, written bit by bit (:class:`BitWriter`), is
 
 1. the index of the run's configuration in a hyperparameter grid declared before training
    (:class:`HyperGrid`): ceil(log2 |grid|) bits. It fixes the method, chain length k, subspace dimension d
-   and the number of quantization levels L, hence every link's dimension d_j (genbound.subspace.link_dims);
+   and the number of quantization levels L, hence every link's dimension d_j (genbound.methods.subspace.link_dims);
 2. for each link j:
    * the number of codebook levels used, L_j in 1..L: ceil(log2 L) bits;
    * the codebook: L_j float16 values, 16 bits each, ascending;
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import GenboundError
+from ..core.errors import GenboundError
 
 FLOAT_BITS = 16  # codebook values are sent as IEEE half-precision floats
 
@@ -254,7 +254,7 @@ def encode(links: list[QuantizedVector], grid: HyperGrid, config: dict[str, Any]
     ``config`` (its grid values)."""
     import constriction
 
-    from ..subspace import link_dims
+    from ..methods.subspace import link_dims
 
     index = grid.index(config)
     cfg = grid.config(index)
@@ -299,7 +299,7 @@ def decode(message: Message | tuple[bytes, int], grid: HyperGrid) -> tuple[dict[
     """(the configuration, the quantized links) read back from the message alone."""
     import constriction
 
-    from ..subspace import link_dims
+    from ..methods.subspace import link_dims
 
     data, nbits = (message.data, message.nbits) if isinstance(message, Message) else message
     inp = BitReader(data, nbits)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..device import where
-from ..errors import GenboundError
-from ..methods import get_method
-from ..render import latex_table, markdown_table, tex_escape, text_table
+from ..core.device import where
+from ..core.errors import GenboundError
+from ..core.render import latex_table, markdown_table, tex_escape, text_table
+from ..methods.catalogue import get_method
 from .common import bits_for_dtype, sigma_for_loss
 from .mi import BoundConfig, MIBound, method_bound, table1
 from .theorem1 import CROSS_ENTROPY_LIPSCHITZ, Theorem1Result
@@ -142,10 +142,10 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
                           theorem: bool = True, compression: bool = True, pac_bayes: bool = False,
                           pb_samples: int = 20, seed: int = 0, device: torch.device | None = None,
                           progress: bool | None = None) -> BoundsReport:
-    """All bounds for one checkpoint (a directory, a :class:`~genbound.checkpoint.Checkpoint` already
-    loaded, or a run context, genbound.context): its Table 1 row, Theorem 1 (mlp) or why not (transformer),
+    """All bounds for one checkpoint (a directory, a :class:`~genbound.checkpoints.checkpoint.Checkpoint` already
+    loaded, or a run context, genbound.sources.context): its Table 1 row, Theorem 1 (mlp) or why not (transformer),
     and the compression (default) and PAC-Bayes (``pac_bayes=True``) bounds on the real model."""
-    from ..context import context_for
+    from ..sources.context import context_for
     from .transformer import TRANSFORMER_CHAIN, TRANSFORMER_REASONS
 
     device = where(device)  # a checkpoint is read onto the CPU
@@ -181,7 +181,7 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
                 n_train=meta.n_train, delta=delta, loss_range=m_clip, verdict="not applicable",
                 reasons=list(TRANSFORMER_REASONS), chain_of_maps=TRANSFORMER_CHAIN)
     if compression or pac_bayes:
-        from .hypothesis import from_checkpoint
+        from ..sources.hypothesis import from_checkpoint
 
         hyp = ckpt.hypothesis(device) if hasattr(ckpt, "hypothesis") else from_checkpoint(ckpt, device)
         if compression:

@@ -64,7 +64,7 @@ class Applicability:
 
 def applicability(model: nn.Module) -> Applicability:
     """Whether Theorem 1 applies to ``model`` as a plain chain, with the chain of maps and the reasons."""
-    from ..backbones import MLPClassifier
+    from ..models.backbones import MLPClassifier
 
     if isinstance(model, MLPClassifier):
         return Applicability(True, "mlp", MLP_CHAIN)

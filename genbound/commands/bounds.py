@@ -69,11 +69,11 @@ def _methods(args) -> list[str] | None:
 def run(args) -> int:
     import warnings
 
-    from ..atomic import write_text
     from ..bounds.common import sigma_for_loss
     from ..bounds.mi import BoundConfig, load_config, override, parse_layers
     from ..bounds.report import format_text, report_for_checkpoint, report_for_config, to_latex, to_markdown
-    from ..errors import GenboundError
+    from ..core.atomic import write_text
+    from ..core.errors import GenboundError
 
     include_head = not args.no_head
     reports = []

@@ -39,7 +39,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..bounds.certificate import certify
-    from ..checkpoint import load_checkpoint
+    from ..checkpoints.checkpoint import load_checkpoint
 
     progress = False if args.no_progress else None
     ckpt = load_checkpoint(args.checkpoint)

@@ -60,7 +60,7 @@ def check_out(out: str | None):
     """The --out path, checked before any work: a known suffix, in a directory that exists (none is created)."""
     from pathlib import Path
 
-    from ..errors import GenboundError
+    from ..core.errors import GenboundError
 
     if out is None:
         return None
@@ -76,8 +76,8 @@ def check_out(out: str | None):
 
 
 def run(args) -> int:
-    from ..atomic import write_json, write_text
-    from ..compare import compare, to_latex, to_markdown, to_text
+    from ..core.atomic import write_json, write_text
+    from ..report.compare import compare, to_latex, to_markdown, to_text
 
     out = check_out(args.out)
     report = compare(args.a, args.b, device=str(resolve_device(args.device)), top_k=args.top_k, eps=args.eps,

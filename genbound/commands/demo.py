@@ -33,12 +33,12 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from ..atomic import write_json, write_text
-    from ..backbones import get_backbone
-    from ..checkpoint import is_checkpoint, load_meta
-    from ..compare import compare, to_markdown, to_text
-    from ..datasets import default_dataset_for, get_dataset
-    from ..train import TrainConfig, train
+    from ..checkpoints.checkpoint import is_checkpoint, load_meta
+    from ..core.atomic import write_json, write_text
+    from ..data.datasets import default_dataset_for, get_dataset
+    from ..models.backbones import get_backbone
+    from ..report.compare import compare, to_markdown, to_text
+    from ..training.train import TrainConfig, train
 
     out = Path(args.out)
     device = str(resolve_device(args.device))

@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..export import export_peft
+    from ..sources.export import export_peft
 
     config = export_peft(args.checkpoint, args.peft, overwrite=args.overwrite)
     if args.json:

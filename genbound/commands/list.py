@@ -13,10 +13,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..backbones import BACKBONES, get_backbone
-    from ..datasets import DATASETS
-    from ..errors import GenboundError
-    from ..methods import METHODS
+    from ..core.errors import GenboundError
+    from ..data.datasets import DATASETS
+    from ..methods.catalogue import METHODS
+    from ..models.backbones import BACKBONES, get_backbone
 
     out: dict = {}
     if args.what in ("all", "backbones"):

@@ -15,7 +15,7 @@ DESCRIPTION = (
 
 
 def add_arguments(p) -> None:
-    from ..methods import METHODS
+    from ..methods.catalogue import METHODS
 
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--backbone", default="minilm",
@@ -75,8 +75,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..distributed import launched
-    from ..train import TrainConfig, train
+    from ..core.distributed import launched
+    from ..training.train import TrainConfig, train
 
     config = TrainConfig(
         method=args.method, backbone=args.backbone, dataset=args.dataset, rank=args.rank, alpha=args.alpha,
