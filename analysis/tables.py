@@ -28,6 +28,7 @@ from typing import Any
 from genbound.core.atomic import write_json, write_text
 from genbound.core.render import cell, latex_table, markdown_table, tex_escape
 from genbound.methods.catalogue import METHODS, get_method
+from genbound.report import figures as F
 
 # key -> (Markdown label, LaTeX label)
 MEASURED: dict[str, tuple[str, str]] = {
@@ -327,8 +328,6 @@ def bound_points(rows: Sequence[MethodRow], bound: str, gap: str = "gap_01") -> 
 
 def accuracy_figure(rows: Sequence[MethodRow]):
     """Train and test accuracy per method, mean over seeds with the std as error bars (genbound.report.figures)."""
-    from genbound.report import figures as F
-
     rows = [r for r in rows if r.stats["test_accuracy"].mean is not None]
     bars = [{"method": r.method, "label": r.title, "train": r.stats["train_accuracy"].mean,
              "train_err": r.stats["train_accuracy"].std, "test": r.stats["test_accuracy"].mean,
@@ -340,8 +339,6 @@ def accuracy_figure(rows: Sequence[MethodRow]):
 
 def write_figures(rows: Sequence[MethodRow], directory: str | Path) -> list[Path]:
     """bound_vs_gap_<bound>.{pdf,png} for every bound present, and accuracy.{pdf,png}."""
-    from genbound.report import figures as F
-
     directory = Path(directory)
     paths: list[Path] = []
     for b, (label, _what, gap) in BOUNDS.items():

@@ -128,7 +128,7 @@ def make_peft_minilm(out: Path, seed: int) -> Path:
 
 def dense_equivalent(path: Path) -> float:
     """The same report done densely: dense SVD of every materialised dW, dense intruders (as peft does)."""
-    from genbound.sources.peft_import import load_any
+    from genbound.sources.source import load_any
 
     t = time.perf_counter()
     ck = load_any(path)
@@ -153,7 +153,7 @@ def bench_command(path: Path, repeats: int) -> list[list[str]]:
     t_cli = statistics.median(walls)
     from genbound.diagnostics.intruders import DEFAULT_CACHE, intruders
     from genbound.diagnostics.spectra import spectra
-    from genbound.sources.peft_import import load_any
+    from genbound.sources.source import load_any
 
     def inproc():
         ck = load_any(path)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the analysis package lives at the repository root, beside genbound
     sys.path.insert(0, str(ROOT))
 
-from analysis import locks, sweep  # noqa: E402
+from analysis import locks, runs, sweep  # noqa: E402
 from analysis import tables as T  # noqa: E402
 from analysis.presets import PRESETS, get_preset, train_config  # noqa: E402
 from genbound.core.errors import GenboundError  # noqa: E402
@@ -197,7 +197,7 @@ def _worker(specs, log, queue):
         marker.write_text("x")
         return "trained"
 
-    sweep._train_one = fake_train
+    runs._train_one = fake_train
     queue.put(sweep.train_runs(specs, poll=0.05, progress=False))
 
 

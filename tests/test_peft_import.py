@@ -10,7 +10,8 @@ from torch import nn
 
 from genbound.core.errors import GenboundError
 from genbound.diagnostics.spectra import singular_values
-from genbound.sources.peft_import import is_peft_dir, load_any, load_peft
+from genbound.sources.peft_import import is_peft_dir, load_peft
+from genbound.sources.source import load_any
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402

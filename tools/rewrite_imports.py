@@ -33,19 +33,22 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLE_ROW = re.compile(r"^\|\s*`(genbound(?:\.\w+)*)`\s*\|\s*`(genbound(?:\.\w+)*)`\s*\|\s*$")
+TABLE_ROW = re.compile(r"^\|\s*`((?:genbound|analysis)(?:\.\w+)*)`\s*\|\s*`((?:genbound|analysis)(?:\.\w+)*)`\s*\|\s*$")
 IDENT = r"[A-Za-z_]\w*"
 
 
-def read_table(path: Path) -> dict[str, str]:
-    """The old -> new rows of the 'Moved modules' table (any Markdown table row of two back-quoted names)."""
-    rows = {}
+def read_table(path: Path, heading: str = "### Moved modules") -> dict[str, str]:
+    """The old -> new rows of the Markdown table under ``heading`` (rows of two back-quoted dotted names)."""
+    rows, inside = {}, False
     for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            inside = line.strip() == heading
+            continue
         m = TABLE_ROW.match(line.strip())
-        if m and m.group(1) != m.group(2):
+        if inside and m and m.group(1) != m.group(2):
             rows[m.group(1)] = m.group(2)
-    if not rows:
-        raise SystemExit(f"{path}: no 'old module | new module' rows found")
+    if not rows and heading == "### Moved modules":
+        raise SystemExit(f"{path}: no 'old module | new module' rows found under '{heading}'")
     return rows
 
 
@@ -61,8 +64,9 @@ def modules_on_disk(root: Path) -> set[str]:
 
 
 class Mapper:
-    def __init__(self, table: dict[str, str], existing: set[str]):
+    def __init__(self, table: dict[str, str], existing: set[str], names: dict[str, str] | None = None):
         self.table = table
+        self.names = names or {}  # moved names, spelled with the new modules: module.name -> module.name
         self.new = set(existing)
         for name in table.values():
             parts = name.split(".")
@@ -73,7 +77,16 @@ class Mapper:
 
     def map(self, dotted: str) -> str | None:
         """The new spelling of ``dotted`` (a module, or a module followed by attributes), or None when it needs
-        none: no old name is a prefix of it, or it already names a module of the new layout."""
+        none: no old name is a prefix of it, or it already names a module of the new layout; then a name that
+        moved to another module (the 'Moved names' table) is looked up."""
+        moved = self.map_module(dotted)
+        spelled = dotted if moved is None else moved
+        for old, new in self.names.items():
+            if spelled == old or spelled.startswith(old + "."):
+                return new + spelled[len(old):]
+        return moved
+
+    def map_module(self, dotted: str) -> str | None:
         parts = dotted.split(".")
         key = None
         for i in range(len(parts), 0, -1):
@@ -250,6 +263,9 @@ def rewrite_from(match: re.Match, mapper: Mapper, ctx: FileContext) -> str:
             changed = True
             continue
         new_mod = mapper.map(absolute) or absolute
+        moved_name = mapper.names.get(f"{new_mod}.{name}")
+        if moved_name is not None:  # the name itself moved to another module
+            new_mod = moved_name.rpartition(".")[0]
         changed |= new_mod != absolute
         groups.setdefault(new_mod, []).append(name if alias is None else f"{name} as {alias}")
     if not changed:
@@ -267,7 +283,7 @@ def rewrite_from(match: re.Match, mapper: Mapper, ctx: FileContext) -> str:
 
 # -- every other dotted name and path ---------------------------------------------------------------------------
 
-DOTTED = re.compile(r"(?<![\w.])genbound(?:\.\w+)+")
+DOTTED = re.compile(r"(?<![\w.])(?:genbound|analysis)(?:\.\w+)+")
 PATH = re.compile(r"(?<![\w./-])genbound(?:/\w+)+(?:\.py\b|/)?")
 
 
@@ -332,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table", type=Path, default=ROOT / "docs" / "changelog.md")
     ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file would change")
     args = ap.parse_args(argv)
-    mapper = Mapper(read_table(args.table), modules_on_disk(ROOT))
+    mapper = Mapper(read_table(args.table), modules_on_disk(ROOT), read_table(args.table, "### Moved names"))
     would = 0
     for path in args.files:
         if path.resolve() == args.table.resolve():

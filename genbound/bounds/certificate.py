@@ -39,12 +39,16 @@ from torch import Tensor, nn
 
 from ..core.device import where
 from ..core.errors import GenboundError
+from ..core.readers import read_safetensors
 from ..data.evalset import EvalSet
+from ..methods.adapters import attach_adapters, trained_tensors
+from ..methods.subspace import SUBSPACE_FILE, attach_subspace, detach_subspace, link_dims, set_w
 from ..models.losses import mean_loss
 from .codec import HyperGrid, QuantizedVector, decode, encode
 from .common import check_probability, kl_inverse_upper
 from .occam import occam_bound, occam_kl_budget, quantize
 from .smoothed import ALPHA_GRID, label_log_probs, mean_smoothed, smoothed_bound
+from .subspace_pacbayes import subspace_pac_bayes
 
 # Declared before any certified run; changing it changes what every certificate pays (grid.bits) and what a
 # message's index means. The method axis is the eleven methods of the paper, as they stood when the grid was
@@ -98,9 +102,6 @@ class Certificate:
 
 def load_w(ckpt) -> list[Tensor]:
     """w of every link, from the checkpoint's subspace file (refused when the run was not in a subspace)."""
-    from ..checkpoints.checkpoint import read_safetensors
-    from ..methods.subspace import SUBSPACE_FILE, link_dims
-
     d = ckpt.meta.hyperparameters.get("subspace_dim")
     if not d:
         raise GenboundError(f"{ckpt.path} was not trained in a subspace; retrain it with `genbound train "
@@ -116,9 +117,6 @@ class Replay:
     does): pretrained backbone, seeded head and adapters, link j's subspace with w_j, merged, next link."""
 
     def __init__(self, ckpt, device: torch.device | None = None):
-        from ..methods.adapters import attach_adapters
-        from ..methods.subspace import attach_subspace, link_dims
-
         device = where(device)  # a checkpoint is read onto the CPU
 
         self.ckpt = ckpt
@@ -133,13 +131,9 @@ class Replay:
         self.link = 0
 
     def set_w(self, w: Tensor) -> None:
-        from ..methods.subspace import set_w
-
         set_w(self.space, w.to(self.device))
 
     def next_link(self) -> None:
-        from ..methods.subspace import attach_subspace, detach_subspace
-
         detach_subspace(self.model)
         for ad in self.adapters.values():
             ad.next_link()
@@ -148,8 +142,6 @@ class Replay:
 
     def tensors(self) -> dict[str, Tensor]:
         """The checkpoint-format trained tensors of the current state (for checks against the checkpoint)."""
-        from ..training.train import trained_tensors
-
         with torch.no_grad():
             if not self.ckpt.method.adapter:
                 return {f"model.{k}": v.detach().clone() for k, v in _plain_params(self.model).items()}
@@ -268,7 +260,6 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
         if len(ws) > 1:
             raise GenboundError("the PAC-Bayes certificate handles single-link runs only; drop --pac-bayes for a "
                                 "chain")
-        from .subspace_pacbayes import subspace_pac_bayes
 
         start = Replay(ckpt, device)
         start.set_w(ws[0])

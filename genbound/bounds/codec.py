@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..core.errors import GenboundError
+from ..methods.subspace import link_dims
 
 FLOAT_BITS = 16  # codebook values are sent as IEEE half-precision floats
 
@@ -254,8 +255,6 @@ def encode(links: list[QuantizedVector], grid: HyperGrid, config: dict[str, Any]
     ``config`` (its grid values)."""
     import constriction
 
-    from ..methods.subspace import link_dims
-
     index = grid.index(config)
     cfg = grid.config(index)
     dims = link_dims(int(cfg["subspace_dim"]), int(cfg["chain"]))
@@ -298,8 +297,6 @@ def encode(links: list[QuantizedVector], grid: HyperGrid, config: dict[str, Any]
 def decode(message: Message | tuple[bytes, int], grid: HyperGrid) -> tuple[dict[str, Any], list[QuantizedVector]]:
     """(the configuration, the quantized links) read back from the message alone."""
     import constriction
-
-    from ..methods.subspace import link_dims
 
     data, nbits = (message.data, message.nbits) if isinstance(message, Message) else message
     inp = BitReader(data, nbits)

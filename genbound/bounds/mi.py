@@ -25,8 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..core.errors import GenboundError
+from ..core.validation import BoundsConfigModel, read_json, validate_bounds_config
 from ..methods.catalogue import METHODS, Method, get_method
-from .common import check_positive
+from .common import check_positive, sigma_for_loss
 
 LN2 = math.log(2.0)
 
@@ -143,8 +144,6 @@ def config_from_dict(d: dict, name: str = "config", source: str = "config", n: i
     """A :class:`BoundConfig` from a JSON-like dict (keys: layers, rank, chain, q, sigma | loss + clip,
     n, head, total, name), validated by :class:`genbound.core.validation.BoundsConfigModel` (types and ranges:
     ``"q": "abc"`` or ``"head": "1925x"`` is one clear error). ``n`` is used when the dict has none."""
-    from ..core.validation import BoundsConfigModel, validate_bounds_config
-
     known = set(BoundsConfigModel.model_fields)
     unknown = set(d) - known
     if unknown:
@@ -158,7 +157,6 @@ def config_from_dict(d: dict, name: str = "config", source: str = "config", n: i
     n = d.get("n", d.get("n_train", n))
     if n is None:
         raise GenboundError("the configuration has no number of training examples; add \"n\" or pass --n")
-    from .common import sigma_for_loss
 
     loss = "0-1 loss"
     if d.get("sigma") is not None:
@@ -188,7 +186,6 @@ def load_config(spec: str, n: int | None = None) -> BoundConfig:
         raise GenboundError(
             f"--config '{spec}' is neither a preset ({', '.join(sorted(PRESETS))}) nor a JSON file"
         )
-    from ..core.validation import read_json
 
     data = read_json(path, "configuration", 1 << 20, error=GenboundError)
     if not isinstance(data, dict):

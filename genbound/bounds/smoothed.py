@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.device import where
 from ..core.errors import GenboundError
 from .common import check_positive, check_probability, kl_inverse_upper
 
@@ -124,8 +125,6 @@ def label_log_probs(model, data, batch_size: int = 64, device: torch.device | No
     """(ln p(y | x) of the true label, whether the arg-max is right) for every example of ``data`` (an
     EvalSet), in eval mode; the model's mode is restored."""
     from torch.nn import functional as F
-
-    from ..core.device import where
 
     device = where(device, model)
     was = model.training

@@ -55,6 +55,7 @@ from .format import (
     is_checkpoint,
     load_meta,
 )
+from .trajectory import trajectory_updates
 
 __all__ = [
     "DTYPES", "FORMAT", "FORMAT_VERSION", "MAX_ABS_VALUE", "MAX_HEADER_BYTES", "MAX_META_BYTES", "MAX_SEED",
@@ -159,8 +160,6 @@ class Checkpoint:
 
     def trajectory(self) -> list[dict[str, LayerUpdate]]:
         """dW of every adapted layer at each saved step (``meta.trajectory_steps``), oldest first."""
-        from .trajectory import trajectory_updates
-
         return trajectory_updates(self)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import CheckpointError, GenboundError
+from ..models.backbones import get_backbone
 
 # A checkpoint holds at most the backbone's weights (fft) plus a trajectory of snapshots; the tensor file
 # itself at most this multiple of the backbone, plus a fixed allowance for small models.
@@ -96,8 +97,6 @@ def backbone_layout(backbone) -> BackboneLayout:
 
 def layout_for(name: str) -> BackboneLayout | None:
     """The layout of the backbone a checkpoint names, or None where it is not available here."""
-    from ..models.backbones import get_backbone
-
     try:
         return backbone_layout(get_backbone(name))
     except (GenboundError, OSError, ValueError, KeyError):

@@ -24,7 +24,9 @@ from torch import Tensor, nn
 
 from ..core.device import where
 from ..core.errors import CheckpointError
+from ..data.datasets import get_dataset
 from ..models.backbones import Backbone, get_backbone
+from ..models.pretrained import pretrained_weights
 
 
 def load_backbone(meta, path: Path | str) -> Backbone:
@@ -41,8 +43,6 @@ def load_backbone(meta, path: Path | str) -> Backbone:
 
 def dataset_spec(meta):
     """The recorded dataset (a registered name or the researcher's data file, with its column options)."""
-    from ..data.datasets import get_dataset
-
     hp = meta.hyperparameters
     return get_dataset(meta.dataset, hp.get("text_columns"), hp.get("label_column"), hp.get("split_column"))
 
@@ -100,8 +100,6 @@ def check_layers(meta, path: Path | str, model: nn.Module) -> None:
 def base_weights(meta, backbone: Backbone, pristine=None) -> dict[str, Tensor]:
     """The pretrained W0 of every adapted layer, (out, in): from the weights file where it tells them, else
     from ``pristine()`` (a callable giving the pristine model)."""
-    from ..models.pretrained import pretrained_weights
-
     layers = [(li.name, li.out_features, li.in_features) for li in meta.layers]
     out = pretrained_weights(backbone, layers)
     if out is not None:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..core.atomic import atomic_directory
 from ..core.errors import CheckpointError, GenboundError
+from ..core.readers import read_safetensors
 from ..core.validation import read_json, validate_train_state
 
 STATE_FORMAT = "genbound-train-state"
@@ -170,8 +171,6 @@ def _require(cond: bool, where: Path, what: str) -> None:
 
 def load_state(path: str | Path) -> TrainState:
     """Read a state directory written by :func:`save_state` (JSON and safetensors only, validated)."""
-    from ..core.readers import read_safetensors
-
     path = Path(path)
     meta = path / STATE_JSON
     _require(meta.is_file(), path, f"no readable {STATE_JSON}")

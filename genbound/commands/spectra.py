@@ -77,7 +77,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..diagnostics.spectra import spectra
-    from ..sources.peft_import import is_peft_dir, load_any
+    from ..sources.peft_import import is_peft_dir
+    from ..sources.source import load_any
 
     if args.top_k < 1:
         raise GenboundError(f"--top-k must be at least 1, got {args.top_k}")

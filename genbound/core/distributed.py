@@ -226,30 +226,6 @@ def slice_loss(model, feats: dict[str, Tensor], labels: Tensor, n_global: int, p
     return summed_loss(model(**feats), labels, n_global)
 
 
-def sharded_evaluate(group: Group):
-    """:func:`genbound.diagnostics.evaluate.evaluate` with the examples shared out over the processes: each
-    evaluates its
-    shard, the summed losses and correct counts are added up, and every process gets the whole set's mean
-    (the same value in each, up to the order of the float additions the one-process mean)."""
-    from ..data.evalset import EvalSet
-    from ..diagnostics.evaluate import Evaluation, evaluate
-
-    def score(model, data: EvalSet, batch_size: int = 64, device=None, where: str = "evaluation",
-              progress: bool | None = False) -> Evaluation:
-        share = group.shard(len(data))
-        sl = slice(share.start, share.stop)
-        sums = [0.0, 0.0]
-        if len(share):
-            part = evaluate(model, EvalSet({k: v[sl] for k, v in data.features.items()}, data.labels[sl]),
-                            batch_size, device, where, progress=progress)
-            sums = [part.loss * part.n, float(round(part.accuracy * part.n))]
-        total, correct = group.sum_floats(sums)
-        n = len(data)
-        return Evaluation(loss=total / n, accuracy=correct / n, error=1 - correct / n, n=n)
-
-    return score
-
-
 def train_replica(group: Group, out, lock, run):
     """One process's part of a training run across processes: rank 0 holds the run's lock on ``out`` (no
     other run may write it meanwhile); the others run without it, since they write nothing."""

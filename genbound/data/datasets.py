@@ -23,10 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..core.errors import GenboundError
+from ..core.progress import bar
 from ..models.backbones import Backbone
+from ..models.causal_lm import TASK as LM_TASK
+from ..models.losses import lm_labels
+from .datafiles import is_data_path, read_data, read_texts
 from .evalset import EvalSet
+from .tokcache import cached_tokens
 
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train, validation, test
 
@@ -101,8 +107,6 @@ class DatasetSpec:
         (genbound.models.causal_lm)."""
         self.check_fits(backbone)
         if backbone.task == "causal-lm":
-            from ..models.causal_lm import load_lm_splits
-
             return load_lm_splits(self, backbone, split_seed, max_length, progress)
         raw, labels, classes = self.loader()
         if len(raw) == 0:
@@ -139,11 +143,7 @@ class FileDatasetSpec:
              progress: bool | None = None) -> Splits:
         """Read, featurize for ``backbone`` and split (the data's own splits, or seeded); the card goes in
         ``info["card"]``. A causal-LM backbone takes the texts only (genbound.models.causal_lm)."""
-        from .datafiles import read_data
-
         if backbone.task == "causal-lm":
-            from ..models.causal_lm import load_lm_splits
-
             return load_lm_splits(self, backbone, split_seed, max_length, progress)
 
         data = read_data(self.path, self.text_columns, self.label_column, self.split_column, split_seed)
@@ -180,11 +180,8 @@ def featurize(raw: list, backbone: Backbone, max_length: int, progress: bool | N
     if backbone.data_kind == "image":
         return {"pixel_values": backbone.image_features(raw)}
     if backbone.kind == "hf":
-        from ..core.progress import bar
-
         if max_length < 2:
             raise GenboundError(f"max length must be at least 2 tokens, got {max_length}")
-        from .tokcache import cached_tokens
 
         def tokenize() -> dict[str, torch.Tensor]:
             tok = backbone.tokenizer()
@@ -320,8 +317,6 @@ def get_dataset(name: str, text_columns: list[str] | None = None, label_column: 
                 split_column: str | None = None) -> DatasetSpec | FileDatasetSpec:
     """A registered dataset by name, or the researcher's data file or folder at path ``name`` (the column
     options apply to files only)."""
-    from .datafiles import is_data_path
-
     if name in DATASETS:
         if text_columns or label_column or split_column:
             raise GenboundError(f"dataset '{name}' has fixed columns; --text-columns, --label-column and "
@@ -334,3 +329,61 @@ def get_dataset(name: str, text_columns: list[str] | None = None, label_column: 
 
 def default_dataset_for(backbone: Backbone) -> str:
     return "digits" if backbone.data_kind == "digits" else "bbc"
+
+
+# -- text datasets as causal-LM splits (next-token targets, -100 at padding) --------------------------------
+
+
+def random_split(n: int, seed: int, fractions=(0.7, 0.1, 0.2)) -> dict[str, np.ndarray]:
+    """Rows of train / val / test: a seeded permutation cut by ``fractions``, each part sorted."""
+    perm = np.random.default_rng([int(seed), 2]).permutation(n)
+    n_val = int(round(fractions[1] * n))
+    n_test = int(round(fractions[2] * n))
+    return {"val": np.sort(perm[:n_val]), "test": np.sort(perm[n_val:n_val + n_test]),
+            "train": np.sort(perm[n_val + n_test:])}
+
+
+def tokenize_texts(texts: list[str], backbone, max_length: int, progress: bool | None = None) -> dict[str, Tensor]:
+    """Token ids (right-padded to ``max_length``), attention masks and labels (ids, -100 at padding)."""
+    feats = featurize(texts, backbone, max_length, progress=progress)
+    labels = lm_labels(feats["input_ids"], feats["attention_mask"])
+    lengths = feats["attention_mask"].sum(1)
+    short = torch.nonzero(lengths < 2).flatten()
+    if short.numel():
+        raise GenboundError(f"text {int(short[0])} has {int(lengths[short[0]])} token(s) after tokenization; a "
+                            "next-token loss needs at least 2: drop empty texts")
+    return {**feats, "labels": labels}
+
+
+def load_lm_splits(spec, backbone, split_seed: int, max_length: int, progress: bool | None = None):
+    """A text dataset (registered or a file) as causal-LM splits: features input_ids / attention_mask,
+    labels the (N, T) token targets, classes empty."""
+    card: dict = {}
+    if isinstance(spec, FileDatasetSpec):
+        texts, parts, card = read_texts(spec.path, spec.text_columns, spec.split_column, split_seed)
+    else:
+        if spec.data_kind != "text":
+            raise GenboundError(f"dataset '{spec.name}' holds no texts; a causal LM trains on a text dataset")
+        texts = list(spec.loader()[0])
+        parts = None
+    if not texts:
+        raise GenboundError(f"dataset '{spec.name}' holds no texts; a causal LM needs some")
+    if parts is None:
+        parts = random_split(len(texts), split_seed)
+        how = f"seeded 70/10/20 permutation of the texts (split seed {split_seed})"
+    else:
+        how = card.get("splits", "from the data's splits")
+    for part, rows in parts.items():
+        if len(rows) == 0:
+            raise GenboundError(f"dataset {spec.name}: the {part} split is empty; add texts or give the splits "
+                                "in a column")
+    feats = tokenize_texts(texts, backbone, max_length, progress)
+    labels = feats.pop("labels")
+    full = EvalSet(feats, labels)
+    tr, va, te = (torch.as_tensor(parts[k]) for k in ("train", "val", "test"))
+    sizes = {k: int(len(v)) for k, v in parts.items()}
+    tokens = {k: int((labels[torch.as_tensor(parts[k])][:, 1:] != -100).sum()) for k in parts}
+    card = {**card, "task": LM_TASK, "splits": how, "sizes": sizes, "target_tokens": tokens, "examples": len(texts),
+            "max_length": max_length}
+    info = {"examples": len(texts), "max_length": max_length, "card": card, "task": LM_TASK}
+    return Splits(spec.name, [], full.index(tr), full.index(va), full.index(te), split_seed, info)

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..core.atomic import atomic_file
+
 VERSION = "1"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "spiece.model", "tokenizer.model")
@@ -66,8 +68,6 @@ def cached_tokens(folder: Path, raw: list, max_length: int,
     out = tokenize()
     try:
         from safetensors.torch import save_file
-
-        from ..core.atomic import atomic_file
 
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as tmp:

@@ -17,10 +17,13 @@ import torch
 from torch import nn
 
 from ..core.device import where as device_of
+from ..core.distributed import Group
 from ..core.errors import NonFiniteError
+from ..core.progress import bar
 from ..data.evalset import EvalSet
 from ..models.losses import correct as n_correct
 from ..models.losses import count, summed_loss
+from ..sources.context import context_for
 
 
 @dataclass
@@ -41,8 +44,6 @@ def evaluate(
 ) -> Evaluation:
     """Mean cross-entropy and accuracy over ``data`` in eval mode; the model's mode is restored. ``progress``
     shows a bar over the examples (genbound.core.progress: None only on a terminal)."""
-    from ..core.progress import bar
-
     device = device_of(device, model)  # None: where the model is
     was_training = model.training
     model.eval()
@@ -75,8 +76,6 @@ def evaluate_source(source, device: torch.device | None = None, batch_size: int 
     are per target token (``unit``, with the token counts in ``target_tokens``), while N (``n_train``, what a
     bound counts) is the number of training sequences either way. ``source`` may be a run context
     (genbound.sources.context)."""
-    from ..sources.context import context_for
-
     source = context_for(source, device)
     model = source.build_model(device)
     device = next(model.parameters()).device
@@ -100,3 +99,34 @@ def evaluate_source(source, device: torch.device | None = None, batch_size: int 
     out["gap"] = out["test_loss"] - out["train_loss"]
     out["gap_01"] = out["train_accuracy"] - out["test_accuracy"]
     return out
+
+
+def source_results(source, device: torch.device | None = None) -> dict:
+    """Train / val / test loss and accuracy and the gap of a peft source on its data, measured once by
+    :func:`evaluate_source` and kept in its meta (a genbound checkpoint records its own at training)."""
+    meta = source.meta
+    if not getattr(meta, "results", None):
+        rep = evaluate_source(source, device)
+        meta.results = {k: v for k, v in rep.items() if k.endswith(("_loss", "_accuracy")) or k in ("gap", "gap_01")}
+    return meta.results
+
+
+def sharded_evaluate(group: Group):
+    """:func:`genbound.diagnostics.evaluate.evaluate` with the examples shared out over the processes: each
+    evaluates its
+    shard, the summed losses and correct counts are added up, and every process gets the whole set's mean
+    (the same value in each, up to the order of the float additions the one-process mean)."""
+    def score(model, data: EvalSet, batch_size: int = 64, device=None, where: str = "evaluation",
+              progress: bool | None = False) -> Evaluation:
+        share = group.shard(len(data))
+        sl = slice(share.start, share.stop)
+        sums = [0.0, 0.0]
+        if len(share):
+            part = evaluate(model, EvalSet({k: v[sl] for k, v in data.features.items()}, data.labels[sl]),
+                            batch_size, device, where, progress=progress)
+            sums = [part.loss * part.n, float(round(part.accuracy * part.n))]
+        total, correct = group.sum_floats(sums)
+        n = len(data)
+        return Evaluation(loss=total / n, accuracy=correct / n, error=1 - correct / n, n=n)
+
+    return score

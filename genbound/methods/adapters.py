@@ -24,12 +24,16 @@ available in factored form (:meth:`AdaptedLinear.update`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
 from ..core.errors import GenboundError
-from .catalogue import Method
 from .update import LayerUpdate, one_hot_selector
+
+if TYPE_CHECKING:  # annotations only: the catalogue builds on the factor kinds, which attach adapters
+    from .catalogue import Method
 
 
 class AdaptedLinear(nn.Module):
@@ -186,3 +190,18 @@ def merge_adapters(model: nn.Module) -> nn.Module:
         parent, child = _parent(model, name)
         setattr(parent, child, adapter.merged())
     return model
+
+
+def trained_tensors(model: nn.Module, adapters: dict[str, AdaptedLinear], full: bool) -> dict[str, Tensor]:
+    """The checkpoint's tensors (see genbound.checkpoints.checkpoint): factors of all links, head; fft: everything."""
+    if full:
+        return {f"model.{k}": p.detach().clone() for k, p in model.named_parameters()}
+    out: dict[str, Tensor] = {}
+    for name, ad in adapters.items():
+        for suffix, t in ad.checkpoint_tensors().items():
+            out[f"{name}.{suffix}"] = t
+    for k in ("weight", "bias"):  # by attribute: a parametrized head (subspace training) computes them
+        t = getattr(model.head, k, None)
+        if t is not None:  # decoders' score layer has no bias
+            out[f"head.{k}"] = t.detach().clone()
+    return out

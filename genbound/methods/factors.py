@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..core.errors import CheckpointError, GenboundError
+from .adapters import attach_adapters, merge_adapters
 from .update import LayerUpdate, one_hot_selector
 
 TensorSpec = dict[str, tuple[tuple[int, ...], torch.dtype]]
@@ -217,8 +218,6 @@ class Factor:
         every link's factors (past links of a chain re-merged in training order, so the weights are
         bit-identical to training's) and the head; with ``merged`` plain Linear layers W0 + dW whose weights
         count as trained (docs/concepts.md, "Chains and real merges")."""
-        from .adapters import attach_adapters, merge_adapters
-
         m = ckpt.meta
         adapters = attach_adapters(model, ckpt.method, [li.name for li in m.layers], m.rank, m.alpha, m.seed,
                                    m.paca_columns)

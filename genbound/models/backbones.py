@@ -26,11 +26,9 @@ pretrained weights (sha256 of the weights file), so that a checkpoint refuses to
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 # Nothing reaches the network at run time: set before transformers is imported anywhere.
@@ -42,6 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from ..core.errors import GenboundError
+from ..core.fingerprint import file_fingerprint
+from .causal_lm import _conv1d_to_linear, build_causal_lm
+from .onnx_bert import L3_NAME, l3_folder
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"  # genbound/assets, shipped as package data
 MLP_ASSET = ASSETS / "mlp-digits04.safetensors"
@@ -124,26 +125,6 @@ class TaskClassifier(nn.Module):
         return self.backbone(**features).logits
 
 
-def _conv1d_to_linear(model: nn.Module, prefix: str = "") -> list[str]:
-    """Replace every transformers ``Conv1D`` (y = x W + b, W (in, out)) by the equal nn.Linear (W^T)."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover
-        return []
-    names = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
-    for name in names:
-        conv = model.get_submodule(name)
-        m_in, n_out = conv.weight.shape
-        lin = nn.Linear(m_in, n_out, bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(conv.weight.t())
-            if conv.bias is not None:
-                lin.bias.copy_(conv.bias)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, lin)
-    return [prefix + n for n in names]
-
-
 # peft's default modules_to_save for classification: the head is the module named classifier or score.
 HEAD_NAMES = ("classifier", "score")
 VISION_TYPES = ("vit", "deit", "beit", "dinov2", "swin", "convnext", "mobilevit", "dinov2_with_registers")
@@ -165,21 +146,6 @@ def _head_path(model: nn.Module) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_fingerprint(path: Path) -> str:
-    """sha256 of a weights file (cached per process by path, size and mtime)."""
-    st = path.stat()
-    return "sha256:" + _sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
 @dataclass
@@ -204,8 +170,6 @@ class Backbone:
         """The pretrained network with a fresh linear head of ``num_labels`` outputs drawn from ``seed`` (a
         causal LM keeps its pretrained output layer and ignores ``num_labels``)."""
         if self.task == "causal-lm":
-            from .causal_lm import build_causal_lm
-
             return build_causal_lm(self, seed, attn_implementation)
         if num_labels < 2:
             raise GenboundError(f"a classifier needs at least 2 labels, got {num_labels}")
@@ -399,8 +363,6 @@ def _minilm() -> Backbone:
 
 
 def _paraphrase_minilm_l3() -> Backbone:
-    from .onnx_bert import L3_NAME, l3_folder
-
     folder = l3_folder(_minilm().folder)
     return Backbone(
         name=L3_NAME,

@@ -20,7 +20,6 @@ training sequences.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -53,8 +52,6 @@ class CausalLM(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        from .backbones import _conv1d_to_linear
-
         self.backbone = model
         out = model.get_output_embeddings()
         if out is None or not hasattr(out, "weight"):
@@ -111,67 +108,21 @@ def build_causal_lm(backbone, seed: int = 0, attn_implementation: str = "sdpa") 
     return CausalLM(model)
 
 
-# -- data ----------------------------------------------------------------------------------------------
-
-
-def random_split(n: int, seed: int, fractions=(0.7, 0.1, 0.2)) -> dict[str, np.ndarray]:
-    """Rows of train / val / test: a seeded permutation cut by ``fractions``, each part sorted."""
-    perm = np.random.default_rng([int(seed), 2]).permutation(n)
-    n_val = int(round(fractions[1] * n))
-    n_test = int(round(fractions[2] * n))
-    return {"val": np.sort(perm[:n_val]), "test": np.sort(perm[n_val:n_val + n_test]),
-            "train": np.sort(perm[n_val + n_test:])}
-
-
-def tokenize_texts(texts: list[str], backbone, max_length: int, progress: bool | None = None) -> dict[str, Tensor]:
-    """Token ids (right-padded to ``max_length``), attention masks and labels (ids, -100 at padding)."""
-    from ..data.datasets import featurize
-    from .losses import lm_labels
-
-    feats = featurize(texts, backbone, max_length, progress=progress)
-    labels = lm_labels(feats["input_ids"], feats["attention_mask"])
-    lengths = feats["attention_mask"].sum(1)
-    short = torch.nonzero(lengths < 2).flatten()
-    if short.numel():
-        raise GenboundError(f"text {int(short[0])} has {int(lengths[short[0]])} token(s) after tokenization; a "
-                            "next-token loss needs at least 2: drop empty texts")
-    return {**feats, "labels": labels}
-
-
-def load_lm_splits(spec, backbone, split_seed: int, max_length: int, progress: bool | None = None):
-    """A text dataset (registered or a file) as causal-LM splits: features input_ids / attention_mask,
-    labels the (N, T) token targets, classes empty."""
-    from ..data.datasets import FileDatasetSpec, Splits
-    from ..data.evalset import EvalSet
-
-    card: dict = {}
-    if isinstance(spec, FileDatasetSpec):
-        from ..data.datafiles import read_texts
-
-        texts, parts, card = read_texts(spec.path, spec.text_columns, spec.split_column, split_seed)
-    else:
-        if spec.data_kind != "text":
-            raise GenboundError(f"dataset '{spec.name}' holds no texts; a causal LM trains on a text dataset")
-        texts = list(spec.loader()[0])
-        parts = None
-    if not texts:
-        raise GenboundError(f"dataset '{spec.name}' holds no texts; a causal LM needs some")
-    if parts is None:
-        parts = random_split(len(texts), split_seed)
-        how = f"seeded 70/10/20 permutation of the texts (split seed {split_seed})"
-    else:
-        how = card.get("splits", "from the data's splits")
-    for part, rows in parts.items():
-        if len(rows) == 0:
-            raise GenboundError(f"dataset {spec.name}: the {part} split is empty; add texts or give the splits "
-                                "in a column")
-    feats = tokenize_texts(texts, backbone, max_length, progress)
-    labels = feats.pop("labels")
-    full = EvalSet(feats, labels)
-    tr, va, te = (torch.as_tensor(parts[k]) for k in ("train", "val", "test"))
-    sizes = {k: int(len(v)) for k, v in parts.items()}
-    tokens = {k: int((labels[torch.as_tensor(parts[k])][:, 1:] != -100).sum()) for k in parts}
-    card = {**card, "task": TASK, "splits": how, "sizes": sizes, "target_tokens": tokens, "examples": len(texts),
-            "max_length": max_length}
-    info = {"examples": len(texts), "max_length": max_length, "card": card, "task": TASK}
-    return Splits(spec.name, [], full.index(tr), full.index(va), full.index(te), split_seed, info)
+def _conv1d_to_linear(model: nn.Module, prefix: str = "") -> list[str]:
+    """Replace every transformers ``Conv1D`` (y = x W + b, W (in, out)) by the equal nn.Linear (W^T)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover
+        return []
+    names = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    for name in names:
+        conv = model.get_submodule(name)
+        m_in, n_out = conv.weight.shape
+        lin = nn.Linear(m_in, n_out, bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(conv.weight.t())
+            if conv.bias is not None:
+                lin.bias.copy_(conv.bias)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, lin)
+    return [prefix + n for n in names]

@@ -48,7 +48,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.atomic import atomic_directory
 from ..core.errors import GenboundError
+from ..core.fingerprint import file_fingerprint
 
 CONVERTER_VERSION = "2"
 L3_NAME = "paraphrase-minilm-l3"
@@ -68,7 +70,7 @@ class Mapped:
 
 
 def _import_onnx():
-    try:
+    try:  # onnx is the optional backbones extra, needed only when paraphrase-minilm-l3 is first converted
         import onnx
         from onnx import numpy_helper
     except ImportError:
@@ -303,9 +305,6 @@ def _complete(folder: Path) -> bool:
 def l3_folder(tokenizer_folder: Path) -> Path:
     """The converted paraphrase-MiniLM-L3-v2 as a Hugging Face folder: read from the cache, or converted
     once (about a second) and cached atomically; concurrent processes converge on one folder."""
-    from ..core.atomic import atomic_directory
-    from .backbones import file_fingerprint
-
     onnx_path = l3_onnx_path()
     sha = file_fingerprint(onnx_path).split(":", 1)[1]
     root = cache_root()

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..core.errors import CheckpointError
+from ..core.readers import read_header, read_tensors
 
 # transformers' Conv1D constructed in a modeling file (SeparableConv1D and the like are other modules)
 _CONV1D = re.compile(r"(?<![A-Za-z0-9_])Conv1D\(")
@@ -70,8 +71,6 @@ def pretrained_weights(backbone, layers: Sequence[tuple[str, int, int]]) -> dict
     """W0 (float32, (out, in)) of each ``(name, out, in)`` layer from ``backbone.weights``, or None where a
     layer's orientation or key cannot be told from the file (the caller builds the model instead). A key
     found with a shape that fits neither orientation is a :class:`~genbound.core.errors.CheckpointError`."""
-    from ..core.readers import read_header, read_tensors
-
     path = Path(backbone.weights)
     header = read_header(path)
     keys = set(header)

@@ -34,9 +34,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..bounds.mi import MIBound, mi_gap_bound
+from ..bounds.report import report_for_checkpoint
+from ..core.device import where
 from ..core.errors import GenboundError
+from ..core.progress import bar, duration, say, shown, timed
 from ..core.render import cell, latex_table, markdown_table, md_escape, tex_escape, text_table, to_jsonable
-from ..sources.source import is_full
+from ..diagnostics.evaluate import evaluate, source_results
+from ..diagnostics.hessian import hessian_from_checkpoint
+from ..diagnostics.hessian.operator import HessianOperator
+from ..diagnostics.intruders import eps_sweep, intruders
+from ..diagnostics.landscape import landscape_from_checkpoints
+from ..diagnostics.similarity import compare_updates
+from ..diagnostics.spectra import spectra
+from ..models.causal_lm import is_causal_meta
+from ..sources.context import BuildCache, RunContext
+from ..sources.protocol import is_full
+from ..sources.source import load_source
+from . import figures as F
 
 if TYPE_CHECKING:
     import torch
@@ -107,14 +122,12 @@ def _short(layer: str) -> str:
 def _load(path: str | Path, backbone: str | None, data=None):
     """A source (genbound.sources.source): a peft adapter is a full source on its base folder when ``data`` names a
     dataset (its fit measured once here), else its factors alone."""
-    from ..sources.source import load_source
-
     try:
         wants_data = data is not None and bool(data.dataset)
         src = load_source(path, backbone, data if wants_data else None)
         if wants_data and getattr(src, "kind", "") == "peft" and callable(getattr(src, "results", None)):
             src.load_splits()
-            src.results()
+            source_results(src)
         return src
     except GenboundError:
         raise
@@ -190,8 +203,6 @@ def run_rows(a, b, pair: Pair) -> list[Row]:
 
 
 def _causal(a, b) -> bool:
-    from ..models.causal_lm import is_causal_meta
-
     return any(is_causal_meta(x.meta) for x in (a, b))
 
 
@@ -261,8 +272,6 @@ def bound_rows(a, b, pair: Pair) -> list[Row]:
 
 def spectra_rows(a, b, pair: Pair) -> list[Row]:
     """Norms and ranks of dW, overall and per layer (docs/concepts.md, "Factored update spectra")."""
-    from ..diagnostics.spectra import spectra
-
     sa, sb = (spectra(ck.layer_updates(), top_k=pair.top_k, device=pair.device, progress=pair.progress)
               for ck in (a, b))
     pair.raw["spectra"] = (sa, sb)
@@ -285,8 +294,6 @@ def spectra_rows(a, b, pair: Pair) -> list[Row]:
 def intruder_rows(a, b, pair: Pair) -> list[Row]:
     """Intruder dimensions of W0 + dW, total and per layer (docs/concepts.md, "Intruder dimensions"); fewer is
     better where both sides count the same layers."""
-    from ..diagnostics.intruders import eps_sweep, intruders
-
     sweep = eps_sweep(10)
     ia = ib = None
     try:
@@ -320,7 +327,6 @@ def similarity_rows(a, b, pair: Pair) -> list[Row]:
     title = "mean subspace overlap of A's and B's dW"
     if pair.same is not None:
         return [_row("similarity", title, None, None, note=f"empty: {pair.same}")]
-    from ..diagnostics.similarity import compare_updates
 
     sim = compare_updates(a.layer_updates(), b.layer_updates(), k=min(8, pair.top_k), device=pair.device)
     pair.raw["similarity"] = sim
@@ -331,8 +337,6 @@ def similarity_rows(a, b, pair: Pair) -> list[Row]:
 def hessian_rows(a, b, pair: Pair) -> list[Row]:
     """Top eigenvalues and the trace of the training loss's Hessian in the trained parameters
     (docs/concepts.md, "Hessian spectra"), on ``samples`` seeded training examples."""
-    from ..diagnostics.hessian import hessian_from_checkpoint
-
     reps = []
     for ck, path in ((a, pair.path_a), (b, pair.path_b)):
         if not is_full(ck):
@@ -358,8 +362,6 @@ def hessian_rows(a, b, pair: Pair) -> list[Row]:
 def landscape_rows(a, b, pair: Pair) -> list[Row]:
     """Sharpness, curvature and basin area on a random plane around each side, and the barrier on the line
     from A to B (docs/concepts.md, "Loss landscapes")."""
-    from ..diagnostics.landscape import landscape_from_checkpoints
-
     out: dict[str, Any] = {}
     planes = []
     opts = dict(grid=pair.grid, samples=pair.samples, seed=pair.seed, device=pair.device, progress=pair.progress)
@@ -435,10 +437,6 @@ def compare(
     Each section is a function (a, b, pair) -> rows (:data:`SECTIONS`); A and B are run contexts sharing one
     cache, so the backbone is built and each dataset loaded once for the whole comparison.
     """
-    from ..core.device import where
-    from ..core.progress import bar
-    from ..sources.context import BuildCache, RunContext
-
     device = where(device)  # checkpoints are read onto the CPU; "auto" is the CLI's to resolve
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -504,8 +502,6 @@ HESSIAN_PRODUCTS = 64 + 3 * 64 + 10
 def _estimate(a, b, hessian: bool, landscape: bool, samples, grid: int, device, seed: int, progress) -> None:
     """Print, before the slow sections start, how long they will take: one Hessian-vector product and one
     forward pass over the ``samples`` examples are timed on A and scaled by the work each section needs."""
-    from ..core.progress import duration, say, shown, timed
-
     if not (hessian or landscape) or not shown(progress):
         return
     genbound = [ck for ck in (a, b) if is_full(ck)]
@@ -518,8 +514,6 @@ def _estimate(a, b, hessian: bool, landscape: bool, samples, grid: int, device, 
     if hessian:
         import torch
 
-        from ..diagnostics.hessian.operator import HessianOperator
-
         op = HessianOperator(model, evalset, "trained", trained=ck.trained_parameter_names(model), device=device)
         v = torch.randn(1, op.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         t_hvp = timed(op.matmat, v.to(op.dtype))
@@ -528,8 +522,6 @@ def _estimate(a, b, hessian: bool, landscape: bool, samples, grid: int, device, 
         parts.append(f"Hessian ~{duration(sec)} ({len(genbound)} x ~{HESSIAN_PRODUCTS} Hessian-vector products "
                      f"at {t_hvp:.2g} s)")
     if landscape:
-        from ..diagnostics.evaluate import evaluate
-
         t_fwd = timed(evaluate, model, evalset, 256, device)
         points = len(genbound) * grid * grid + (grid if len(genbound) == 2 else 0)
         sec = points * t_fwd
@@ -544,8 +536,6 @@ def _bounds(ck, path, pair: Pair) -> SideBounds | None:
     from D of its own per-layer ranks (rank_pattern included), q = 32 bits, sigma = 1/2 (0-1 loss) and the N
     the caller gives (peft records none), or None without N."""
     if not is_full(ck):
-        from ..bounds.mi import MIBound, mi_gap_bound
-
         if pair.n_train is None:
             pair.notes.append(f"{path}: a peft adapter records no N; pass --n to bound it")
             return None
@@ -558,7 +548,6 @@ def _bounds(ck, path, pair: Pair) -> SideBounds | None:
                       n_train=int(pair.n_train), value=value, loss_range=1.0, vacuous=value >= 1.0,
                       symbolic=r"\sum_i r_i (n_i + m_i)", note="D from the adapter's per-layer ranks")
         return SideBounds(table1=[row])
-    from ..bounds.report import report_for_checkpoint
 
     mlp = getattr(ck.meta, "backbone", None) == "mlp"
     use_data = mlp if pair.data_bounds is None else pair.data_bounds
@@ -719,8 +708,6 @@ def to_latex(report: CompareReport) -> str:
 def write_figures(report: CompareReport, raw: dict, directory: str | Path) -> list[Path]:
     """The pair's figures: singular values per layer, intruders against eps, bound against gap, and with the
     optional sections the Hessian density, landscape contours and the A -> B interpolation."""
-    from . import figures as F
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     methods = dict(zip(report.labels, (report.row("run", "method").a, report.row("run", "method").b)))

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import matplotlib
 
+from ..core.errors import GenboundError
+
 matplotlib.use("Agg")  # files only: no display, no GUI toolkit
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as mticker  # noqa: E402
@@ -354,8 +356,6 @@ def singular_values(reports: Mapping[str, object], methods: Mapping[str, str] | 
     else:
         missing = [n for n in layers if n not in union]
         if missing:
-            from ..core.errors import GenboundError
-
             raise GenboundError(f"no layer '{missing[0]}' in these reports; choose from {', '.join(union)}")
         names = list(layers)
     rows = (len(names) + 1) // 2

@@ -32,7 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checkpoints import restore
+from ..checkpoints.checkpoint import Checkpoint
 from ..core.device import where
+from .source import load_source
 
 
 @dataclass
@@ -79,8 +82,6 @@ class RunContext:
         return self.source.method
 
     def _genbound(self) -> bool:
-        from ..checkpoints.checkpoint import Checkpoint
-
         return isinstance(self.source, Checkpoint)
 
     # -- the backbone and W0 -----------------------------------------------------------------------------
@@ -93,8 +94,6 @@ class RunContext:
 
     def _pristine(self) -> nn.Module:
         """The shared pristine model of a genbound checkpoint (CPU); callers copy it before changing it."""
-        from ..checkpoints import restore
-
         m, backbone = self.meta, self.load_backbone()
         key = (str(backbone.weights), backbone.fingerprint, backbone.task, m.num_labels, m.seed)
         if key not in self.cache.pristine:
@@ -107,8 +106,6 @@ class RunContext:
         """W0 of every adapted layer, (out, in); read from the weights file where it can be, once."""
         if self._w0 is None:
             if self._genbound():
-                from ..checkpoints import restore
-
                 self._w0 = restore.base_weights(self.meta, self.load_backbone(), self._pristine)
                 self.source._base_cache = self._w0  # the factors that need W0 read this one
             else:
@@ -133,7 +130,6 @@ class RunContext:
         if not self._genbound():
             self._splits = self.source.load_splits()
             return self._splits
-        from ..checkpoints import restore
 
         m, backbone = self.meta, self.load_backbone()
         hp = m.hyperparameters
@@ -162,8 +158,6 @@ class RunContext:
         device = self.device if device is None else where(device)
         if merged not in self._models:
             if self._genbound():
-                from ..checkpoints import restore
-
                 self._models[merged] = restore.build_model(self.source, self._pristine(), "cpu", merged,
                                                            copy_pristine=True)
             elif merged:
@@ -180,8 +174,6 @@ def context_for(source: Any, device: torch.device | None = None, cache: BuildCac
     if isinstance(source, RunContext):
         return source
     if isinstance(source, (str, Path)):
-        from .source import load_source
-
         source = load_source(source, backbone, data)
     return RunContext(source, device, cache)
 

@@ -47,7 +47,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..checkpoints.checkpoint import load_checkpoint
+from ..core.atomic import atomic_directory
 from ..core.errors import GenboundError
+from ..models.backbones import TaskClassifier
+from ..models.causal_lm import is_causal_model
 
 PEFT_PREFIX = "base_model.model."
 
@@ -58,11 +62,6 @@ def export_peft(checkpoint, out: str | Path, overwrite: bool = False) -> dict:
     import json
 
     from safetensors.torch import save_file
-
-    from ..checkpoints.checkpoint import load_checkpoint
-    from ..core.atomic import atomic_directory
-    from ..models.backbones import TaskClassifier
-    from ..models.causal_lm import is_causal_model
 
     ck = load_checkpoint(checkpoint)
     meta = ck.meta

@@ -22,7 +22,9 @@ from pathlib import Path
 
 from torch import Tensor
 
+from ..core.atomic import atomic_file, write_json
 from ..core.errors import GenboundError
+from .peft_import import load_peft
 
 try:  # transformers is a dependency; the callback base class only exists where it imports
     from transformers import TrainerCallback
@@ -66,8 +68,6 @@ class GenboundCallback(TrainerCallback):
     def _snapshot(self, args, state, model) -> None:
         from safetensors.torch import save_file
 
-        from ..core.atomic import atomic_file
-
         step = int(state.global_step)
         if step in self.steps or model is None or not state.is_world_process_zero:
             return
@@ -79,8 +79,6 @@ class GenboundCallback(TrainerCallback):
         self._write_run(args, state, model)
 
     def _write_run(self, args, state, model) -> None:
-        from ..core.atomic import write_json
-
         n = self.n_train
         info = {
             "n_train": n, "seed": int(args.seed), "data_digest": self.data_digest, "steps": sorted(self.steps),
@@ -126,8 +124,6 @@ def read_trajectory(output_dir: str | Path) -> list[tuple[int, dict]]:
     """(step, {layer: LayerUpdate}) for each snapshot of a Trainer output folder, ordered by step: the
     callback's snapshots when present, else the Trainer's ``checkpoint-*`` peft adapters. Layer names are
     peft's module paths; dW = s B A with each adapter's own scale (rank_pattern, rsLoRA)."""
-    from .peft_import import load_peft
-
     root = Path(output_dir)
     if not root.is_dir():
         raise GenboundError(f"{root} is not a folder; pass a Trainer output_dir")
@@ -151,8 +147,6 @@ def _updates_from(template: Path, tensors_file: Path) -> dict:
     """A snapshot's layer updates, read with a saved adapter's config."""
     import shutil
     import tempfile
-
-    from .peft_import import load_peft
 
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(template / "adapter_config.json", Path(tmp) / "adapter_config.json")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..core.device import where
 from ..core.errors import GenboundError
 from ..data.evalset import EvalSet
+from ..models.losses import per_example_error
 
 
 @dataclass
@@ -45,8 +46,6 @@ class Hypothesis:
         the N examples of each one's 0-1 loss; for a causal LM each sequence's next-token error rate
         (genbound.models.losses.per_example_error), so that the N i.i.d. samples of the bounds are sequences."""
         from torch.func import functional_call
-
-        from ..models.losses import per_example_error
 
         params = self.to_params(self.trained if tensors is None else tensors)
         device = where(device, self.model)  # None: where the model is

@@ -51,10 +51,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checkpoints.claims import backbone_layout, max_tensor_bytes
 from ..core.errors import CheckpointError, GenboundError
+from ..core.readers import check_values, read_safetensors
 from ..core.validation import check_pattern_work, read_json, validate_peft_config
+from ..methods.catalogue import METHODS, get_method
 from ..methods.factors import dora_weight
 from ..methods.update import LayerUpdate
+from ..models.backbones import Backbone, get_backbone
 
 CONFIG_FILE = "adapter_config.json"
 SAFETENSORS_FILE = "adapter_model.safetensors"
@@ -210,8 +214,6 @@ def _check_archive(bn: Path, max_bytes: int | None) -> None:
 def _load_tensors(path: Path, max_bytes: int | None = None) -> tuple[dict[str, Tensor], str]:
     st, bn = path / SAFETENSORS_FILE, path / BIN_FILE
     if st.is_file():
-        from ..core.readers import read_safetensors
-
         return read_safetensors(st, max_bytes=max_bytes), st.name
     if bn.is_file():
         _check_archive(bn, max_bytes)
@@ -229,7 +231,6 @@ def _load_tensors(path: Path, max_bytes: int | None = None) -> tuple[dict[str, T
             ) from None
         if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
             raise CheckpointError(f"{bn}: not a dictionary of tensors")
-        from ..core.readers import check_values
 
         check_values(obj, bn)  # the same value checks as the safetensors path
         return dict(obj), bn.name
@@ -250,8 +251,6 @@ def _split_key(key: str) -> tuple[str, str, str | None] | None:
 
 
 def _resolve_backbone(backbone, base_model: str | None):
-    from ..models.backbones import Backbone, get_backbone
-
     if isinstance(backbone, Backbone):
         return backbone
     if backbone:
@@ -312,8 +311,6 @@ class PeftCheckpoint:
     def method(self):
         """genbound's Method: the one a genbound export recorded, else ``dora`` for a DoRA adapter (A, B and
         the magnitude trained), else ``lora``."""
-        from ..methods.catalogue import METHODS, get_method
-
         if self.meta.method in METHODS:
             return get_method(self.meta.method)
         return get_method("dora" if self.meta.use_dora else "lora")
@@ -398,7 +395,6 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
     cfg = _read_config(path)
     _check_config(cfg, path)
     bb = _resolve_backbone(backbone, cfg.get("base_model_name_or_path")) if resolve else None
-    from ..checkpoints.claims import backbone_layout, max_tensor_bytes
 
     # An adapter is a small fraction of its base model: its tensors may claim at most a small multiple of it.
     tensors, tensor_file = _load_tensors(path, max_tensor_bytes(backbone_layout(bb)) if bb is not None else None)
@@ -527,8 +523,6 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
 def _apply_genbound_record(cfg: dict, meta: PeftMeta, path: Path) -> None:
     """An adapter written by ``genbound export`` records its method and data-dependent count D under the key
     ``genbound``: keep them (a cLA export is cLA with D = r sum n, not a LoRA with r sum (m + n))."""
-    from ..methods.catalogue import METHODS
-
     rec = cfg.get("genbound")
     if rec is None:
         return
@@ -545,11 +539,3 @@ def _apply_genbound_record(cfg: dict, meta: PeftMeta, path: Path) -> None:
     meta.params["data_dependent"] = d
     if isinstance(n, int) and not isinstance(n, bool) and n > 0:
         meta.n_train = n
-
-
-def load_any(path: str | Path, backbone=None):
-    """A genbound checkpoint or a peft adapter's factors (:func:`genbound.sources.source.load_source` without data);
-    both give ``.meta``, ``.layer_updates()`` and ``.base_weights()``."""
-    from .source import load_source
-
-    return load_source(path, backbone)

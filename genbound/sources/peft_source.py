@@ -29,9 +29,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checkpoints.checkpoint import load_checkpoint
 from ..core.device import where
-from ..core.errors import GenboundError
-from .peft_import import PeftCheckpoint, load_peft
+from ..core.errors import CheckpointError, GenboundError
+from ..data.datasets import default_dataset_for, get_dataset
+from ..methods.adapters import AdaptedLinear, _parent
+from ..methods.catalogue import METHODS, get_method
+from ..methods.update import LayerUpdate
+from ..models.backbones import BACKBONES, get_backbone
+from ..models.pretrained import pretrained_weights
+from .hypothesis import Hypothesis
+from .peft_import import PeftCheckpoint, is_peft_dir, load_peft
 
 
 @dataclass
@@ -46,8 +54,6 @@ class DataChoice:
     max_length: int = 128
 
     def load(self, backbone):
-        from ..data.datasets import default_dataset_for, get_dataset
-
         name = self.dataset or default_dataset_for(backbone)
         return get_dataset(name, self.text_columns, self.label_column, self.split_column).load(
             backbone, self.split_seed, self.max_length)
@@ -93,15 +99,11 @@ class PeftSourceMeta:
 
 def _resolve_base(ck: PeftCheckpoint, backbone: str | None):
     """The base model folder as a task-model Backbone: ``backbone`` or the adapter's local base path."""
-    from ..models.backbones import get_backbone
-
     base = backbone or ck.meta.base_model
     own = _own_model(ck, base)
     if own is not None:
         return own
     if base == "minilm" or (ck.meta.backbone == "minilm" and not backbone):
-        from ..models.backbones import BACKBONES
-
         base = str(BACKBONES["minilm"]().folder)
     if not base or not Path(base).is_dir():
         raise GenboundError(
@@ -120,8 +122,6 @@ def _own_model(ck: PeftCheckpoint, base: str | None):
     """genbound's own model for a registered backbone name (``minilm``, ``mlp``, ...) when every adapted module
     of the adapter is one of its modules: what ``genbound export`` writes for those backbones (module names as
     in genbound, the head saved as ``head``), so that an export is evaluated on the model it was trained as."""
-    from ..models.backbones import BACKBONES, get_backbone
-
     if not base or base not in BACKBONES:
         return None
     bb = get_backbone(base)
@@ -132,8 +132,6 @@ def _own_model(ck: PeftCheckpoint, base: str | None):
 
 
 def _is_own(backbone) -> bool:
-    from ..models.backbones import BACKBONES
-
     return backbone.name in BACKBONES
 
 
@@ -211,13 +209,9 @@ class PeftSource:
         return self.peft.method
 
     def results(self, device: torch.device | None = None) -> dict:
-        """Train / val / test loss and accuracy and the gap on the data (computed once, kept in meta)."""
-        if not self.meta.results:
-            from ..diagnostics.evaluate import evaluate_source
-
-            rep = evaluate_source(self, device)
-            self.meta.results = {k: v for k, v in rep.items() if k.endswith(("_loss", "_accuracy")) or
-                                 k in ("gap", "gap_01")}
+        """Train / val / test loss and accuracy and the gap on the data, as measured and kept in meta by
+        :func:`genbound.diagnostics.evaluate.source_results` (empty until then: a source does not evaluate
+        itself, evaluation is a diagnostic above the sources)."""
         return self.meta.results
 
     def load_backbone(self):
@@ -249,9 +243,6 @@ class PeftSource:
     def base_weights(self) -> dict[str, Tensor]:
         """W0 of each adapted module in (out, in) orientation: read from the base folder's weights file where it
         tells them (genbound.models.pretrained), else from the built base model."""
-        from ..core.errors import CheckpointError
-        from ..models.pretrained import pretrained_weights
-
         if not any(li.kind == "embedding" for li in self.peft.meta.layers):
             try:
                 fast = pretrained_weights(self.backbone, [(li.name, li.out_features, li.in_features)
@@ -281,9 +272,6 @@ class PeftSource:
     def build_model(self, device: torch.device | None = None, merged: bool = False) -> nn.Module:
         """The adapted model in eval mode: AdaptedLinear layers holding the adapter's factors (trained), or with
         ``merged`` plain Linear layers W0 + dW; modules_to_save and trained biases restored (trained)."""
-        from ..methods.adapters import AdaptedLinear, _parent
-        from ..methods.catalogue import get_method
-
         model = self.backbone.build(self.meta.num_labels, 0)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -348,9 +336,6 @@ class PeftSource:
         modules_to_save / bias tensors, on the merged model (adapted weights W0 + s B A). The reference theta_0
         is B = 0, the base model's values for the saved modules, and A = 0: peft does not record A's initial
         draw, so the prior is centred at zero for it."""
-        from ..methods.update import LayerUpdate
-        from .hypothesis import Hypothesis
-
         device = where(device)
         model = self.build_model(device, merged=True)
         pristine = self.initial_model(device)
@@ -392,8 +377,6 @@ class PeftSource:
 
 
 def _method_names() -> set[str]:
-    from ..methods.catalogue import METHODS
-
     return set(METHODS)
 
 
@@ -428,7 +411,8 @@ def _is_transposed(model: nn.Module, key: str) -> bool:
 
 
 def load_source(path: str | Path, backbone: str | None = None, data: DataChoice | None = None):
-    """A genbound checkpoint, or a peft adapter rebuilt on its base model folder (:class:`PeftSource`)."""
-    from .source import load_source as load
-
-    return load(path, backbone, data or DataChoice())
+    """A genbound checkpoint, or a peft adapter rebuilt on its base model folder (:class:`PeftSource`; the
+    default :class:`DataChoice` where ``data`` is None)."""
+    if is_peft_dir(path):
+        return PeftSource(path, backbone, data or DataChoice())
+    return load_checkpoint(path)

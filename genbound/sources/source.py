@@ -15,49 +15,13 @@ by executing anything.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:  # importing this module (the CLI's compare) must not import torch
-    from torch import Tensor, nn
+from ..checkpoints.checkpoint import load_checkpoint
+from .peft_import import is_peft_dir, load_peft
+from .peft_source import PeftSource
+from .protocol import FullSource, Source, is_full
 
-    from ..methods.update import LayerUpdate
-
-
-@runtime_checkable
-class Source(Protocol):
-    """A fine-tuning to analyse: metadata (``meta.method``, ``meta.layers``, ``meta.params``, ...), dW, W0 and
-    the data spec (None: the source records no data; the caller names it)."""
-
-    kind: str
-    path: Path
-    meta: Any
-
-    def layer_updates(self) -> dict[str, LayerUpdate]: ...
-
-    def base_weights(self) -> dict[str, Tensor]: ...
-
-    def data_spec(self) -> Any | None: ...
-
-
-@runtime_checkable
-class FullSource(Source, Protocol):
-    """A source that also rebuilds its backbone, its data and its model."""
-
-    def load_backbone(self) -> Any: ...
-
-    def load_splits(self) -> Any: ...
-
-    def initial_model(self, device=None) -> nn.Module: ...
-
-    def build_model(self, device=None, merged: bool = False) -> nn.Module: ...
-
-    def trained_parameter_names(self, model: nn.Module) -> list[str]: ...
-
-
-def is_full(source: Any) -> bool:
-    """Whether ``source`` rebuilds its model and data (a genbound checkpoint, a peft adapter with a dataset,
-    or a run context over either)."""
-    return isinstance(source, FullSource)
+__all__ = ["FullSource", "Source", "is_full", "load_any", "load_source"]
 
 
 def load_source(path: str | Path, backbone: str | None = None, data=None) -> Source:
@@ -65,16 +29,14 @@ def load_source(path: str | Path, backbone: str | None = None, data=None) -> Sou
     :class:`genbound.sources.peft_source.DataChoice`) a peft adapter is rebuilt on its base model folder
     (``backbone`` or the one it records) as a full source; without, only its factors are read (and W0 from
     ``backbone`` where given)."""
-    from .peft_import import is_peft_dir
-
     if is_peft_dir(path):
         if data is not None:
-            from .peft_source import PeftSource
-
             return PeftSource(path, backbone, data)
-        from .peft_import import load_peft
-
         return load_peft(path, backbone)
-    from ..checkpoints.checkpoint import load_checkpoint
-
     return load_checkpoint(path)
+
+
+def load_any(path: str | Path, backbone=None):
+    """A genbound checkpoint or a peft adapter's factors (:func:`load_source` without data); both give
+    ``.meta``, ``.layer_updates()`` and ``.base_weights()``."""
+    return load_source(path, backbone)

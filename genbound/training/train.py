@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..checkpoints.checkpoint import CheckpointMeta, LayerInfo, is_checkpoint, save_checkpoint
+from ..checkpoints.checkpoint import CheckpointMeta, LayerInfo, is_checkpoint, load_meta, save_checkpoint
+from ..checkpoints.claims import backbone_layout
 from ..checkpoints.resume import (
     TrainState,
     changing_tensors,
@@ -47,12 +48,23 @@ from ..checkpoints.resume import (
 )
 from ..checkpoints.resume import state_dir_for as state_dir_for
 from ..core import distributed as dist_train
+from ..core.atomic import clean_stale
+from ..core.device import resolve_device
 from ..core.errors import GenboundError, NonFiniteError
+from ..core.output import check_free_space, check_replaceable, check_writable, may_replace, resolve_out, run_lock
 from ..core.validation import MAX_ALPHA
 from ..data.datasets import default_dataset_for, get_dataset
-from ..diagnostics.evaluate import evaluate
-from ..methods.adapters import AdaptedLinear, attach_adapters
+from ..diagnostics.evaluate import evaluate, sharded_evaluate
+from ..methods.adapters import AdaptedLinear, attach_adapters, trained_tensors
 from ..methods.catalogue import METHODS, get_method, layer_generator
+from ..methods.subspace import (
+    SUBSPACE_FILE,
+    attach_subspace,
+    detach_subspace,
+    link_dims,
+    next_link_subspace,
+    subspace_record,
+)
 from ..models.backbones import BACKBONES, get_backbone
 from ..models.losses import mean_loss
 
@@ -137,21 +149,6 @@ class TrainResult:
 
 
 # -- pieces ------------------------------------------------------------------------------------------
-
-
-def trained_tensors(model: nn.Module, adapters: dict[str, AdaptedLinear], full: bool) -> dict[str, Tensor]:
-    """The checkpoint's tensors (see genbound.checkpoints.checkpoint): factors of all links, head; fft: everything."""
-    if full:
-        return {f"model.{k}": p.detach().clone() for k, p in model.named_parameters()}
-    out: dict[str, Tensor] = {}
-    for name, ad in adapters.items():
-        for suffix, t in ad.checkpoint_tensors().items():
-            out[f"{name}.{suffix}"] = t
-    for k in ("weight", "bias"):  # by attribute: a parametrized head (subspace training) computes them
-        t = getattr(model.head, k, None)
-        if t is not None:  # decoders' score layer has no bias
-            out[f"head.{k}"] = t.detach().clone()
-    return out
 
 
 def param_groups(model: nn.Module, adapters: dict[str, AdaptedLinear], lr: float, b_ratio: float,
@@ -245,8 +242,6 @@ def _bytes_written(model: nn.Module, adapters: dict[str, AdaptedLinear], adapter
 
 
 def _clean_stale(out: Path) -> None:
-    from ..core.atomic import clean_stale
-
     clean_stale(out)
     clean_stale(state_dir_for(out))
 
@@ -262,8 +257,6 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     fresh. Without ``resume`` an existing state is refused unless ``overwrite`` discards it. ``group``: this
     process's place among torchrun's processes (data-parallel, module docstring); None: one process.
     """
-    from ..core.output import check_writable, resolve_out, run_lock
-
     config.validate()
     save_every = DEFAULT_SAVE_EVERY if save_every is None else int(save_every)
     if config.subspace_dim:
@@ -285,10 +278,6 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
            group: dist_train.Group | None = None) -> TrainResult:
     """:func:`train` once the output is resolved and its lock held."""
     from tqdm.auto import tqdm
-
-    from ..checkpoints.checkpoint import load_meta
-    from ..core.device import resolve_device
-    from ..core.output import check_free_space, check_replaceable, may_replace
 
     if os.path.lexists(out) and not out.is_dir():
         raise GenboundError(f"{out} is a file, not a checkpoint directory; choose another --out")
@@ -323,7 +312,6 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         raise GenboundError("a causal LM trains in one process (its token-level loss is not yet sharded over "
                             "processes); run genbound train without torchrun")
     if backbone.kind == "hf" and backbone.task == "pooled":  # before tokenizing: 20,000 tokens took minutes
-        from ..checkpoints.claims import backbone_layout
 
         positions = backbone_layout(backbone).max_positions
         if not 2 <= config.max_length <= (positions or config.max_length):
@@ -358,8 +346,6 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
             ad.link = state.links[name]
     spaces: list = []
     if config.subspace_dim:
-        from ..methods.subspace import attach_subspace, link_dims
-
         if state is not None:
             raise GenboundError(f"{state_dir} holds a saved state, but subspace runs do not resume; pass --overwrite")
         dims = link_dims(config.subspace_dim, config.chain if method.chained else 1)
@@ -434,7 +420,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         ))
         last_saved = step
 
-    score = evaluate if group is None else dist_train.sharded_evaluate(group)
+    score = evaluate if group is None else sharded_evaluate(group)
     memory.start()
     bar = tqdm(total=total_steps, initial=step, desc=f"train {method.name}",
                disable=None if config.progress is None else not config.progress, leave=False)
@@ -485,8 +471,6 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3f}")
             if step in boundaries and spaces:
-                from ..methods.subspace import next_link_subspace
-
                 spaces.append(next_link_subspace(model, adapters, optimizer, dims[len(spaces)], config.seed,
                                                  len(spaces)))
             elif step in boundaries:
@@ -510,8 +494,6 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     peak = memory.peak_bytes()
     bar.close()
     if spaces:
-        from ..methods.subspace import detach_subspace
-
         detach_subspace(model)  # theta_0 + P w baked into plain parameters: the checkpoint's usual tensors
     snapshot(step)
 
@@ -555,8 +537,6 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     )
     extra = None
     if spaces:
-        from ..methods.subspace import SUBSPACE_FILE, subspace_record
-
         meta.params.update(subspace_record(spaces))
         extra = {SUBSPACE_FILE: {f"w.link{j}": sp.w.detach().cpu().clone() for j, sp in enumerate(spaces)}}
     tensors = trained_tensors(model, adapters, not method.adapter)

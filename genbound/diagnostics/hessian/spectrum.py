@@ -22,6 +22,7 @@ from ...core.device import where
 from ...core.distributed import Group
 from ...core.errors import GenboundError
 from ...data.evalset import EvalSet
+from ...sources.context import context_for
 from .density import DensityResult, slq_measure, smooth_density
 from .lanczos import LanczosRun, lanczos, ritz_bounds
 from .operator import HessianOperator, ParamSelection
@@ -357,8 +358,6 @@ def hessian_from_checkpoint(
     ``samples`` examples of its recorded ``split`` (all of them when ``samples`` is None); by default on
     the parameters the checkpoint trained. ``ckpt`` may be a run context (genbound.sources.context), which keeps the
     model and the data for the next diagnostic."""
-    from ...sources.context import context_for
-
     path = str(ckpt) if isinstance(ckpt, (str, Path)) else None
     device = where(device)  # a checkpoint is read onto the CPU
     ckpt = context_for(ckpt, device)

@@ -11,10 +11,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from ...checkpoints.format import TRAJECTORY_FILE
 from ...core.device import where
 from ...core.distributed import Group
 from ...core.errors import GenboundError
+from ...core.readers import read_safetensors
 from ...data.evalset import EvalSet
+from ...sources.context import contexts_for
+from ..evaluate import evaluate
 from .directions import (
     SPACES,
     Coords,
@@ -71,8 +75,6 @@ class Landscape:
 
 def _reference(ev: GridEvaluator) -> tuple[float, float]:
     """Plain ``model(**features)`` evaluation at theta* on the evaluator's private copy."""
-    from ..evaluate import evaluate
-
     model = ev.model
     own = dict(model.named_parameters()) | dict(model.named_buffers())
     with torch.no_grad():
@@ -189,9 +191,6 @@ def pca_plane(model: nn.Module, coords: Mapping[str, Tensor], trajectory: Sequen
 
 def _trajectory_points(ckpt, coords: Coords, space: str) -> list[dict[str, Tensor]]:
     """Each saved step of ``ckpt`` as a point of the coordinate space (dw / all)."""
-    from ...checkpoints.format import TRAJECTORY_FILE
-    from ...core.readers import read_safetensors
-
     if space == "factors":
         raise GenboundError("PCA directions are computed in the merged weights; use --space dw or --space all")
     updates = ckpt.trajectory()  # CheckpointError (a GenboundError) if none was saved
@@ -271,8 +270,6 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
     seeded subset of ``samples`` examples (None: the whole split) of ``split`` of the first checkpoint's
     data. ``span`` defaults to 1 (random, interpolate) or the trajectory's reach (pca). Run contexts
     (genbound.sources.context) may stand for checkpoints; paths share one context cache."""
-    from ...sources.context import contexts_for
-
     given = list(paths)
     paths = [str(p) if isinstance(p, (str, Path)) else str(p.path) for p in given]
     if not 1 <= len(paths) <= 3:

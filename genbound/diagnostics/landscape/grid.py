@@ -68,7 +68,7 @@ from torch.nn import functional as F
 from ...core.device import where
 from ...core.errors import GenboundError
 from ...data.evalset import EvalSet
-from ...models.losses import count
+from ...models.losses import count, point_scores
 from .memo import FoldMismatch, PrefixMemo, tensors_in
 
 ENGINES = ("batched", "sequential")
@@ -734,8 +734,6 @@ def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Per point: summed cross-entropy (float64) and number correct, for logits (P, n, C); for a causal LM's
     logits (P, n, T, V) summed over target tokens (genbound.models.losses)."""
     if labels.dim() == 2:
-        from ...models.losses import point_scores
-
         ls, cs = point_scores(logits, labels)
         return ls.cpu(), cs.cpu()
     P, n, C = logits.shape
