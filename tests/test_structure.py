@@ -82,6 +82,26 @@ def test_a_new_cycle_breaks_the_contracts(tmp_path):
     assert re.search(r"\.(mi|common) -> \.(common|mi)\b", proc.stdout), proc.stdout[-4000:]  # names the loop
 
 
+LAYER_PACKAGES = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()
+                        and "_SURFACE" in (p / "__init__.py").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("package", LAYER_PACKAGES)
+def test_each_package_surface_is_what_it_names(package):
+    # A package's __all__ (imported on first use) must resolve, each name to the object defined in the
+    # submodule the package names for it, and never shadow a submodule of the same name.
+    import importlib
+
+    pkg = importlib.import_module(f"genbound.{package}")
+    assert LAYER_PACKAGES and sorted(pkg.__all__) == sorted(pkg._SURFACE)
+    for name in pkg.__all__:
+        module = importlib.import_module(f"genbound.{package}.{pkg._SURFACE[name]}")
+        assert getattr(pkg, name) is getattr(module, name), f"genbound.{package}.{name}"
+        assert not (PACKAGE / package / f"{name}.py").exists(), f"{name} shadows a submodule of {package}"
+    with pytest.raises(AttributeError):
+        pkg.no_such_name  # noqa: B018
+
+
 @pytest.mark.parametrize("argv", [["--help"], []])
 def test_top_level_help_does_not_import_torch(argv):
     code = ("import contextlib, io, sys\n"
