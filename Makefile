@@ -30,7 +30,9 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check genbound analysis tests benchmarks
+	$(VENV)/bin/ruff check genbound analysis tests benchmarks tools
+	# the layers, independent siblings and no import cycles of pyproject.toml's [tool.importlinter]
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"

@@ -9,7 +9,7 @@ machinery: analysis.sweep.plan / train_runs, so runs are resumable and several p
 code, Occam bound on the decoded model), cached in ``derived/<name>.cert.json``. The report lists per method
 d, bits K, decoded train error, certified test error and measured test error, the bits breakdown, Kendall's
 tau between certificates and measured test errors (analysis.tables.kendall), and the figure certified
-against measured error (genbound.figures.certified_vs_measured).
+against measured error (genbound.report.figures.certified_vs_measured).
 """
 
 from __future__ import annotations
@@ -21,12 +21,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from genbound.bounds.certificate import DECLARED_GRID, PAPER_METHODS, certify
+from genbound.bounds.occam import occam_bound
 from genbound.bounds.union import Union, best_certificate, member_delta, records
-from genbound.errors import GenboundError
+from genbound.checkpoints.checkpoint import load_checkpoint
+from genbound.core.atomic import write_json, write_text
+from genbound.core.errors import GenboundError
+from genbound.methods.catalogue import METHODS
+from genbound.report.figures import certified_vs_measured, save
 
 from . import locks
 from .presets import Preset
+from .runs import _SplitCache
 from .sweep import _meta_digest, plan, read_cache, train_runs
+from .tables import kendall
 
 # Fixed before any certified run (and inside genbound.bounds.certificate.DECLARED_GRID): subspace dimension,
 # learning rate of w (the same for fft), the chain length, the levels and QAT budget.
@@ -103,10 +111,6 @@ def certify_run(spec, out: Path, settings: dict[str, Any], device: str, splits_c
                 suffix: str = "") -> dict[str, Any]:
     """The certificate of one run, from ``derived/<name><suffix>.cert.json`` while checkpoint and settings are the
     same."""
-    from genbound.atomic import write_json
-    from genbound.bounds.certificate import certify
-    from genbound.checkpoint import load_checkpoint
-
     cache = out / "derived" / f"{spec.name}{suffix}.cert.json"
     key = {"checkpoint": _meta_digest(spec.path), **settings}
     if (data := read_cache(cache, key, "certificate")) is not None:
@@ -141,8 +145,6 @@ def certify_all(specs, out: Path, settings: dict[str, Any], device: str = "cpu",
     claiming each by lock (other processes certify the rest); waits for runs another live process holds, and up
     to ``wait_for_training`` seconds for runs another process is still training."""
     from tqdm.auto import tqdm
-
-    from .sweep import _SplitCache
 
     cache = _SplitCache()
     if specs:
@@ -217,9 +219,6 @@ def _split_phrase(settings: dict[str, Any]) -> str:
 def report(preset: Preset, settings: dict[str, Any], specs, results: dict[str, Any], command: str,
            figure: Path | None, doc: Path | None) -> tuple[str, dict[str, Any]]:
     """The Markdown report and its JSON summary."""
-    from genbound.bounds.certificate import DECLARED_GRID
-
-    from .tables import kendall
 
     rows, notes = [], []
     for spec in specs:
@@ -297,8 +296,6 @@ def report(preset: Preset, settings: dict[str, Any], specs, results: dict[str, A
             lines[-1] += (f" The certificate lies {best[1]['bound'] - best[1]['test_error']:.3f} above the measured "
                           "test error.")
     if best:
-        from genbound.bounds.occam import occam_bound
-
         b = best[1]
         at5 = occam_bound(0.05, b["bits"], b["n"], b["delta"])
         at0 = occam_bound(b["train_error_trained"], b["bits"], b["n"], b["delta"])
@@ -375,10 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from genbound.atomic import write_json, write_text
-    from genbound.figures import certified_vs_measured, save
-    from genbound.methods import METHODS
-
     args = build_parser().parse_args(argv)
     try:
         if args.best_of:
@@ -392,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
             raise GenboundError("--out is required (unless --best-of)")
         preset = PRESETS[args.preset][0]
         settings = split_settings(args.preset)
-        from genbound.bounds.certificate import DECLARED_GRID, PAPER_METHODS
 
         methods = args.methods or list(PAPER_METHODS)
         for m in methods:

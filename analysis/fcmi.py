@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from genbound.errors import GenboundError
+from genbound.bounds.fcmi import SupersampleRuns, fcmi_bound
+from genbound.checkpoints.checkpoint import load_checkpoint
+from genbound.core.atomic import write_json, write_text
+from genbound.core.errors import GenboundError
+from genbound.data.datasets import Splits, get_dataset
+from genbound.data.evalset import EvalSet
+from genbound.methods.catalogue import METHODS
+from genbound.models.backbones import get_backbone
+from genbound.training.train import train
 
 from . import locks
 from .presets import Preset, train_config
@@ -38,10 +46,6 @@ PRESETS: dict[str, tuple[Preset, dict[str, int]]] = {
 
 
 def _pool(preset: Preset):
-    from genbound.backbones import get_backbone
-    from genbound.datasets import get_dataset
-    from genbound.evalset import EvalSet
-
     splits = get_dataset(preset.dataset).load(get_backbone(preset.backbone), preset.split_seed, preset.max_length)
     parts = [splits.train, splits.val, splits.test]
     feats = {k: torch.cat([p.features[k] for p in parts]) for k in splits.train.features}
@@ -64,10 +68,6 @@ def mask(n: int, seed: int, u: int) -> torch.Tensor:
 def run_one(preset: Preset, method: str, pool, splits, n: int, s: int, u: int, run_dir: Path, device: str
             ) -> dict[str, Any]:
     """Train on the masked half of supersample s and predict every example of the supersample."""
-    from genbound.checkpoint import load_checkpoint
-    from genbound.datasets import Splits
-    from genbound.train import train
-
     pairs = supersample(pool, n, s)
     U = mask(n, s, u)
     chosen = pairs[torch.arange(n), U]
@@ -91,9 +91,6 @@ def run_one(preset: Preset, method: str, pool, splits, n: int, s: int, u: int, r
 def collect(preset: Preset, plan: dict[str, int], methods: list[str], out: Path, device: str = "cpu"
             ) -> dict[str, Any]:
     from tqdm.auto import tqdm
-
-    from genbound.atomic import write_json
-    from genbound.bounds.fcmi import SupersampleRuns, fcmi_bound
 
     splits, pool = _pool(preset)
     n = plan["n"]
@@ -173,9 +170,6 @@ def merge_section(doc: Path, section: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from genbound.atomic import write_json, write_text
-    from genbound.methods import METHODS
-
     p = argparse.ArgumentParser(prog="python -m analysis.fcmi", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=list(PRESETS), default="mlp")
     p.add_argument("--out", required=True)

@@ -28,8 +28,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from genbound.atomic import pid_alive
-from genbound.errors import GenboundError
+from genbound.core.atomic import pid_alive
+from genbound.core.errors import GenboundError
 
 
 def _start_time(pid: int) -> str | None:

@@ -1,7 +1,7 @@
 """Sweep configurations: which backbone, data and budget every method of a sweep is trained with.
 
 A preset fixes everything except the method and the seed; :func:`train_config` turns (preset, method,
-seed) into the :class:`genbound.train.TrainConfig` of that run. The chained methods (cola, rac, c3la, rc3la)
+seed) into the :class:`genbound.training.train.TrainConfig` of that run. The chained methods (cola, rac, c3la, rc3la)
 use the preset's chain length, the others k = 1; full fine-tuning gets its own (smaller) learning rate, as in
 the paper's reference hyperparameters (docs/concepts.md, "Reference hyperparameters": PEFT 3e-4, full fine-tuning 1e-5
 on RoBERTa).
@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from genbound.errors import GenboundError
-from genbound.methods import get_method
-from genbound.train import TrainConfig
+from genbound.core.errors import GenboundError
+from genbound.methods.catalogue import get_method
+from genbound.training.train import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ checkpoints on disk, the same whichever executor trained them.
 
 Layout of ``--out``::
 
-    runs/<method>-s<seed>/      one genbound checkpoint per run (written atomically by genbound.train)
+    runs/<method>-s<seed>/      one genbound checkpoint per run (written atomically by genbound.training.train)
     runs/.<name>.sweep.lock     held while a process works on that run (see analysis.locks)
-    runs/.<name>.state          a killed run's training state (genbound.train resumes it)
+    runs/.<name>.state          a killed run's training state (genbound.training.train resumes it)
     derived/<name>.json         the bounds computed for a checkpoint (reused while the checkpoint is unchanged)
     tables.md, results.tex, bounds.tex, kendall.tex, summary.md, summary.json, figures/*.pdf|png
 
@@ -36,33 +36,28 @@ import argparse
 import hashlib
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genbound.errors import GenboundError
+from genbound.bounds.mi import method_bound
+from genbound.bounds.report import config_from_meta, report_for_checkpoint
+from genbound.checkpoints.checkpoint import META_FILE, TENSOR_FILE, load_meta
+from genbound.core.atomic import write_json, write_text
+from genbound.core.device import resolve_device
+from genbound.core.errors import GenboundError
+from genbound.core.render import print_json, to_jsonable
+from genbound.methods.catalogue import METHODS, get_method
 
-from . import locks
+from . import tables as T
+from .executors import LocalExecutor, make_executor, require
 from .presets import PRESETS, Preset, get_preset, train_config, with_budget
-from .tables import BOUNDS, RunRecord
-
-EXECUTORS = ("local", "ray", "submitit")  # analysis.executors, imported when a sweep runs
-
-
-@dataclass
-class RunSpec:
-    method: str
-    seed: int
-    name: str
-    path: Path
-    config: Any  # genbound.train.TrainConfig
-
-    @property
-    def lock(self) -> Path:
-        # Not ".<name>.lock": genbound.train holds that one itself (output.run_lock) and writes a bare pid in
-        # it, which this lock would read as a stale owner record and take over.
-        return self.path.parent / f".{self.name}.sweep.lock"
+from .runs import EXECUTORS, RunSpec, finished_run
+from .runs import _SplitCache as _SplitCache  # noqa: F401  (analysis.certificates, analysis.fcmi use it)
+from .runs import config_mismatch as config_mismatch  # noqa: F401  (re-exported: analysis.sweep.config_mismatch)
+from .runs import run_one as run_one  # noqa: F401  (re-exported: analysis.sweep.run_one)
+from .runs import train_runs as train_runs  # noqa: F401  (re-exported: analysis.sweep.train_runs)
+from .tables import BOUNDS, RunRecord, correlation_table, headline, results_table, summary_dict
 
 
 @dataclass
@@ -80,8 +75,6 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        from .tables import summary_dict
-
         return {"preset": self.preset.to_dict(), "seeds": self.seeds, "methods": self.methods, "out": str(self.out),
                 **summary_dict(self.rows, self.correlations), "runs": [asdict(r) for r in self.records],
                 "notes": self.notes, "files": [str(p) for p in self.files]}
@@ -99,140 +92,10 @@ def plan(preset: Preset, methods: list[str], seeds: list[int], out: str | Path, 
     return specs
 
 
-def config_mismatch(hyperparameters: dict[str, Any], config) -> str | None:
-    """The first configuration field where a checkpoint's recorded hyperparameters differ from ``config``
-    (device and progress do not count: genbound.resume.config_difference), or None when they match."""
-    from genbound.resume import config_difference
-
-    fields = asdict(config)
-    diff = config_difference(hyperparameters, fields, keys=fields)
-    return None if diff is None else f"{diff[0]}={diff[1]!r} (this sweep: {diff[2]!r})"
-
-
-def finished_run(spec: RunSpec) -> tuple[bool, str | None]:
-    """(is a checkpoint, mismatch or None)."""
-    from genbound.checkpoint import is_checkpoint, load_meta
-
-    if not is_checkpoint(spec.path):
-        return False, None
-    return True, config_mismatch(load_meta(spec.path).hyperparameters, spec.config)
-
-
-class _SplitCache:
-    """Tokenized splits shared by the runs of a sweep (tokenizing BBC News for MiniLM takes seconds)."""
-
-    def __init__(self) -> None:
-        self.cache: dict[tuple, Any] = {}
-
-    def get(self, config) -> Any:
-        from genbound.backbones import get_backbone
-        from genbound.datasets import get_dataset
-
-        key = (config.backbone, config.dataset, config.split_seed, config.max_length)
-        if key not in self.cache:
-            self.cache[key] = get_dataset(config.dataset).load(get_backbone(config.backbone), config.split_seed,
-                                                               config.max_length)
-        return self.cache[key]
-
-
-def _train_one(spec: RunSpec, splits: _SplitCache, overwrite: bool) -> str:
-    """Train ``spec`` unless finished; returns the status. The caller holds the run's lock."""
-    from genbound.resume import state_dir_for
-    from genbound.train import train
-
-    done, mismatch = finished_run(spec)
-    if done and mismatch is None:
-        return "skipped"
-    if done and not overwrite:
-        raise GenboundError(f"{spec.path} holds a checkpoint trained with {mismatch}; use another --out, or "
-                            "--overwrite to retrain runs whose configuration differs")
-    resumed = state_dir_for(spec.path).exists() and not done
-    train(spec.config, spec.path, overwrite=done, resume=not done, splits=splits.get(spec.config))
-    return "resumed" if resumed else "trained"
-
-
-def run_one(spec: RunSpec, overwrite: bool = False, poll: float = 5.0, wait_timeout: float | None = None) -> str:
-    """Train one run wherever this is called (this process, a Ray worker, a Slurm job); returns its status.
-
-    The cluster executors (analysis.executors) call this, one call per run. It is a function of ``spec`` and
-    of what is on the shared filesystem only: it claims the run's lock (waiting while another live process
-    holds it; a dead holder's lock is taken over, see analysis.locks), returns "skipped" for a finished
-    matching checkpoint, continues a killed run's saved state ("resumed"), and otherwise trains it
-    ("trained"). genbound.train writes the checkpoint atomically, so a worker killed part-way never leaves a
-    half-written run that a later reader could take for a finished one. A GenboundError (e.g. a diverging
-    loss) is returned as "failed: <message>"; anything else propagates, for the engine to report.
-    """
-    start = time.monotonic()
-    while True:
-        with locks.held(spec.lock) as mine:
-            if mine:
-                try:
-                    return _train_one(spec, _SplitCache(), overwrite)
-                except GenboundError as exc:
-                    return f"failed: {exc}"
-        if wait_timeout is not None and time.monotonic() - start > wait_timeout:
-            owner = locks.read_owner(spec.lock) or {}
-            return f"locked by pid {owner.get('pid')} on {owner.get('host')}"
-        time.sleep(poll)
-
-
-def train_runs(specs: list[RunSpec], overwrite: bool = False, wait: bool = True, poll: float = 2.0,
-               wait_timeout: float | None = None, progress: bool | None = None) -> dict[str, str]:
-    """Train every run not yet finished, claiming each with its lock; returns name -> status.
-
-    Runs another live process holds are retried until it releases them (its checkpoint then exists) or
-    dies (its lock is taken over and its saved state resumed); with ``wait=False`` they are reported as
-    "locked". A run that fails with a GenboundError (e.g. a diverging loss) is "failed: <message>".
-    """
-    from tqdm.auto import tqdm
-
-    status: dict[str, str] = {}
-    splits = _SplitCache()
-    pending = list(specs)
-    start = time.monotonic()
-    bar = tqdm(total=len(specs), desc="sweep", unit="run", disable=None if progress is None else not progress)
-    try:
-        while pending:
-            waiting = []
-            for spec in pending:
-                bar.set_postfix_str(spec.name)
-                with locks.held(spec.lock) as mine:
-                    if not mine:
-                        waiting.append(spec)
-                        continue
-                    try:
-                        status[spec.name] = _train_one(spec, splits, overwrite)
-                    except GenboundError as exc:
-                        if "--overwrite" in str(exc) and "holds a checkpoint" in str(exc):
-                            raise
-                        status[spec.name] = f"failed: {exc}"
-                bar.update(1)
-            pending = waiting
-            if pending:
-                if not wait or (wait_timeout is not None and time.monotonic() - start > wait_timeout):
-                    for spec in pending:
-                        owner = locks.read_owner(spec.lock) or {}
-                        status[spec.name] = f"locked by pid {owner.get('pid')} on {owner.get('host')}"
-                    break
-                bar.set_postfix_str(f"waiting for {len(pending)} run(s) held by another process")
-                time.sleep(poll)
-    finally:
-        bar.close()
-    return status
-
-
-# -- bounds per checkpoint -----------------------------------------------------------------------------------
-
-
 def checkpoint_bounds(path: str | Path, compression: bool = False, theorem1: bool = False,
                       device: str = "cpu", seed: int = 0) -> tuple[dict[str, float | None], dict[str, bool]]:
     """The bounds of one checkpoint: Table 1 with and without the head (sigma = 1/2 for the 0-1 loss, q from
     the stored dtype), the trainable count, and on request the Occam bound and Theorem 1 (mlp only)."""
-    from genbound.bounds.mi import method_bound
-    from genbound.bounds.report import config_from_meta, report_for_checkpoint
-    from genbound.checkpoint import load_meta
-    from genbound.methods import get_method
-
     meta = load_meta(path)
     cfg = config_from_meta(meta, source=str(path))
     method = get_method(meta.method)
@@ -270,8 +133,6 @@ def read_cache(cache: Path, key: dict[str, Any], *fields: str) -> dict[str, Any]
 
 
 def _meta_digest(path: Path) -> str:
-    from genbound.checkpoint import META_FILE, TENSOR_FILE
-
     h = hashlib.sha256((path / META_FILE).read_bytes())
     st = (path / TENSOR_FILE).stat()
     h.update(f"{st.st_size}".encode())
@@ -282,8 +143,6 @@ def cached_bounds(spec: RunSpec, out: Path, compression: bool, theorem1: bool, d
                   ) -> tuple[dict[str, float | None], dict[str, bool]]:
     """:func:`checkpoint_bounds`, cached in ``derived/<name>.json`` while the checkpoint and options are the
     same (the compression bound takes seconds to minutes per checkpoint)."""
-    from genbound.atomic import write_json
-
     cache = out / "derived" / f"{spec.name}.json"
     key = {"checkpoint": _meta_digest(spec.path), "compression": compression, "theorem1": theorem1, "seed": 0}
     if (data := read_cache(cache, key, "bounds", "vacuous")) is not None:
@@ -297,8 +156,6 @@ def collect(specs: list[RunSpec], status: dict[str, str], out: Path, compression
             theorem1: bool = False, device: str = "cpu", progress: bool | None = None) -> list[RunRecord]:
     """A RunRecord per run: measured values from the checkpoint, bounds computed (or read from the cache)."""
     from tqdm.auto import tqdm
-
-    from genbound.checkpoint import load_meta
 
     records = []
     for spec in tqdm(specs, desc="bounds", unit="run", disable=None if progress is None else not progress):
@@ -340,12 +197,6 @@ def run_sweep(preset: str | Preset, seeds: list[int], out: str | Path, methods: 
     ``backbone`` / ``dataset`` replace the preset's (a registry name, a model folder, a data file): one sweep
     directory per (model, dataset) cell of a grid (docs/scale.md).
     """
-    from genbound.atomic import write_json, write_text
-    from genbound.device import resolve_device
-    from genbound.methods import METHODS, get_method
-    from genbound.render import to_jsonable
-
-    from . import tables as T
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     preset = with_budget(preset, steps, epochs)
@@ -365,8 +216,6 @@ def run_sweep(preset: str | Preset, seeds: list[int], out: str | Path, methods: 
     if out.exists() and not out.is_dir():
         raise GenboundError(f"--out {out} is a file; choose a directory")
     if executor is None:
-        from .executors import LocalExecutor
-
         executor = LocalExecutor(wait=wait, wait_timeout=wait_timeout)
     if executor.name != "local" and device == "auto":
         dev = "cuda" if executor.gpus_per_run else "cpu"
@@ -505,7 +354,6 @@ def executor_from_args(args: argparse.Namespace, out: Path, wait: bool = True, w
                        need_package: bool = True):
     """The executor named by the options of :func:`add_executor_arguments`; an option of another executor is
     refused (it would be silently ignored), and a missing cluster package fails before any work."""
-    from .executors import make_executor
 
     for name, keys in _ONLY.items():
         for key in keys:
@@ -532,8 +380,6 @@ def executor_from_args(args: argparse.Namespace, out: Path, wait: bool = True, w
                 opts[key] = int(opts[key])
     executor = make_executor(args.executor, out, **opts)
     if args.executor != "local" and need_package:
-        from .executors import require
-
         require(args.executor, args.executor)  # fail before any work when the package is missing
     return executor
 
@@ -554,11 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         print("analysis.sweep: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     if args.json:
-        from genbound.render import print_json
-
         print_json(result.to_dict())
         return 0
-    from .tables import correlation_table, headline, results_table
 
     print(results_table(result.rows))
     print()

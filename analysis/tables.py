@@ -7,7 +7,7 @@ the methods like their measured generalization gaps?", with Kendall's tau-b betw
 bound and the per-method mean gap (scipy.stats.kendalltau; Kendall 1938, tau-b for ties: Kendall 1945), and
 an honest note where the answer cannot mean much (few methods, a bound that ties or is constant).
 
-Quantities (genbound.train's definitions, docs/concepts.md, "Empirical generalization gap"):
+Quantities (genbound.training.train's definitions, docs/concepts.md, "Empirical generalization gap"):
 gap = L_test - L_train of the
 cross-entropy over the full splits in eval mode; gap_01 = train accuracy - test accuracy = test error -
 train error. Bounds (genbound.bounds): ``mi`` Table 1's Xu-Raginsky bound sqrt(2 sigma^2 ln2 q D / N) for
@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genbound.atomic import write_json, write_text
-from genbound.methods import METHODS, get_method
-from genbound.render import cell, latex_table, markdown_table, tex_escape
+from genbound.core.atomic import write_json, write_text
+from genbound.core.render import cell, latex_table, markdown_table, tex_escape
+from genbound.methods.catalogue import METHODS, get_method
+from genbound.report import figures as F
 
 # key -> (Markdown label, LaTeX label)
 MEASURED: dict[str, tuple[str, str]] = {
@@ -314,7 +315,7 @@ def correlation_table(corrs: Sequence[Correlation], latex: bool = False) -> str:
 
 
 def bound_points(rows: Sequence[MethodRow], bound: str, gap: str = "gap_01") -> list[dict]:
-    """Points for genbound.figures.bound_vs_gap: per-method mean bound and gap, std as error bars."""
+    """Points for genbound.report.figures.bound_vs_gap: per-method mean bound and gap, std as error bars."""
     pts = []
     for r in rows:
         b, g = r.stats.get(f"bound.{bound}"), r.stats[gap]
@@ -326,9 +327,7 @@ def bound_points(rows: Sequence[MethodRow], bound: str, gap: str = "gap_01") -> 
 
 
 def accuracy_figure(rows: Sequence[MethodRow]):
-    """Train and test accuracy per method, mean over seeds with the std as error bars (genbound.figures)."""
-    from genbound import figures as F
-
+    """Train and test accuracy per method, mean over seeds with the std as error bars (genbound.report.figures)."""
     rows = [r for r in rows if r.stats["test_accuracy"].mean is not None]
     bars = [{"method": r.method, "label": r.title, "train": r.stats["train_accuracy"].mean,
              "train_err": r.stats["train_accuracy"].std, "test": r.stats["test_accuracy"].mean,
@@ -340,8 +339,6 @@ def accuracy_figure(rows: Sequence[MethodRow]):
 
 def write_figures(rows: Sequence[MethodRow], directory: str | Path) -> list[Path]:
     """bound_vs_gap_<bound>.{pdf,png} for every bound present, and accuracy.{pdf,png}."""
-    from genbound import figures as F
-
     directory = Path(directory)
     paths: list[Path] = []
     for b, (label, _what, gap) in BOUNDS.items():

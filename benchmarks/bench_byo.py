@@ -1,6 +1,6 @@
 """Own data and models: the tokenization cache on the tweets corpus, and MiniLM step time before / after.
 
-1. Tokenization cache (genbound.tokcache): load the ``tweets`` dataset (37,185 tweets) for MiniLM at max
+1. Tokenization cache (genbound.data.tokcache): load the ``tweets`` dataset (37,185 tweets) for MiniLM at max
    length 64 in a fresh process with an empty cache directory (cold: read, clean, tokenize, store), then again
    in another fresh process (warm: read, clean, hash, load the cached tokens). Reports both times and the ratio.
 2. MiniLM training step time: benchmarks/bench_training.py's one-method measurement (LoRA, batch 32) run with
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LOAD = """
 import time, json
 t0 = time.perf_counter()
-from genbound.backbones import get_backbone
-from genbound.datasets import get_dataset
+from genbound.models.backbones import get_backbone
+from genbound.data.datasets import get_dataset
 bb = get_backbone("minilm")
 t1 = time.perf_counter()
 s = get_dataset("tweets").load(bb, 0, 64)

@@ -4,7 +4,7 @@ baseline tree and of this tree, alternated in the same run.
 
 Each command runs in a fresh process (``python -m genbound.cli ...`` with ``PYTHONPATH`` set to the tree);
 its CPU time is the child's user + system time (os.wait4), its wall time the elapsed time. Both trees share
-the on-disk tokenization cache (genbound.tokcache), warmed by one untimed load first, so the comparison is
+the on-disk tokenization cache (genbound.data.tokcache), warmed by one untimed load first, so the comparison is
 of the work each tree does, not of tokenization. The outputs of the two trees are checked to agree (the
 same spectra and intruder counts; the same compare rows to 1e-6) so that a faster tree is not a different
 answer.
@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 WARM = """
-from genbound.checkpoint import load_checkpoint
+from genbound.checkpoints.checkpoint import load_checkpoint
 load_checkpoint({path!r}).load_splits()
 """
 

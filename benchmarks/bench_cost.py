@@ -1,4 +1,5 @@
-"""What a training step of each method costs, counted exactly (genbound.cost): saved-activation bytes, FLOPs and
+"""What a training step of each method costs, counted exactly (genbound.training.cost): saved-activation bytes,
+FLOPs and
 a paired interleaved step-time ratio on all-MiniLM-L6-v2 / BBC News, and a predicted GPU peak memory for
 RoBERTa-base at the paper's batch (32) and 128 / 512 tokens.
 
@@ -47,9 +48,9 @@ PAPER_TIME, PAPER_MEMORY = 0.10, 0.15  # "up to 10% training time and 15% GPU me
 
 
 def minilm(args) -> dict:
-    from genbound.cost import as_dict, build_setting, flop_cost, load_splits_for, memory_cost, paired_timing
-    from genbound.methods import get_method
-    from genbound.train import TrainConfig
+    from genbound.methods.catalogue import get_method
+    from genbound.training.cost import as_dict, build_setting, flop_cost, load_splits_for, memory_cost, paired_timing
+    from genbound.training.train import TrainConfig
 
     def config(method: str) -> TrainConfig:
         return TrainConfig(method=method, rank=16, alpha=32.0, batch_size=32, max_length=128,
@@ -80,11 +81,11 @@ def roberta(args) -> dict:
     import torch
     from transformers import RobertaConfig, RobertaModel
 
-    from genbound.adapters import attach_adapters
-    from genbound.backbones import TextClassifier
-    from genbound.cost import Setting, as_dict, flop_cost, memory_cost
-    from genbound.methods import get_method
-    from genbound.train import TrainConfig, param_groups
+    from genbound.methods.adapters import attach_adapters
+    from genbound.methods.catalogue import get_method
+    from genbound.models.backbones import TextClassifier
+    from genbound.training.cost import Setting, as_dict, flop_cost, memory_cost
+    from genbound.training.train import TrainConfig, param_groups
 
     def setting(method: str, batch: int, seq: int) -> Setting:
         torch.manual_seed(0)
@@ -175,9 +176,11 @@ def render_bench(res: dict) -> str:
         f"- command: `{env['command']}` ({env['minutes']:.1f} min in all)",
         "- setting: all-MiniLM-L6-v2 on BBC News, query and value adapted, r = 16, alpha = 32, batch 32, 128 "
         f"tokens, chains of {env['chain']} (the first link is measured; every link has the same shapes); one "
-        "step of `genbound.train` (forward, cross-entropy, backward, clipping, AdamW) on the run's first batch", "",
+        "step of `genbound.training.train` (forward, cross-entropy, backward, clipping, AdamW) on the run's first "
+        "batch", "",
         "Bytes autograd saves for the backward (deduplicated by storage; frozen-backbone vs adapter-owned as "
-        "genbound.cost defines them), trained-parameter and AdamW-state bytes, the predicted peak (parameters + "
+        "genbound.training.cost defines them), trained-parameter and AdamW-state bytes, the predicted peak "
+        "(parameters + "
         "buffers + gradients + AdamW state + saved activations) and FLOPs (torch.utils.flop_counter: matrix "
         "products and attention). Each was measured twice from a fresh build; the last column says whether the "
         "two agree to the byte and the FLOP.", "",
@@ -216,7 +219,7 @@ def render_claims(res: dict) -> str:
         "# Claim (b) from exact costs: activation bytes, FLOPs, paired step time, predicted GPU memory", "",
         f"Produced by `{env['command']}` on {env['date']} ({env['machine']}, {env['cpus']} CPU cores, torch "
         f"{env['torch']}, device cpu). The paper claims its sparse variants save up to 10% training time and "
-        "15% GPU memory. This page answers that from properties of the computation (genbound.cost, `genbound "
+        "15% GPU memory. This page answers that from properties of the computation (genbound.training.cost, `genbound "
         "cost`), identical on every machine and under any load, instead of the runs' wall-clock step times "
         "and peak resident memory in [paper-claims.md](paper-claims.md), which were measured at different "
         "times on a shared machine and are load-dependent.", "",
@@ -318,7 +321,7 @@ def main() -> None:
     if args.quick:
         args.pairs, args.roberta_seqs = 2, [128]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from genbound.atomic import write_text
+    from genbound.core.atomic import write_text
 
     if args.render_only:
         res = json.loads(Path(args.json).read_text())

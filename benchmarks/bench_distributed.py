@@ -1,4 +1,4 @@
-"""Two processes under torchrun (gloo, CPU) against one: the overhead of genbound.distributed.
+"""Two processes under torchrun (gloo, CPU) against one: the overhead of genbound.core.distributed.
 
 On the mlp backbone fine-tuned with LoRA on digits, three commands run once in one process and once under
 ``python -m torch.distributed.run --standalone --nproc-per-node N`` (default 2), alternated ``--rounds``

@@ -1,4 +1,5 @@
-"""Benchmark: Hessian spectra, genbound.hessian against pyhessian 0.1, on the same model, parameters and data.
+"""Benchmark: Hessian spectra, genbound.diagnostics.hessian against pyhessian 0.1, on the same model, parameters
+and data.
 
 The 1.06 M-parameter MLP 512-1024-512-10 of benchmarks/cases.py on n = 64, 256 and 2,048 random Gaussian
 inputs labelled by a random linear teacher (label noise 0.5), trained by 15 full-batch Adam steps; all
@@ -43,14 +44,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cases import peer_mlp  # noqa: E402
-from genbound.atomic import write_text  # noqa: E402
-from genbound.hessian import (  # noqa: E402
+from genbound.core.atomic import write_text  # noqa: E402
+from genbound.diagnostics.hessian import (  # noqa: E402
     HessianOperator,
     extreme_eigenvalues,
     hessian_spectrum,
     hutchpp,
 )
-from genbound.hessian.operator import _differentiable_attention  # noqa: E402
+from genbound.diagnostics.hessian.operator import _differentiable_attention  # noqa: E402
 
 
 class Wrapped(nn.Module):
@@ -240,7 +241,7 @@ def main() -> None:
     header = ["model", "task", "tool", "HVPs", "CPU s (best rep)", "error vs reference", "pyhessian / genbound",
               "notes"]
     lines = [
-        "## Hessian spectra: genbound.hessian vs pyhessian 0.1",
+        "## Hessian spectra: genbound.diagnostics.hessian vs pyhessian 0.1",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (`nproc`) shared with other jobs (load average "
         f"{load} at the end), torch {torch.__version__}, {torch.get_num_threads()} thread; "

@@ -1,4 +1,4 @@
-"""Benchmark: 21 x 21 filter-normalized random planes, genbound.landscape against loss-landscapes 3.0.6.
+"""Benchmark: 21 x 21 filter-normalized random planes, genbound.diagnostics.landscape against loss-landscapes 3.0.6.
 
 Two models, same model, data, moving parameters and plane size for both libraries in the same run:
   * the reference MLP of docs/benchmarks.md (benchmarks/cases.py): 512-1024-512-10 ReLU (1.06 M parameters),
@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cases import peer_mlp  # noqa: E402
-from genbound.atomic import write_text  # noqa: E402
-from genbound.evalset import EvalSet  # noqa: E402
-from genbound.landscape import (  # noqa: E402
+from genbound.core.atomic import write_text  # noqa: E402
+from genbound.data.evalset import EvalSet  # noqa: E402
+from genbound.diagnostics.landscape import (  # noqa: E402
     GridEvaluator,
     coordinates,
     cosine,
@@ -56,8 +56,8 @@ def mlp_case(n: int, train_steps: int) -> tuple[nn.Module, EvalSet]:
 
 
 def minilm_case(n: int, max_length: int, attn: str = "sdpa") -> tuple[nn.Module, EvalSet, list[str]]:
-    from genbound.backbones import get_backbone
-    from genbound.datasets import load_bbc_raw
+    from genbound.data.datasets import load_bbc_raw
+    from genbound.models.backbones import get_backbone
 
     bb = get_backbone("minilm")
     model = bb.build(5, seed=0, attn_implementation=attn)
@@ -291,7 +291,7 @@ def main() -> int:
     reached = [f"{m} {w} {v:.2f}x (target {targets[w]:g}x: {'reached' if v >= targets[w] else 'not reached'})"
                for (m, w), v in speedups.items()]
     lines = [
-        "## Loss-landscape slices: genbound.landscape vs loss-landscapes 3.0.6",
+        "## Loss-landscape slices: genbound.diagnostics.landscape vs loss-landscapes 3.0.6",
         "",
         f"- Machine: {uname.machine}, {torch.get_num_threads()} torch thread(s), nproc {os.cpu_count()} shared with "
         f"other jobs (load average {load} at the end), torch {torch.__version__}, Python "
@@ -312,7 +312,8 @@ def main() -> int:
         "- Why head-only and last-block planes are cheap: every module before the first one that depends on the "
         "grid point (the whole backbone for the head, the embeddings and blocks 0-4 for MiniLM's last block) "
         "runs once per data batch and its output is reused by every point, bit for bit "
-        "(genbound/landscape/memo.py); the first moving Linear's products W x, D1 x, D2 x are also computed "
+        "(genbound/diagnostics/landscape/memo.py); the first moving Linear's products W x, D1 x, D2 x are also "
+        "computed "
         "once. With every layer moving only the second half applies, and the ceiling lines measure what is "
         "left: the FLOPs every exact evaluation must spend per point, at the best matrix-product rate this "
         "machine reached in the same run.",

@@ -32,10 +32,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from genbound.atomic import write_text  # noqa: E402
-from genbound.intruders import DENSE_MAX, BaseSVDCache, brute_force_scores, layer_scores  # noqa: E402
-from genbound.spectra import singular_values  # noqa: E402
-from genbound.update import LayerUpdate  # noqa: E402
+from genbound.core.atomic import write_text  # noqa: E402
+from genbound.diagnostics.intruders import DENSE_MAX, BaseSVDCache, brute_force_scores, layer_scores  # noqa: E402
+from genbound.diagnostics.spectra import singular_values  # noqa: E402
+from genbound.methods.update import LayerUpdate  # noqa: E402
 
 
 def timeit(fn, repeats: int) -> tuple[float, object]:
@@ -129,7 +129,7 @@ def make_peft_minilm(out: Path, seed: int) -> Path:
 
 def dense_equivalent(path: Path) -> float:
     """The same report done densely: dense SVD of every materialised dW, dense intruders (as peft does)."""
-    from genbound.peft_import import load_any
+    from genbound.sources.source import load_any
 
     t = time.perf_counter()
     ck = load_any(path)
@@ -152,9 +152,9 @@ def bench_command(path: Path, repeats: int) -> list[list[str]]:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
         walls.append(time.perf_counter() - t)
     t_cli = statistics.median(walls)
-    from genbound.intruders import DEFAULT_CACHE, intruders
-    from genbound.peft_import import load_any
-    from genbound.spectra import spectra
+    from genbound.diagnostics.intruders import DEFAULT_CACHE, intruders
+    from genbound.diagnostics.spectra import spectra
+    from genbound.sources.source import load_any
 
     def inproc():
         ck = load_any(path)
@@ -233,7 +233,7 @@ the ratios within one run are what counts. Medians of the repeats.
 ### 1. Singular values of dW = s B A: factored versus dense SVD
 
 Dense: `torch.linalg.svdvals` of the materialised float32 dW (materialising not timed). Factored:
-`genbound.spectra.singular_values` (QR of B and A^T, SVD of the r x r core) in float64 and float32.
+`genbound.diagnostics.spectra.singular_values` (QR of B and A^T, SVD of the r x r core) in float64 and float32.
 Agreement: max_i |sigma_i(factored, float64) - sigma_i(dense)| / sigma_1; the last column is the largest
 dense singular value beyond r (relative), which must be rounding only.
 

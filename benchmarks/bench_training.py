@@ -38,10 +38,10 @@ def one(method: str, device: str, steps: int, warmup: int, batch: int, seq: int,
     import torch
     from torch.nn import functional as F
 
-    from genbound.adapters import attach_adapters
-    from genbound.backbones import TextClassifier, get_backbone
-    from genbound.methods import get_method
-    from genbound.train import PeakMemory, param_groups
+    from genbound.methods.adapters import attach_adapters
+    from genbound.methods.catalogue import get_method
+    from genbound.models.backbones import TextClassifier, get_backbone
+    from genbound.training.train import PeakMemory, param_groups
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rank", type=int, default=16)
-    from genbound.methods import METHODS
+    from genbound.methods.catalogue import METHODS
 
     ap.add_argument("--methods", nargs="+", default=[m for m in METHODS if METHODS[m].adapter] +
                     [m for m in METHODS if not METHODS[m].adapter])
@@ -164,7 +164,7 @@ def main() -> None:
         lines += ["", f"lora and lora_plus do identical arithmetic (only B's learning rate differs), so their "
                   f"step-time difference, {noise:.1%}, measures this run's noise; smaller differences mean nothing."]
     lines.append("")
-    from genbound.atomic import write_text
+    from genbound.core.atomic import write_text
 
     write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
@@ -229,7 +229,7 @@ def compare_trees(args) -> None:
         "process's own work, so other jobs on a shared machine disturb it far less than wall time).",
         "",
     ]
-    from genbound.atomic import write_text
+    from genbound.core.atomic import write_text
 
     out = Path(args.out).with_name(f"training-vs-{rev}.md") if args.out.endswith("training.md") else Path(args.out)
     write_text(out, "\n".join(lines))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from genbound.evalset import EvalSet
+from genbound.data.evalset import EvalSet
 
 
 class PeerMLP(nn.Module):

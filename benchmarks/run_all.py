@@ -33,7 +33,7 @@ against the peer, measured in one run, are what to read. Rebuild this page with
 
 def collect() -> Path:
     sys.path.insert(0, str(ROOT))
-    from genbound.atomic import write_text
+    from genbound.core.atomic import write_text
 
     parts = [HEADER]
     names = sorted(p.stem for p in RESULTS.glob("*.md"))

@@ -1,9 +1,9 @@
-"""Write the supported-architecture table of docs/architectures.md from the matrix (genbound.architectures).
+"""Write the supported-architecture table of docs/architectures.md from the matrix (genbound.models.architectures).
 
     python docs/gen_architectures.py            rewrite the table between the markers (atomically)
     python docs/gen_architectures.py --check    exit 1 if the table differs from the matrix
 
-The table is ``genbound.architectures.table_markdown()``: one row per (architecture, task) cell, one column
+The table is ``genbound.models.architectures.table_markdown()``: one row per (architecture, task) cell, one column
 per check, as tests/test_architectures.py runs them; that test fails when the committed table is stale.
 """
 
@@ -20,7 +20,7 @@ BEGIN, END = "<!-- matrix:begin -->\n", "<!-- matrix:end -->"
 def generate(current: str) -> str:
     """``current`` with the text between the markers replaced by the matrix's table."""
     sys.path.insert(0, str(ROOT))
-    from genbound.architectures import table_markdown
+    from genbound.models.architectures import table_markdown
 
     head, rest = current.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
     new = generate(current)
     if "--check" in argv:
         return 0 if new == current else 1
-    from genbound.atomic import atomic_file
+    from genbound.core.atomic import atomic_file
 
     with atomic_file(OUT) as tmp:
         Path(tmp).write_text(new, encoding="utf-8")

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{OUT} is up to date")
         return 0
-    from genbound.atomic import write_text
+    from genbound.core.atomic import write_text
 
     write_text(OUT, text)
     print(f"wrote {OUT}")

@@ -2,7 +2,7 @@
 
 A command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
 Conventions shared by every command: ``--json`` writes machine-readable output to stdout, ``--device``
-picks cpu / cuda, and bad input raises :class:`~genbound.errors.GenboundError`, printed here as one line
+picks cpu / cuda, and bad input raises :class:`~genbound.core.errors.GenboundError`, printed here as one line
 with exit code 2 and no traceback. So are the failures that come from the machine or from numbers too
 large to compute with: an OSError (disk full, read-only filesystem, permission, a path under a file, a name
 too long) names the path and what to do; an OverflowError or MemoryError says which input to check. A closed
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import GenboundError, os_error_message
+from .core.errors import GenboundError, os_error_message
 
 # Order is the order of ``genbound --help``.
 COMMANDS = ["demo", "list", "train", "cost", "evaluate", "export", "compare", "bounds", "certify", "spectra", "hessian",

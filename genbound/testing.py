@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .methods import get_method
-from .train import TrainConfig, train
+from .methods.catalogue import get_method
+from .training.train import TrainConfig, train
 
 
 def make_checkpoint(tmp_path: str | Path, method: str = "lora", name: str | None = None, **overrides) -> Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Tokenized data is cached per test session, not in the user's ~/.cache (genbound.tokcache).
+# Tokenized data is cached per test session, not in the user's ~/.cache (genbound.data.tokcache).
 os.environ.setdefault("GENBOUND_CACHE", tempfile.mkdtemp(prefix="genbound-cache-"))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

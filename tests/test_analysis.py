@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the analysis package lives at the repository root, beside genbound
     sys.path.insert(0, str(ROOT))
 
-from analysis import locks, sweep  # noqa: E402
+from analysis import locks, runs, sweep  # noqa: E402
 from analysis import tables as T  # noqa: E402
 from analysis.presets import PRESETS, get_preset, train_config  # noqa: E402
-from genbound.errors import GenboundError  # noqa: E402
-from genbound.methods import METHODS  # noqa: E402
+from genbound.core.errors import GenboundError  # noqa: E402
+from genbound.methods.catalogue import METHODS  # noqa: E402
 
 STEPS = 12  # a few seconds per mlp run
 
@@ -77,7 +77,7 @@ def test_tables_are_complete_and_written(swept):
     assert summary["kendall_tau"]["n_methods"] == 2
     assert "Kendall tau-b" in (out / "summary.md").read_text()
     # Every number in the table is what the checkpoint recorded.
-    from genbound.checkpoint import load_meta
+    from genbound.checkpoints.checkpoint import load_meta
 
     for row in second.rows:
         meta = load_meta(out / "runs" / f"{row.method}-s0")
@@ -90,7 +90,7 @@ def test_bounds_equal_the_bounds_module(swept):
     out, _, second, _ = swept
     from genbound.bounds.mi import method_bound
     from genbound.bounds.report import config_from_meta
-    from genbound.checkpoint import load_meta
+    from genbound.checkpoints.checkpoint import load_meta
 
     for rec in second.records:
         meta = load_meta(rec.path)
@@ -201,7 +201,7 @@ def _worker(specs, log, queue):
         marker.write_text("x")
         return "trained"
 
-    sweep._train_one = fake_train
+    runs._train_one = fake_train
     queue.put(sweep.train_runs(specs, poll=0.05, progress=False))
 
 

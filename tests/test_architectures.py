@@ -1,4 +1,4 @@
-"""The architecture conformance matrix (genbound.architectures): every check on every (architecture, task) cell.
+"""The architecture conformance matrix (genbound.models.architectures): every check on every (architecture, task) cell.
 
 Each cell is a tiny random model of the architecture saved with save_pretrained (with its tokenizer or image
 processor) and a small data file; genbound trains lora, cla and c3la on it and a subspace run, exports each
@@ -7,7 +7,7 @@ to peft, and a LoRA adapter is made with peft itself. The checks are equalities 
 statuses of the CLI, on the checkpoint and on the peft adapter. A cell is built once for the test session,
 under a file lock in the directory the xdist workers share, so that two workers never train it twice.
 
-Adding an architecture is one line of genbound.architectures.ARCHITECTURES; a check that cannot hold is
+Adding an architecture is one line of genbound.models.architectures.ARCHITECTURES; a check that cannot hold is
 declared there with its reason and runs here as xfail(strict=True).
 """
 
@@ -25,7 +25,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from genbound.architectures import (
+from genbound.cli import main
+from genbound.models.architectures import (
     CAUSAL,
     CHECKS,
     IMAGE,
@@ -36,7 +37,6 @@ from genbound.architectures import (
     expected_failure,
     table_markdown,
 )
-from genbound.cli import main
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
@@ -96,7 +96,7 @@ class Cell:
 
     # -- building ------------------------------------------------------------------------------------------
     def build(self) -> Cell:
-        from genbound.tinymodels import (
+        from genbound.models.tinymodels import (
             make_causal_lm,
             make_image_folder,
             make_image_model,
@@ -145,7 +145,7 @@ class Cell:
 
     def _peft_adapter(self) -> None:
         """A LoRA adapter made by peft on the same model, its factors (and saved classifier) randomised."""
-        from genbound.backbones import get_backbone
+        from genbound.models.backbones import get_backbone
 
         bb = get_backbone(str(self.model), "causal-lm" if self.task == CAUSAL else None)
         model = bb.build(3 if self.task == IMAGE else 2, 0)
@@ -172,12 +172,12 @@ class Cell:
         if self.task == IMAGE:
             from PIL import Image
 
-            from genbound.datafiles import read_data
+            from genbound.data.datafiles import read_data
 
             data = read_data(str(self.dir / "images"), None, None, None, 0)
             rows = list(data.parts["test"]) if data.parts is not None else None
             if rows is None:
-                from genbound.datasets import stratified_split
+                from genbound.data.datasets import stratified_split
 
                 rows = list(stratified_split(data.labels, 0)[2])
             proc = AutoImageProcessor.from_pretrained(str(self.model), local_files_only=True)
@@ -254,7 +254,7 @@ def _delta_singular_values(pm) -> dict[str, torch.Tensor]:
 def test_train(request, cell, method):
     _expect(request, cell, "train", "ckpt")
     cell.build()
-    from genbound.checkpoint import load_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
 
     ck = load_checkpoint(cell.ckpt(method))
     assert ck.meta.method == method and ck.meta.layers
@@ -271,7 +271,7 @@ def test_evaluate_equals_transformers(request, cell, method):
     export loaded by peft, fed the processor's whole output; `evaluate`'s test loss is their loss."""
     _expect(request, cell, "evaluate", "ckpt")
     cell.build()
-    from genbound.checkpoint import load_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
 
     ck = load_checkpoint(cell.ckpt(method))
     test = ck.load_splits().test
@@ -385,7 +385,7 @@ def test_peft_certify(request, cell):
 
 
 def test_matrix_covers_the_issue():
-    from genbound.architectures import ARCHITECTURES, TASK_KINDS
+    from genbound.models.architectures import ARCHITECTURES, TASK_KINDS
 
     assert len(ARCHITECTURES) >= 12 and len({t for _, t in cells()}) >= 4
     assert {t for _, t in cells()} == set(TASK_KINDS) and TEXT in TASK_KINDS

@@ -1,11 +1,12 @@
-"""BBC News deduplication (genbound.datasets): exact and near copies go before the split, so no test article
+"""BBC News deduplication (genbound.data.datasets): exact and near copies go before the split, so no test article
 has a copy in training; the counts are the corpus's; old checkpoints keep loading the corpus they saw."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from genbound.datasets import (
+from genbound.checkpoints.restore import dataset_spec
+from genbound.data.datasets import (
     DATASETS,
     dedup_examples,
     load_bbc_dedup,
@@ -13,7 +14,6 @@ from genbound.datasets import (
     normalize_article,
     stratified_split,
 )
-from genbound.restore import dataset_spec
 
 
 def _folder(tmp_path, articles):

@@ -13,7 +13,7 @@ import torch
 from genbound.bounds.common import binary_kl, kl_inverse_upper
 from genbound.bounds.occam import code_length, occam_bound, occam_kl_budget, prefix_free_bits, quantize
 from genbound.bounds.pacbayes import gaussian_kl
-from genbound.errors import GenboundError
+from genbound.core.errors import GenboundError
 
 
 @pytest.mark.parametrize("bits, expected", [(1000, 0.25), (4000, 0.54), (8000, 0.75)])
@@ -74,8 +74,8 @@ def ckpt_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(ckpt_path):
-    from genbound.bounds.hypothesis import from_checkpoint
-    from genbound.checkpoint import load_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
+    from genbound.sources.hypothesis import from_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     return ckpt, ckpt.load_splits(), from_checkpoint(ckpt)

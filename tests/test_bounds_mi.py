@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from genbound.bounds.mi import BoundConfig, load_config, method_bound, mi_gap_bound, parse_layers, table1
 from genbound.bounds.report import config_from_meta, report_for_config, to_latex, to_markdown
-from genbound.errors import GenboundError
-from genbound.methods import METHODS
+from genbound.core.errors import GenboundError
+from genbound.methods.catalogue import METHODS
 
 ROBERTA = dict(layers=[(768, 768)] * 24, rank=16, n_train=3668, q=32, sigma=0.5)
 

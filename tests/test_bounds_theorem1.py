@@ -21,7 +21,7 @@ from genbound.bounds.theorem1 import (
     theorem1,
 )
 from genbound.bounds.transformer import applicability
-from genbound.errors import GenboundError
+from genbound.core.errors import GenboundError
 
 
 @pytest.mark.parametrize("L", range(1, 13))
@@ -129,7 +129,7 @@ def test_bad_chain_input():
 
 
 def test_transformer_is_not_applicable_and_mlp_is():
-    from genbound.backbones import MLPClassifier
+    from genbound.models.backbones import MLPClassifier
 
     assert applicability(MLPClassifier()).applicable
     block = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
@@ -141,7 +141,7 @@ def test_transformer_is_not_applicable_and_mlp_is():
 
 @pytest.mark.slow
 def test_real_minilm_is_not_applicable():
-    from genbound.backbones import get_backbone
+    from genbound.models.backbones import get_backbone
 
     model = get_backbone("minilm").build(5, seed=0)
     res = applicability(model)

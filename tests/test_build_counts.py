@@ -10,7 +10,7 @@ import json
 import pytest
 
 from genbound.cli import main
-from genbound.tinymodels import make_causal_lm, make_pairs_csv, make_text_model, make_texts_jsonl
+from genbound.models.tinymodels import make_causal_lm, make_pairs_csv, make_text_model, make_texts_jsonl
 
 MAX_LEN = 10
 
@@ -18,8 +18,8 @@ MAX_LEN = 10
 def _counters(monkeypatch) -> dict[str, int]:
     import transformers
 
-    from genbound.backbones import Backbone
-    from genbound.datasets import DatasetSpec, FileDatasetSpec
+    from genbound.data.datasets import DatasetSpec, FileDatasetSpec
+    from genbound.models.backbones import Backbone
 
     counts = {"build": 0, "from_pretrained": 0, "load": 0}
 

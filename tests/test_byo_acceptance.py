@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from genbound.backbones import get_backbone
 from genbound.cli import main
-from genbound.datasets import get_dataset
-from genbound.tinymodels import make_pairs_csv, make_text_model
+from genbound.data.datasets import get_dataset
+from genbound.models.backbones import get_backbone
+from genbound.models.tinymodels import make_pairs_csv, make_text_model
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
@@ -53,7 +53,7 @@ def _json(capsys, argv):
 def test_train_cla_and_export_to_peft(experiment, capsys):
     from transformers import AutoModelForSequenceClassification
 
-    from genbound.checkpoint import load_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
 
     root, folder, csv_path, splits, _ = experiment
     out = root / "X"

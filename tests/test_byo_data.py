@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from genbound.backbones import get_backbone
-from genbound.datafiles import read_data
-from genbound.datasets import get_dataset, load_tweets_raw
-from genbound.errors import GenboundError
-from genbound.tinymodels import make_image_folder, make_pairs_csv, make_text_model, make_vit
+from genbound.core.errors import GenboundError
+from genbound.data.datafiles import read_data
+from genbound.data.datasets import get_dataset, load_tweets_raw
+from genbound.models.backbones import get_backbone
+from genbound.models.tinymodels import make_image_folder, make_pairs_csv, make_text_model, make_vit
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_bad_data_is_one_line(tmp_path, roberta, case, match):
 def test_tokenizer_must_fit_the_model(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
-    from genbound.tinymodels import _tokenizer
+    from genbound.models.tinymodels import _tokenizer
 
     folder = tmp_path / "small-vocab"
     BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,

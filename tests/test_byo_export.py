@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from genbound.checkpoint import load_checkpoint
+from genbound.checkpoints.checkpoint import load_checkpoint
 from genbound.cli import main
-from genbound.export import export_peft
-from genbound.methods import METHODS
-from genbound.peft_import import load_peft
-from genbound.tinymodels import make_pairs_csv, make_text_model
-from genbound.train import TrainConfig, train
+from genbound.methods.catalogue import METHODS
+from genbound.models.tinymodels import make_pairs_csv, make_text_model
+from genbound.sources.export import export_peft
+from genbound.sources.peft_import import load_peft
+from genbound.training.train import TrainConfig, train
 
 peft = pytest.importorskip("peft")
 from peft import PeftModel  # noqa: E402

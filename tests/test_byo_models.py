@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from genbound.backbones import get_backbone, module_matches
-from genbound.checkpoint import load_checkpoint
-from genbound.errors import GenboundError
-from genbound.evaluate import evaluate
-from genbound.methods import METHODS
-from genbound.tinymodels import TEXT_KINDS, make_pairs_csv, make_text_model, make_vit
-from genbound.train import TrainConfig, train
+from genbound.checkpoints.checkpoint import load_checkpoint
+from genbound.core.errors import GenboundError
+from genbound.diagnostics.evaluate import evaluate
+from genbound.methods.catalogue import METHODS
+from genbound.models.backbones import get_backbone, module_matches
+from genbound.models.tinymodels import TEXT_KINDS, make_pairs_csv, make_text_model, make_vit
+from genbound.training.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from genbound.errors import GenboundError
-from genbound.peft_source import DataChoice, PeftSource
-from genbound.tinymodels import make_pairs_csv, make_text_model, make_vit
+from genbound.core.errors import GenboundError
+from genbound.models.tinymodels import make_pairs_csv, make_text_model, make_vit
+from genbound.sources.peft_source import DataChoice, PeftSource
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402
@@ -80,7 +80,7 @@ def test_peft_source_losses_equal_peft_on_a_csv(tmp_path):
     folder, adapter, pm = make_adapter(tmp_path, "roberta")
     csv_path = make_pairs_csv(tmp_path / "pairs.csv")
     src = PeftSource(adapter, str(folder), DataChoice(str(csv_path), ["s1", "s2"], "label", "split", 0, 32))
-    from genbound.evaluate import evaluate_source
+    from genbound.diagnostics.evaluate import evaluate_source
 
     report = evaluate_source(src)
     test = src.load_splits().test

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genbound.backbones import get_backbone
-from genbound.datasets import get_dataset
-from genbound.errors import GenboundError
-from genbound.hf_trainer import GenboundCallback, read_run, read_trajectory
-from genbound.peft_import import load_peft
-from genbound.tinymodels import make_pairs_csv, make_text_model
+from genbound.core.errors import GenboundError
+from genbound.data.datasets import get_dataset
+from genbound.models.backbones import get_backbone
+from genbound.models.tinymodels import make_pairs_csv, make_text_model
+from genbound.sources.hf_trainer import GenboundCallback, read_run, read_trajectory
+from genbound.sources.peft_import import load_peft
 
 peft = pytest.importorskip("peft")
 

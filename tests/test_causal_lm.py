@@ -11,16 +11,16 @@ import json
 import pytest
 import torch
 
-from genbound.backbones import get_backbone
-from genbound.checkpoint import load_checkpoint
+from genbound.checkpoints.checkpoint import load_checkpoint
 from genbound.cli import main
-from genbound.datasets import get_dataset
-from genbound.errors import GenboundError
-from genbound.evaluate import evaluate
-from genbound.losses import IGNORE, count
-from genbound.methods import METHODS
-from genbound.tinymodels import make_causal_lm, make_texts_jsonl
-from genbound.train import TrainConfig, train
+from genbound.core.errors import GenboundError
+from genbound.data.datasets import get_dataset
+from genbound.diagnostics.evaluate import evaluate
+from genbound.methods.catalogue import METHODS
+from genbound.models.backbones import get_backbone
+from genbound.models.losses import IGNORE, count
+from genbound.models.tinymodels import make_causal_lm, make_texts_jsonl
+from genbound.training.train import TrainConfig, train
 
 MAX_LEN = 10
 
@@ -118,8 +118,8 @@ def test_peft_lora_adapter_evaluates_as_peftmodel(lm, tmp_path, kind, bias):
     """With bias="lora_only" the adapted layers' biases are trained and saved too: restored onto the HF model
     that a causal LM holds as its backbone."""
     peft = pytest.importorskip("peft")
-    from genbound.evaluate import evaluate_source
-    from genbound.peft_source import DataChoice, PeftSource
+    from genbound.diagnostics.evaluate import evaluate_source
+    from genbound.sources.peft_source import DataChoice, PeftSource
 
     targets = ["c_attn", "c_fc"] if kind == "gpt2" else ["q_proj", "v_proj", "down_proj"]
     pm = peft.get_peft_model(_hf(lm[kind]), peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, bias=bias,
@@ -149,8 +149,8 @@ def test_peft_lora_adapter_evaluates_as_peftmodel(lm, tmp_path, kind, bias):
 @pytest.mark.parametrize("method", ["lora", "cla", "paca"])
 def test_export_of_a_causal_lm_loads_in_peft(lm, tmp_path, method):
     peft = pytest.importorskip("peft")
-    from genbound.export import export_peft
-    from genbound.peft_import import load_peft
+    from genbound.sources.export import export_peft
+    from genbound.sources.peft_import import load_peft
 
     _, sp = _splits(lm, "gpt2")
     cfg = TrainConfig(method=method, backbone=str(lm["gpt2"]), dataset=str(lm["texts"]), task="causal-lm",
@@ -203,7 +203,7 @@ def test_bad_input(lm, tmp_path, capsys, monkeypatch):
     assert "not a causal language model" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     bb = get_backbone(str(lm["gpt2"]), "causal-lm")
-    import genbound.datasets as ds
+    import genbound.data.datasets as ds
 
     def one_token(raw, backbone, max_length, progress=None):  # a tokenizer that can yield one-token texts
         mask = torch.zeros(len(raw), max_length, dtype=torch.int64)

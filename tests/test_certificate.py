@@ -20,10 +20,10 @@ from genbound.bounds.codec import (
     unrank_composition,
 )
 from genbound.bounds.smoothed import recompute_smoothed
-from genbound.checkpoint import load_checkpoint
+from genbound.checkpoints.checkpoint import load_checkpoint
 from genbound.cli import main
-from genbound.errors import GenboundError
-from genbound.subspace import KroneckerProjection, link_dims
+from genbound.core.errors import GenboundError
+from genbound.methods.subspace import KroneckerProjection, link_dims
 
 
 @pytest.mark.parametrize("D,d", [(1, 1), (37, 5), (120, 17), (500, 500)])
@@ -164,7 +164,7 @@ def test_certificate_parts_recompute_and_decode(ckpt_dir):
     # the reported message decodes to a model with exactly the reported training error
     cfg, links = decode((bytes.fromhex(d["message_hex"]), d["bits"]), DECLARED_GRID)
     assert cfg["levels"] == 3 and cfg["subspace_dim"] == 250
-    from genbound.evaluate import evaluate
+    from genbound.diagnostics.evaluate import evaluate
 
     rep = Replay(ck)
     rep.set_w(links[0].values())
@@ -237,7 +237,7 @@ def test_certificates_cover_fresh_held_out_errors(tmp_path):
     """Over fresh splits and seeds (each a new training sample and held-out sample), the certified error
     falls below the held-out error of the decoded model in at most a delta share of the trials. With 6
     trials and delta = 0.05, two or more failures would have probability < 0.04 if the bound holds."""
-    from genbound.train import TrainConfig, train
+    from genbound.training.train import TrainConfig, train
 
     failures, trials = 0, 6
     for t in range(trials):

@@ -13,10 +13,10 @@ import torch
 from genbound.bounds.certificate import DECLARED_GRID, GRID_FILE, certify, run_config
 from genbound.bounds.codec import HyperGrid, QuantizedVector, decode, encode
 from genbound.bounds.union import Union, best_certificate, member_delta, records
-from genbound.checkpoint import load_checkpoint
+from genbound.checkpoints.checkpoint import load_checkpoint
 from genbound.cli import main
-from genbound.errors import GenboundError
-from genbound.subspace import link_dims
+from genbound.core.errors import GenboundError
+from genbound.methods.subspace import link_dims
 
 
 def _sub(ckpt_dir):

@@ -62,9 +62,9 @@ def test_second_invocation_trains_nothing_and_rebuilds_the_same_tables(report, m
     out, doc, first = report
     import analysis.fcmi
     import genbound.bounds.certificate
-    import genbound.train
+    import genbound.training.train
 
-    monkeypatch.setattr(genbound.train, "train", _forbid)
+    monkeypatch.setattr(genbound.training.train, "train", _forbid)
     monkeypatch.setattr(analysis.fcmi, "run_one", _forbid)
     monkeypatch.setattr(genbound.bounds.certificate, "certify", _forbid)
     monkeypatch.setattr(C, "run_measures", _forbid)

@@ -18,8 +18,8 @@ if str(ROOT) not in sys.path:  # the analysis package lives at the repository ro
     sys.path.insert(0, str(ROOT))
 
 from analysis import executors, locks, sweep  # noqa: E402
-from genbound.checkpoint import META_FILE, TENSOR_FILE  # noqa: E402
-from genbound.errors import GenboundError  # noqa: E402
+from genbound.checkpoints.checkpoint import META_FILE, TENSOR_FILE  # noqa: E402
+from genbound.core.errors import GenboundError  # noqa: E402
 
 STEPS = 12
 METHODS = ["lora", "cla"]

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from genbound.checkpoint import load_checkpoint
-from genbound.compare import CompareReport, better, compare, to_latex, to_markdown, to_text
+from genbound.checkpoints.checkpoint import load_checkpoint
+from genbound.report.compare import CompareReport, better, compare, to_latex, to_markdown, to_text
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,9 @@ def pair(ckpt_dir, tmp_path_factory):
 
 def test_rows_equal_the_underlying_modules(pair):
     from genbound.bounds.report import report_for_checkpoint
-    from genbound.intruders import intruders
-    from genbound.similarity import compare_updates
-    from genbound.spectra import spectra
+    from genbound.diagnostics.intruders import intruders
+    from genbound.diagnostics.similarity import compare_updates
+    from genbound.diagnostics.spectra import spectra
 
     a, b, report, _ = pair
     ca, cb = load_checkpoint(a), load_checkpoint(b)
@@ -45,7 +45,7 @@ def test_rows_equal_the_underlying_modules(pair):
     assert report.row("similarity", "mean subspace overlap of A's and B's dW").a == pytest.approx(sim.mean_overlap)
     assert report.row("hessian", "eigenvalue 1").a is not None
     barrier = report.row("landscape", "barrier on the line A -> B").a
-    from genbound.landscape import landscape_from_checkpoints
+    from genbound.diagnostics.landscape import landscape_from_checkpoints
 
     line = landscape_from_checkpoints([a, b], "interpolate", grid=5, span=1.0, samples=128, seed=0)
     assert line.axes[0][line.centre[0]] == 0 and line.axes[0][-1] == 1  # A at the centre, B at the last point
@@ -81,7 +81,7 @@ def test_vacuous_bounds_are_not_marked(pair):
 def test_different_layer_sets_give_the_union_with_absent(ckpt_dir):
     """B adapts fc1 only: fc2's rows are there with 'absent' on B's side, and the totals say the layer sets
     differ instead of marking a winner."""
-    from genbound.compare import ABSENT
+    from genbound.report.compare import ABSENT
 
     report = compare(ckpt_dir("lora"), ckpt_dir("cla", targets=("fc1",)), progress=False)
     row = report.row("spectra", "fc2 ||dW||_2")
@@ -100,7 +100,7 @@ def test_different_layer_sets_give_the_union_with_absent(ckpt_dir):
 
 
 def test_theorem_notes_in_a_then_b_order():
-    from genbound.compare import _pair_note
+    from genbound.report.compare import _pair_note
 
     assert _pair_note("zeta", "alpha") == "A: zeta; B: alpha"  # not sorted
     assert _pair_note("same", "same") == "same"
@@ -110,7 +110,7 @@ def test_theorem_notes_in_a_then_b_order():
 def test_mismatch_rule():
     from types import SimpleNamespace as NS
 
-    from genbound.compare import mismatch
+    from genbound.report.compare import mismatch
 
     def ck(backbone, dataset, fingerprint="f"):
         return NS(meta=NS(backbone=backbone, dataset=dataset, fingerprint=fingerprint))
@@ -204,8 +204,8 @@ def test_cli_out_is_checked_before_any_work(ckpt_dir, tmp_path):
 def test_different_backbones_are_refused_unless_allowed(ckpt_dir, tmp_path):
     """An mlp checkpoint against a MiniLM one: exit 2 with one line; with --allow-mismatch every output carries
     the banner, nothing is marked, the rows that need one backbone say why they are empty, the rest is filled."""
-    from genbound.errors import GenboundError
-    from genbound.train import TrainConfig, train
+    from genbound.core.errors import GenboundError
+    from genbound.training.train import TrainConfig, train
 
     mini = train(TrainConfig(method="cla", backbone="minilm", rank=2, alpha=4, steps=1, batch_size=4, max_length=8,
                              eval_batch_size=512, progress=False), tmp_path / "mini").path
@@ -235,7 +235,7 @@ def test_peft_adapter_against_genbound_checkpoint(ckpt_dir, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from genbound.backbones import get_backbone
+    from genbound.models.backbones import get_backbone
 
     base = get_backbone("mlp").build(5, seed=0)
     peft_model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["fc1", "fc2"],

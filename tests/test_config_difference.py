@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from genbound.errors import GenboundError
-from genbound.resume import check_config, config_difference
-from genbound.train import TrainConfig
+from genbound.checkpoints.resume import check_config, config_difference
+from genbound.core.errors import GenboundError
+from genbound.training.train import TrainConfig
 
 
 def test_config_difference_rules():

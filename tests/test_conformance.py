@@ -1,7 +1,7 @@
 """Conformance suite: every registered method, and one defined in this file alone, passes the same checks.
 
 Like scikit-learn's ``check_estimator``, the checks are parametrised over the catalogue rather than written per
-method, so a method added to ``genbound.methods`` is tested without touching this file:
+method, so a method added to ``genbound.methods.catalogue`` is tested without touching this file:
 
 * a short run on mlp / digits changes only what the method trains: within a link every frozen tensor (base
   weights, frozen factors, selectors, VeRA's shared matrices, PiSSA's residual) stays bit-identical, and a
@@ -26,15 +26,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from genbound.adapters import attach_adapters, find_adapters
-from genbound.backbones import get_backbone
-from genbound.checkpoint import TENSOR_FILE, load_checkpoint, save_checkpoint
+from genbound.checkpoints.checkpoint import TENSOR_FILE, load_checkpoint, save_checkpoint
 from genbound.cli import main
-from genbound.datasets import get_dataset
-from genbound.factors import Factor, LayerContext
-from genbound.methods import METHODS, Method, get_method, registered
-from genbound.train import chain_boundaries, param_groups, trained_tensors
-from genbound.update import LayerUpdate
+from genbound.data.datasets import get_dataset
+from genbound.methods.adapters import attach_adapters, find_adapters
+from genbound.methods.catalogue import METHODS, Method, get_method, registered
+from genbound.methods.factors import Factor, LayerContext
+from genbound.methods.update import LayerUpdate
+from genbound.models.backbones import get_backbone
+from genbound.training.train import chain_boundaries, param_groups, trained_tensors
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def test_frozen_parts_never_change_and_d_counts_the_trained_scalars(method, ckpt
 
 @pytest.mark.parametrize("method", ALL, indirect=True)
 def test_coded_tensors_number_d_and_start_at_theta0(method, ckpt_dir):
-    from genbound.bounds.hypothesis import from_checkpoint
+    from genbound.sources.hypothesis import from_checkpoint
 
     ck = load_checkpoint(_conf(ckpt_dir, method.name))
     h = from_checkpoint(ck)

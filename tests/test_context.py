@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genbound.backbones import get_backbone
-from genbound.pretrained import pretrained_weights
-from genbound.tinymodels import make_text_model, make_vit
+from genbound.models.backbones import get_backbone
+from genbound.models.pretrained import pretrained_weights
+from genbound.models.tinymodels import make_text_model, make_vit
 
 
 def _linears(model, prefix="backbone."):
@@ -36,8 +36,8 @@ def test_w0_from_the_weights_file_equals_the_built_models(tmp_path, kind):
 def test_checkpoint_w0_without_building(ckpt_dir, monkeypatch):
     """A checkpoint's base_weights on the mlp backbone come from the file: no model is built, and they equal
     the pristine model's weights."""
-    from genbound.backbones import Backbone
-    from genbound.checkpoint import load_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
+    from genbound.models.backbones import Backbone
 
     ck = load_checkpoint(ckpt_dir("pissa"))
     pristine = ck.initial_model()
@@ -53,8 +53,8 @@ def test_checkpoint_w0_without_building(ckpt_dir, monkeypatch):
 
 def _count(monkeypatch):
     """Counters on the functions that build a backbone and load a dataset."""
-    from genbound.backbones import Backbone
-    from genbound.datasets import DatasetSpec, FileDatasetSpec
+    from genbound.data.datasets import DatasetSpec, FileDatasetSpec
+    from genbound.models.backbones import Backbone
 
     counts = {"build": 0, "load": 0}
 
@@ -76,8 +76,8 @@ def _count(monkeypatch):
 def test_compare_builds_the_backbone_once_and_loads_the_data_once(ckpt_dir, monkeypatch):
     """compare --hessian --landscape on two mlp checkpoints of one backbone: one backbone build, one data load
     (before the run context: 15 builds and 7 loads); the rows equal those of separate, uncached calls."""
-    from genbound.compare import compare
-    from genbound.hessian import hessian_from_checkpoint
+    from genbound.diagnostics.hessian import hessian_from_checkpoint
+    from genbound.report.compare import compare
 
     a, b = ckpt_dir("lora"), ckpt_dir("cla")
     counts = _count(monkeypatch)
@@ -91,9 +91,9 @@ def test_compare_builds_the_backbone_once_and_loads_the_data_once(ckpt_dir, monk
 
 def test_compare_on_a_tiny_bert_folder_builds_once(tmp_path, monkeypatch):
     """The same count on a transformers backbone (a tiny BERT folder and a CSV of sentence pairs)."""
-    from genbound.compare import compare
-    from genbound.tinymodels import make_pairs_csv
-    from genbound.train import TrainConfig, train
+    from genbound.models.tinymodels import make_pairs_csv
+    from genbound.report.compare import compare
+    from genbound.training.train import TrainConfig, train
 
     folder = make_text_model(tmp_path / "bert", "bert")
     data = make_pairs_csv(tmp_path / "pairs.csv")

@@ -1,4 +1,4 @@
-"""genbound.cost against hand counts: the bytes autograd saves for LoRA and cLA on a tiny two-layer network,
+"""genbound.training.cost against hand counts: the bytes autograd saves for LoRA and cLA on a tiny two-layer network,
 the FLOPs of one adapted Linear (2 T m n for the frozen product), AdamW's two states per trained tensor, the
 paired timing of a method against itself, and the ``genbound cost`` command."""
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from genbound.adapters import attach_adapters
 from genbound.cli import main
-from genbound.cost import (
+from genbound.methods.adapters import attach_adapters
+from genbound.methods.catalogue import get_method
+from genbound.training.cost import (
     Setting,
     _ratio_interval,
     as_dict,
@@ -21,8 +22,7 @@ from genbound.cost import (
     paired_timing,
     saved_tensor_bytes,
 )
-from genbound.methods import get_method
-from genbound.train import TrainConfig, param_groups
+from genbound.training.train import TrainConfig, param_groups
 
 T, M_IN, HIDDEN, OUT, R = 5, 8, 6, 4, 2  # batch rows, l1 inputs, l1 outputs = l2 inputs, l2 outputs, rank
 F32 = 4
@@ -158,7 +158,7 @@ def test_paired_timing_of_a_method_against_itself_contains_one():
 
 
 def test_paired_timing_refuses_one_pair():
-    from genbound.errors import GenboundError
+    from genbound.core.errors import GenboundError
 
     s = _setting("lora")
     with pytest.raises(GenboundError, match="at least 2 pairs"):

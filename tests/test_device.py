@@ -1,5 +1,5 @@
 """One device policy: library functions take ``device: torch.device | None`` (None: where the inputs are);
-"auto" is resolved only at the CLI and config boundary (genbound.device.resolve_device)."""
+"auto" is resolved only at the CLI and config boundary (genbound.core.device.resolve_device)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import genbound
-from genbound.device import resolve_device, where
-from genbound.errors import GenboundError
-from genbound.update import LayerUpdate
+from genbound.core.device import resolve_device, where
+from genbound.core.errors import GenboundError
+from genbound.methods.update import LayerUpdate
 
 
 def test_resolve_device_at_the_boundary():
@@ -44,7 +44,7 @@ def test_none_means_where_the_inputs_are():
 def test_auto_is_refused_inside_the_library():
     with pytest.raises(GenboundError, match="resolved by the command line"):
         where("auto", torch.zeros(1))
-    from genbound.spectra import spectra
+    from genbound.diagnostics.spectra import spectra
 
     f64 = torch.float64
     upd = LayerUpdate("l", 4, 3, 1.0, B=torch.randn(4, 2, dtype=f64), A=torch.randn(2, 3, dtype=f64))
@@ -85,7 +85,7 @@ def test_every_library_function_defaults_to_where_the_inputs_are():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_inputs_stay_on_cuda():
-    from genbound.spectra import spectra
+    from genbound.diagnostics.spectra import spectra
 
     B = torch.randn(4, 2, dtype=torch.float64, device="cuda")
     upd = LayerUpdate("l", 4, 3, 1.0, B=B, A=torch.randn(2, 3, dtype=torch.float64, device="cuda"))

@@ -1,4 +1,4 @@
-"""Diagnostics and training across processes (genbound.distributed): torchrun with 2 gloo processes on the CPU
+"""Diagnostics and training across processes (genbound.core.distributed): torchrun with 2 gloo processes on the CPU
 gives what one process gives.
 
 Every check launches ``python -m torch.distributed.run --standalone --nproc-per-node 2`` (torchrun; the
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from genbound.distributed import launched, shard_range
+from genbound.core.distributed import launched, shard_range
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ HESSIAN = ["--top-k", "3", "--trace", "--trace-method", "hutch++", "--batch-size
 
 
 def test_hessian_under_torchrun_equals_one_process(ckpt_dir, tmp_path):
-    from genbound.hessian import hessian_from_checkpoint
+    from genbound.diagnostics.hessian import hessian_from_checkpoint
 
     ckpt = ckpt_dir("lora")
     done = _torchrun("-m", "genbound", "hessian", str(ckpt), *HESSIAN, "--json", "--out", "two.json", cwd=tmp_path)
@@ -84,8 +84,8 @@ def test_hessian_under_torchrun_equals_one_process(ckpt_dir, tmp_path):
 
 _FLOAT64 = """
 import json, sys, torch
-from genbound.distributed import launched
-from genbound.hessian import hessian_from_checkpoint
+from genbound.core.distributed import launched
+from genbound.diagnostics.hessian import hessian_from_checkpoint
 with launched(torch.device("cpu")) as group:
     r = hessian_from_checkpoint(sys.argv[1], top_k=3, trace=True, trace_method="hutch++", batch_size=100,
                                 samples=300, seed=3, dtype=torch.float64, progress=False, group=group)
@@ -96,7 +96,7 @@ with launched(torch.device("cpu")) as group:
 
 
 def test_float64_hessian_under_torchrun_equals_one_process_to_1e8(ckpt_dir, tmp_path):
-    from genbound.hessian import hessian_from_checkpoint
+    from genbound.diagnostics.hessian import hessian_from_checkpoint
 
     ckpt = ckpt_dir("lora")
     (tmp_path / "job.py").write_text(_FLOAT64)
@@ -111,7 +111,7 @@ def test_float64_hessian_under_torchrun_equals_one_process_to_1e8(ckpt_dir, tmp_
 
 
 def test_landscape_under_torchrun_equals_one_process(ckpt_dir, tmp_path):
-    from genbound.landscape import landscape_from_checkpoints
+    from genbound.diagnostics.landscape import landscape_from_checkpoints
 
     ckpt = ckpt_dir("lora")
     done = _torchrun("-m", "genbound", "landscape", str(ckpt), "--grid", "5", "--samples", "300", "--batch-size",
@@ -142,7 +142,7 @@ def _train_args(method: str, **kw) -> list[str]:
 
 
 def _same_training(two: Path, one: Path) -> None:
-    from genbound.checkpoint import load_meta, read_safetensors
+    from genbound.checkpoints.checkpoint import load_meta, read_safetensors
 
     a, b = load_meta(two), load_meta(one)
     assert a.metrics["processes"] == 2 and "processes" not in b.metrics
@@ -160,14 +160,14 @@ def _same_training(two: Path, one: Path) -> None:
 
 @pytest.mark.parametrize("method, extra", [("lora", {}), ("c3la", {"chain": 2})])
 def test_training_under_torchrun_equals_one_process(tmp_path, method, extra):
-    from genbound.train import TrainConfig, train
+    from genbound.training.train import TrainConfig, train
 
     done = _torchrun("-m", "genbound", "train", *_train_args(method, **extra), "--out", "two", cwd=tmp_path)
     assert Path(json.loads(done.stdout)["checkpoint"]).name == "two"  # one JSON document: rank 0 alone printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two"], "no state, lock or temporaries left behind"
     one = train(TrainConfig(method=method, progress=False, **TRAIN, **extra), tmp_path / "one").path
     if extra:
-        from genbound.checkpoint import load_meta
+        from genbound.checkpoints.checkpoint import load_meta
 
         assert load_meta(tmp_path / "two").hyperparameters["chain_boundaries"] == [15]
     _same_training(tmp_path / "two", one)
@@ -176,8 +176,8 @@ def test_training_under_torchrun_equals_one_process(tmp_path, method, extra):
 def test_a_one_process_state_resumes_under_torchrun(tmp_path, monkeypatch):
     """A run killed after its state at step 20 (monkeypatched kill) resumes in 2 processes, which read the
     state alike and end where the uninterrupted one-process run ends; rank 0 removes the state."""
-    from genbound import train as train_module
-    from genbound.train import TrainConfig, state_dir_for, train
+    from genbound.training import train as train_module
+    from genbound.training.train import TrainConfig, state_dir_for, train
 
     config = dict(method="lora", progress=False, **TRAIN)
     one = train(TrainConfig(**config), tmp_path / "one", save_every=10).path

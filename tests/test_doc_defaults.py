@@ -51,7 +51,7 @@ def _demo(dest):
     return lambda: option("demo", dest)
 
 
-TrainConfig = _lazy("genbound.train", "TrainConfig")
+TrainConfig = _lazy("genbound.training.train", "TrainConfig")
 
 # (document, pattern, [code default of each group])
 CLAIMS: list[tuple[str, str, list[Callable[[], object]]]] = [
@@ -64,7 +64,7 @@ CLAIMS: list[tuple[str, str, list[Callable[[], object]]]] = [
     ("docs/concepts.md", r"The defaults are r = (\d+) and alpha = (\d+)",
      [lambda: option("train", "rank"), lambda: option("train", "alpha")]),
     ("docs/concepts.md", r"The ratio is (\d+) by default",
-     [lambda: _lazy("genbound.methods", "get_method")()("lora_plus").b_lr_ratio]),
+     [lambda: _lazy("genbound.methods.catalogue", "get_method")()("lora_plus").b_lr_ratio]),
     ("docs/concepts.md", r"\*\*sigma\*\* defaults to (\d+/\d+), the value for the 0-1 loss",
      [lambda: _lazy("genbound.bounds.common", "sigma_for_loss")()("01", None)]),
     ("docs/concepts.md", r"delta = ([\d.]+) by default \(--delta\)", [lambda: option("bounds", "delta")]),
@@ -74,7 +74,7 @@ CLAIMS: list[tuple[str, str, list[Callable[[], object]]]] = [
     ("docs/concepts.md", r"defaults k = (\d+), eps = ([\d.]+)",
      [lambda: option("spectra", "top_k"), lambda: float(option("spectra", "eps"))]),
     ("docs/concepts.md", r"their mean \(k = (\d+) by default\)",
-     [lambda: keyword(_lazy("genbound.similarity", "compare_updates")(), "k")]),
+     [lambda: keyword(_lazy("genbound.diagnostics.similarity", "compare_updates")(), "k")]),
     ("docs/concepts.md", r"The defaults are (\d+) training examples", [lambda: option("hessian", "samples")]),
     ("docs/concepts.md", r"The defaults\s+are top-k (\d+), tol ([\de.-]+) and at most (\d+) steps",
      [lambda: option("hessian", "top_k"), lambda: option("hessian", "tol"), lambda: option("hessian", "max_steps")]),
@@ -82,18 +82,18 @@ CLAIMS: list[tuple[str, str, list[Callable[[], object]]]] = [
      r"half-width is at most (\d+) % of \|estimate\| \(`--trace-rtol ([\d.]+)`\), after at least (\d+) and at most "
      r"(\d+)\s+probes",
      [lambda: 100 * option("hessian", "trace_rtol"), lambda: option("hessian", "trace_rtol"),
-      lambda: keyword(_lazy("genbound.hessian.trace", "hutchinson")(), "min_probes"),
-      lambda: keyword(_lazy("genbound.hessian.trace", "hutchinson")(), "max_probes")]),
+      lambda: keyword(_lazy("genbound.diagnostics.hessian.trace", "hutchinson")(), "min_probes"),
+      lambda: keyword(_lazy("genbound.diagnostics.hessian.trace", "hutchinson")(), "max_probes")]),
     ("docs/concepts.md", r"\(or a (\d+)-step Lanczos run when",
-     [lambda: keyword(_lazy("genbound.hessian.spectrum", "hessian_spectrum")(), "trace_sketch")]),
+     [lambda: keyword(_lazy("genbound.diagnostics.hessian.spectrum", "hessian_spectrum")(), "trace_sketch")]),
     ("docs/concepts.md", r"random sketch \((\d+) columns, 2 x (\d+) products\)",
-     [lambda: keyword(_lazy("genbound.hessian.spectrum", "hessian_spectrum")(), "trace_sketch"),
-      lambda: keyword(_lazy("genbound.hessian.spectrum", "hessian_spectrum")(), "trace_sketch")]),
+     [lambda: keyword(_lazy("genbound.diagnostics.hessian.spectrum", "hessian_spectrum")(), "trace_sketch"),
+      lambda: keyword(_lazy("genbound.diagnostics.hessian.spectrum", "hessian_spectrum")(), "trace_sketch")]),
     ("docs/concepts.md", r"There are (\d+) Rademacher probes of (\d+) Lanczos steps each",
      [lambda: option("hessian", "density_probes"), lambda: option("hessian", "density_steps")]),
     ("docs/concepts.md", r"The defaults are (\d+) points and span (\d+) in the command \((\d+) points in\s+`compare`\)",
      [lambda: option("landscape", "grid"), lambda: 1.0,
-      lambda: keyword(_lazy("genbound.compare", "compare")(), "grid")]),
+      lambda: keyword(_lazy("genbound.report.compare", "compare")(), "grid")]),
     ("docs/concepts.md", r"L <= L\(0\) \+ ([\d.]+) \(`--basin-rise`\)", [lambda: option("landscape", "basin_rise")]),
     ("docs/scale.md", r"Ray retries the task \(`--max-retries`, default (\d+)\)",
      [lambda: field(_lazy("analysis.executors", "RayExecutor")(), "max_retries")]),

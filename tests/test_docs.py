@@ -138,7 +138,7 @@ def _concepts() -> str:
 
 
 def test_concepts_covers_every_method():
-    from genbound.methods import METHODS
+    from genbound.methods.catalogue import METHODS
 
     text = _concepts()
     for name in METHODS:
@@ -146,7 +146,7 @@ def test_concepts_covers_every_method():
 
 
 def test_concepts_method_table_matches_catalogue():
-    from genbound.methods import METHODS
+    from genbound.methods.catalogue import METHODS
 
     rows = {}
     table = _concepts().split("<!-- methods-table -->", 2)[1]
@@ -164,7 +164,7 @@ def test_concepts_method_table_matches_catalogue():
 
 def test_concepts_table1_numbers_are_what_the_code_computes():
     from genbound.bounds.mi import load_config, method_bound, override
-    from genbound.methods import METHODS
+    from genbound.methods.catalogue import METHODS
 
     text = _concepts()
     block = text.split("<!-- table1-check -->", 2)[1]
@@ -195,9 +195,9 @@ def test_concepts_counterexample_numbers():
 def test_concepts_quotes_the_code_defaults():
     from genbound.bounds.occam import compression_bound
     from genbound.bounds.pacbayes import DEFAULT_LAMBDA_GRID, DEFAULT_S_GRID
-    from genbound.intruders import DENSE_MAX
-    from genbound.methods import METHODS
-    from genbound.spectra import MIN_POWER_LAW_POINTS
+    from genbound.diagnostics.intruders import DENSE_MAX
+    from genbound.diagnostics.spectra import MIN_POWER_LAW_POINTS
+    from genbound.methods.catalogue import METHODS
 
     text = " ".join(_concepts().split())
     assert f"dense path up to min(n, m) = {DENSE_MAX}" in text
@@ -224,3 +224,34 @@ def test_readme_python_snippet_runs(tmp_path):
 
 def test_readme_has_no_placeholder():
     assert "PLACEHOLDER" not in (ROOT / "README.md").read_text()
+
+
+# docs/architecture.md: the layer diagram is the import contracts, and names every package there is
+
+
+def _diagram_lines() -> list[str]:
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    block = re.search(r"^## Layers\n.*?^```text\n(.*?)^```", text, flags=re.S | re.M)
+    assert block, "docs/architecture.md has no ```text layer diagram under '## Layers'"
+    return [line.strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_architecture_diagram_is_the_layer_contract():
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+    layered = [c for c in config["contracts"] if c["type"] == "layers" and c.get("containers")][0]
+    container = layered["containers"][0]
+    expected = [" | ".join(f"{container}.{p.strip()}" for p in layer.split("|")) for layer in layered["layers"]]
+    top = [c for c in config["contracts"] if c["type"] == "layers" and not c.get("containers")][0]["layers"]
+    assert top == ["analysis", container]
+    assert _diagram_lines() == ["analysis"] + expected, "docs/architecture.md's diagram differs from pyproject.toml"
+
+
+def test_architecture_names_exactly_the_packages_there_are():
+    on_disk = {f"genbound.{p.name}" for p in (ROOT / "genbound").iterdir() if (p / "__init__.py").is_file()}
+    on_disk |= {"genbound.cli", "analysis"}
+    drawn = {name.strip() for line in _diagram_lines() for name in line.split("|")}
+    assert drawn == on_disk, f"drawn but absent: {sorted(drawn - on_disk)}; not drawn: {sorted(on_disk - drawn)}"
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    for name in sorted(on_disk):
+        assert f"**{name}**" in text, f"docs/architecture.md has no paragraph on {name}"

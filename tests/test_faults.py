@@ -67,7 +67,7 @@ def test_overwrite_of_the_current_directory_keeps_its_files(tmp_path, capsys, mo
 
 def test_a_file_put_into_the_target_during_training_is_kept(tmp_path, capsys, monkeypatch):
     """The check is repeated under the lock just before the swap (atomic_directory's may_replace)."""
-    import genbound.train as train_module
+    import genbound.training.train as train_module
 
     out = tmp_path / "ck"
     out.mkdir()  # empty: it will be used
@@ -109,7 +109,7 @@ def test_overwrite_replaces_a_checkpoint_and_an_empty_directory_is_used(tmp_path
 
 
 def test_dangling_symlink_is_refused_before_training(tmp_path, capsys, monkeypatch):
-    import genbound.train as train_module
+    import genbound.training.train as train_module
 
     link = tmp_path / "out"
     link.symlink_to(tmp_path / "nowhere")
@@ -122,7 +122,7 @@ def test_dangling_symlink_is_refused_before_training(tmp_path, capsys, monkeypat
 
 
 def _no_training(monkeypatch):
-    import genbound.train as train_module
+    import genbound.training.train as train_module
 
     monkeypatch.setattr(train_module, "_train", lambda *a, **k: pytest.fail("training started"))
 
@@ -143,7 +143,7 @@ def test_name_too_long_is_refused_before_training(tmp_path, capsys, monkeypatch)
 
 
 def test_read_only_location_is_refused_before_training(tmp_path, capsys, monkeypatch):
-    import genbound.output as output
+    import genbound.core.output as output
 
     def read_only(*a, **k):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path))
@@ -169,8 +169,8 @@ def test_unwritable_directory_is_refused_before_training(tmp_path, capsys, monke
 
 
 def test_too_little_free_space_is_refused_before_training(tmp_path, capsys, monkeypatch):
-    import genbound.output as output
-    import genbound.train as train_module
+    import genbound.core.output as output
+    import genbound.training.train as train_module
 
     real_statvfs = os.statvfs
 
@@ -243,7 +243,7 @@ def test_resume_with_overwrite_is_refused(tmp_path, capsys, monkeypatch):
 
 
 def test_a_second_run_of_the_same_out_is_refused_while_the_first_holds_the_lock(tmp_path, capsys, monkeypatch):
-    from genbound.output import lock_path, run_lock
+    from genbound.core.output import lock_path, run_lock
 
     out = tmp_path / "ck"
     _no_training(monkeypatch)
@@ -319,7 +319,7 @@ def _dead_pid() -> int:
 
 
 def test_every_writer_removes_a_killed_writers_temporaries(tmp_path):
-    from genbound.atomic import atomic_directory, atomic_file, write_text
+    from genbound.core.atomic import atomic_directory, atomic_file, write_text
 
     pid = _dead_pid()
     orphans = [tmp_path / f".fig.pdf.{pid}-abcdefgh.tmp.pdf", tmp_path / f".t.md.{pid}-abcdefgh.tmp",

@@ -4,14 +4,14 @@ ranges, integer ticks for counts, the vacuity line and method labels on bound pl
 A (t = 0) and B (t = 1) marked on interpolations.
 
 The checks below are written against matplotlib's public artist API, independently of the helpers in
-genbound.figures that try to keep these rules."""
+genbound.report.figures that try to keep these rules."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from genbound import figures as F
+from genbound.report import figures as F
 
 # -- independent checks ----------------------------------------------------------------------------------------
 
@@ -85,11 +85,11 @@ def all_text(fig) -> str:
 
 @pytest.fixture(scope="module")
 def results(ckpt_dir):
-    from genbound.checkpoint import load_checkpoint
-    from genbound.hessian import hessian_from_checkpoint
-    from genbound.intruders import eps_sweep, intruders
-    from genbound.landscape import landscape_from_checkpoints
-    from genbound.spectra import spectra
+    from genbound.checkpoints.checkpoint import load_checkpoint
+    from genbound.diagnostics.hessian import hessian_from_checkpoint
+    from genbound.diagnostics.intruders import eps_sweep, intruders
+    from genbound.diagnostics.landscape import landscape_from_checkpoints
+    from genbound.diagnostics.spectra import spectra
 
     a, b, c = ckpt_dir("lora"), ckpt_dir("cla"), ckpt_dir("asym")
     out = {"paths": (a, b, c)}
@@ -239,7 +239,7 @@ def test_the_checks_catch_what_they_guard_against():
 def test_intervals_draw_an_interval_that_misses_its_estimate():
     """A percentile bootstrap interval of Kendall's tau need not contain the tau of the means (analysis.claims):
     the forest plot draws it as given instead of failing on a negative error bar."""
-    from genbound.figures import intervals
+    from genbound.report.figures import intervals
 
     rows = [{"label": "outside", "value": 0.5, "low": -0.2, "high": 0.3},
             {"label": "inside", "value": 0.1, "low": -0.1, "high": 0.4, "method": "lora"},

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from genbound.checkpoint import load_checkpoint
-from genbound.evaluate import evaluate
+from genbound.checkpoints.checkpoint import load_checkpoint
+from genbound.diagnostics.evaluate import evaluate
 
 ROOT = Path(__file__).parent / "fixtures" / "format-v1"
 EXPECTED = json.loads((ROOT / "expected.json").read_text())

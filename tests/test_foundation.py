@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from genbound.backbones import get_backbone
 from genbound.cli import COMMANDS, main
-from genbound.datasets import DatasetSpec, get_dataset, stratified_split
-from genbound.errors import GenboundError
-from genbound.evalset import EvalSet
-from genbound.evaluate import evaluate
+from genbound.core.errors import GenboundError
+from genbound.data.datasets import DatasetSpec, get_dataset, stratified_split
+from genbound.data.evalset import EvalSet
+from genbound.diagnostics.evaluate import evaluate
+from genbound.models.backbones import get_backbone
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -46,7 +46,7 @@ def test_list_json_reports_sizes(capsys):
     sizes = {d["name"]: d["examples"] for d in out["datasets"]}
     assert sizes == {"bbc": 2122, "bbc-raw": 2225, "digits": 896, "tweets": 37185}
     assert {b["name"] for b in out["backbones"]} == {"minilm", "paraphrase-minilm-l3", "mlp"}
-    from genbound.methods import METHODS
+    from genbound.methods.catalogue import METHODS
 
     assert [m["name"] for m in out["methods"]] == list(METHODS)
     assert {"vera", "pissa", "dora"} <= set(METHODS) and len(METHODS) >= 14
@@ -77,7 +77,7 @@ def test_digits_split_and_sizes():
 
 
 def test_mlp_backbone_is_really_pretrained_on_the_source_task():
-    from genbound.datasets import load_digits_raw
+    from genbound.data.datasets import load_digits_raw
 
     bb = get_backbone("mlp")
     model = bb.build(5, seed=0)
@@ -94,7 +94,7 @@ def test_fingerprint_names_the_weights(tmp_path):
     assert bb.fingerprint.startswith("sha256:") and len(bb.fingerprint) == 7 + 64
     other = tmp_path / "w.safetensors"
     other.write_bytes(bb.weights.read_bytes() + b" ")
-    from genbound.backbones import file_fingerprint
+    from genbound.models.backbones import file_fingerprint
 
     assert file_fingerprint(other) != bb.fingerprint
 
@@ -156,8 +156,8 @@ OFFLINE_SCRIPT = textwrap.dedent(
     socket.create_connection = refuse
     socket.getaddrinfo = refuse
     import torch
-    from genbound.backbones import get_backbone
-    from genbound.datasets import get_dataset
+    from genbound.models.backbones import get_backbone
+    from genbound.data.datasets import get_dataset
     bb = get_backbone("minilm")
     splits = get_dataset("bbc").load(bb, split_seed=0, max_length=32)
     model = bb.build(splits.num_labels, seed=0).eval()

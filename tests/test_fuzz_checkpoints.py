@@ -35,10 +35,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genbound.checkpoint import load_checkpoint
-from genbound.errors import GenboundError
-from genbound.evaluate import evaluate
-from genbound.peft_import import load_peft
+from genbound.checkpoints.checkpoint import load_checkpoint
+from genbound.core.errors import GenboundError
+from genbound.diagnostics.evaluate import evaluate
+from genbound.sources.peft_import import load_peft
 from genbound.testing import make_checkpoint
 
 MAX_EXAMPLES = 200
@@ -53,8 +53,8 @@ class Hang(Exception):
 def sources(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
 
-    from genbound.backbones import get_backbone
-    from genbound.datasets import get_dataset
+    from genbound.data.datasets import get_dataset
+    from genbound.models.backbones import get_backbone
 
     root = tmp_path_factory.mktemp("fuzz-sources")
     out = {
@@ -320,7 +320,7 @@ def use(d: Path, source: str, splits) -> None:
         ck = load_peft(d, backbone="mlp")
         updates = ck.layer_updates()
         base = ck.base_weights()
-        from genbound.backbones import get_backbone
+        from genbound.models.backbones import get_backbone
 
         model = get_backbone("mlp").build(5, 0)
         with torch.no_grad():
@@ -430,9 +430,9 @@ class _Killed(BaseException):
 @pytest.fixture(scope="module")
 def saved_state(tmp_path_factory):
     """A run of 12 steps killed right after its state of step 5 was saved."""
-    import genbound.train as train_module
-    from genbound.resume import state_dir_for
-    from genbound.train import TrainConfig, train
+    import genbound.training.train as train_module
+    from genbound.checkpoints.resume import state_dir_for
+    from genbound.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("fuzz-state") / "run"
     original = train_module.save_state
@@ -514,8 +514,8 @@ def test_mutated_resume_states_resume_cleanly_or_raise_one_genbound_error(saved_
     """A mutated training state must either resume to a finite checkpoint or be refused in one line."""
     import dataclasses
 
-    from genbound.resume import state_dir_for
-    from genbound.train import train
+    from genbound.checkpoints.resume import state_dir_for
+    from genbound.training.train import train
 
     config, state = saved_state
     tally = Tally("resume states")
@@ -607,7 +607,7 @@ def test_mutated_bounds_configs_give_a_bound_or_one_line(tmp_path, record_proper
 
 def test_known_hostile_cases_each_raise_checkpoint_error(sources, tmp_path):
     """Named cases (deterministic), each ending in a CheckpointError with its reason."""
-    from genbound.errors import CheckpointError
+    from genbound.core.errors import CheckpointError
 
     paths, _ = sources
     cases = {

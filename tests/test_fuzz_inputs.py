@@ -42,7 +42,7 @@ def world(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from genbound.tinymodels import WORDS, make_text_model
+    from genbound.models.tinymodels import WORDS, make_text_model
 
     root = tmp_path_factory.mktemp("fuzz-inputs")
     folder = make_text_model(root / "bert", "bert", num_labels=3)
@@ -155,7 +155,7 @@ def _short(v) -> str:
 
 
 def _use_data(path: Path, backbone) -> None:
-    from genbound.datasets import FileDatasetSpec
+    from genbound.data.datasets import FileDatasetSpec
 
     splits = FileDatasetSpec(str(path)).load(backbone, 0, 16, progress=False)
     c = splits.num_labels
@@ -165,7 +165,7 @@ def _use_data(path: Path, backbone) -> None:
 
 
 def test_fuzzed_data_files_load_or_raise_one_line(world, record_property):
-    from genbound.backbones import get_backbone
+    from genbound.models.backbones import get_backbone
 
     backbone = get_backbone(str(world["folder"]))
     tally = FastTally("data files")
@@ -273,8 +273,8 @@ def _mutate_folder(f: Path, kind: str, rnd, value) -> str:
 
 
 def _use_model(folder: Path, task: str | None = None) -> None:
-    from genbound.backbones import get_backbone
-    from genbound.datasets import featurize
+    from genbound.data.datasets import featurize
+    from genbound.models.backbones import get_backbone
 
     bb = get_backbone(str(folder), task)
     model = bb.build(3, 0).eval()
@@ -377,8 +377,8 @@ def _mutate_adapter(ad: Path, base: Path, kind: str, rnd, value) -> str:
 
 
 def _use_adapter(ad: Path, base: Path) -> None:
-    from genbound.datasets import featurize
-    from genbound.peft_source import PeftSource
+    from genbound.data.datasets import featurize
+    from genbound.sources.peft_source import PeftSource
 
     src = PeftSource(ad, str(base))
     feats = featurize(["good cat", "a sad dog went home"], src.backbone, 16)

@@ -1,4 +1,4 @@
-"""genbound.hessian against the exact dense Hessian, pyhessian 0.1, and the properties it must keep."""
+"""genbound.diagnostics.hessian against the exact dense Hessian, pyhessian 0.1, and the properties it must keep."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from genbound.errors import GenboundError, NonFiniteError
-from genbound.evalset import EvalSet
-from genbound.hessian import (
+from genbound.core.errors import GenboundError, NonFiniteError
+from genbound.data.evalset import EvalSet
+from genbound.diagnostics.hessian import (
     HessianOperator,
     hessian_spectrum,
     hutchinson,
@@ -262,8 +262,8 @@ def _cli(argv):
 
 
 def test_checkpoint_and_cli(ckpt_dir, capsys, tmp_path):
-    from genbound.checkpoint import load_checkpoint
-    from genbound.hessian import hessian_from_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
+    from genbound.diagnostics.hessian import hessian_from_checkpoint
 
     path = ckpt_dir("lora")
     out = tmp_path / "h.json"
@@ -312,7 +312,7 @@ def test_cuda_matches_cpu():
 @pytest.mark.slow
 def test_minilm_query_value_and_head():
     """The real MiniLM with its default (fused SDPA) attention: forward and reverse products agree."""
-    from genbound.backbones import get_backbone
+    from genbound.models.backbones import get_backbone
 
     model = get_backbone("minilm").build(3)
     ids = torch.randint(1000, 5000, (4, 12), generator=torch.Generator().manual_seed(0))
@@ -339,7 +339,7 @@ def test_loss_and_gradient_come_from_the_caching_pass_and_equal_separate_passes(
 
 def test_lanczos_basis_grows_and_matches_dense():
     """More steps than the first allocation (16 rows): the basis stays orthonormal and T_m = Q^T A Q."""
-    from genbound.hessian.lanczos import lanczos
+    from genbound.diagnostics.hessian.lanczos import lanczos
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(60, 60, generator=g, dtype=torch.float64)

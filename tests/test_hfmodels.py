@@ -1,4 +1,4 @@
-"""Asking the model, not the files (genbound.hfmodels), and the three defects it fixed, each pinned:
+"""Asking the model, not the files (genbound.models.hfmodels), and the three defects it fixed, each pinned:
 
 * ViT: transformers 5 builds ``vit.layers.N.attention.q_proj`` while the weights file says
   ``vit.encoder.layer.N.attention.attention.query``; a ViT checkpoint was refused as corrupt by every command;
@@ -19,10 +19,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from genbound.backbones import get_backbone
 from genbound.cli import main
-from genbound.hfmodels import checkpoint_names, empty_model, forward_inputs
-from genbound.tinymodels import make_image_folder, make_pairs_csv, make_text_model, make_vit
+from genbound.models.backbones import get_backbone
+from genbound.models.hfmodels import checkpoint_names, empty_model, forward_inputs
+from genbound.models.tinymodels import make_image_folder, make_pairs_csv, make_text_model, make_vit
 
 peft = pytest.importorskip("peft")
 from peft import PeftModel  # noqa: E402
@@ -105,7 +105,7 @@ def test_bert_pairs_loss_equals_peftmodel_on_the_tokenizers_output(tmp_path, met
 def test_gpt2_spectra_of_an_adapter_with_a_known_base(tmp_path):
     """spectra on genbound's export of a GPT-2 run (base folder recorded) runs; the width is the model's head's
     (GPT-2's n_embd), not a config key (before: 'cannot tell the width of its output')."""
-    from genbound.claims import backbone_layout
+    from genbound.checkpoints.claims import backbone_layout
 
     folder = make_text_model(tmp_path / "gpt2", "gpt2")
     assert backbone_layout(get_backbone(str(folder))).head_in_features == 32
@@ -125,7 +125,7 @@ def test_an_input_the_model_does_not_accept_is_said_once(tmp_path, capsys):
     stderr and in the dataset card, never silently."""
     from transformers import AutoTokenizer
 
-    from genbound.datasets import get_dataset
+    from genbound.data.datasets import get_dataset
 
     folder = make_text_model(tmp_path / "distilbert", "distilbert")
     tok = AutoTokenizer.from_pretrained(str(folder), model_input_names=["input_ids", "token_type_ids",
@@ -148,7 +148,7 @@ def test_token_cache_tells_model_types_apart(tmp_path):
     the other (found by the architecture matrix: Qwen2 was fed Llama's cached tokens)."""
     from transformers import AutoTokenizer
 
-    from genbound.datasets import featurize
+    from genbound.data.datasets import featurize
 
     texts = ["a sad dog went home today", "good cat"]
     got = {}

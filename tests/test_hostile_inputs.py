@@ -21,10 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from genbound.checkpoint import load_checkpoint, read_safetensors
+from genbound.checkpoints.checkpoint import load_checkpoint, read_safetensors
 from genbound.cli import main
-from genbound.errors import CheckpointError, GenboundError
-from genbound.peft_import import load_peft
+from genbound.core.errors import CheckpointError, GenboundError
+from genbound.sources.peft_import import load_peft
 
 
 def _copy(src: Path, dst: Path, edit=None, tensors=None) -> Path:
@@ -126,8 +126,8 @@ def test_a_layer_named_like_the_head_is_refused(ckpt_dir, tmp_path):
 
 @pytest.mark.parametrize("max_length", [1000, 20_000, 1 << 20])
 def test_max_length_beyond_the_position_table_is_refused_before_tokenizing(max_length):
-    from genbound.checkpoint import LayerInfo
-    from genbound.claims import check_meta_claims
+    from genbound.checkpoints.checkpoint import LayerInfo
+    from genbound.checkpoints.claims import check_meta_claims
 
     class Meta:
         backbone, dtype, head_in_features = "minilm", "float32", 384
@@ -163,8 +163,8 @@ def test_duplicate_selector_columns_are_refused_at_load(ckpt_dir, tmp_path, caps
 def test_singular_values_with_repeated_columns_never_build_a_selector():
     """Checked against the dense matrix on a small case, and on a claimed width of 2^40 columns (a dense
     selector would need terabytes)."""
-    from genbound.spectra import singular_values
-    from genbound.update import LayerUpdate
+    from genbound.diagnostics.spectra import singular_values
+    from genbound.methods.update import LayerUpdate
 
     g = torch.Generator().manual_seed(0)
     B = torch.randn(5, 4, generator=g, dtype=torch.float64)
@@ -227,7 +227,7 @@ def test_sparse_fft_file_claiming_a_huge_layer_is_refused_before_reading(ckpt_di
 def peft_dir(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
 
-    from genbound.backbones import get_backbone
+    from genbound.models.backbones import get_backbone
 
     torch.manual_seed(0)
     model = get_backbone("mlp").build(5, 0)
@@ -321,9 +321,9 @@ class _Killed(BaseException):
 @pytest.fixture(scope="module")
 def saved_state(tmp_path_factory):
     """A run of 45 steps killed right after its first saved state (step 10), as a pristine copy."""
-    import genbound.train as train_module
-    from genbound.resume import state_dir_for
-    from genbound.train import TrainConfig, train
+    import genbound.training.train as train_module
+    from genbound.checkpoints.resume import state_dir_for
+    from genbound.training.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("state")
     out = root / "run"
@@ -344,7 +344,7 @@ def saved_state(tmp_path_factory):
 
 
 def _state_case(saved_state, tmp_path, edit_json=None, edit_tensors=None):
-    from genbound.resume import state_dir_for
+    from genbound.checkpoints.resume import state_dir_for
 
     out, state = saved_state
     new_out = tmp_path / "run"
@@ -399,7 +399,7 @@ def test_corrupt_resume_state_is_refused_like_a_checkpoint(saved_state, tmp_path
 
 
 def test_short_rng_state_is_refused(saved_state, tmp_path):
-    from genbound.resume import load_state, state_dir_for
+    from genbound.checkpoints.resume import load_state, state_dir_for
 
     def short(t):
         t["rng/cpu"] = t["rng/cpu"][:100].contiguous()
@@ -424,7 +424,7 @@ def test_hessian_top_k_beyond_what_is_available_says_so(ckpt_dir, capsys):
 
 @pytest.mark.parametrize("length", ["20000", "1048576", "1"])
 def test_training_refuses_a_max_length_beyond_the_position_table(tmp_path, capsys, monkeypatch, length):
-    import genbound.train as train_module
+    import genbound.training.train as train_module
 
     monkeypatch.setattr(train_module, "get_dataset", lambda *a: pytest.fail("tokenizing started"))
     line = _cli_one_line(capsys, "train", "--method", "lora", "--backbone", "minilm", "--max-length", length,

@@ -1,4 +1,4 @@
-"""Image folders (genbound.imagefolders): ``DIR/train|validation|test/CLASS/*`` with the data's own splits as well
+"""Image folders (genbound.data.imagefolders): ``DIR/train|validation|test/CLASS/*`` with the data's own splits as well
 as ``DIR/CLASS/*`` with a seeded split; the classes follow the model's own id2label when it names them, and the
 dataset card says which order was used.
 
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from genbound.backbones import get_backbone
 from genbound.cli import main
-from genbound.datafiles import read_data
-from genbound.datasets import get_dataset
-from genbound.errors import GenboundError
-from genbound.imagefolders import model_labels
+from genbound.core.errors import GenboundError
+from genbound.data.datafiles import read_data
+from genbound.data.datasets import get_dataset
+from genbound.data.imagefolders import model_labels
+from genbound.models.backbones import get_backbone
 
 CLASSES = ("circle", "square", "stripes")
 
@@ -120,7 +120,7 @@ def test_pretrained_head_keeps_its_meaning(data, tmp_path):
     from PIL import Image
     from transformers import ViTForImageClassification, ViTImageProcessor
 
-    from genbound.evaluate import evaluate
+    from genbound.diagnostics.evaluate import evaluate
 
     bb = get_backbone(str(data["own"]))
     sp = get_dataset(str(data["split"])).load(bb, 0)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from genbound.backbones import get_backbone
-from genbound.errors import GenboundError
+from genbound.core.errors import GenboundError
+from genbound.models.backbones import get_backbone
 
 # -- helpers ----------------------------------------------------------------------------------------------
 
@@ -52,7 +52,7 @@ def one_line(fn, match: str | None = None, seconds: float = 10.0) -> str:
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory) -> Path:
-    from genbound.tinymodels import make_text_model
+    from genbound.models.tinymodels import make_text_model
 
     return make_text_model(tmp_path_factory.mktemp("m") / "bert", "bert")
 
@@ -156,7 +156,7 @@ def test_hostile_model_folder_is_refused_before_building(bert, tmp_path, case):
 
 def test_sparse_weights_claiming_more_than_memory_are_refused(bert, tmp_path):
     """A sparse file of more than this machine's memory whose header claims it all: refused from the header."""
-    from genbound.model_checks import machine_memory
+    from genbound.models.checks import machine_memory
 
     folder = copy_model(bert, tmp_path / "sparse")
     f = folder / "model.safetensors"
@@ -174,7 +174,7 @@ def test_sparse_weights_claiming_more_than_memory_are_refused(bert, tmp_path):
 def test_cli_exits_2_with_one_line_for_a_quantized_folder(bert, tmp_path):
     folder = edit_config(copy_model(bert, tmp_path / "q"), quantization_config={"quant_method": "gptq"})
     data = tmp_path / "d.csv"
-    from genbound.tinymodels import make_pairs_csv
+    from genbound.models.tinymodels import make_pairs_csv
 
     make_pairs_csv(data)
     code, _, err = cli("train", "--method", "lora", "--backbone", str(folder), "--dataset", str(data),
@@ -187,8 +187,8 @@ def test_estimate_is_a_lower_bound_of_real_models(tmp_path):
     refused): checked against the built models of every tiny kind."""
     from transformers import AutoModelForSequenceClassification
 
-    from genbound.model_checks import ConfigSizes, estimate_parameters
-    from genbound.tinymodels import TEXT_KINDS, _config
+    from genbound.models.checks import ConfigSizes, estimate_parameters
+    from genbound.models.tinymodels import TEXT_KINDS, _config
 
     for kind in TEXT_KINDS:
         cfg = _config(kind, 1000, 0, 2)
@@ -230,7 +230,7 @@ def test_the_new_head_alone_may_be_drawn(bert, tmp_path):
 
 
 def test_pooled_and_causal_builds_refuse_missing_weights(tmp_path):
-    from genbound.tinymodels import make_causal_lm
+    from genbound.models.tinymodels import make_causal_lm
 
     folder = make_causal_lm(tmp_path / "lm")
     get_backbone(str(folder), "causal-lm").build(2, 0)  # complete: builds
@@ -253,7 +253,7 @@ def test_special_tokens_only_vocabulary_is_refused(bert, tmp_path):
 
 
 def test_vision_folder_without_processor_is_refused(tmp_path):
-    from genbound.tinymodels import make_vit
+    from genbound.models.tinymodels import make_vit
 
     folder = make_vit(tmp_path / "vit")
     (folder / "preprocessor_config.json").unlink()
@@ -341,7 +341,7 @@ def _arrow_fifo(d: Path) -> Path:
 
 @pytest.mark.parametrize("case", sorted(DATA_CASES))
 def test_hostile_data_file_is_refused_in_one_line(tmp_path, case):
-    from genbound.datafiles import read_data
+    from genbound.data.datafiles import read_data
 
     make, needle = DATA_CASES[case]
     path = make(tmp_path)
@@ -349,7 +349,7 @@ def test_hostile_data_file_is_refused_in_one_line(tmp_path, case):
 
 
 def test_integer_labels_are_the_values_the_data_holds(tmp_path):
-    from genbound.datafiles import read_data
+    from genbound.data.datafiles import read_data
 
     big = read_data(_jsonl(tmp_path / "a.jsonl", [{"text": t, "label": [10**9, 2**40][i % 2]}
                                                   for i, t in enumerate(TEXTS)]))
@@ -363,7 +363,7 @@ def test_integer_labels_are_the_values_the_data_holds(tmp_path):
 
 def test_many_distinct_labels_are_refused_fast(tmp_path):
     """2 M distinct integer labels and 100 k string labels: refused with the count in seconds, not hung."""
-    from genbound.data_checks import labels_from_values
+    from genbound.data.checks import labels_from_values
 
     # Process CPU time, not wall time: a shared machine's load must not fail the check (it hung past 60 s).
     t0 = time.process_time()
@@ -373,7 +373,7 @@ def test_many_distinct_labels_are_refused_fast(tmp_path):
 
 
 def test_a_10_mb_row_is_read(tmp_path):
-    from genbound.datafiles import read_data
+    from genbound.data.datafiles import read_data
 
     rows = [{"text": t, "label": i % 2} for i, t in enumerate(TEXTS)]
     rows[3]["text"] = "word " * 2_000_000
@@ -398,7 +398,7 @@ def _tiff_header(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("case", ["png-9e8", "tiff-1e10", "fifo", "garbage"])
 def test_hostile_image_is_one_line(tmp_path, case):
-    from genbound.data_checks import open_image
+    from genbound.data.checks import open_image
 
     p = tmp_path / ("x.tif" if case.startswith("tiff") else "x.png")
     if case == "png-9e8":
@@ -414,13 +414,13 @@ def test_hostile_image_is_one_line(tmp_path, case):
 
 @pytest.mark.parametrize("length", [131, 100_000, 1_000_000_000])
 def test_max_length_above_the_positions_is_refused_for_model_folders(bert, length):
-    from genbound.datasets import featurize
+    from genbound.data.datasets import featurize
 
     one_line(lambda: featurize(["a text"], get_backbone(str(bert)), length), f"--max-length {length} exceeds the 130")
 
 
 def test_max_length_at_the_positions_is_accepted(bert):
-    from genbound.datasets import featurize
+    from genbound.data.datasets import featurize
 
     out = featurize(["a text"], get_backbone(str(bert)), 130)
     assert tuple(out["input_ids"].shape) == (1, 130)
@@ -441,8 +441,8 @@ def test_bad_numbers_are_refused_at_parse_time(argv, tmp_path):
 
 
 def test_corrupt_cache_entry_is_rebuilt_and_unwritable_cache_skipped(bert, tmp_path, monkeypatch):
-    from genbound import tokcache
-    from genbound.datasets import featurize
+    from genbound.data import tokcache
+    from genbound.data.datasets import featurize
 
     monkeypatch.setenv("GENBOUND_CACHE", str(tmp_path / "cache"))
     backbone = get_backbone(str(bert))
@@ -498,7 +498,7 @@ def test_sparse_adapter_without_a_base_is_refused_before_allocating(tmp_path):
 
     from peft import LoraConfig, get_peft_model
 
-    from genbound.peft_import import load_peft
+    from genbound.sources.peft_import import load_peft
 
     torch.manual_seed(0)
     pm = get_peft_model(get_backbone("mlp").build(5, 0), LoraConfig(r=4, lora_alpha=8, target_modules=["fc1"]))
@@ -518,7 +518,7 @@ def test_sparse_adapter_without_a_base_is_refused_before_allocating(tmp_path):
 
 
 def test_huge_landscape_grid_is_refused_before_allocating():
-    from genbound.landscape.grid import check_grid
+    from genbound.diagnostics.landscape.grid import check_grid
 
     assert check_grid(2001) == 2001
     one_line(lambda: check_grid(70_001), "points in 2-D")
@@ -533,8 +533,8 @@ def test_cutting_long_texts_keeps_the_first_tokens_exactly(tmp_path, kind):
 
     from transformers import AutoTokenizer
 
-    from genbound.data_checks import cut_long_texts
-    from genbound.tinymodels import WORDS, make_causal_lm, make_text_model
+    from genbound.data.checks import cut_long_texts
+    from genbound.models.tinymodels import WORDS, make_causal_lm, make_text_model
 
     folder = (make_causal_lm if kind != "bert" else make_text_model)(tmp_path / kind, kind)
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -626,7 +626,7 @@ CLI_CASES = {
 
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
 def test_train_cli_exits_2_with_one_line(bert, tmp_path, case):
-    from genbound.tinymodels import make_pairs_csv
+    from genbound.models.tinymodels import make_pairs_csv
 
     edit_model, edit_data, extra, needle = CLI_CASES[case]
     folder = copy_model(bert, tmp_path / "model")

@@ -49,7 +49,7 @@ def test_every_command_json_names_its_source(tmp_path, capsys):
 
 
 def test_compare_report_reads_back_with_its_source(tmp_path):
-    from genbound.compare import CompareReport, compare
+    from genbound.report.compare import CompareReport, compare
     from genbound.testing import make_checkpoint
 
     a, b = make_checkpoint(tmp_path, "lora"), make_checkpoint(tmp_path, "cla")

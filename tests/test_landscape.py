@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from genbound.errors import GenboundError
-from genbound.evalset import EvalSet
-from genbound.evaluate import evaluate
-from genbound.landscape import (
+from genbound.core.errors import GenboundError
+from genbound.data.evalset import EvalSet
+from genbound.diagnostics.evaluate import evaluate
+from genbound.diagnostics.landscape import (
     GridEvaluator,
     checkpoint_space,
     coordinates,
@@ -31,7 +31,7 @@ from genbound.landscape import (
     random_plane,
     summarize,
 )
-from genbound.landscape.api import _check_outside_space, model_with
+from genbound.diagnostics.landscape.api import _check_outside_space, model_with
 
 
 class TinyNet(nn.Module):
@@ -119,7 +119,7 @@ def test_single_point_partial_sums_are_exact(k):
     """One point per forward combines the cached products by a kept partial sum over t_1 .. t_{k-1} plus
     t_k d_k (:meth:`_FoldedLinear._combine`): equal to the matrix product c @ S whatever the order of the
     points (shared leading coordinates or not), and the whole evaluation equals the reference engine."""
-    from genbound.landscape.grid import _FoldedLinear
+    from genbound.diagnostics.landscape.grid import _FoldedLinear
 
     g = torch.Generator().manual_seed(k)
     w, dw = torch.randn(5, 3, generator=g), torch.randn(k, 5, 3, generator=g)
@@ -224,7 +224,7 @@ def small_bert(seed: int = 0):
     """A randomly initialised 3-block BERT (BertConfig, no download) with genbound's text head."""
     from transformers import BertConfig, BertModel
 
-    from genbound.backbones import TextClassifier
+    from genbound.models.backbones import TextClassifier
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
@@ -306,7 +306,7 @@ def test_prefix_cache_never_reuses_a_tensor_changed_in_place():
 
 @pytest.mark.parametrize("space", ["dw", "factors", "all"])
 def test_batched_equals_sequential_on_checkpoint(ckpts, space):
-    from genbound.checkpoint import load_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
 
     ck = load_checkpoint(ckpts["c"])  # cla: the factors space holds B only (a selector A)
     model, coords = checkpoint_space(ck, space)
@@ -340,7 +340,7 @@ def test_centre_equals_model_loss_and_caller_model_untouched():
 
 def test_centre_equals_recorded_checkpoint_loss(ckpts):
     res = landscape_from_checkpoints([ckpts["a"]], "random", grid=3, samples=None, split="train", seed=0)
-    from genbound.checkpoint import load_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
 
     recorded = load_checkpoint(ckpts["a"]).meta.results["train_loss"]
     assert abs(res.centre_loss - res.reference_loss) < 1e-6
@@ -350,7 +350,7 @@ def test_centre_equals_recorded_checkpoint_loss(ckpts):
 
 
 def test_interpolation_end_points_equal_each_checkpoint(ckpts):
-    from genbound.checkpoint import load_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
 
     line = landscape_from_checkpoints([ckpts["a"], ckpts["b"]], grid=5, samples=None, split="val")
     data = load_checkpoint(ckpts["a"]).load_splits().val
@@ -529,7 +529,8 @@ def test_bad_checkpoint_combinations(ckpts, tmp_path):
     meta = json.loads((other / "genbound.json").read_text())
     meta["backbone"], meta["fingerprint"] = "minilm", "sha256:" + "0" * 64
     (other / "genbound.json").write_text(json.dumps(meta))
-    # Refused at load already (its layers are not minilm's: genbound.claims), or by the landscape's own check.
+    # Refused at load already (its layers are not minilm's: genbound.checkpoints.claims), or by the landscape's own
+    # check.
     with pytest.raises(GenboundError, match="same backbone|made for another backbone"):
         landscape_from_checkpoints([ckpts["a"], other], grid=3)
     with pytest.raises(GenboundError, match="one checkpoint"):
@@ -573,7 +574,7 @@ def test_cli(ckpts, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_minilm_batched_equals_sequential():
-    from genbound.backbones import get_backbone
+    from genbound.models.backbones import get_backbone
 
     bb = get_backbone("minilm")
     model = bb.build(5).eval()

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from genbound.adapters import AdaptedLinear
-from genbound.errors import GenboundError
-from genbound.methods import METHODS, Method, get_method, register_method, unregister_method
-from genbound.train import TrainConfig, train
+from genbound.core.errors import GenboundError
+from genbound.methods.adapters import AdaptedLinear
+from genbound.methods.catalogue import METHODS, Method, get_method, register_method, unregister_method
+from genbound.training.train import TrainConfig, train
 
 peft = pytest.importorskip("peft")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from genbound.tinymodels import make_pairs_csv, make_text_model
+from genbound.models.tinymodels import make_pairs_csv, make_text_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from genbound.bounds.codec import BitReader, BitWriter, delta_length, gamma_length
 from genbound.bounds.occam import prefix_free_bits
 from genbound.bounds.occam_code import CodedTensor, decode_tensors, encode_tensors, normalize
-from genbound.errors import GenboundError
+from genbound.core.errors import GenboundError
 
 
 def test_kraft_sum_of_the_elias_codes_is_at_most_one():

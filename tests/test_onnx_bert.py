@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from genbound.backbones import BACKBONES, get_backbone
-from genbound.errors import GenboundError
-from genbound.methods import METHODS
-from genbound.onnx_bert import (
+from genbound.core.errors import GenboundError
+from genbound.methods.catalogue import METHODS
+from genbound.models.backbones import BACKBONES, get_backbone
+from genbound.models.onnx_bert import (
     L3_NAME,
     bert_parameters,
     convert_model,
@@ -70,7 +70,7 @@ def test_every_initializer_maps_to_exactly_one_bert_parameter(graph, backbone):
 def test_converted_model_equals_onnxruntime_on_real_sentences(backbone):
     import onnxruntime as ort
 
-    from genbound.datasets import load_bbc_raw
+    from genbound.data.datasets import load_bbc_raw
 
     bbc, _, _ = load_bbc_raw()
     texts = SENTENCES + [bbc[0], bbc[-1]]  # two articles, truncated to 128 tokens
@@ -172,8 +172,8 @@ def texts_csv(tmp_path_factory):
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_on_the_converted_backbone(texts_csv, tmp_path, method):
-    from genbound.checkpoint import load_checkpoint
-    from genbound.train import TrainConfig, train
+    from genbound.checkpoints.checkpoint import load_checkpoint
+    from genbound.training.train import TrainConfig, train
 
     chain = 2 if METHODS[method].chained else 1
     cfg = TrainConfig(method=method, backbone=L3_NAME, dataset=str(texts_csv), split_column="split", rank=2,
@@ -189,7 +189,7 @@ def test_every_method_trains_on_the_converted_backbone(texts_csv, tmp_path, meth
     assert ck.load_backbone().name == L3_NAME
     if METHODS[method].adapter:
         assert len(meta.layers) == 3 * 2  # query and value of 3 layers
-        from genbound.pretrained import pretrained_weights
+        from genbound.models.pretrained import pretrained_weights
 
         shapes = [(li.name, li.out_features, li.in_features) for li in meta.layers]
         w0 = pretrained_weights(ck.load_backbone(), shapes)  # read from the converted safetensors file
@@ -197,7 +197,7 @@ def test_every_method_trains_on_the_converted_backbone(texts_csv, tmp_path, meth
         pristine = dict(ck.initial_model().named_modules())
         for name, W in w0.items():
             torch.testing.assert_close(W, pristine[name].weight.detach(), atol=0, rtol=0)
-        from genbound.intruders import intruders
+        from genbound.diagnostics.intruders import intruders
 
         assert intruders(ck.base_weights(), ck.layer_updates(), k=10, eps=0.5).total >= 0
 

@@ -1,4 +1,4 @@
-"""One output policy for every command that writes a folder (genbound.output): ``train``'s checkpoint and
+"""One output policy for every command that writes a folder (genbound.core.output): ``train``'s checkpoint and
 ``export``'s peft adapter. ``--overwrite`` replaces only an empty folder or an output genbound wrote of the same
 kind; never a user's folder or file, a git work tree, a device, a FIFO, a dangling link's target, the source
 being read or a folder that contains it; a second writer of the same output is refused at once. Each case runs
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from genbound.cli import main
-from genbound.output import lock_path, run_lock
+from genbound.core.output import lock_path, run_lock
 
 TRAIN = ["train", "--method", "lora", "--backbone", "mlp", "--dataset", "digits", "--rank", "4", "--alpha", "8",
          "--steps", "2", "--no-progress"]
@@ -24,7 +24,7 @@ TRAIN = ["train", "--method", "lora", "--backbone", "mlp", "--dataset", "digits"
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A small lora checkpoint (the export's source) and a genbound export of it."""
-    from genbound.export import export_peft
+    from genbound.sources.export import export_peft
     from genbound.testing import make_checkpoint
 
     root = tmp_path_factory.mktemp("policy-src")

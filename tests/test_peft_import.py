@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from genbound.errors import GenboundError
-from genbound.peft_import import is_peft_dir, load_any, load_peft
-from genbound.spectra import singular_values
+from genbound.core.errors import GenboundError
+from genbound.diagnostics.spectra import singular_values
+from genbound.sources.peft_import import is_peft_dir, load_peft
+from genbound.sources.source import load_any
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402
@@ -124,7 +125,7 @@ def test_pickle_with_code_is_refused(tmp_path):
 
 
 def _mlp_adapter(tmp_path, dora: bool):
-    from genbound.backbones import get_backbone
+    from genbound.models.backbones import get_backbone
 
     model = get_backbone("mlp").build(num_labels=5, seed=0)
     base = {n: model.get_submodule(n).weight.detach().clone() for n in ("fc1", "fc2")}

@@ -1,4 +1,4 @@
-"""Portable runs (genbound.provenance): a checkpoint records its model and data by absolute path and content
+"""Portable runs (genbound.checkpoints.provenance): a checkpoint records its model and data by absolute path and content
 fingerprint; a run moved with its model and data is pointed at them with --backbone / --dataset and gives the
 same losses; a different model or data file is refused naming both fingerprints; compare tells one model by
 content, not by how each side names it.
@@ -14,10 +14,10 @@ import shutil
 
 import pytest
 
-from genbound.checkpoint import load_checkpoint, load_meta
+from genbound.checkpoints.checkpoint import load_checkpoint, load_meta
 from genbound.cli import main
-from genbound.errors import CheckpointError
-from genbound.tinymodels import make_causal_lm, make_text_model, make_texts_jsonl
+from genbound.core.errors import CheckpointError
+from genbound.models.tinymodels import make_causal_lm, make_text_model, make_texts_jsonl
 
 MAX_LEN = 10
 
@@ -135,8 +135,8 @@ def test_wrong_model_or_data_is_refused_naming_both_fingerprints(runs, tmp_path,
                  "--json"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    from genbound.backbones import get_backbone
-    from genbound.provenance import model_fingerprint
+    from genbound.checkpoints.provenance import model_fingerprint
+    from genbound.models.backbones import get_backbone
 
     assert meta.sources["backbone"]["fingerprint"] in err
     assert model_fingerprint(get_backbone(str(other), "causal-lm")) in err
@@ -191,7 +191,7 @@ def test_fingerprint_cache_is_keyed_by_modification(tmp_path, monkeypatch):
     """A file rewritten in place is hashed again; an unchanged one is read from the disk cache."""
     import os
 
-    from genbound import provenance
+    from genbound.checkpoints import provenance
 
     monkeypatch.setenv("GENBOUND_CACHE", str(tmp_path / "cache"))
     f = tmp_path / "data.csv"
@@ -218,8 +218,8 @@ def test_compare_decides_one_backbone_by_content(runs, tmp_path, capsys):
     cfg = json.loads((peft / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = str(tmp_path / "bert-copy")
     (peft / "adapter_config.json").write_text(json.dumps(cfg))
-    from genbound.compare import mismatch
-    from genbound.source import load_source
+    from genbound.report.compare import mismatch
+    from genbound.sources.source import load_source
 
     a = load_source(peft)
     b = load_source(run, str(new / "bert"), dataset=str(new / "labels.csv"))
@@ -233,7 +233,7 @@ def test_compare_decides_one_backbone_by_content(runs, tmp_path, capsys):
 def test_a_relative_path_is_the_same_option_as_its_absolute_path(tmp_path, monkeypatch):
     """Resuming, reusing a finished run and a sweep's reuse compare options: a relative model folder or data
     path and the absolute path training recorded are one option; registered names are compared as names."""
-    from genbound.resume import config_difference
+    from genbound.checkpoints.resume import config_difference
 
     monkeypatch.chdir(tmp_path)
     assert config_difference({"backbone": str(tmp_path / "gpt2")}, {"backbone": "gpt2"}) is None

@@ -1,5 +1,5 @@
 """``--task`` on the read-side commands, and the task a peft adapter is evaluated as when it records none
-(genbound.tasks): task_type, a saved classifier, the base model's architectures, in that order.
+(genbound.sources.tasks): task_type, a saved classifier, the base model's architectures, in that order.
 
 Independent reference: peft's own ``PeftModel`` forward with transformers' ``labels=`` loss (token-level mean)
 on the same tokenized split."""
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from genbound.cli import main
-from genbound.tasks import peft_task
-from genbound.tinymodels import make_causal_lm, make_texts_jsonl
+from genbound.models.tinymodels import make_causal_lm, make_texts_jsonl
+from genbound.sources.tasks import peft_task
 
 MAX_LEN = 10
 
@@ -58,7 +58,7 @@ def _json(capsys, argv):
 
 def _reference_losses(adapter):
     """peft's PeftModel loss on genbound's tokenized splits (transformers' labels= token mean)."""
-    from genbound.peft_source import DataChoice, PeftSource
+    from genbound.sources.peft_source import DataChoice, PeftSource
 
     src = PeftSource(adapter["adapter"], str(adapter["base"]), DataChoice(str(adapter["texts"]), max_length=MAX_LEN))
     sp = src.load_splits()

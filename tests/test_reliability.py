@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import genbound.train as train_module
-from genbound.atomic import atomic_directory, clean_stale, write_bytes
-from genbound.checkpoint import load_checkpoint, save_checkpoint
-from genbound.errors import CheckpointError, GenboundError, NonFiniteError
-from genbound.evaluate import evaluate
-from genbound.peft_import import load_peft
-from genbound.resume import state_dir_for
-from genbound.train import TrainConfig, train
+import genbound.training.train as train_module
+from genbound.checkpoints.checkpoint import load_checkpoint, save_checkpoint
+from genbound.checkpoints.resume import state_dir_for
+from genbound.core.atomic import atomic_directory, clean_stale, write_bytes
+from genbound.core.errors import CheckpointError, GenboundError, NonFiniteError
+from genbound.diagnostics.evaluate import evaluate
+from genbound.sources.peft_import import load_peft
+from genbound.training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,8 +55,8 @@ def _same_run(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def digits():
-    from genbound.backbones import get_backbone
-    from genbound.datasets import get_dataset
+    from genbound.data.datasets import get_dataset
+    from genbound.models.backbones import get_backbone
 
     return get_dataset("digits").load(get_backbone("mlp"), 0, 128)
 
@@ -111,7 +111,7 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch, digits, me
 
 
 def _dropout_loss(logits, labels):
-    """Stands in for the trainer's loss (genbound.losses.mean_loss): the loss sees dropout on the logits, so
+    """Stands in for the trainer's loss (genbound.models.losses.mean_loss): the loss sees dropout on the logits, so
     every step draws from the global torch RNG as MiniLM's dropout does (the mlp backbone has none)."""
     return torch.nn.functional.cross_entropy(torch.nn.functional.dropout(logits, 0.3, training=True), labels)
 
@@ -231,7 +231,7 @@ def test_corrupt_state_is_a_clear_error(tmp_path, monkeypatch, digits):
 _WRITER = """
 import sys, time
 from pathlib import Path
-from genbound.atomic import atomic_directory
+from genbound.core.atomic import atomic_directory
 target, value, go, overwrite = sys.argv[1:5]
 while not Path(go).exists():
     time.sleep(0.001)
@@ -265,7 +265,7 @@ def test_a_checkpoint_written_meanwhile_is_kept(tmp_path, ckpt_dir, monkeypatch)
     writes: the other's checkpoint stays and this one ends in a CheckpointError."""
     import contextlib
 
-    import genbound.checkpoint as ckmod
+    import genbound.checkpoints.checkpoint as ckmod
 
     ck = load_checkpoint(ckpt_dir("lora"))
     target = tmp_path / "ck"
@@ -287,7 +287,7 @@ def test_a_checkpoint_written_meanwhile_is_kept(tmp_path, ckpt_dir, monkeypatch)
 
 def test_write_bytes_concurrent_writers_leave_one_whole_file(tmp_path):
     target = tmp_path / "table.md"
-    code = ("import sys; from genbound.atomic import write_bytes\n"
+    code = ("import sys; from genbound.core.atomic import write_bytes\n"
             "for _ in range(30): write_bytes(sys.argv[1], sys.argv[2].encode() * 200_000)")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(target), ch], env=_env()) for ch in "ab"]
     seen = set()

@@ -1,4 +1,4 @@
-"""genbound.render: one layer for text, Markdown, LaTeX and JSON output, checked against independent parses."""
+"""genbound.core.render: one layer for text, Markdown, LaTeX and JSON output, checked against independent parses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from genbound.render import cell, json_text, latex_table, markdown_table, tex_escape, text_table, to_jsonable
+from genbound.core.render import cell, json_text, latex_table, markdown_table, tex_escape, text_table, to_jsonable
 
 ROWS = [["lora", 12345, 0.5, None], ["a|b_c", 7, float("nan"), "note with spaces"], ["x", -3, 1.5e-7, ""]]
 HEADER = ["method", "D", "bound", "note"]
@@ -87,7 +87,7 @@ def test_json_is_strict():
 
 
 def test_compare_text_is_narrow_aligned_and_keeps_every_note():
-    from genbound.compare import CompareReport, Row, to_text
+    from genbound.report.compare import CompareReport, Row, to_text
 
     long = "vacuous: 26.46 >= 3.21888, the largest possible gap of the clipped loss; " * 3
     rows = [Row("fit", "train loss", 1.98, 1.984, "a", ""), Row("fit", "gap", -0.02621, -0.02643, "b", "short"),

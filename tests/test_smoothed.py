@@ -22,7 +22,7 @@ from genbound.bounds.smoothed import (
     smoothed_bound,
     smoothed_losses,
 )
-from genbound.errors import GenboundError
+from genbound.core.errors import GenboundError
 
 
 def _kl(p: float, q: float) -> float:

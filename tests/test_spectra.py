@@ -9,11 +9,10 @@ import math
 import pytest
 import torch
 
-from genbound.errors import GenboundError, NonFiniteError
-from genbound.intruders import BaseSVDCache, brute_force_scores, eps_sweep, intruders, layer_scores
-from genbound.methods import METHODS, column_indices, get_method
-from genbound.similarity import compare_updates, layer_similarity, principal_angles, subspace_overlap
-from genbound.spectra import (
+from genbound.core.errors import GenboundError, NonFiniteError
+from genbound.diagnostics.intruders import BaseSVDCache, brute_force_scores, eps_sweep, intruders, layer_scores
+from genbound.diagnostics.similarity import compare_updates, layer_similarity, principal_angles, subspace_overlap
+from genbound.diagnostics.spectra import (
     effective_rank,
     energy_top_k,
     fit_power_law,
@@ -23,7 +22,8 @@ from genbound.spectra import (
     stable_rank,
     svd_factors,
 )
-from genbound.update import LayerUpdate
+from genbound.methods.catalogue import METHODS, column_indices, get_method
+from genbound.methods.update import LayerUpdate
 
 
 def _dense_sv(u: LayerUpdate) -> torch.Tensor:
@@ -90,7 +90,7 @@ def real_checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_factored_singular_values_equal_dense_svd_real(method, real_checkpoints):
-    from genbound.checkpoint import load_checkpoint
+    from genbound.checkpoints.checkpoint import load_checkpoint
 
     ck = load_checkpoint(real_checkpoints(method))
     for u in ck.layer_updates().values():
@@ -323,7 +323,7 @@ def test_command_on_a_genbound_checkpoint(real_checkpoints, capsys):
 
 def test_command_on_a_peft_adapter_and_errors(tmp_path, capsys):
     peft = pytest.importorskip("peft")
-    from genbound.backbones import get_backbone
+    from genbound.models.backbones import get_backbone
 
     model = get_backbone("mlp").build(num_labels=5)
     pm = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["fc1", "fc2"]))

@@ -1,10 +1,12 @@
-"""The shape of the code base: the library never imports its command line, ``genbound --help`` stays light,
-and nothing shipped names a file outside the repository."""
+"""The shape of the code base: the import contracts hold (pyproject.toml's [tool.importlinter]: layers, independent
+siblings, no cycles) and a broken one is caught; ``genbound --help`` stays light; nothing shipped names a file
+outside the repository; the dependencies are what the library imports."""
 
 from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,39 +46,60 @@ def _imported_modules(path: Path, root: Path = ROOT) -> set[str]:
     return out
 
 
-def _is_cli(module: str) -> bool:
-    return module in ("genbound.cli", "genbound.commands") or module.startswith(("genbound.commands.",
-                                                                                 "genbound.cli."))
+def _lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """``lint-imports`` with the contracts of ``root``/pyproject.toml, on the packages under ``root``."""
+    pytest.importorskip("importlinter")  # the dev extra (make test installs it)
+    exe = Path(sys.executable).with_name("lint-imports")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c",
+                                          "import sys; from importlinter.cli import lint_imports_command; "
+                                          "sys.exit(lint_imports_command())"]
+    return subprocess.run(cmd + ["--no-cache"], capture_output=True, text=True, cwd=root,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=300)
 
 
-def test_import_resolution_sees_every_form(tmp_path):
-    # The walker itself must catch relative, absolute and function-level imports of the CLI layer.
-    src = ("from ..commands.common import x\nimport genbound.cli\ndef f():\n    from genbound import commands\n"
-           "from . import mi\n")
-    fake = tmp_path / "genbound" / "bounds" / "report.py"
-    fake.parent.mkdir(parents=True)
-    fake.write_text(src)
-    found = {m for m in _imported_modules(fake, tmp_path) if _is_cli(m)}
-    assert found == {"genbound.commands.common", "genbound.commands.common.x", "genbound.cli",
-                     "genbound.commands"}
-    assert "genbound.bounds.mi" in _imported_modules(fake, tmp_path)
+def test_import_contracts_hold():
+    # The layers (docs/architecture.md), the independent siblings and no cycles: pyproject.toml's
+    # [tool.importlinter]. What a contract cannot say is checked below.
+    proc = _lint_imports(ROOT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
 
 
-def test_library_never_imports_the_command_line():
-    offenders = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE)
-        if rel.parts[0] == "commands" or rel in (Path("cli.py"), Path("__main__.py")):  # the CLI layer itself
-            continue
-        bad = sorted(m for m in _imported_modules(path) if _is_cli(m))
-        if bad:
-            offenders.append(f"{path.relative_to(ROOT)} imports {', '.join(bad)}")
-    for path in sorted((ROOT / "analysis").rglob("*.py")):
-        bad = sorted(m for m in _imported_modules(path) if _is_cli(m))
-        if bad:
-            offenders.append(f"{path.relative_to(ROOT)} imports {', '.join(bad)}")
-    assert not offenders, "the library imports the CLI layer (move the helper into the library):\n" + "\n".join(
-        offenders)
+def test_a_new_cycle_breaks_the_contracts(tmp_path):
+    # Proof that the check is not vacuous: the same contracts on a copy with one cycle added inside a layer
+    # (bounds.mi already imports bounds.common; common importing mi back closes the loop) fail, and fail on
+    # the cycle contract alone.
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("genbound", "analysis"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=ignore)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    common = tmp_path / "genbound" / "bounds" / "common.py"
+    common.write_text(common.read_text(encoding="utf-8") + "\nfrom . import mi as _cycle  # noqa: E402\n")
+    proc = _lint_imports(tmp_path)
+    assert proc.returncode != 0, proc.stdout[-4000:]
+    assert "1 broken" in proc.stdout, proc.stdout[-4000:]
+    assert "directly or through others BROKEN" in proc.stdout, proc.stdout[-4000:]  # the cycle contract
+    assert re.search(r"\.(mi|common) -> \.(common|mi)\b", proc.stdout), proc.stdout[-4000:]  # names the loop
+
+
+LAYER_PACKAGES = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()
+                        and "_SURFACE" in (p / "__init__.py").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("package", LAYER_PACKAGES)
+def test_each_package_surface_is_what_it_names(package):
+    # A package's __all__ (imported on first use) must resolve, each name to the object defined in the
+    # submodule the package names for it, and never shadow a submodule of the same name.
+    import importlib
+
+    pkg = importlib.import_module(f"genbound.{package}")
+    assert LAYER_PACKAGES and sorted(pkg.__all__) == sorted(pkg._SURFACE)
+    for name in pkg.__all__:
+        module = importlib.import_module(f"genbound.{package}.{pkg._SURFACE[name]}")
+        assert getattr(pkg, name) is getattr(module, name), f"genbound.{package}.{name}"
+        assert not (PACKAGE / package / f"{name}.py").exists(), f"{name} shadows a submodule of {package}"
+    with pytest.raises(AttributeError):
+        pkg.no_such_name  # noqa: B018
 
 
 @pytest.mark.parametrize("argv", [["--help"], []])
@@ -195,7 +218,7 @@ def test_required_dependencies_are_what_the_library_imports():
     used = {_canon(d) for m in _third_party_imports(["genbound", "analysis"]) for d in dists.get(m, [m])}
     # The cluster engines (ray, submitit) are an extra: analysis.executors imports them lazily, when their
     # executor runs, so that the library works without them (checked below: never at a module's top level).
-    # Likewise the backbones extra (onnx, read by genbound.onnx_bert when paraphrase-minilm-l3 is converted).
+    # Likewise the backbones extra (onnx, read by genbound.models.onnx_bert when paraphrase-minilm-l3 is converted).
     cluster = {_canon(d) for d in project["optional-dependencies"]["cluster"]}
     cluster |= {_canon(d) for d in project["optional-dependencies"]["backbones"]}
     assert used <= required | cluster, (f"the library imports {sorted(used - required - cluster)} but pyproject "

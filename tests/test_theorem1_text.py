@@ -10,7 +10,7 @@ import pytest
 
 from genbound.bounds.architecture import describe
 from genbound.cli import main
-from genbound.tinymodels import make_causal_lm, make_image_folder, make_text_model, make_texts_jsonl, make_vit
+from genbound.models.tinymodels import make_causal_lm, make_image_folder, make_text_model, make_texts_jsonl, make_vit
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The trace's 95% interval holds: over 300 seeded runs on a matrix with a known trace and a network-like
 spectrum (a power-law decay, some negative eigenvalues, random eigenvectors), Hutch++ with a Lanczos sketch at
-the default tolerance contains the exact trace in at least 94% of the runs (genbound.hessian.trace: a pilot
+the default tolerance contains the exact trace in at least 94% of the runs (genbound.diagnostics.hessian.trace: a pilot
 fixes the probe count once, and a rounding term covers what the spread cannot show)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genbound.hessian.lanczos import lanczos
-from genbound.hessian.trace import hutchinson, hutchpp, rademacher
+from genbound.diagnostics.hessian.lanczos import lanczos
+from genbound.diagnostics.hessian.trace import hutchinson, hutchpp, rademacher
 
 
 def _matrix(dim: int = 300, seed: int = 0) -> tuple[torch.Tensor, float]:

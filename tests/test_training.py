@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from genbound.adapters import AdaptedLinear, attach_adapters
-from genbound.backbones import get_backbone
-from genbound.checkpoint import load_checkpoint
-from genbound.errors import GenboundError
-from genbound.evaluate import evaluate
-from genbound.methods import METHODS, column_indices, get_method, kaiming_factor
-from genbound.train import TrainConfig, chain_boundaries, train, trained_tensors
+from genbound.checkpoints.checkpoint import load_checkpoint
+from genbound.core.errors import GenboundError
+from genbound.diagnostics.evaluate import evaluate
+from genbound.methods.adapters import AdaptedLinear, attach_adapters
+from genbound.methods.catalogue import METHODS, column_indices, get_method, kaiming_factor
+from genbound.models.backbones import get_backbone
+from genbound.training.train import TrainConfig, chain_boundaries, train, trained_tensors
 
 ADAPTER_METHODS = [m for m in METHODS if METHODS[m].adapter]
 
@@ -216,7 +216,7 @@ def test_same_seed_same_checkpoint_other_seed_other_columns(tmp_path):
 def test_checkpoint_round_trips_exactly(name, ckpt_dir):
     ck = load_checkpoint(ckpt_dir(name))
     model = ck.build_model()
-    from genbound.adapters import find_adapters
+    from genbound.methods.adapters import find_adapters
 
     again = trained_tensors(model, find_adapters(model), full=not ck.method.adapter)
     assert again.keys() == ck.tensors.keys()
@@ -300,7 +300,7 @@ def test_split_digest_detects_an_edited_split_seed(tmp_path, ckpt_dir):
     import json
     import shutil
 
-    from genbound.errors import CheckpointError
+    from genbound.core.errors import CheckpointError
 
     src = ckpt_dir("lora")
     ck = load_checkpoint(src)

@@ -1,7 +1,7 @@
 """The compression certificate of a subspace-trained checkpoint (Lotfi et al. 2022; SubLoRA, Lotfi et al. 2024;
 docs/concepts.md, section "Certificates").
 
-1. The run trained w in theta = theta_0 + P w (genbound.subspace; ``genbound train --subspace-dim d``).
+1. The run trained w in theta = theta_0 + P w (genbound.methods.subspace; ``genbound train --subspace-dim d``).
 2. w is quantized to at most L levels: 1-D k-means (genbound.bounds.occam.quantize), then quantization-aware
    fine-tuning on the training set: the forward pass uses q(w) = c[argmin_l |w - c_l|], the backward pass
    sends the gradient straight through to w (so assignments can change) and, through the indexing, to the
@@ -42,14 +42,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..device import where
-from ..errors import GenboundError
-from ..evalset import EvalSet
-from ..losses import mean_loss
+from ..core.device import where
+from ..core.errors import GenboundError
+from ..core.readers import read_safetensors
+from ..data.evalset import EvalSet
+from ..methods.adapters import attach_adapters, trained_tensors
+from ..methods.subspace import SUBSPACE_FILE, attach_subspace, detach_subspace, link_dims, set_w
+from ..models.losses import mean_loss
 from .codec import HyperGrid, QuantizedVector, decode, encode
 from .common import check_probability, kl_inverse_upper
 from .occam import occam_bound, occam_kl_budget, quantize
 from .smoothed import ALPHA_GRID, label_log_probs, mean_smoothed, smoothed_bound
+from .subspace_pacbayes import subspace_pac_bayes
 from .union import check_split
 
 # Declared before any certified run, in a versioned file that ships with the package; changing it changes what
@@ -130,9 +134,6 @@ def recorded_lr(ckpt) -> float:
 
 def load_w(ckpt) -> list[Tensor]:
     """w of every link, from the checkpoint's subspace file (refused when the run was not in a subspace)."""
-    from ..checkpoint import read_safetensors
-    from ..subspace import SUBSPACE_FILE, link_dims
-
     d = ckpt.meta.hyperparameters.get("subspace_dim")
     if not d:
         raise GenboundError(f"{ckpt.path} was not trained in a subspace; retrain it with `genbound train "
@@ -148,9 +149,6 @@ class Replay:
     does): pretrained backbone, seeded head and adapters, link j's subspace with w_j, merged, next link."""
 
     def __init__(self, ckpt, device: torch.device | None = None):
-        from ..adapters import attach_adapters
-        from ..subspace import attach_subspace, link_dims
-
         device = where(device)  # a checkpoint is read onto the CPU
 
         self.ckpt = ckpt
@@ -165,13 +163,9 @@ class Replay:
         self.link = 0
 
     def set_w(self, w: Tensor) -> None:
-        from ..subspace import set_w
-
         set_w(self.space, w.to(self.device))
 
     def next_link(self) -> None:
-        from ..subspace import attach_subspace, detach_subspace
-
         detach_subspace(self.model)
         for ad in self.adapters.values():
             ad.next_link()
@@ -180,8 +174,6 @@ class Replay:
 
     def tensors(self) -> dict[str, Tensor]:
         """The checkpoint-format trained tensors of the current state (for checks against the checkpoint)."""
-        from ..train import trained_tensors
-
         with torch.no_grad():
             if not self.ckpt.method.adapter:
                 return {f"model.{k}": v.detach().clone() for k, v in _plain_params(self.model).items()}
@@ -309,7 +301,6 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
         if len(ws) > 1:
             raise GenboundError("the PAC-Bayes certificate handles single-link runs only; drop --pac-bayes for a "
                                 "chain")
-        from .subspace_pacbayes import subspace_pac_bayes
 
         start = Replay(ckpt, device)
         start.set_w(ws[0])

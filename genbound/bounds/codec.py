@@ -6,7 +6,7 @@ The message, written bit by bit (:class:`BitWriter`), is
    versioned file genbound/assets/certificate-grid.json): per axis, the value's position, in ceil(log2 |axis|)
    bits ("uniform") or as the Elias gamma code of the 1-based position ("gamma"). It fixes the method, chain
    length k, subspace dimension d, the number of quantization levels L (hence every link's dimension d_j,
-   genbound.subspace.link_dims) and every other setting the decoder needs (max length, rank, alpha, seed);
+   genbound.methods.subspace.link_dims) and every other setting the decoder needs (max length, rank, alpha, seed);
 2. for each link j:
    * the number of codebook levels used, L_j in 1..L: ceil(log2 L) bits;
    * the codebook: L_j float16 values, 16 bits each, ascending;
@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import GenboundError
+from ..core.errors import GenboundError
+from ..methods.subspace import link_dims
 
 FLOAT_BITS = 16  # codebook values are sent as IEEE half-precision floats
 
@@ -398,8 +399,6 @@ def encode(links: list[QuantizedVector], grid: HyperGrid, config: dict[str, Any]
     ``config`` (its grid values)."""
     import constriction
 
-    from ..subspace import link_dims
-
     cfg = grid.config(grid.index(config))
     dims = link_dims(int(cfg["subspace_dim"]), int(cfg["chain"]))
     max_levels = int(cfg["levels"])
@@ -441,8 +440,6 @@ def encode(links: list[QuantizedVector], grid: HyperGrid, config: dict[str, Any]
 def decode(message: Message | tuple[bytes, int], grid: HyperGrid) -> tuple[dict[str, Any], list[QuantizedVector]]:
     """(the configuration, the quantized links) read back from the message alone."""
     import constriction
-
-    from ..subspace import link_dims
 
     data, nbits = (message.data, message.nbits) if isinstance(message, Message) else message
     inp = BitReader(data, nbits)

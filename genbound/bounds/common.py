@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import GenboundError
+from ..core.errors import GenboundError
 
 DTYPE_BITS = {
     "float64": 64, "double": 64, "float32": 32, "float": 32, "tfloat32": 32,

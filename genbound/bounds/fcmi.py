@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import GenboundError
+from ..core.errors import GenboundError
 
 
 def plugin_mutual_information(u: Sequence[int], f: Sequence[object]) -> float:

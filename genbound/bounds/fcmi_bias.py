@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from functools import cache
 
-from ..errors import GenboundError
+from ..core.errors import GenboundError
 
 LN2 = math.log(2.0)
 

@@ -10,7 +10,7 @@ and with D data-dependent parameters stored at q bits each, I(S; W) <= H(W) <= q
 
 Table 1 of "Beyond LoRA" (Cadenhead et al., arXiv 2606.13767) is this with D = r S, S = k sum_i (m_i + n_i)
 when A is trained and k sum_i n_i when a frozen, seed-drawn A costs nothing. D comes only from the method
-catalogue (:meth:`genbound.methods.Method.data_dependent_params`); the trained head is counted unless
+catalogue (:meth:`genbound.methods.catalogue.Method.data_dependent_params`); the trained head is counted unless
 ``include_head=False`` (which reproduces the paper's table), and fft counts every parameter.
 
 The bound is on the *expected* gap, not a high-probability certificate. A loss in [a, b] has sigma =
@@ -24,9 +24,10 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import GenboundError
-from ..methods import METHODS, Method, get_method
-from .common import check_positive
+from ..core.errors import GenboundError
+from ..core.validation import BoundsConfigModel, read_json, validate_bounds_config
+from ..methods.catalogue import METHODS, Method, get_method
+from .common import check_positive, sigma_for_loss
 
 LN2 = math.log(2.0)
 
@@ -141,10 +142,8 @@ PRESETS["minilm"] = PRESETS["minilm-bbc"]
 
 def config_from_dict(d: dict, name: str = "config", source: str = "config", n: int | None = None) -> BoundConfig:
     """A :class:`BoundConfig` from a JSON-like dict (keys: layers, rank, chain, q, sigma | loss + clip,
-    n, head, total, name), validated by :class:`genbound.validation.BoundsConfigModel` (types and ranges:
+    n, head, total, name), validated by :class:`genbound.core.validation.BoundsConfigModel` (types and ranges:
     ``"q": "abc"`` or ``"head": "1925x"`` is one clear error). ``n`` is used when the dict has none."""
-    from ..validation import BoundsConfigModel, validate_bounds_config
-
     known = set(BoundsConfigModel.model_fields)
     unknown = set(d) - known
     if unknown:
@@ -158,7 +157,6 @@ def config_from_dict(d: dict, name: str = "config", source: str = "config", n: i
     n = d.get("n", d.get("n_train", n))
     if n is None:
         raise GenboundError("the configuration has no number of training examples; add \"n\" or pass --n")
-    from .common import sigma_for_loss
 
     loss = "0-1 loss"
     if d.get("sigma") is not None:
@@ -188,7 +186,6 @@ def load_config(spec: str, n: int | None = None) -> BoundConfig:
         raise GenboundError(
             f"--config '{spec}' is neither a preset ({', '.join(sorted(PRESETS))}) nor a JSON file"
         )
-    from ..validation import read_json
 
     data = read_json(path, "configuration", 1 << 20, error=GenboundError)
     if not isinstance(data, dict):

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..device import where
-from ..errors import GenboundError
-from ..evalset import EvalSet
+from ..core.device import where
+from ..core.errors import GenboundError
+from ..data.evalset import EvalSet
+from ..sources.hypothesis import Hypothesis
 from .common import check_positive, check_probability, kl_inverse_upper, vacuity_note
-from .hypothesis import Hypothesis
 from .occam_code import CodedTensor, decode_tensors, encode_tensors, normalize
 
 CODEBOOK_BITS = 32  # each codebook level stored as a float32

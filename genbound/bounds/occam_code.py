@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import GenboundError
+from ..core.errors import GenboundError
 from .codec import BitReader, BitWriter, rank_composition, unrank_composition, width
 
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..device import where
-from ..errors import GenboundError
-from ..evalset import EvalSet
+from ..core.device import where
+from ..core.errors import GenboundError
+from ..data.evalset import EvalSet
+from ..sources.hypothesis import Hypothesis
 from .common import check_positive, check_probability, kl_inverse_upper, vacuity_note
-from .hypothesis import Hypothesis
 from .occam import error_limit
 
 # Fixed before seeing any data: s = 2^{-j/2} for j = 2..40 (0.5 .. 1e-6); lambda = 2^{-j/2}, j = 0..60.

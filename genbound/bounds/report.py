@@ -15,13 +15,20 @@ from pathlib import Path
 
 import torch
 
-from ..device import where
-from ..errors import GenboundError
-from ..methods import get_method
-from ..render import latex_table, markdown_table, tex_escape, text_table
+from ..core.device import where
+from ..core.errors import GenboundError
+from ..core.render import latex_table, markdown_table, tex_escape, text_table
+from ..diagnostics.evaluate import source_results
+from ..methods.catalogue import get_method
+from ..sources.context import context_for
+from ..sources.hypothesis import from_checkpoint
+from .architecture import describe
 from .common import bits_for_dtype, sigma_for_loss
 from .mi import BoundConfig, MIBound, method_bound, table1
-from .theorem1 import CROSS_ENTROPY_LIPSCHITZ, Theorem1Result
+from .occam import compression_bound
+from .pacbayes import pac_bayes_bound
+from .theorem1 import CROSS_ENTROPY_LIPSCHITZ, Theorem1Result, chain_from_linears, input_norm_bound, theorem1
+from .transformer import MLP_CHAIN
 
 
 @dataclass
@@ -103,9 +110,6 @@ def config_from_meta(meta, *, q: float | None = None, sigma: float | None = None
 
 
 def _mlp_theorem1(ckpt, splits, *, input_bound, loss_lipschitz, clip, delta, mi_gap, form, device):
-    from .theorem1 import chain_from_linears, input_norm_bound, theorem1
-    from .transformer import MLP_CHAIN
-
     initial = ckpt.initial_model(device)
     trained = ckpt.build_model(device, merged=True)
     names = ["fc1", "fc2", "head"]
@@ -142,18 +146,15 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
                           theorem: bool = True, compression: bool = True, pac_bayes: bool = False,
                           pb_samples: int = 20, seed: int = 0, device: torch.device | None = None,
                           progress: bool | None = None) -> BoundsReport:
-    """All bounds for one checkpoint (a directory, a :class:`~genbound.checkpoint.Checkpoint` already
-    loaded, or a run context, genbound.context): its Table 1 row, Theorem 1 (mlp) or why not (transformer),
+    """All bounds for one checkpoint (a directory, a :class:`~genbound.checkpoints.checkpoint.Checkpoint` already
+    loaded, or a run context, genbound.sources.context): its Table 1 row, Theorem 1 (mlp) or why not (transformer),
     and the compression (default) and PAC-Bayes (``pac_bayes=True``) bounds on the real model."""
-    from ..context import context_for
-    from .architecture import describe
-
     device = where(device)  # a checkpoint is read onto the CPU
     ckpt = context_for(path, device)  # built once: the models, W0 and the data the bounds below share
     path = path if isinstance(path, (str, Path)) else ckpt.path  # a loaded checkpoint names its directory
     if hasattr(ckpt, "results") and callable(ckpt.results):  # a peft source: N and the fit come from its data
         ckpt.load_splits()
-        ckpt.results(device)
+        source_results(ckpt, device)
     meta = ckpt.meta
     cfg = config_from_meta(meta, q=q, sigma=sigma, loss=loss, clip=clip, n=n, total=total, source=str(path))
     row = method_bound(get_method(meta.method), cfg, include_head)
@@ -182,17 +183,11 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
                 n_train=meta.n_train, delta=delta, loss_range=m_clip, verdict="not applicable",
                 reasons=reasons, chain_of_maps=chain)
     if compression or pac_bayes:
-        from .hypothesis import from_checkpoint
-
         hyp = ckpt.hypothesis(device) if hasattr(ckpt, "hypothesis") else from_checkpoint(ckpt, device)
         if compression:
-            from .occam import compression_bound
-
             report.compression = compression_bound(hyp, splits.train, delta, device=device, progress=progress,
                                                    chance_error=chance)
         if pac_bayes:
-            from .pacbayes import pac_bayes_bound
-
             report.pac_bayes = pac_bayes_bound(hyp, splits.train, delta, mc_samples=pb_samples, seed=seed,
                                                device=device, progress=progress, chance_error=chance)
     if (getattr(meta, "hyperparameters", None) or {}).get("task") == "causal-lm":

@@ -40,7 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import GenboundError
+from ..core.device import where
+from ..core.errors import GenboundError
 from .common import check_positive, check_probability, kl_inverse_upper
 
 # Declared before any smoothed certificate was computed; the bound pays ln(2 |A|) for choosing among them.
@@ -124,8 +125,6 @@ def label_log_probs(model, data, batch_size: int = 64, device: torch.device | No
     """(ln p(y | x) of the true label, whether the arg-max is right) for every example of ``data`` (an
     EvalSet), in eval mode; the model's mode is restored."""
     from torch.nn import functional as F
-
-    from ..device import where
 
     device = where(device, model)
     was = model.training

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..device import where
-from ..errors import GenboundError
-from ..evalset import EvalSet
-from ..losses import mean_loss, per_example_error
+from ..core.device import where
+from ..core.errors import GenboundError
+from ..data.evalset import EvalSet
+from ..models.losses import mean_loss, per_example_error
 from .common import kl_inverse_upper
 from .pacbayes import DEFAULT_LAMBDA_GRID
 

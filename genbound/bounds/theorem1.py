@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..errors import GenboundError
+from ..core.errors import GenboundError
 from .common import check_positive, hoeffding_gap, vacuity_note
 
 # Lipschitz constants of common activations (sup of |act'|): GELU's is max_x d/dx x Phi(x) ~ 1.1289.

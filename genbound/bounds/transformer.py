@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..models.backbones import MLPClassifier
+
 MLP_CHAIN = ("x -> relu(fc1 x + b1) -> relu(fc2 . + b2) -> head . + b3 (identity); "
              "Theorem 1's plain chain with L = 3 links")
 TRANSFORMER_CHAIN = (
@@ -64,8 +66,6 @@ class Applicability:
 
 def applicability(model: nn.Module) -> Applicability:
     """Whether Theorem 1 applies to ``model`` as a plain chain, with the chain of maps and the reasons."""
-    from ..backbones import MLPClassifier
-
     if isinstance(model, MLPClassifier):
         return Applicability(True, "mlp", MLP_CHAIN)
     kinds = {type(m).__name__ for m in model.modules()}

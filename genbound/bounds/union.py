@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import GenboundError
+from ..core.errors import GenboundError
 
 AXES_BY_CODE = ("method", "levels", "subspace_dim", "chain", "lr", "rate", "max_length", "rank", "alpha", "seed")
 AXES_BY_DELTA = ("budget", "preset", "dataset")

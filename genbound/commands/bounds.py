@@ -11,7 +11,7 @@ q, sigma (or loss "01" / "ce" with clip), n, head, total, name; flags override i
 
 from __future__ import annotations
 
-from ..argtypes import seed_arg
+from ..core.argtypes import seed_arg
 from .common import add_device, add_json, print_json, resolve_device
 from .dataopts import add_data_options, add_source_options, source_from_args
 
@@ -70,11 +70,11 @@ def _methods(args) -> list[str] | None:
 def run(args) -> int:
     import warnings
 
-    from ..atomic import write_text
     from ..bounds.common import sigma_for_loss
     from ..bounds.mi import BoundConfig, load_config, override, parse_layers
     from ..bounds.report import format_text, report_for_checkpoint, report_for_config, to_latex, to_markdown
-    from ..errors import GenboundError
+    from ..core.atomic import write_text
+    from ..core.errors import GenboundError
 
     include_head = not args.no_head
     reports = []

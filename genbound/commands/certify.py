@@ -12,7 +12,7 @@ cross-entropy of the decoded model's prediction smoothed with the uniform one (S
 
 from __future__ import annotations
 
-from ..argtypes import positive_float_arg, seed_arg
+from ..core.argtypes import positive_float_arg, seed_arg
 from .common import add_device, add_json, format_table, print_json, resolve_device
 from .dataopts import add_relocation_options
 
@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..bounds.certificate import certify
-    from ..checkpoint import load_checkpoint
+    from ..checkpoints.checkpoint import load_checkpoint
 
     progress = False if args.no_progress else None
     ckpt = load_checkpoint(args.checkpoint, args.backbone, args.dataset)

@@ -1,11 +1,11 @@
 """Helpers shared by the CLI commands: argument types, ``--json`` / ``--device``, and the render layer's
-printers (genbound.render) under the names the commands use. Nothing here imports torch."""
+printers (genbound.core.render) under the names the commands use. Nothing here imports torch."""
 
 from __future__ import annotations
 
-from ..errors import GenboundError
-from ..render import print_json, to_jsonable
-from ..render import text_table as format_table
+from ..core.errors import GenboundError
+from ..core.render import print_json, to_jsonable
+from ..core.render import text_table as format_table
 
 __all__ = ["add_device", "add_json", "count_or_all", "format_table", "positive_int", "print_json", "resolve_device",
            "sample_count", "to_jsonable"]
@@ -59,8 +59,8 @@ def sample_count(text: str) -> int | None:
 
 
 def resolve_device(name: str | None):
-    """``--device`` to a torch.device ('auto': CUDA when available); see genbound.device.resolve_device.
+    """``--device`` to a torch.device ('auto': CUDA when available); see genbound.core.device.resolve_device.
     Imported lazily so that building the parser (``genbound --help``) does not load torch."""
-    from ..device import resolve_device as resolve
+    from ..core.device import resolve_device as resolve
 
     return resolve(name)

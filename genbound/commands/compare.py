@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..argtypes import seed_arg
-from ..tasks import add_task_option
+from ..core.argtypes import seed_arg
+from ..sources.tasks import add_task_option
 from .common import add_device, add_json, add_progress, print_json, progress_of, resolve_device
 from .dataopts import add_data_options, data_choice
 
@@ -67,7 +67,7 @@ def check_out(out: str | None):
     """The --out path, checked before any work: a known suffix, in a directory that exists (none is created)."""
     from pathlib import Path
 
-    from ..errors import GenboundError
+    from ..core.errors import GenboundError
 
     if out is None:
         return None
@@ -83,8 +83,8 @@ def check_out(out: str | None):
 
 
 def run(args) -> int:
-    from ..atomic import write_json, write_text
-    from ..compare import compare, to_latex, to_markdown, to_text
+    from ..core.atomic import write_json, write_text
+    from ..report.compare import compare, to_latex, to_markdown, to_text
 
     out = check_out(args.out)
     report = compare(args.a, args.b, device=str(resolve_device(args.device)), top_k=args.top_k, eps=args.eps,

@@ -1,8 +1,9 @@
-"""``genbound cost``: exact saved-activation bytes, FLOPs and paired step-time ratio of a method (genbound.cost)."""
+"""``genbound cost``: exact saved-activation bytes, FLOPs and paired step-time ratio of a method
+(genbound.training.cost)."""
 
 from __future__ import annotations
 
-from ..errors import GenboundError
+from ..core.errors import GenboundError
 from .common import add_device, add_json, format_table, positive_int, print_json, resolve_device
 from .train import add_setting_arguments, config_from_args
 
@@ -41,7 +42,8 @@ def _mib(n: int | None) -> str:
 
 
 def run(args) -> int:
-    from ..cost import (
+    from ..methods.catalogue import get_method
+    from ..training.cost import (
         as_dict,
         build_setting,
         config_from_checkpoint,
@@ -50,7 +52,6 @@ def run(args) -> int:
         memory_cost,
         paired_timing,
     )
-    from ..methods import get_method
 
     device = resolve_device(args.device)
     if args.checkpoint is not None:

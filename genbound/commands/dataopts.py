@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..argtypes import seed_arg
-from ..errors import GenboundError
+from ..core.argtypes import seed_arg
+from ..core.errors import GenboundError
 
 
 def column_list(text: str) -> list[str]:
@@ -46,7 +46,7 @@ def add_relocation_options(p, dataset: bool = True) -> None:
 def add_source_options(p) -> None:
     """Options that turn a peft adapter into a full source (its base model folder, the data, the task) and point
     a moved genbound checkpoint at its model and data."""
-    from ..tasks import add_task_option
+    from ..sources.tasks import add_task_option
 
     add_relocation_options(p)
     add_task_option(p)
@@ -55,8 +55,8 @@ def add_source_options(p) -> None:
 
 
 def source_from_args(args, path: str | None = None):
-    """A genbound checkpoint or a peft adapter (genbound.peft_source) from the parsed options."""
-    from ..peft_source import DataChoice, load_source
+    """A genbound checkpoint or a peft adapter (genbound.sources.peft_source) from the parsed options."""
+    from ..sources.peft_source import DataChoice, load_source
 
     data = DataChoice(getattr(args, "dataset", None), getattr(args, "text_columns", None),
                       getattr(args, "label_column", None), getattr(args, "split_column", None),
@@ -68,7 +68,7 @@ def data_choice(args):
     """The --dataset choice for peft adapters, or None when no dataset was given."""
     if not getattr(args, "dataset", None):
         return None
-    from ..peft_source import DataChoice
+    from ..sources.peft_source import DataChoice
 
     return DataChoice(args.dataset, args.text_columns, args.label_column, args.split_column,
                       getattr(args, "split_seed", 0), getattr(args, "max_length", 128))

@@ -7,7 +7,7 @@ Checkpoints already in the output directory are reused, so an interrupted demo p
 
 from __future__ import annotations
 
-from ..argtypes import seed_arg
+from ..core.argtypes import seed_arg
 from .common import add_device, add_json, add_progress, print_json, progress_of, resolve_device
 
 HELP = "train two adapters on the embedded default (MiniLM, BBC News), compare them, write figures"
@@ -35,12 +35,12 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from ..atomic import write_json, write_text
-    from ..backbones import get_backbone
-    from ..checkpoint import is_checkpoint, load_meta
-    from ..compare import compare, to_markdown, to_text
-    from ..datasets import default_dataset_for, get_dataset
-    from ..train import TrainConfig, train
+    from ..checkpoints.checkpoint import is_checkpoint, load_meta
+    from ..core.atomic import write_json, write_text
+    from ..data.datasets import default_dataset_for, get_dataset
+    from ..models.backbones import get_backbone
+    from ..report.compare import compare, to_markdown, to_text
+    from ..training.train import TrainConfig, train
 
     def say(text: str) -> None:  # progress lines: on stderr under --json, so that stdout is the JSON alone
         print(text, file=sys.stderr if args.json else sys.stdout)

@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..evaluate import evaluate_source
+    from ..diagnostics.evaluate import evaluate_source
 
     src = source_from_args(args)
     report = evaluate_source(src, resolve_device(args.device), args.batch_size)

@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..export import export_peft
+    from ..sources.export import export_peft
 
     config = export_peft(args.checkpoint, args.peft, overwrite=args.overwrite, backbone=args.backbone,
                          dataset=args.dataset)

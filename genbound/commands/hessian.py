@@ -2,13 +2,13 @@
 
 The Hessian is that of the mean cross-entropy on a seeded subset of ``--samples`` examples of the recorded
 ``--split``, with respect to the trained parameters (default), all parameters, or named layers
-(genbound.hessian). Every random draw comes from ``--seed``, which is printed and recorded in the JSON.
+(genbound.diagnostics.hessian). Every random draw comes from ``--seed``, which is printed and recorded in the JSON.
 """
 
 from __future__ import annotations
 
-from ..argtypes import seed_arg
-from ..errors import GenboundError
+from ..core.argtypes import seed_arg
+from ..core.errors import GenboundError
 from .common import (
     add_device,
     add_json,
@@ -60,8 +60,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..atomic import write_json
-    from ..hessian import hessian_from_checkpoint
+    from ..core.atomic import write_json
+    from ..diagnostics.hessian import hessian_from_checkpoint
     from .common import to_jsonable
 
     if args.top_k < 0 or args.bottom_k < 0:
@@ -72,7 +72,7 @@ def run(args) -> int:
         raise GenboundError(f"--trace-rtol must be in (0, 1), got {args.trace_rtol}")
     if not args.tol > 0:
         raise GenboundError(f"--tol must be positive, got {args.tol}")
-    from ..distributed import launched
+    from ..core.distributed import launched
 
     device = resolve_device(args.device)
     params = args.params if args.params in ("trained", "all") else [s for s in args.params.split(",") if s]

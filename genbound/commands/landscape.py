@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..argtypes import seed_arg
-from ..errors import GenboundError
+from ..core.argtypes import seed_arg
+from ..core.errors import GenboundError
 from .common import (
     add_device,
     add_json,
@@ -62,9 +62,9 @@ def add_arguments(p) -> None:
 
 
 def plot_landscape(result, path: Path) -> Path:
-    """The slice as a paper figure (genbound.figures: contour for a plane, curve for a line), written
+    """The slice as a paper figure (genbound.report.figures: contour for a plane, curve for a line), written
     atomically in the format of ``path``'s suffix."""
-    from .. import figures as F
+    from ..report import figures as F
 
     title = f"{result.directions_kind} slice, space {result.space}"
     if result.kind == "plane":
@@ -76,9 +76,9 @@ def plot_landscape(result, path: Path) -> Path:
 
 
 def run(args) -> int:
-    from ..atomic import write_json
-    from ..distributed import launched
-    from ..landscape import landscape_from_checkpoints
+    from ..core.atomic import write_json
+    from ..core.distributed import launched
+    from ..diagnostics.landscape import landscape_from_checkpoints
 
     device = resolve_device(args.device)
     if args.plot is not None and args.plot.suffix.lower() not in (".png", ".pdf", ".svg"):

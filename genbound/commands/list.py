@@ -14,10 +14,10 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from .. import __version__
-    from ..backbones import BACKBONES, get_backbone
-    from ..datasets import DATASETS
-    from ..errors import GenboundError
-    from ..methods import METHODS
+    from ..core.errors import GenboundError
+    from ..data.datasets import DATASETS
+    from ..methods.catalogue import METHODS
+    from ..models.backbones import BACKBONES, get_backbone
 
     out: dict = {"source": f"the registries of genbound {__version__}"}
     if args.what in ("all", "backbones"):

@@ -1,15 +1,15 @@
 """``genbound spectra CKPT``: singular values of every adapted layer's update, and intruder dimensions.
 
 CKPT is a genbound checkpoint directory or a Hugging Face peft LoRA adapter directory. Singular values come
-from the factors (genbound.spectra); with ``--intruders`` the top-k left singular vectors of W0 + dW are
-compared with W0's (genbound.intruders), which needs the pretrained backbone (recorded in a genbound
+from the factors (genbound.diagnostics.spectra); with ``--intruders`` the top-k left singular vectors of W0 + dW are
+compared with W0's (genbound.diagnostics.intruders), which needs the pretrained backbone (recorded in a genbound
 checkpoint; for a peft adapter resolved from its base model or given with ``--backbone``). Nothing here
 is random, so no seed is involved.
 """
 
 from __future__ import annotations
 
-from ..errors import GenboundError
+from ..core.errors import GenboundError
 from .common import (
     add_device,
     add_json,
@@ -31,7 +31,7 @@ DESCRIPTION = (
 
 def _eps(text: str) -> tuple[float, list[float] | None]:
     """'0.5' -> (0.5, None); 'sweep' -> (0.5, 0.05..1); 'sweep:N' -> N steps; '0.1,0.3,0.5' -> first + list."""
-    from ..intruders import eps_sweep
+    from ..diagnostics.intruders import eps_sweep
 
     t = text.strip().lower()
     if t.startswith("sweep"):
@@ -80,8 +80,9 @@ def _fmt_fit(d) -> str:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..peft_import import is_peft_dir, load_any
-    from ..spectra import spectra
+    from ..diagnostics.spectra import spectra
+    from ..sources.peft_import import is_peft_dir
+    from ..sources.source import load_any
 
     if args.top_k < 1:
         raise GenboundError(f"--top-k must be at least 1, got {args.top_k}")
@@ -93,7 +94,7 @@ def run(args) -> int:
         raise GenboundError(f"{path} is not a directory; give a genbound checkpoint or a peft adapter directory")
     kind = "peft" if is_peft_dir(path) else "genbound"
     if kind == "genbound":  # a moved run: --backbone / --dataset say where its model and data are now
-        from ..source import load_source
+        from ..sources.source import load_source
 
         ckpt = load_source(path, args.backbone, dataset=args.dataset)
     else:
@@ -102,7 +103,7 @@ def run(args) -> int:
     report = spectra(updates, top_k=args.top_k, bins=args.bins, device=device, progress=progress_of(args))
     intr = None
     if args.intruders:
-        from ..intruders import intruders
+        from ..diagnostics.intruders import intruders
 
         eps, sweep = _eps(args.eps)
         k = args.top_k if args.intruder_k is None else count_or_all(args.intruder_k, "--intruder-k")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..argtypes import seed_arg
+from ..core.argtypes import seed_arg
 from .common import add_device, add_json, add_progress, format_table, print_json, progress_of, resolve_device
 from .dataopts import add_data_options, data_options
 
@@ -36,7 +36,7 @@ def add_arguments(p) -> None:
 def add_setting_arguments(p, method_required: bool = True) -> None:
     """The options that describe a run (method, backbone, data, adapters, optimizer, seeds); ``genbound cost``
     takes the same ones."""
-    from ..methods import METHODS
+    from ..methods.catalogue import METHODS
 
     p.add_argument("--method", required=method_required, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--backbone", default="minilm",
@@ -98,7 +98,7 @@ def default_lr(subspace_dim: int | None) -> float:
 
 def config_from_args(args, method: str | None = None):
     """The TrainConfig the setting options describe (``method`` overrides --method)."""
-    from ..train import TrainConfig
+    from ..training.train import TrainConfig
 
     return TrainConfig(
         method=method or args.method, backbone=args.backbone, dataset=args.dataset, rank=args.rank, alpha=args.alpha,
@@ -114,8 +114,8 @@ def config_from_args(args, method: str | None = None):
 
 
 def run(args) -> int:
-    from ..distributed import launched
-    from ..train import train
+    from ..core.distributed import launched
+    from ..training.train import train
 
     config = config_from_args(args)
     config.save_trajectory, config.trajectory_every = args.save_trajectory, args.trajectory_every

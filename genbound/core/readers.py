@@ -1,0 +1,144 @@
+"""Defensive readers of untrusted tensor files (checkpoints, training states, peft adapters, backbones).
+
+A safetensors file is an 8-byte header length, a JSON header naming every tensor's dtype, shape and byte
+range, and the raw bytes. Before anything is allocated the header is bounded (:data:`MAX_HEADER_BYTES`,
+:data:`MAX_TENSORS`) and checked against the file: every byte range lies inside it and matches its shape and
+dtype, and the claimed total is at most what the caller allows (a sparse file can claim gigabytes in
+kilobytes). The values are then refused if they are not finite or beyond any trained weight
+(:data:`MAX_ABS_VALUE`). Nothing here executes code from the file (docs/checkpoint-format.md, "Safety rules").
+
+Used by :mod:`genbound.checkpoints.checkpoint`, :mod:`genbound.checkpoints.resume`,
+:mod:`genbound.sources.peft_import` and the run context
+(:mod:`genbound.sources.context`), which reads the pretrained W0 of single layers with :func:`read_tensors`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import CheckpointError
+from .validation import parse_json
+
+MAX_HEADER_BYTES = 64 << 20
+MAX_TENSORS = 1 << 17
+# No trained or pretrained weight comes near this; a flipped exponent bit of a float32 does (up to 3e38),
+# and such a value overflows every product that a model or a spectrum computes from it.
+MAX_ABS_VALUE = 1e12
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64}
+
+
+def check_values(tensors: dict[str, Tensor], where: Path | str, max_abs: float | None = MAX_ABS_VALUE) -> None:
+    """Refuse NaN, Inf and (with ``max_abs``) implausibly large values in floating-point tensors."""
+    for key, t in tensors.items():
+        if not t.is_floating_point() or not t.numel():
+            continue
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{where}: tensor '{key}' contains NaN or Inf")
+        if max_abs is not None:
+            peak = float(t.detach().abs().max())
+            if peak > max_abs:
+                raise CheckpointError(f"{where}: tensor '{key}' holds a value of magnitude {peak:.3g}, beyond any "
+                                      f"trained weight ({max_abs:.0e}); the file is corrupt")
+
+
+def read_header(path: Path, max_bytes: int | None = None, dtypes: dict | None = None) -> dict[str, dict]:
+    """The validated safetensors header of ``path`` (without ``__metadata__``): every tensor's dtype (one of
+    ``dtypes``, default :data:`DTYPES`), shape and byte range checked against the file's size, the claimed
+    total at most ``max_bytes``."""
+    dtypes = DTYPES if dtypes is None else dtypes
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: file is truncated (no safetensors header)")
+        (hlen,) = struct.unpack("<Q", head)
+        if hlen > MAX_HEADER_BYTES or 8 + hlen > size:
+            raise CheckpointError(f"{path}: safetensors header claims {hlen} bytes; the file is corrupt")
+        header = parse_json(fh.read(hlen), path, "the safetensors header")
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    if len(header) > MAX_TENSORS:
+        raise CheckpointError(f"{path}: safetensors header lists {len(header)} tensors; the file is corrupt")
+    data_len = size - 8 - hlen
+    for key, info in header.items():
+        if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or info["dtype"] not in dtypes:
+            raise CheckpointError(f"{path}: tensor '{key}' has an unsupported or missing dtype")
+        shape, offs = info.get("shape"), info.get("data_offsets")
+        if (not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d <= 1 << 32 for d in shape)
+                or not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and 0 <= o <= data_len for o in offs) or offs[0] > offs[1]):
+            raise CheckpointError(f"{path}: tensor '{key}' has a malformed shape or byte range")
+        nbytes = math.prod(shape) * dtypes[info["dtype"]].itemsize
+        if offs[1] - offs[0] != nbytes:
+            raise CheckpointError(f"{path}: tensor '{key}' byte range does not match its shape and dtype")
+    claimed = sum(info["data_offsets"][1] - info["data_offsets"][0] for info in header.values())
+    if max_bytes is not None and claimed > max_bytes:
+        raise CheckpointError(f"{path}: the tensors claim {claimed / 2**20:.0f} MiB, more than a file for this "
+                              f"backbone can hold ({max_bytes / 2**20:.0f} MiB); the file is corrupt or hostile")
+    return header
+
+
+def read_safetensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
+                     allow_extra_prefix: str | None = None, max_abs: float | None = MAX_ABS_VALUE,
+                     max_bytes: int | None = None) -> dict[str, Tensor]:
+    """Read a safetensors file defensively: header size bounded and consistent with the file, every
+    tensor's byte range inside the file, the claimed total at most ``max_bytes`` (a sparse file can claim
+    gigabytes in kilobytes), keys / shapes / dtypes equal to ``expected``, values finite and (unless
+    ``max_abs`` is None) at most ``max_abs`` in magnitude."""
+    header = read_header(path, max_bytes)
+    if expected is not None:
+        keys = set(header)
+        missing = sorted(set(expected) - keys)
+        extra = sorted(k for k in keys - set(expected) if not (allow_extra_prefix and k.startswith(allow_extra_prefix)))
+        if missing:
+            raise CheckpointError(f"{path}: missing tensor '{missing[0]}' ({len(missing)} missing)")
+        if extra:
+            raise CheckpointError(f"{path}: unexpected tensor '{extra[0]}' ({len(extra)} extra)")
+        for key, (shape, dtype) in expected.items():
+            if tuple(header[key]["shape"]) != tuple(shape):
+                raise CheckpointError(
+                    f"{path}: tensor '{key}' has shape {tuple(header[key]['shape'])}, metadata says {tuple(shape)}"
+                )
+            if DTYPES[header[key]["dtype"]] != dtype:
+                raise CheckpointError(f"{path}: tensor '{key}' has dtype {header[key]['dtype']}, expected {dtype}")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, Exception) as exc:  # any parser failure on untrusted bytes is a corrupt file
+        first = (str(exc).splitlines() or [exc.__class__.__name__])[0]
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({first})") from None
+    check_values(tensors, path, max_abs)
+    return tensors
+
+
+def read_tensors(path: Path, keys: Iterable[str], max_abs: float | None = MAX_ABS_VALUE) -> dict[str, Tensor]:
+    """Only the tensors ``keys`` of a safetensors file (memory-mapped: the rest is never read), after the
+    header checks of :func:`read_header` and with the value checks of :func:`check_values`. A key the file
+    lacks is a :class:`~genbound.core.errors.CheckpointError`."""
+    from safetensors import SafetensorError, safe_open
+
+    header = read_header(path)
+    keys = list(keys)
+    missing = [k for k in keys if k not in header]
+    if missing:
+        raise CheckpointError(f"{path}: no tensor '{missing[0]}' ({len(missing)} missing)")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            out = {k: fh.get_tensor(k) for k in keys}
+    except (SafetensorError, Exception) as exc:  # any parser failure on untrusted bytes is a corrupt file
+        first = (str(exc).splitlines() or [exc.__class__.__name__])[0]
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({first})") from None
+    check_values(out, path, max_abs)
+    return out

@@ -1,0 +1,37 @@
+"""Reports over several runs: the side-by-side comparison of two sources and the paper's figures.
+
+The names below are the package's public surface; they are imported on first use (PEP 562), so importing one
+module of the package does not import the others (``genbound --help`` stays free of torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .compare import CompareReport, to_latex, to_markdown, to_text
+    from .figures import save
+
+_SURFACE = {
+    "CompareReport": "compare",
+    "to_text": "compare",
+    "to_markdown": "compare",
+    "to_latex": "compare",
+    "save": "figures",
+}
+__all__ = [
+    "CompareReport",
+    "save",
+    "to_latex",
+    "to_markdown",
+    "to_text",
+]
+
+
+def __getattr__(name: str):
+    if name not in _SURFACE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_SURFACE[name]}"), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,575 @@
+"""Reference training of every method in the catalogue, into a checkpoint.
+
+AdamW, linear warm-up then linear decay, gradient clipping, the LoRA+ learning-rate ratio applied once
+(lr(B) = ratio * lr(A)), the classification head trained for every method, validation each epoch, and at
+the end train / validation / test loss and accuracy in eval mode over the full splits with the empirical
+gap G = L_test - L_train. Chains of k links are spread evenly over the step budget: at each boundary every
+adapter merges its link into the base weight and starts fresh factors with fresh optimizer state.
+
+Every random choice comes from ``seed`` (head, factors, selectors, data order, dropout) or ``split_seed``
+(the split), both recorded in the checkpoint.
+
+Resumable: every ``save_every`` steps (default 50) and at the end of every epoch the full training state
+(genbound.checkpoints.resume) is written atomically beside the checkpoint, in ``<parent>/.<name>.state``; it is deleted
+once the checkpoint is written. ``train(..., resume=True)`` (``genbound train --resume``) continues a killed
+run from its last state and ends, on the same device and thread count, with a ``tensors.safetensors`` that
+is byte-identical to an uninterrupted run's and a ``genbound.json`` identical except for ``metrics`` (wall
+time, memory, and ``resumed_at``, the steps at which the run was resumed).
+
+Across processes (``group``: torchrun, :mod:`genbound.core.distributed`) every process takes its slice of each
+global batch, the gradients are summed with 1/B weights per example (the global batch's mean gradient), and
+every process steps and merges chain links on the same numbers; rank 0 alone evaluates, saves the state and
+writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .. import __version__
+from ..checkpoints.checkpoint import CheckpointMeta, LayerInfo, is_checkpoint, load_meta, save_checkpoint
+from ..checkpoints.claims import backbone_layout
+from ..checkpoints.provenance import sources_record
+from ..checkpoints.resume import (
+    TrainState,
+    changing_tensors,
+    check_config,
+    check_progress,
+    load_state,
+    remove_state,
+    restore_tensors,
+    save_state,
+)
+from ..checkpoints.resume import state_dir_for as state_dir_for
+from ..core import distributed as dist_train
+from ..core.atomic import clean_stale
+from ..core.device import resolve_device
+from ..core.errors import GenboundError, NonFiniteError
+from ..core.output import check_free_space, check_replaceable, check_writable, may_replace, resolve_out, run_lock
+from ..core.validation import MAX_ALPHA
+from ..data.datasets import default_dataset_for, get_dataset
+from ..diagnostics.evaluate import evaluate, sharded_evaluate
+from ..methods.adapters import AdaptedLinear, attach_adapters, trained_tensors
+from ..methods.catalogue import METHODS, get_method, layer_generator
+from ..methods.subspace import (
+    SUBSPACE_FILE,
+    attach_subspace,
+    detach_subspace,
+    link_dims,
+    next_link_subspace,
+    subspace_record,
+)
+from ..models.backbones import BACKBONES, get_backbone
+from ..models.losses import mean_loss
+
+DEFAULT_SAVE_EVERY = 50
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a run; recorded whole in the checkpoint's hyperparameters."""
+
+    method: str = "lora"
+    backbone: str = "minilm"
+    dataset: str | None = None  # default: bbc for text backbones, digits for mlp; or a data file / folder path
+    text_columns: list[str] | None = None  # data files: one text column or a pair (default: "text")
+    label_column: str | None = None  # data files: default "label"
+    split_column: str | None = None  # data files: train / validation / test per row (default: seeded split)
+    task: str | None = None  # model folders: seq-cls (default for text), image-cls (vision), causal-lm or pooled
+    rank: int = 16
+    alpha: float = 32.0
+    chain: int = 1
+    epochs: int | None = 1
+    steps: int | None = None  # overrides epochs when given
+    lr: float = 5e-4
+    lr_ratio: float | None = None  # LoRA+ ratio lr(B) / lr(A); default from the catalogue (16)
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_length: int = 128
+    warmup: float = 0.1  # fraction of steps
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    seed: int = 0
+    split_seed: int = 0
+    targets: list[str] | str | None = None  # default: the backbone's (MiniLM: query, value); a str is a regex
+    exclude: list[str] | str | None = None  # modules never adapted (same semantics as targets)
+    paca_columns: str = "random"  # "random" (from the seed) or "first"
+    subspace_dim: int | None = None  # train only w in theta = theta_0 + P w (genbound.methods.subspace)
+    device: str = "cpu"
+    save_trajectory: bool = False
+    trajectory_every: int | None = None  # steps between snapshots; default once per epoch
+    progress: bool | None = None  # tqdm; None hides it when not a terminal
+
+    def validate(self) -> None:
+        method = get_method(self.method)
+        if self.rank < 1 and method.adapter:
+            raise GenboundError(f"rank must be at least 1, got {self.rank}")
+        if not 0 < self.alpha <= MAX_ALPHA:
+            raise GenboundError(f"alpha must be positive and at most {MAX_ALPHA:g} (s = alpha / r), got {self.alpha}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise GenboundError(f"learning rate must be positive, got {self.lr}")
+        if self.steps is not None and self.steps <= 0:
+            raise GenboundError(f"steps must be positive, got {self.steps}")
+        if self.steps is None and (self.epochs is None or self.epochs <= 0):
+            raise GenboundError(f"epochs must be positive, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise GenboundError(f"batch size must be positive, got {self.batch_size}")
+        if self.lr_ratio is not None and not method.has_lr_ratio:
+            with_ratio = [m for m, spec in METHODS.items() if spec.has_lr_ratio]
+            raise GenboundError(f"--lr-ratio sets lr(B) / lr(A), which method '{self.method}' does not have; drop it "
+                                f"or use {' / '.join(with_ratio)}")
+        if self.lr_ratio is not None and not self.lr_ratio > 0:
+            raise GenboundError(f"the LoRA+ ratio must be positive, got {self.lr_ratio}")
+        if not 0 <= self.warmup < 1:
+            raise GenboundError(f"warm-up is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.paca_columns not in ("random", "first"):
+            raise GenboundError(f"paca columns must be 'random' or 'first', got '{self.paca_columns}'")
+        method.effective_chain(self.chain)
+        if self.steps is not None:
+            check_chain_steps(method.name, self.chain, self.steps)
+        if self.subspace_dim is not None:
+            if self.subspace_dim < 1:
+                raise GenboundError(f"the subspace dimension must be at least 1, got {self.subspace_dim}; pass "
+                                    "--subspace-dim d > 0")
+            if self.save_trajectory:
+                raise GenboundError("--save-trajectory is not available with --subspace-dim; drop one of them")
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    meta: CheckpointMeta
+    history: list[dict] = field(default_factory=list)
+
+
+# -- pieces ------------------------------------------------------------------------------------------
+
+
+def param_groups(model: nn.Module, adapters: dict[str, AdaptedLinear], lr: float, b_ratio: float,
+                 weight_decay: float) -> list[dict]:
+    """AdamW groups: B factors at ``b_ratio * lr`` (LoRA+, applied once), everything else at ``lr``."""
+    b_params = [ad.B for ad in adapters.values() if "B" in ad.trained_parameters()]
+    b_ids = {id(p) for p in b_params}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in b_ids]
+    groups = [{"params": rest, "lr": lr, "name": "A/head/other"}]
+    if b_params:
+        groups.append({"params": b_params, "lr": lr * b_ratio, "name": "B"})
+    return [g for g in groups if g["params"]]
+
+
+def warmup_linear(total: int, warmup_frac: float):
+    warm = int(round(warmup_frac * total))
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return factor
+
+
+def check_chain_steps(method: str, k: int, total_steps: int) -> None:
+    """A chain of k links needs k distinct boundaries, so at least k steps (one per link)."""
+    if k > total_steps:
+        raise GenboundError(f"{method} with chain {k} needs at least {k} training steps (one per link), got "
+                            f"{total_steps}; raise --steps / --epochs or lower --chain")
+
+
+def chain_boundaries(total_steps: int, k: int) -> list[int]:
+    """Steps after which link j (1..k-1) ends: k links spread evenly over the budget."""
+    return [round(j * total_steps / k) for j in range(1, k)]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=layer_generator(seed, "data-order", f"epoch{epoch}"))
+
+
+class PeakMemory:
+    """Peak memory of a region: CUDA's allocator peak (reset at start) or, on CPU, the process's peak
+    resident set (VmHWM, reset through /proc/self/clear_refs where Linux allows it)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu_reset = False
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self.cpu_reset = True
+        except OSError:
+            self.cpu_reset = False
+
+    def peak_bytes(self) -> int | None:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+    def kind(self) -> str:
+        if self.device.type == "cuda":
+            return "cuda max_memory_allocated (reset at start of run)"
+        return "cpu peak RSS of the process" + (" (reset at start of run)" if self.cpu_reset else " (since start)")
+
+
+# -- the loop ------------------------------------------------------------------------------------------
+
+
+def _bytes_written(model: nn.Module, adapters: dict[str, AdaptedLinear], adapter: bool, trajectory: bool) -> int:
+    """A generous estimate of the disk space a run needs at its peak: the saved state (the changing tensors
+    and Adam's two moments, twice while a new state replaces the old) plus the checkpoint, plus 1 MiB of
+    metadata. Trajectory snapshots are not counted (their number depends on the schedule)."""
+    changing = sum(v.numel() * v.element_size() for v in changing_tensors(model, list(adapters), not adapter).values())
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return 2 * (changing + 2 * trained) + changing + (1 << 20) + (changing if trajectory else 0)
+
+
+def _clean_stale(out: Path) -> None:
+    clean_stale(out)
+    clean_stale(state_dir_for(out))
+
+
+def _absolute_paths(config: TrainConfig) -> None:
+    """A model folder or data file given by a relative path is recorded by its absolute path, so that the run
+    does not depend on the directory it was started from (genbound.checkpoints.provenance); registered names stay."""
+    from ..checkpoints.provenance import absolute
+    from ..data.datasets import DATASETS
+
+    if config.backbone not in BACKBONES and Path(config.backbone).exists():
+        config.backbone = absolute(config.backbone, BACKBONES)
+    if config.dataset and config.dataset not in DATASETS and Path(config.dataset).exists():
+        config.dataset = absolute(config.dataset, DATASETS)
+
+
+def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=None, resume: bool = False,
+          save_every: int | None = None, group: dist_train.Group | None = None) -> TrainResult:
+    """Train ``config`` and write the checkpoint to ``out`` (atomically). ``splits`` may be passed to reuse
+    an already tokenized dataset.
+
+    The training state is saved every ``save_every`` steps (default 50; 0 disables) and at each epoch's end
+    into ``state_dir_for(out)``. With ``resume`` a saved state is continued (its options must equal
+    ``config``'s), a finished checkpoint at ``out`` is returned as it is, and with neither the run starts
+    fresh. Without ``resume`` an existing state is refused unless ``overwrite`` discards it. ``group``: this
+    process's place among torchrun's processes (data-parallel, module docstring); None: one process.
+    """
+    config.validate()
+    _absolute_paths(config)
+    save_every = DEFAULT_SAVE_EVERY if save_every is None else int(save_every)
+    if config.subspace_dim:
+        save_every = 0  # subspace runs are short; their state (w per link) is not saved
+    if save_every < 0:
+        raise GenboundError(f"--save-every must be 0 (never) or a positive number of steps, got {save_every}")
+    if resume and overwrite:
+        raise GenboundError("--resume continues a saved run and --overwrite discards it; pass one of them")
+    out = resolve_out(out)
+    check_writable(out)
+    if group is not None:
+        return dist_train.train_replica(group, out, run_lock,
+                                        lambda: _train(config, out, overwrite, splits, resume, save_every, group))
+    with run_lock(out):
+        return _train(config, out, overwrite, splits, resume, save_every)
+
+
+def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int,
+           group: dist_train.Group | None = None) -> TrainResult:
+    """:func:`train` once the output is resolved and its lock held."""
+    from tqdm.auto import tqdm
+
+    if os.path.lexists(out) and not out.is_dir():
+        check_replaceable(out, overwrite)  # a file, a device, a FIFO: refused in genbound.core.output's words
+    state_dir = state_dir_for(out)
+    if resume and not overwrite and is_checkpoint(out):
+        meta = load_meta(out)
+        check_config(meta.hyperparameters, {**asdict(config), "dataset": config.dataset or meta.dataset}, out,
+                     keys=asdict(config))
+        if group is None or group.is_main:
+            remove_state(state_dir)  # left over if a run was killed between its checkpoint and the cleanup
+        return TrainResult(out, meta, meta.history)
+    check_replaceable(out, overwrite)
+    if state_dir.exists() and not resume:
+        if not overwrite:
+            raise GenboundError(f"an interrupted run of {out} saved its state in {state_dir}; pass --resume "
+                                "(resume=True from Python) to continue it or --overwrite (overwrite=True) to discard "
+                                "it and start again")
+        if group is None or group.is_main:
+            remove_state(state_dir)
+    if group is None or group.is_main:
+        _clean_stale(out)
+    device = resolve_device(config.device)
+    if group is not None:
+        device = group.device(device)  # cuda: this process's GPU (cuda:LOCAL_RANK)
+    method = get_method(config.method)
+    backbone = get_backbone(config.backbone, config.task)
+    # A registry backbone (minilm, paraphrase-minilm-l3) records the task it was given (None), so that a sweep's
+    # planned configuration equals the recorded one; a model folder records the task it was built for.
+    config.task = backbone.task if backbone.kind == "hf" and backbone.name not in BACKBONES else config.task
+    if group is not None and backbone.task == "causal-lm":
+        # The process-sharded loss and evaluation weight examples, not target tokens.
+        raise GenboundError("a causal LM trains in one process (its token-level loss is not yet sharded over "
+                            "processes); run genbound train without torchrun")
+    if backbone.kind == "hf" and backbone.task == "pooled":  # before tokenizing: 20,000 tokens took minutes
+
+        positions = backbone_layout(backbone).max_positions
+        if not 2 <= config.max_length <= (positions or config.max_length):
+            raise GenboundError(f"--max-length {config.max_length} is outside 2..{positions}, the positions of "
+                                f"backbone '{config.backbone}'")
+    dataset_name = config.dataset or default_dataset_for(backbone)
+    config.dataset = dataset_name
+    state: TrainState | None = load_state(state_dir) if resume and state_dir.exists() else None
+    if state is not None:
+        check_config(state.config, asdict(config), state_dir)
+    if splits is None:
+        splits = get_dataset(dataset_name, config.text_columns, config.label_column,
+                             config.split_column).load(backbone, config.split_seed, config.max_length,
+                                                       progress=config.progress)
+    torch.manual_seed(config.seed)  # dropout; everything else has its own generator
+    model = backbone.build(splits.num_labels, config.seed)
+    layers = backbone.adaptable_layers(model, config.targets, config.exclude)
+    modules = dict(model.named_modules())
+    shapes = [(modules[n].out_features, modules[n].in_features) for n in layers]
+    method.check_rank(shapes, config.rank, config.chain)
+    adapters = attach_adapters(model, method, layers, config.rank, config.alpha, config.seed, config.paca_columns)
+    if state is not None:
+        if set(state.links) != set(adapters):
+            raise GenboundError(f"{state_dir} holds adapters {sorted(state.links)}, this run {sorted(adapters)}; "
+                                "pass --overwrite (overwrite=True from Python) to discard the state")
+        expected = changing_tensors(model, list(adapters), not method.adapter)
+        if set(expected) != set(state.model):
+            raise GenboundError(f"{state_dir} does not hold this model's trained tensors; pass --overwrite "
+                                "(overwrite=True from Python) to discard the state")
+        restore_tensors(model, state.model, state_dir)
+        for name, ad in adapters.items():
+            ad.link = state.links[name]
+    spaces: list = []
+    if config.subspace_dim:
+        if state is not None:
+            raise GenboundError(f"{state_dir} holds a saved state, but subspace runs do not resume; pass --overwrite")
+        dims = link_dims(config.subspace_dim, config.chain if method.chained else 1)
+        spaces.append(attach_subspace(model, dims[0], config.seed, 0))
+    model.to(device)
+    check_free_space(out, _bytes_written(model, adapters, method.adapter, config.save_trajectory))
+
+    n_train = len(splits.train)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    total_steps = config.steps or config.epochs * steps_per_epoch
+    check_chain_steps(method.name, config.chain, total_steps)
+    boundaries = set(chain_boundaries(total_steps, config.chain)) if method.chained else set()
+    b_ratio = (config.lr_ratio or method.b_lr_ratio) if method.has_lr_ratio else 1.0
+    if state is not None:
+        check_progress(state, n_train, config.batch_size, total_steps, config.chain if method.chained else 1,
+                       state_dir)
+
+    def make_optimizer():
+        return torch.optim.AdamW(param_groups(model, adapters, config.lr, b_ratio, config.weight_decay),
+                                 lr=config.lr, weight_decay=config.weight_decay)
+
+    optimizer = make_optimizer()
+    schedule = warmup_linear(total_steps, config.warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in model.parameters())
+    head_params = sum(p.numel() for p in model.head.parameters())
+
+    snapshots: dict[str, Tensor] = {}
+    traj_steps: list[int] = []
+    every = config.trajectory_every or steps_per_epoch
+
+    def snapshot(step: int) -> None:
+        if config.save_trajectory and step not in traj_steps:
+            for k, v in trained_tensors(model, adapters, not method.adapter).items():
+                snapshots[f"step{step}/{k}"] = v.cpu()
+            traj_steps.append(step)
+
+    history: list[dict] = []
+    memory = PeakMemory(device)
+    model.train()
+    step, epoch, position, running, step_times = 0, 0, 0, 0.0, []
+    seconds_before, resumed_at = 0.0, []
+    if state is None:
+        snapshot(0)
+    else:
+        try:
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise GenboundError(f"{state_dir}: the optimizer state does not fit this run ({exc}); pass --overwrite "
+                                "(overwrite=True from Python) to discard the state") from None
+        step, epoch, position, running = state.step, state.epoch, state.position, state.running
+        history, traj_steps, snapshots = list(state.history), list(state.traj_steps), dict(state.snapshots)
+        seconds_before, resumed_at = state.train_seconds, [*state.resumed_at, state.step]
+        torch.set_rng_state(state.rng_cpu)
+        if state.rng_cuda is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state.rng_cuda, device)
+    last_saved = step
+
+    def save(next_position: int) -> None:
+        nonlocal last_saved
+        if group is not None and not group.is_main:
+            return  # rank 0 saves the state, which every process holds alike
+        save_state(state_dir, TrainState(
+            config=asdict(config), step=step, epoch=epoch, position=min(next_position, n_train), running=running,
+            history=history, traj_steps=traj_steps, links={n: ad.link for n, ad in adapters.items()},
+            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng_cpu=torch.get_rng_state(),
+            rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            model=changing_tensors(model, list(adapters), not method.adapter), snapshots=snapshots,
+            train_seconds=seconds_before + time.perf_counter() - t_start, resumed_at=resumed_at,
+        ))
+        last_saved = step
+
+    score = evaluate if group is None else sharded_evaluate(group)
+    memory.start()
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {method.name}",
+               disable=None if config.progress is None else not config.progress, leave=False)
+    t_start = time.perf_counter()
+    # A state saved after the last step of an epoch but before its validation resumes inside that epoch.
+    in_epoch = position > 0
+    while step < total_steps or in_epoch:
+        in_epoch = False
+        order = epoch_order(n_train, config.seed, epoch)
+        for start in range(position, n_train, config.batch_size):
+            if step >= total_steps:
+                break
+            t0 = time.perf_counter()
+            idx = order[start : start + config.batch_size]
+            n_batch = len(idx)
+            if group is not None:  # this process's slice of the global batch
+                idx = dist_train.local_batch(group, idx)
+            feats = {k: v[idx].to(device, non_blocking=True) for k, v in splits.train.features.items()}
+            labels = splits.train.labels[idx].to(device, non_blocking=True)
+            if group is None:
+                loss = mean_loss(model(**feats), labels)  # per example, or per target token (causal LM)
+            else:
+                trained = [p for p in model.parameters() if p.requires_grad]
+                loss = dist_train.slice_loss(model, feats, labels, n_batch, trained)
+            if group is None and not torch.isfinite(loss):
+                raise NonFiniteError(f"training loss became {float(loss.detach())} at step {step} (epoch {epoch}); "
+                                     "lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if group is not None:  # the global batch's mean gradient and loss, alike in every process
+                loss = dist_train.reduce_gradients(group, trained, loss)
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(f"training loss became {float(loss)} at step {step} (epoch {epoch}); "
+                                         "lower --lr")
+            if config.clip:
+                norm = nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.clip)
+                if not torch.isfinite(norm):
+                    raise NonFiniteError(f"the gradient norm became {float(norm)} at step {step} (epoch {epoch}); "
+                                         "lower --lr")
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_times.append(time.perf_counter() - t0)
+            value = float(loss.detach())
+            running = 0.9 * running + 0.1 * value if step > 1 else value
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.3f}")
+            if step in boundaries and spaces:
+                spaces.append(next_link_subspace(model, adapters, optimizer, dims[len(spaces)], config.seed,
+                                                 len(spaces)))
+            elif step in boundaries:
+                for ad in adapters.values():
+                    ad.next_link()
+                    for p in ad.trained_parameters().values():
+                        optimizer.state.pop(p, None)  # fresh optimizer state for the new link
+            if config.save_trajectory and step % every == 0:
+                snapshot(step)
+            if save_every and step % save_every == 0:
+                save(start + config.batch_size)
+        position = 0
+        epoch += 1
+        val = score(model, splits.val, config.eval_batch_size, device, "validation", progress=config.progress)
+        history.append({"epoch": epoch, "step": step, "train_loss_running": running,
+                        "val_loss": val.loss, "val_accuracy": val.accuracy})
+        model.train()
+        if save_every:
+            save(0)
+    train_seconds = seconds_before + time.perf_counter() - t_start
+    peak = memory.peak_bytes()
+    bar.close()
+    if spaces:
+        detach_subspace(model)  # theta_0 + P w baked into plain parameters: the checkpoint's usual tensors
+    snapshot(step)
+
+    results = {}
+    for split in ("train", "val", "test"):
+        ev = score(model, splits.split(split), config.eval_batch_size, device, f"the {split} split",
+                   progress=config.progress)
+        results[f"{split}_loss"] = ev.loss
+        results[f"{split}_accuracy"] = ev.accuracy
+    results["gap"] = results["test_loss"] - results["train_loss"]
+    results["gap_01"] = results["train_accuracy"] - results["test_accuracy"]
+
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    # Causal LM: results are per target token; the dataset card records the target-token counts.
+    causal = backbone.task == "causal-lm"
+    meta = CheckpointMeta(
+        method=method.name, rank=config.rank, alpha=config.alpha,
+        scale=method.scale(config.alpha, config.rank), chain=config.chain,
+        layers=[LayerInfo(n, o, i) for n, (o, i) in zip(layers, shapes)],
+        backbone=config.backbone, fingerprint=backbone.fingerprint, dataset=dataset_name,
+        split_seed=config.split_seed, max_length=config.max_length if backbone.kind == "hf" else None,
+        # A causal LM's "classes" are its vocabulary: num_labels is its size, the class list stays empty.
+        num_labels=model.head.out_features if causal else splits.num_labels,
+        head_in_features=model.head.in_features, classes=splits.classes,
+        n_train=n_train, sizes=splits.sizes, dtype=dtype, seed=config.seed, paca_columns=config.paca_columns,
+        split_digest=splits.digest(), dataset_card=splits.info.get("card", {}),
+        sources=sources_record(config.backbone, backbone, dataset_name),
+        head_bias=getattr(model.head, "bias", None) is not None,
+        hyperparameters={**asdict(config), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                         "b_lr_ratio_applied": b_ratio, "chain_boundaries": sorted(boundaries),
+                         # what the model was fed (the processor's output it accepts): rebuilt alike
+                         "model_inputs": sorted(splits.train.features)},
+        params={"trainable": trainable, "total": total_params, "head": head_params,
+                "data_dependent": method.data_dependent_params(shapes, config.rank, config.chain, head_params,
+                                                               total_params)},
+        metrics={"device": str(device), "steps": step, "train_seconds": train_seconds,
+                 "seconds_per_step": train_seconds / max(step, 1),
+                 "median_seconds_per_step": sorted(step_times)[len(step_times) // 2] if step_times else None,
+                 "examples_per_second": step * config.batch_size / train_seconds if train_seconds else None,
+                 "peak_memory_bytes": peak, "peak_memory_kind": memory.kind(),
+                 "torch": torch.__version__, "genbound": __version__, "resumed_at": resumed_at,
+                 **({"processes": group.world} if group is not None else {})},
+        results=results, history=history, trajectory_steps=sorted(traj_steps),
+    )
+    extra = None
+    if spaces:
+        meta.params.update(subspace_record(spaces))
+        extra = {SUBSPACE_FILE: {f"w.link{j}": sp.w.detach().cpu().clone() for j, sp in enumerate(spaces)}}
+    tensors = trained_tensors(model, adapters, not method.adapter)
+    if group is not None and not group.is_main:
+        group.barrier()  # rank 0 writes the checkpoint, the same for every process
+        return TrainResult(out, meta, history)
+    try:
+        save_checkpoint(out, meta, tensors, snapshots if config.save_trajectory else None, overwrite=overwrite,
+                        may_replace=may_replace, extra=extra)
+    except GenboundError as exc:
+        if save_every and state_dir.is_dir() and not is_checkpoint(out):
+            # The finished run's state: --resume writes it without training again.
+            raise GenboundError(f"{exc}; the trained state is kept in {state_dir}: move the files out of {out} "
+                                "and rerun with --resume to write the checkpoint without training again") from None
+        raise
+    remove_state(state_dir)
+    if group is not None:
+        group.barrier()
+    return TrainResult(out, meta, history)
