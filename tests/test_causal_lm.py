@@ -205,7 +205,7 @@ def test_bad_input(lm, tmp_path, capsys, monkeypatch):
     bb = get_backbone(str(lm["gpt2"]), "causal-lm")
     import genbound.data.datasets as ds
 
-    def one_token(raw, backbone, max_length, progress=None):  # a tokenizer that can yield one-token texts
+    def one_token(raw, backbone, max_length, progress=None, **_):  # a tokenizer that can yield one-token texts
         mask = torch.zeros(len(raw), max_length, dtype=torch.int64)
         mask[:, :2] = 1
         mask[1, 1] = 0

@@ -82,7 +82,7 @@ def max_tensor_bytes(layout: BackboneLayout | None) -> int | None:
 
 def check_meta_claims(meta, where: Path | str) -> BackboneLayout | None:
     """Refuse a checkpoint whose claimed shapes, head width, dtype or length do not fit its backbone."""
-    layout = layout_for(meta.backbone, (meta.hyperparameters or {}).get("task") or "pooled")
+    layout = layout_for(meta.backbone, (getattr(meta, "hyperparameters", None) or {}).get("task") or "pooled")
     if layout is None:
         return None
 
