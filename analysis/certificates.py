@@ -30,7 +30,8 @@ from genbound.report.figures import certified_vs_measured, save
 
 from . import locks
 from .presets import Preset
-from .sweep import _meta_digest, _SplitCache, plan, read_cache, train_runs
+from .runs import _SplitCache
+from .sweep import _meta_digest, plan, read_cache, train_runs
 from .tables import kendall
 
 # Fixed before any certified run (and inside genbound.bounds.certificate.DECLARED_GRID): subspace dimension,
