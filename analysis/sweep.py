@@ -53,10 +53,13 @@ from . import tables as T
 from .executors import LocalExecutor, make_executor, require
 from .presets import PRESETS, Preset, get_preset, train_config, with_budget
 from .runs import EXECUTORS, RunSpec, finished_run
-from .runs import _SplitCache as _SplitCache  # noqa: F401  (analysis.certificates, analysis.fcmi use it)
-from .runs import config_mismatch as config_mismatch  # noqa: F401  (re-exported: analysis.sweep.config_mismatch)
-from .runs import run_one as run_one  # noqa: F401  (re-exported: analysis.sweep.run_one)
-from .runs import train_runs as train_runs  # noqa: F401  (re-exported: analysis.sweep.train_runs)
+
+# The run machinery lives in analysis.runs (below this module and analysis.executors); its names stay
+# importable from analysis.sweep, where callers and the README have always found them.
+from .runs import _SplitCache as _SplitCache  # noqa: F401
+from .runs import config_mismatch as config_mismatch  # noqa: F401
+from .runs import run_one as run_one  # noqa: F401
+from .runs import train_runs as train_runs  # noqa: F401
 from .tables import BOUNDS, RunRecord, correlation_table, headline, results_table, summary_dict
 
 

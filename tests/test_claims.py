@@ -60,13 +60,18 @@ def test_one_command_writes_the_whole_report(report):
 
 def test_second_invocation_trains_nothing_and_rebuilds_the_same_tables(report, monkeypatch):
     out, doc, first = report
+    import analysis.certificates
     import analysis.fcmi
+    import analysis.runs
     import genbound.bounds.certificate
     import genbound.training.train
 
-    monkeypatch.setattr(genbound.training.train, "train", _forbid)
+    # analysis imports train and certify at its modules' tops: forbid them where they are called from too
+    for module in (genbound.training.train, analysis.runs, analysis.fcmi):
+        monkeypatch.setattr(module, "train", _forbid)
     monkeypatch.setattr(analysis.fcmi, "run_one", _forbid)
-    monkeypatch.setattr(genbound.bounds.certificate, "certify", _forbid)
+    for module in (genbound.bounds.certificate, analysis.certificates):
+        monkeypatch.setattr(module, "certify", _forbid)
     monkeypatch.setattr(C, "run_measures", _forbid)
     before = doc.read_text()
     assert C.main(["--preset", "tiny", "--out", str(out), "--doc", str(doc), "--no-progress", "--json"]) == 0

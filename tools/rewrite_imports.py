@@ -289,6 +289,8 @@ PATH = re.compile(r"(?<![\w./-])genbound(?:/\w+)+(?:\.py\b|/)?")
 
 def rewrite_dotted(text: str, mapper: Mapper) -> str:
     def one(m: re.Match) -> str:
+        if m.group(0) in mapper.table and mapper.is_new_module(m.group(0)):
+            return m.group(0)  # an old module that is now a package of the same name (genbound.methods): both read
         mapped = mapper.map(m.group(0))
         return m.group(0) if mapped is None else mapped
 
