@@ -7,8 +7,9 @@ module of the package does not import the others (``genbound --help`` stays free
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..core.lazy import lazy_surface
 
 if TYPE_CHECKING:
     from .datafiles import read_data, read_texts
@@ -38,9 +39,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _SURFACE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_SURFACE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_surface(__name__, _SURFACE, globals())
