@@ -192,3 +192,17 @@ def test_cost_command_of_a_checkpoint_matches_its_setting(ckpt_dir, capsys):
 def test_cost_command_needs_something_to_measure(capsys):
     assert main(["cost", "--backbone", "mlp"]) == 2
     assert "--method" in capsys.readouterr().err
+
+
+def test_square_saved_tensors_are_counted_apart():
+    model, _ = _adapted("lora", layers=("l1",))
+    x = torch.randn(T, M_IN)
+
+    def forward():
+        h = model.act(model.l1(x))
+        return torch.softmax(h @ h.T, dim=-1).sum()  # softmax keeps its (T x T) output: what flash attention avoids
+
+    loss, saved = saved_tensor_bytes(model, forward, square=T)
+    loss.backward()
+    assert saved.square == F32 * T * T
+    assert saved.frozen == F32 * (T * HIDDEN + T * T)  # tanh's output (also the product's input) and the softmax

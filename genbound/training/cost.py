@@ -172,17 +172,22 @@ class SavedBytes:
     parameter_alias: int
     adapter_by_layer: dict[str, int]
     storages: int
+    square: int = 0  # frozen activation bytes of storages saved as (..., L, L) views, when asked
 
     @property
     def activations(self) -> int:
         return self.frozen + self.adapter
 
 
-def saved_tensor_bytes(model: nn.Module, forward: Callable[[], Tensor]) -> tuple[Tensor, SavedBytes]:
+def saved_tensor_bytes(model: nn.Module, forward: Callable[[], Tensor],
+                       square: int | None = None) -> tuple[Tensor, SavedBytes]:
     """Run ``forward()`` (returning the loss) under saved-tensor hooks and count what autograd keeps.
 
     Returns the loss (its graph still holds the saved tensors; call backward on it or drop it) and the byte
-    counts. A storage is adapter-owned when every op that saved it ran inside an AdaptedLinear's forward."""
+    counts. A storage is adapter-owned when every op that saved it ran inside an AdaptedLinear's forward.
+    With ``square=L``, also the frozen activation bytes of storages saved as a view whose last two dimensions
+    are (L, L): the attention probabilities and masks a math attention path keeps, which a flash kernel
+    does not."""
     names = {id(m): n for n, m in model.named_modules()}
     alias = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
     running: list[nn.Module] = []  # modules whose forward is running, outermost first
@@ -198,7 +203,9 @@ def saved_tensor_bytes(model: nn.Module, forward: Callable[[], Tensor]) -> tuple
     def pack(t: Tensor):
         key = _storage_key(t)
         adapter = next((m for m in reversed(running) if isinstance(m, AdaptedLinear)), None)
-        entry = seen.setdefault(key, {"bytes": key[2], "outside": False, "layer": None})
+        entry = seen.setdefault(key, {"bytes": key[2], "outside": False, "layer": None, "square": False})
+        if square is not None and t.dim() >= 2 and tuple(t.shape[-2:]) == (square, square):
+            entry["square"] = True
         if adapter is None:
             entry["outside"] = True
         elif entry["layer"] is None:
@@ -215,17 +222,18 @@ def saved_tensor_bytes(model: nn.Module, forward: Callable[[], Tensor]) -> tuple
     finally:
         for h in handles:
             h.remove()
-    frozen = adapter_bytes = alias_bytes = 0
+    frozen = adapter_bytes = alias_bytes = square_bytes = 0
     by_layer: dict[str, int] = {}
     for key, entry in seen.items():
         if key in alias:
             alias_bytes += entry["bytes"]
         elif entry["outside"]:
             frozen += entry["bytes"]
+            square_bytes += entry["bytes"] if entry["square"] else 0
         else:
             adapter_bytes += entry["bytes"]
             by_layer[entry["layer"]] = by_layer.get(entry["layer"], 0) + entry["bytes"]
-    return loss, SavedBytes(frozen, adapter_bytes, alias_bytes, by_layer, len(seen))
+    return loss, SavedBytes(frozen, adapter_bytes, alias_bytes, by_layer, len(seen), square_bytes)
 
 
 def _nbytes(tensors) -> int:
@@ -251,15 +259,16 @@ class MemoryCost:
     optimizer_state_bytes: int
     predicted_peak_bytes: int
     cuda_peak_bytes: int | None = None
+    saved_square_bytes: int | None = None  # frozen activations saved as (..., L, L) views, with square=L
 
 
-def memory_cost(setting: Setting) -> MemoryCost:
+def memory_cost(setting: Setting, square: int | None = None) -> MemoryCost:
     """Saved activations of one step (split frozen / adapter-owned), and parameter, gradient and AdamW state
     bytes after one real step. On CUDA, the allocator's peak over a second step (state already allocated)."""
     model = setting.model
     cuda = setting.device.type == "cuda"
     setting.optimizer.zero_grad(set_to_none=True)
-    loss, saved = saved_tensor_bytes(model, lambda: mean_loss(model(**setting.features), setting.labels))
+    loss, saved = saved_tensor_bytes(model, lambda: mean_loss(model(**setting.features), setting.labels), square)
     loss.backward()
     del loss
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -284,7 +293,7 @@ def memory_cost(setting: Setting) -> MemoryCost:
         parameter_bytes_frozen=p_frozen, parameter_bytes_trained=p_trained, buffer_bytes=buffers,
         gradient_bytes=grads, optimizer_state_bytes=optimizer_bytes,
         predicted_peak_bytes=p_frozen + p_trained + buffers + grads + optimizer_bytes + saved.activations,
-        cuda_peak_bytes=cuda_peak)
+        cuda_peak_bytes=cuda_peak, saved_square_bytes=None if square is None else saved.square)
 
 
 # -- FLOPs -------------------------------------------------------------------------------------------------
