@@ -127,7 +127,10 @@ class Cell:
                 chain = ["--chain", "2"] if method == "c3la" else []
                 _ok(["train", "--method", method, *common, *chain, "--out", self.ckpt(method)])
                 _ok(["export", self.ckpt(method), "--peft", self.dir / f"{method}-peft"])
-            _ok(["train", "--method", "lora", *common, "--subspace-dim", "50", "--out", self.dir / "subspace"])
+            # A certified run's settings come from the declared grid (genbound/assets/certificate-grid.json): a
+            # max length of 32, not the matrix's MAX_LEN (argparse keeps the last --max-length).
+            _ok(["train", "--method", "lora", *common, "--max-length", "32", "--subspace-dim", "50", "--out",
+                 self.dir / "subspace"])
             self._peft_adapter()
             (self.dir / "built").write_text("ok")
         return self
