@@ -1,0 +1,80 @@
+"""genbound train --report-to: the scalars TensorBoard's event files and MLflow's local file store hold equal the
+checkpoint's own results and the diagnostics genbound computes from the checkpoint (genbound.spectra,
+genbound.intruders), read back with each tracker's own reader. Nothing reaches the network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from genbound.checkpoint import load_checkpoint
+from genbound.cli import main
+from genbound.intruders import intruders
+from genbound.spectra import spectra
+
+ARGS = ["train", "--method", "lora", "--backbone", "mlp", "--dataset", "digits", "--rank", "4", "--steps", "12",
+        "--batch-size", "32", "--lr", "1e-2", "--seed", "0", "--device", "cpu", "--no-progress", "--json",
+        "--log-every", "4", "--diagnostics-every", "6"]
+
+
+def _expected(ckpt_path) -> dict[str, float]:
+    ck = load_checkpoint(ckpt_path)
+    ups = ck.layer_updates()
+    sp = spectra(ups, top_k=10)
+    want = {f"final/{k}": v for k, v in ck.meta.results.items()}
+    for layer in sp.layers:
+        want[f"dW/{layer.name}/spectral_norm"] = layer.spectral_norm
+        want[f"dW/{layer.name}/frobenius_norm"] = layer.frobenius_norm
+        want[f"dW/{layer.name}/stable_rank"] = layer.stable_rank
+    want["intruders/total"] = float(intruders(ck.base_weights(), ups, k=10, eps=0.5).total)
+    return want
+
+
+def _final_step(ckpt_path) -> int:
+    return int(load_checkpoint(ckpt_path).meta.metrics["steps"])
+
+
+def test_tensorboard_scalars_equal_the_checkpoint(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    assert main(ARGS + ["--out", str(out), "--report-to", "tensorboard", "--log-dir", str(logs)]) == 0
+    json.loads(capsys.readouterr().out)
+    acc = EventAccumulator(str(logs / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    step = _final_step(out)
+    for key, value in _expected(out).items():
+        assert key in tags, key
+        last = [e for e in acc.Scalars(key) if e.step == step][-1]
+        assert last.value == pytest.approx(value, rel=1e-6, abs=1e-6), key
+    running = [e.step for e in acc.Scalars("train/loss_running")]
+    assert running == [4, 8, 12]
+    assert 6 in {e.step for e in acc.Scalars("intruders/total")}  # the --diagnostics-every schedule
+
+
+def test_mlflow_file_store_equals_the_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported: no network
+    pytest.importorskip("mlflow")
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    assert main(ARGS + ["--out", str(out), "--report-to", "mlflow", "--log-dir", str(logs)]) == 0
+    capsys.readouterr()
+    client = mlflow.MlflowClient(tracking_uri=(logs / "mlruns").resolve().as_uri())
+    exp = client.get_experiment_by_name("genbound")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["method"] == "lora"
+    step = _final_step(out)
+    for key, value in _expected(out).items():
+        hist = [m for m in client.get_metric_history(run.info.run_id, key) if m.step == step]
+        assert hist and hist[-1].value == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+def test_unknown_tracker_is_one_line(tmp_path, capsys):
+    assert main(ARGS + ["--out", str(tmp_path / "r"), "--report-to", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tensorboard" in err and not (tmp_path / "r").exists()
