@@ -78,3 +78,74 @@ def test_unknown_tracker_is_one_line(tmp_path, capsys):
     assert main(ARGS + ["--out", str(tmp_path / "r"), "--report-to", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tensorboard" in err and not (tmp_path / "r").exists()
+
+
+def test_trainer_callback_logs_to_tensorboard(tmp_path):
+    """The HF Trainer with report_to=["tensorboard"]: GenboundCallback's dW scalars at the last step equal the
+    spectra of the adapter the Trainer saved there (read by genbound.peft_import)."""
+    pytest.importorskip("peft")
+    pytest.importorskip("tensorboard")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+    from genbound.backbones import get_backbone
+    from genbound.datasets import get_dataset
+    from genbound.hf_trainer import GenboundCallback
+    from genbound.peft_import import load_peft
+    from genbound.tinymodels import make_pairs_csv, make_text_model
+
+    folder = make_text_model(tmp_path / "bert", "bert")
+    splits = get_dataset(str(make_pairs_csv(tmp_path / "p.csv", n=60)), ["s1", "s2"], "label", "split").load(
+        get_backbone(str(folder)), 0, 16)
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, split):
+            self.split = split
+
+        def __len__(self):
+            return len(self.split)
+
+        def __getitem__(self, i):
+            return {**{k: v[i] for k, v in self.split.features.items()}, "labels": self.split.labels[i]}
+
+    base = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
+    pm = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    out = tmp_path / "run"
+    args = TrainingArguments(output_dir=str(out), max_steps=4, per_device_train_batch_size=8, save_steps=4,
+                             logging_steps=2, eval_strategy="steps", eval_steps=2, report_to=["tensorboard"],
+                             seed=3, use_cpu=True, learning_rate=1e-2,
+                             save_strategy="steps", disable_tqdm=True)
+    cb = GenboundCallback(every=100, diagnostics_every=2)
+    Trainer(model=pm, args=args, train_dataset=Rows(splits.train), eval_dataset=Rows(splits.val),
+            callbacks=[cb]).train()
+    acc = EventAccumulator(str(out / "genbound" / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    from genbound.spectra import spectra
+
+    sp = spectra(load_peft(out / "checkpoint-4", resolve=False).layer_updates(), top_k=10)
+    assert sp.layers
+    for layer in sp.layers:
+        for attr in ("spectral_norm", "frobenius_norm", "stable_rank"):
+            key = f"dW/{layer.name}/{attr}"
+            assert key in tags
+            last = [e for e in acc.Scalars(key) if e.step == 4][-1]
+            assert last.value == pytest.approx(getattr(layer, attr), rel=1e-6, abs=1e-6), key
+    assert {2, 4} <= {e.step for e in acc.Scalars("dW/overall/spectral_norm")}
+    assert "intruders/total" in tags and "val/loss" in tags and "gap/val_minus_train" in tags
+    assert [e.value for e in acc.Scalars("val/loss")] == pytest.approx([cb.logged[s]["val/loss"] for s in (2, 4)])
+
+
+def test_wandb_is_offline(tmp_path, monkeypatch):
+    """wandb runs in offline mode only: the run is a local offline-run folder (nothing is sent)."""
+    pytest.importorskip("wandb")
+    from genbound.trackers import open_trackers
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (t,) = open_trackers(["wandb"], tmp_path, "smoke", {"method": "lora"})
+    assert t.run.settings.mode == "offline"
+    t.log({"final/gap": 0.25}, 3)
+    t.close()
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
