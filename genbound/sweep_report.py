@@ -441,7 +441,7 @@ def build_report(items: Sequence[str], opts: ReportOptions, device=None, progres
     paired = paired_comparisons(runs, opts.baseline, [m for m in PAIRED if m in measures])
     taus = rank_correlations(runs, measures, opts.gap, opts.bootstrap, opts.seed)
     for r in runs:
-        notes += [f"{r.path}: {n}" for n in r.notes]
+        notes += [n if n.startswith(r.path) else f"{r.path}: {n}" for n in r.notes]
     return SweepReport(runs, summarize(runs, measures), paired, taus, measures, to_jsonable(opts), list(RULES),
                        notes)
 

@@ -118,3 +118,18 @@ def test_cli_policy_and_errors(sweep, tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert main(["report", str(sweep[("lora", 0)]), "--out", str(tmp_path / "y"), "--baseline", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_peft_adapter_is_a_run(sweep, tmp_path):
+    """A peft adapter (genbound export) joins the report: no fit recorded, D from its ranks, Table 1 with --n."""
+    from genbound.export import export_peft
+
+    peft_dir = tmp_path / "peft"
+    export_peft(sweep[("lora", 0)], peft_dir)
+    rep = build_report([str(sweep[("lora", 0)]), str(peft_dir)], ReportOptions(baseline="lora", bootstrap=0,
+                                                                             n_train=628), progress=False)
+    (genbound_run, peft_run) = sorted(rep.runs, key=lambda r: r.kind)
+    assert peft_run.kind == "peft" and peft_run.values["test_accuracy"] is None
+    assert peft_run.values["data_dependent"] == genbound_run.values["data_dependent"]
+    assert peft_run.values["table1"] is not None
+    assert peft_run.values["spectral_norm"] == pytest.approx(genbound_run.values["spectral_norm"], rel=1e-5)
