@@ -8,6 +8,8 @@ What is logged (the scalar names, the same in every tracker):
   ||dW||_2^2) and the overall ``dW/overall/*`` (genbound.spectra), and ``intruders/total`` (genbound.intruders:
   singular vectors of W0 + dW whose largest cosine with any of W0's is below ``eps``), every
   ``diagnostics_every`` steps, at each epoch's end and at the end;
+* with ``hessian_every`` K, ``hessian/top_eigenvalue`` every K steps (Lanczos on a seeded subset of the
+  training split, genbound.hessian);
 * at the end the checkpoint's own results: ``final/{train,val,test}_{loss,accuracy}``, ``final/gap``
   (L_test - L_train) and ``final/gap_01``.
 
@@ -208,9 +210,13 @@ class TrainMonitor:
     end only) and the validation fit at each epoch's end, the checkpoint's results at the end."""
 
     def __init__(self, trackers: Sequence[Tracker], log_every: int = 10, diagnostics_every: int | None = None,
-                 top_k: int = 10, eps: float = 0.5):
-        if log_every < 1 or (diagnostics_every is not None and diagnostics_every < 1):
-            raise GenboundError("--log-every and --diagnostics-every must be positive numbers of steps")
+                 top_k: int = 10, eps: float = 0.5, hessian_every: int | None = None, hessian_samples: int = 256,
+                 seed: int = 0):
+        if log_every < 1 or any(x is not None and x < 1 for x in (diagnostics_every, hessian_every)):
+            raise GenboundError("--log-every, --diagnostics-every and --hessian-every must be positive numbers of "
+                                "steps")
+        self.hessian_every, self.hessian_samples, self.seed = hessian_every, int(hessian_samples), int(seed)
+        self.model = self.evalset = self.device = None
         self.trackers = list(trackers)
         self.log_every, self.diagnostics_every = int(log_every), diagnostics_every
         self.top_k, self.eps = top_k, eps
@@ -227,11 +233,34 @@ class TrainMonitor:
         if adapters:
             self._log(adapter_diagnostics(adapters, top_k=self.top_k, eps=self.eps), step)
 
+    def attach(self, model, train_split, device) -> None:
+        """The live model and its training split, for the Hessian (genbound.train calls this once)."""
+        self.model, self.device = model, device
+        if self.hessian_every is not None:
+            self.evalset = train_split.subset(self.hessian_samples, self.seed)
+
+    def _hessian(self, step: int) -> None:
+        """The top eigenvalue of the training loss's Hessian in the trained parameters (Lanczos,
+        genbound.hessian) on a fixed seeded subset of the training split. The global random state is forked so
+        that training continues exactly as without it (hessian_spectrum leaves the model as it was)."""
+        import torch
+
+        from .hessian import hessian_spectrum
+
+        trained = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        with torch.random.fork_rng(devices=[self.device] if getattr(self.device, "type", "") == "cuda" else []):
+            rep = hessian_spectrum(self.model, "trained", self.evalset, top_k=1, trace=False, density=False,
+                                   device=self.device, seed=self.seed, trained=trained, progress=False)
+        if rep.eigen is not None and len(rep.eigen.top):
+            self._log({"hessian/top_eigenvalue": float(rep.eigen.top[0])}, step)
+
     def on_step(self, step: int, running_loss: float, adapters) -> None:
         if step % self.log_every == 0:
             self._log({"train/loss_running": running_loss}, step)
         if self.diagnostics_every is not None and step % self.diagnostics_every == 0:
             self._diagnostics(adapters, step)
+        if self.hessian_every is not None and self.evalset is not None and step % self.hessian_every == 0:
+            self._hessian(step)
 
     def on_epoch(self, step: int, val_loss: float, val_accuracy: float | None, adapters) -> None:
         self._log({"val/loss": val_loss, **({"val/accuracy": val_accuracy} if val_accuracy is not None else {})},

@@ -438,6 +438,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         last_saved = step
 
     score = evaluate if group is None else dist_train.sharded_evaluate(group)
+    if monitor is not None and (group is None or group.is_main):
+        monitor.attach(model, splits.train, device)
     memory.start()
     bar = tqdm(total=total_steps, initial=step, desc=f"train {method.name}",
                disable=None if config.progress is None else not config.progress, leave=False)

@@ -149,3 +149,25 @@ def test_wandb_is_offline(tmp_path, monkeypatch):
     t.log({"final/gap": 0.25}, 3)
     t.close()
     assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_hessian_every_k_steps_leaves_training_unchanged(tmp_path):
+    """--hessian-every: the logged top eigenvalue at the last step is the checkpoint's own (genbound hessian on the
+    same seeded 256 training examples), and the training run is bit-identical to one without the monitor."""
+    import torch
+
+    from genbound.hessian import hessian_from_checkpoint
+    from genbound.trackers import TrainMonitor
+    from genbound.train import TrainConfig, train
+
+    cfg = dict(method="lora", backbone="mlp", rank=4, alpha=8.0, steps=12, lr=1e-2, seed=0, progress=False)
+    plain = train(TrainConfig(**cfg), tmp_path / "plain")
+    monitor = TrainMonitor([], log_every=4, hessian_every=6)
+    watched = train(TrainConfig(**cfg), tmp_path / "watched", monitor=monitor)
+    assert sorted(s for s, v in monitor.logged.items() if "hessian/top_eigenvalue" in v) == [6, 12]
+    a, b = load_checkpoint(plain.path), load_checkpoint(watched.path)
+    assert a.meta.results == b.meta.results
+    for k, v in a.tensors.items():
+        assert torch.equal(v, b.tensors[k]), k
+    want = hessian_from_checkpoint(watched.path, samples=256, seed=0, top_k=1, trace=False).eigen.top[0]
+    assert monitor.logged[12]["hessian/top_eigenvalue"] == pytest.approx(float(want), rel=1e-3)

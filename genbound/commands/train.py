@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
     p.add_argument("--log-every", type=int, default=10, metavar="N", help="log the running loss every N steps")
     p.add_argument("--diagnostics-every", type=int, default=None, metavar="K",
                    help="log the diagnostics every K steps (default: at each epoch's end and at the end)")
+    p.add_argument("--hessian-every", type=int, default=None, metavar="K",
+                   help="with --report-to: also log the top Hessian eigenvalue every K steps (Lanczos on 256 "
+                        "seeded training examples; slower)")
     add_device(p)
     add_json(p)
     add_progress(p)
@@ -172,4 +175,5 @@ def _monitor(args, config):
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / f"{out.name}-logs"
     params = {k: v for k, v in asdict(config).items() if v is not None}
     return TrainMonitor(open_trackers(args.report_to, log_dir, out.name, params), log_every=args.log_every,
-                        diagnostics_every=args.diagnostics_every)
+                        diagnostics_every=args.diagnostics_every, hessian_every=args.hessian_every,
+                        seed=config.seed)
