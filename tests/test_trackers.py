@@ -171,3 +171,52 @@ def test_hessian_every_k_steps_leaves_training_unchanged(tmp_path):
         assert torch.equal(v, b.tensors[k]), k
     want = hessian_from_checkpoint(watched.path, samples=256, seed=0, top_k=1, trace=False).eigen.top[0]
     assert monitor.logged[12]["hessian/top_eigenvalue"] == pytest.approx(float(want), rel=1e-3)
+
+
+def test_trainer_callback_logs_into_the_trainers_mlflow_run(tmp_path, monkeypatch):
+    """report_to=["mlflow"]: the Trainer's MLflowCallback opens the run (local file store), GenboundCallback logs
+    the adapter's dW into that same run; the values equal the spectra of the adapter saved at the last step."""
+    pytest.importorskip("peft")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow = pytest.importorskip("mlflow")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+    from genbound.backbones import get_backbone
+    from genbound.datasets import get_dataset
+    from genbound.hf_trainer import GenboundCallback
+    from genbound.peft_import import load_peft
+    from genbound.spectra import spectra
+    from genbound.tinymodels import make_pairs_csv, make_text_model
+
+    uri = (tmp_path / "mlruns").resolve().as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "trainer")
+    folder = make_text_model(tmp_path / "bert", "bert")
+    splits = get_dataset(str(make_pairs_csv(tmp_path / "p.csv", n=60)), ["s1", "s2"], "label", "split").load(
+        get_backbone(str(folder)), 0, 16)
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(splits.train)
+
+        def __getitem__(self, i):
+            return {**{k: v[i] for k, v in splits.train.features.items()}, "labels": splits.train.labels[i]}
+
+    base = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
+    pm = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    out = tmp_path / "run"
+    args = TrainingArguments(output_dir=str(out), max_steps=4, per_device_train_batch_size=8, save_steps=4,
+                             logging_steps=2, report_to=["mlflow"], seed=3, use_cpu=True, learning_rate=1e-2,
+                             save_strategy="steps", disable_tqdm=True)
+    Trainer(model=pm, args=args, train_dataset=Rows(), callbacks=[GenboundCallback(every=100)]).train()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("trainer").experiment_id])
+    sp = spectra(load_peft(out / "checkpoint-4", resolve=False).layer_updates(), top_k=10)
+    for layer in sp.layers:
+        hist = client.get_metric_history(run.info.run_id, f"dW/{layer.name}/spectral_norm")
+        assert [m.step for m in hist] == [4]
+        assert hist[0].value == pytest.approx(layer.spectral_norm, rel=1e-6, abs=1e-6)
+    assert "loss" in run.data.metrics  # the Trainer's own logging went to the same run
