@@ -219,6 +219,8 @@ def assign_groups(runs: list[RunRecord]) -> None:
                                   " (" + ", ".join(f"{k}={r.hyper.get(k)}" for k in varying) + ")")
     seen: dict[tuple[str, str, Any], str] = {}
     for r in runs:
+        if r.seed is None:
+            continue  # a peft adapter records no seed: a replicate of its own, never paired
         key = (r.setting, r.group, r.seed)
         if key in seen:
             raise GenboundError(f"{seen[key]} and {r.path} are the same run ({r.group} on {r.setting}, seed "
@@ -346,7 +348,7 @@ def paired_comparisons(runs: list[RunRecord], baseline: str, measures: Sequence[
         mine = [r for r in runs if r.setting == setting]
         for m in measures:
             family = []
-            by = {(r.group, r.seed): r.values.get(m) for r in mine}
+            by = {(r.group, r.seed): r.values.get(m) for r in mine if r.seed is not None}
             for g in dict.fromkeys(r.group for r in mine):
                 if g == base:
                     continue

@@ -124,11 +124,13 @@ def test_peft_adapter_is_a_run(sweep, tmp_path):
     """A peft adapter (genbound export) joins the report: no fit recorded, D from its ranks, Table 1 with --n."""
     from genbound.export import export_peft
 
-    peft_dir = tmp_path / "peft"
+    peft_dir, other = tmp_path / "peft", tmp_path / "peft-s1"
     export_peft(sweep[("lora", 0)], peft_dir)
-    rep = build_report([str(sweep[("lora", 0)]), str(peft_dir)], ReportOptions(baseline="lora", bootstrap=0,
-                                                                             n_train=628), progress=False)
-    (genbound_run, peft_run) = sorted(rep.runs, key=lambda r: r.kind)
+    export_peft(sweep[("lora", 1)], other)  # two adapters with no recorded seed: both kept, neither paired
+    rep = build_report([str(sweep[("lora", 0)]), str(peft_dir), str(other)],
+                       ReportOptions(baseline="lora", bootstrap=0, n_train=628), progress=False)
+    (genbound_run, peft_run, _) = sorted(rep.runs, key=lambda r: (r.kind, r.path))
+    assert len(rep.runs) == 3 and peft_run.seed is None
     assert peft_run.kind == "peft" and peft_run.values["test_accuracy"] is None
     assert peft_run.values["data_dependent"] == genbound_run.values["data_dependent"]
     assert peft_run.values["table1"] is not None
