@@ -135,3 +135,20 @@ def test_peft_adapter_is_a_run(sweep, tmp_path):
     assert peft_run.values["data_dependent"] == genbound_run.values["data_dependent"]
     assert peft_run.values["table1"] is not None
     assert peft_run.values["spectral_norm"] == pytest.approx(genbound_run.values["spectral_norm"], rel=1e-5)
+
+
+def test_heavy_measures_are_opt_in(sweep):
+    """--hessian / --landscape add their measures (the same numbers genbound hessian gives); without them the
+    report holds neither."""
+    from genbound.hessian import hessian_from_checkpoint
+
+    runs = [str(sweep[("lora", 0)]), str(sweep[("asym", 0)])]
+    rep = build_report(runs, ReportOptions(baseline="lora", bootstrap=0, hessian=True, landscape=True, samples=64,
+                                           grid=5, figures=False), progress=False)
+    assert {"hessian_top", "hessian_trace", "sharpness"} <= set(rep.measures)
+    for r in rep.runs:
+        want = hessian_from_checkpoint(r.path, samples=64, seed=0, top_k=1, trace=False).eigen.top[0]
+        assert r.values["hessian_top"] == pytest.approx(float(want), rel=1e-3)
+        assert r.values["sharpness"] is not None
+    assert not {"hessian_top", "sharpness"} & set(build_report(runs, ReportOptions(bootstrap=0),
+                                                               progress=False).measures)
