@@ -66,6 +66,7 @@ from genbound.core.atomic import write_json, write_text
 from genbound.core.device import resolve_device
 from genbound.core.errors import GenboundError
 from genbound.core.render import latex_table, markdown_table, print_json, tex_escape, to_jsonable
+from genbound.core.stats import holm, one_sided_p, t_interval, tau_interval
 from genbound.data.datasets import load_tweets_raw
 from genbound.diagnostics.hessian.spectrum import hessian_from_checkpoint
 from genbound.diagnostics.intruders import intruders
@@ -561,48 +562,7 @@ class Paired:
     unit: str = "seeds"  # what the n values are: seeds of a cell, or cell means
 
 
-def t_interval(xs: list[float], confidence: float = 0.95) -> tuple[float | None, float | None, float | None]:
-    """(mean, low, high): mean +- t_{(1+c)/2, n-1} s / sqrt(n) (s with ddof = 1); no interval for n < 2."""
-    from scipy.stats import t
-
-    if not xs:
-        return None, None, None
-    mean = math.fsum(xs) / len(xs)
-    if len(xs) < 2:
-        return mean, None, None
-    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-    half = float(t.ppf((1 + confidence) / 2, len(xs) - 1)) * sd / math.sqrt(len(xs))
-    return mean, mean - half, mean + half
-
-
 ALPHA_A = 0.025  # one-sided level of claim (a): a 95% two-sided interval's lower end above -margin
-
-
-def one_sided_p(xs: list[float], margin: float) -> float | None:
-    """P(T >= t) for t = (mean + margin) / (s / sqrt(n)), T ~ t_{n-1}: the one-sided test of mean <= -margin;
-    p < 0.025 exactly when the 95% t interval's lower end lies above -margin. None for n < 2."""
-    from scipy.stats import t
-
-    if len(xs) < 2:
-        return None
-    mean = math.fsum(xs) / len(xs)
-    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-    if sd == 0:
-        return 0.0 if mean > -margin else 1.0
-    return float(t.sf((mean + margin) / (sd / math.sqrt(len(xs))), len(xs) - 1))
-
-
-def holm(ps: list[float | None]) -> list[float | None]:
-    """Holm's (1979) step-down adjusted p-values: sorted ascending, p_(i) (m - i + 1), running maximum, capped
-    at 1; None stays None (and does not count in m)."""
-    idx = sorted((i for i, p in enumerate(ps) if p is not None), key=lambda i: ps[i])
-    m = len(idx)
-    out: list[float | None] = [None] * len(ps)
-    running = 0.0
-    for rank, i in enumerate(idx):
-        running = max(running, min(1.0, (m - rank) * float(ps[i])))
-        out[i] = running
-    return out
 
 
 def verdict_a(low: float | None, high: float | None, n: int, p_holm: float | None = None) -> str:
@@ -743,44 +703,6 @@ class Tau:
     predicts: bool
     p_holm: float | None = None  # Holm-adjusted over the measures of the cell
     interval_method: str = "BCa"  # "BCa", or "BCa widened to the estimate"
-
-
-def tau_interval(per: dict[str, list[tuple[float, float]]], estimate: float, resamples: int, seed: int
-                 ) -> tuple[float | None, float | None, str]:
-    """(low, high, method): the BCa 95% interval of Kendall's tau-b between the per-method means of the measure
-    and of the gap, each method's (gap, measure) pairs resampled with replacement (scipy.stats.bootstrap over
-    one index sample per method). An interval that excludes ``estimate`` is widened to reach it and marked;
-    a method with a single seed, or a degenerate resample distribution, gives no BCa interval (None)."""
-    from scipy.stats import bootstrap, kendalltau
-
-    names = list(per)
-    if any(len(per[m]) < 2 for m in names):
-        return None, None, "no interval (a method with one seed)"
-    arrays = [np.array(per[m], dtype=np.float64) for m in names]
-
-    def stat(*idx):
-        g = [float(a[np.asarray(i, dtype=np.int64), 0].mean()) for a, i in zip(arrays, idx)]
-        v = [float(a[np.asarray(i, dtype=np.int64), 1].mean()) for a, i in zip(arrays, idx)]
-        t = kendalltau(v, g).statistic
-        return float(t) if math.isfinite(t) else 0.0  # a resample with no order in it: no association
-
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = bootstrap(tuple(np.arange(len(a)) for a in arrays), stat, n_resamples=resamples, vectorized=False,
-                        paired=False, confidence_level=0.95, method="BCa", random_state=np.random.default_rng(seed))
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
-        if dist.size and np.all(dist == dist[0]):  # every resample gives one tau: the interval is that point
-            lo = hi = float(dist[0])
-        else:
-            return None, None, "no interval (degenerate bootstrap)"
-    lo, hi = max(-1.0, lo), min(1.0, hi)
-    if lo <= estimate <= hi:
-        return lo, hi, "BCa"
-    return min(lo, estimate), max(hi, estimate), "BCa widened to the estimate"
 
 
 BOOTSTRAP = 1000

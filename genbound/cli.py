@@ -22,7 +22,7 @@ from .core.errors import GenboundError, os_error_message
 
 # Order is the order of ``genbound --help``.
 COMMANDS = ["demo", "list", "train", "cost", "evaluate", "export", "compare", "bounds", "certify", "spectra", "hessian",
-            "landscape"]
+            "landscape", "report"]
 
 
 def _command_in(argv: Sequence[str]) -> str | None:

@@ -10,8 +10,8 @@ from genbound.core.errors import GenboundError
 from genbound.data.datasets import get_dataset
 from genbound.models.backbones import get_backbone
 from genbound.models.tinymodels import make_pairs_csv, make_text_model
-from genbound.sources.hf_trainer import GenboundCallback, read_run, read_trajectory
 from genbound.sources.peft_import import load_peft
+from genbound.training.hf_trainer import GenboundCallback, read_run, read_trajectory
 
 peft = pytest.importorskip("peft")
 

@@ -28,6 +28,18 @@ def add_arguments(p) -> None:
                         "uninterrupted run on CPU); a finished checkpoint is kept as it is; without a state, start")
     p.add_argument("--save-every", type=int, default=None, metavar="N",
                    help="save the training state every N steps and at each epoch's end (default 50; 0: never)")
+    p.add_argument("--report-to", nargs="+", default=None, metavar="TRACKER",
+                   help="log the loss and cheap diagnostics (||dW||, stable rank per layer, intruders, gap) to "
+                        "tensorboard, mlflow and/or wandb (offline) during training; needs genbound[trackers]")
+    p.add_argument("--log-dir", default=None,
+                   help="where the trackers write (default: <out>-logs beside the checkpoint; MLflow: a file store "
+                        "there unless MLFLOW_TRACKING_URI is set)")
+    p.add_argument("--log-every", type=int, default=10, metavar="N", help="log the running loss every N steps")
+    p.add_argument("--diagnostics-every", type=int, default=None, metavar="K",
+                   help="log the diagnostics every K steps (default: at each epoch's end and at the end)")
+    p.add_argument("--hessian-every", type=int, default=None, metavar="K",
+                   help="with --report-to: also log the top Hessian eigenvalue every K steps (Lanczos on 256 "
+                        "seeded training examples; slower)")
     add_device(p)
     add_json(p)
     add_progress(p)
@@ -119,11 +131,18 @@ def run(args) -> int:
 
     config = config_from_args(args)
     config.save_trajectory, config.trajectory_every = args.save_trajectory, args.trajectory_every
+    monitor = None
     with launched(resolve_device(args.device)) as group:  # under torchrun: data-parallel over the processes
         if group is not None and not group.is_main:
             config.progress = False
-        result = train(config, args.out, overwrite=args.overwrite, resume=args.resume, save_every=args.save_every,
-                       group=group)
+        elif args.report_to:
+            monitor = _monitor(args, config)
+        try:
+            result = train(config, args.out, overwrite=args.overwrite, resume=args.resume,
+                           save_every=args.save_every, group=group, monitor=monitor)
+        finally:
+            if monitor is not None:
+                monitor.close()
     if group is not None and not group.is_main:
         return 0  # rank 0 wrote the checkpoint and prints
     meta = result.meta
@@ -146,3 +165,18 @@ def run(args) -> int:
         print(f"resumed from the saved state at step(s) {', '.join(map(str, m['resumed_at']))}")
     print(f"checkpoint written to {result.path}")
     return 0
+
+
+def _monitor(args, config):
+    """The trackers of --report-to (each imported only now), logging under --log-dir."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from ..training.trackers import TrainMonitor, open_trackers
+
+    out = Path(args.out)
+    log_dir = Path(args.log_dir) if args.log_dir else out.parent / f"{out.name}-logs"
+    params = {k: v for k, v in asdict(config).items() if v is not None}
+    return TrainMonitor(open_trackers(args.report_to, log_dir, out.name, params), log_every=args.log_every,
+                        diagnostics_every=args.diagnostics_every, hessian_every=args.hessian_every,
+                        seed=config.seed)

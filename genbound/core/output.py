@@ -62,6 +62,7 @@ class OutputKind:
     option: str  # the command-line option naming the folder
     files: frozenset[str]
     is_own: Callable[[Path], bool]  # genbound wrote this folder (checked besides "holds only our files")
+    folders: frozenset[str] = frozenset()  # subfolders it writes (a report's figures/), replaced with it
 
 
 def _is_export(path: Path) -> bool:
@@ -85,7 +86,8 @@ PEFT_EXPORT = OutputKind("a peft adapter written by genbound export", "--peft",
 def foreign_entries(path: Path, kind: OutputKind = CHECKPOINT) -> list[str]:
     """The entries of directory ``path`` that are not ``kind``'s files (what --overwrite would destroy)."""
     return sorted(e.name for e in os.scandir(path)
-                  if e.name not in kind.files or not e.is_file(follow_symlinks=False))
+                  if not (e.name in kind.files and e.is_file(follow_symlinks=False))
+                  and not (e.name in kind.folders and e.is_dir(follow_symlinks=False)))
 
 
 def _not_a_folder(path: Path) -> str | None:

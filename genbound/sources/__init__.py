@@ -14,7 +14,6 @@ from ..core.lazy import lazy_surface
 if TYPE_CHECKING:
     from .context import BuildCache, RunContext, context_for, contexts_for
     from .export import export_peft
-    from .hf_trainer import GenboundCallback
     from .hypothesis import Hypothesis
     from .peft_import import PeftCheckpoint, is_peft_dir, load_peft
     from .peft_source import PeftSource
@@ -31,7 +30,6 @@ _SURFACE = {
     "load_peft": "peft_import",
     "is_peft_dir": "peft_import",
     "export_peft": "export",
-    "GenboundCallback": "hf_trainer",
     "RunContext": "context",
     "BuildCache": "context",
     "context_for": "context",
@@ -41,7 +39,6 @@ _SURFACE = {
 __all__ = [
     "BuildCache",
     "FullSource",
-    "GenboundCallback",
     "Hypothesis",
     "PeftCheckpoint",
     "PeftSource",

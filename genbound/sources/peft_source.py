@@ -408,7 +408,7 @@ class PeftSource:
 
     def trajectory(self):
         raise GenboundError(f"{self.path}: a peft adapter saves no trajectory; read a Trainer run's checkpoint-* "
-                            "folders with genbound.sources.hf_trainer.read_trajectory, or use random directions")
+                            "folders with genbound.training.hf_trainer.read_trajectory, or use random directions")
 
 
 def _method_names() -> set[str]:

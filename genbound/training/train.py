@@ -260,7 +260,7 @@ def _absolute_paths(config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=None, resume: bool = False,
-          save_every: int | None = None, group: dist_train.Group | None = None) -> TrainResult:
+          save_every: int | None = None, group: dist_train.Group | None = None, monitor=None) -> TrainResult:
     """Train ``config`` and write the checkpoint to ``out`` (atomically). ``splits`` may be passed to reuse
     an already tokenized dataset.
 
@@ -269,6 +269,8 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     ``config``'s), a finished checkpoint at ``out`` is returned as it is, and with neither the run starts
     fresh. Without ``resume`` an existing state is refused unless ``overwrite`` discards it. ``group``: this
     process's place among torchrun's processes (data-parallel, module docstring); None: one process.
+    ``monitor``: a genbound.training.trackers.TrainMonitor that logs the loss and diagnostics to experiment trackers
+    (rank 0 only).
     """
     config.validate()
     _absolute_paths(config)
@@ -283,13 +285,14 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     check_writable(out)
     if group is not None:
         return dist_train.train_replica(group, out, run_lock,
-                                        lambda: _train(config, out, overwrite, splits, resume, save_every, group))
+                                        lambda: _train(config, out, overwrite, splits, resume, save_every, group,
+                                                               monitor))
     with run_lock(out):
-        return _train(config, out, overwrite, splits, resume, save_every)
+        return _train(config, out, overwrite, splits, resume, save_every, monitor=monitor)
 
 
 def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int,
-           group: dist_train.Group | None = None) -> TrainResult:
+           group: dist_train.Group | None = None, monitor=None) -> TrainResult:
     """:func:`train` once the output is resolved and its lock held."""
     from tqdm.auto import tqdm
 
@@ -435,6 +438,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         last_saved = step
 
     score = evaluate if group is None else sharded_evaluate(group)
+    if monitor is not None and (group is None or group.is_main):
+        monitor.attach(model, splits.train, device)
     memory.start()
     bar = tqdm(total=total_steps, initial=step, desc=f"train {method.name}",
                disable=None if config.progress is None else not config.progress, leave=False)
@@ -484,6 +489,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
             running = 0.9 * running + 0.1 * value if step > 1 else value
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3f}")
+            if monitor is not None and (group is None or group.is_main):
+                monitor.on_step(step, running, adapters)
             if step in boundaries and spaces:
                 spaces.append(next_link_subspace(model, adapters, optimizer, dims[len(spaces)], config.seed,
                                                  len(spaces)))
@@ -501,6 +508,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         val = score(model, splits.val, config.eval_batch_size, device, "validation", progress=config.progress)
         history.append({"epoch": epoch, "step": step, "train_loss_running": running,
                         "val_loss": val.loss, "val_accuracy": val.accuracy})
+        if monitor is not None and (group is None or group.is_main):
+            monitor.on_epoch(step, val.loss, val.accuracy, adapters)
         model.train()
         if save_every:
             save(0)
@@ -519,6 +528,8 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         results[f"{split}_accuracy"] = ev.accuracy
     results["gap"] = results["test_loss"] - results["train_loss"]
     results["gap_01"] = results["train_accuracy"] - results["test_accuracy"]
+    if monitor is not None and (group is None or group.is_main):
+        monitor.on_end(step, results, adapters)
 
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     # Causal LM: results are per target token; the dataset card records the target-token counts.

@@ -12,6 +12,15 @@ steps saved, the learning rate and batch size. These are what a trajectory-PCA l
 :func:`read_trajectory` reads either those snapshots or, without them, the Trainer's own ``checkpoint-*``
 folders (each a peft adapter written by ``save_pretrained``), ordered by step, as a list of
 ``(step, {layer: LayerUpdate})``; :func:`read_run` returns the metadata.
+
+With trackers (``report_to``; by default the Trainer's own ``TrainingArguments.report_to`` among tensorboard,
+mlflow and wandb) the callback also logs the cheap diagnostics of the adapter every ``diagnostics_every`` steps
+and at the end, through genbound.training.trackers: ||dW||_2, ||dW||_F and the stable rank per layer (read from the
+adapter state exactly as a saved adapter is read, genbound.sources.peft_import), the intruder count against the base
+layers' weights, and at each evaluation ``val/loss`` and ``gap/val_minus_train`` (the evaluation loss minus
+the last logged training loss). TensorBoard writes under ``<logging_dir or output_dir>/genbound/tensorboard``;
+MLflow logs into the run
+the Trainer's MLflowCallback opened.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from torch import Tensor
 
 from ..core.atomic import atomic_file, write_json
 from ..core.errors import GenboundError
-from .peft_import import load_peft
+from ..sources.peft_import import load_peft
 
 try:  # transformers is a dependency; the callback base class only exists where it imports
     from transformers import TrainerCallback
@@ -53,9 +62,17 @@ class GenboundCallback(TrainerCallback):
     """Record adapter snapshots (every ``every`` steps, and at the start and the end) and run metadata."""
 
     def __init__(self, every: int = 10, n_train: int | None = None, data_digest: str | None = None,
-                 output_dir: str | Path | None = None):
+                 output_dir: str | Path | None = None, report_to: str | list[str] | None = None,
+                 diagnostics_every: int | None = None, top_k: int = 10, eps: float = 0.5):
         if every < 1:
             raise GenboundError(f"snapshot interval must be a positive number of steps, got {every}")
+        if diagnostics_every is not None and diagnostics_every < 1:
+            raise GenboundError(f"diagnostics_every must be a positive number of steps, got {diagnostics_every}")
+        self.report_to = [report_to] if isinstance(report_to, str) else report_to
+        self.diagnostics_every = diagnostics_every
+        self.top_k, self.eps = top_k, eps
+        self.trackers: list = []
+        self.logged: dict[int, dict[str, float]] = {}  # every value sent to the trackers, by step
         self.every = int(every)
         self.n_train = n_train
         self.data_digest = data_digest
@@ -89,6 +106,37 @@ class GenboundCallback(TrainerCallback):
         }
         write_json(self._dir(args) / "run.json", info)
 
+    # -- trackers ------------------------------------------------------------------------------------------
+
+    def _open_trackers(self, args, state) -> None:
+        from .trackers import TRACKERS, open_trackers
+
+        if not state.is_world_process_zero:
+            return
+        names = self.report_to
+        if names is None:  # the Trainer's own choice, where genbound has a logger for it
+            chosen = args.report_to if isinstance(args.report_to, list) else [args.report_to]
+            names = [n for n in chosen if n in TRACKERS]
+        if names:
+            # newer transformers have no logging_dir: then the output folder
+            folder = Path(getattr(args, "logging_dir", None) or args.output_dir) / SUBDIR
+            self.trackers = open_trackers(names, folder, Path(args.output_dir).name,
+                                          {"genbound_diagnostics_every": self.diagnostics_every})
+
+    def _log(self, scalars: dict, step: int) -> None:
+        if not self.trackers or not scalars:
+            return
+        self.logged.setdefault(int(step), {}).update(scalars)
+        for t in self.trackers:
+            t.log(scalars, step)
+
+    def _diagnostics(self, model, step: int) -> None:
+        if self.trackers and model is not None and hasattr(model, "peft_config"):
+            from .trackers import update_diagnostics
+
+            updates, base = live_peft_updates(model)
+            self._log(update_diagnostics(updates, base, top_k=self.top_k, eps=self.eps), step)
+
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         if self.n_train is None and train_dataloader is not None:
             try:
@@ -96,20 +144,65 @@ class GenboundCallback(TrainerCallback):
             except TypeError:
                 pass
         self._snapshot(args, state, model)
+        self._open_trackers(args, state)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
             self._snapshot(args, state, model)
+        if self.diagnostics_every is not None and state.global_step % self.diagnostics_every == 0:
+            self._diagnostics(model, int(state.global_step))
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None:
+            return
+        train = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
+        scalars = {"val/loss": float(loss)}
+        if train is not None:
+            scalars["gap/val_minus_train"] = float(loss) - float(train)
+        self._log(scalars, int(state.global_step))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._snapshot(args, state, model)
+        self._diagnostics(model, int(state.global_step))
+        for t in self.trackers:
+            t.close()
+        self.trackers = []
+
+
+def live_peft_updates(model) -> tuple[dict, dict | None]:
+    """({layer: LayerUpdate}, {layer: W0} or None) of a live peft model: its adapter state and config written
+    to a temporary folder and read by genbound.sources.peft_import, the reader of a saved adapter (so the values equal
+    those of the adapter ``save_pretrained`` writes); W0 from each adapted module's base layer where its
+    weight has dW's (out, in) shape, else None (no intruder count)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from ..sources.peft_import import load_peft
+
+    name = getattr(model, "active_adapter", "default")
+    name = name if isinstance(name, str) else name[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        model.peft_config[name].save_pretrained(tmp)
+        save_file(_trained_state(model), str(Path(tmp) / "adapter_model.safetensors"))
+        updates = load_peft(tmp, resolve=False).layer_updates()
+    modules = {n: m for n, m in model.named_modules() if hasattr(m, "base_layer")}
+    base = {}
+    for layer, u in updates.items():
+        hit = next((m for n, m in modules.items() if n == layer or n.endswith("." + layer)), None)
+        w = getattr(getattr(hit, "base_layer", None), "weight", None)
+        if w is None or tuple(w.shape) != tuple(u.shape):
+            return updates, None
+        base[layer] = w.detach().cpu()
+    return updates, base
 
 
 def read_run(output_dir: str | Path) -> dict:
     """The metadata :class:`GenboundCallback` wrote into a Trainer output folder."""
     path = Path(output_dir) / SUBDIR / "run.json"
     if not path.is_file():
-        raise GenboundError(f"{output_dir} holds no {SUBDIR}/run.json; train with genbound.sources.hf_trainer."
+        raise GenboundError(f"{output_dir} holds no {SUBDIR}/run.json; train with genbound.training.hf_trainer."
                             "GenboundCallback in the Trainer's callbacks")
     try:
         out = json.loads(path.read_text())
@@ -143,7 +236,7 @@ def read_trajectory(output_dir: str | Path) -> list[tuple[int, dict]]:
     ckpts = [(s, p) for s, p in ckpts if (p / "adapter_config.json").is_file()]
     if not ckpts and (root / "adapter_config.json").is_file():
         raise GenboundError(f"{root} holds only the final adapter, one point, not a trajectory; train with "
-                            "genbound.sources.hf_trainer.GenboundCallback in the Trainer's callbacks (or "
+                            "genbound.training.hf_trainer.GenboundCallback in the Trainer's callbacks (or "
                             "save_steps) to record one")
     if not ckpts:
         raise GenboundError(f"{root} has neither genbound snapshots nor checkpoint-* peft adapter folders; train "
