@@ -191,7 +191,7 @@ def test_fingerprint_cache_is_keyed_by_modification(tmp_path, monkeypatch):
     """A file rewritten in place is hashed again; an unchanged one is read from the disk cache."""
     import os
 
-    from genbound.checkpoints import provenance
+    from genbound.core import fingerprint as provenance  # the streamed, cached hashing provenance records with
 
     monkeypatch.setenv("GENBOUND_CACHE", str(tmp_path / "cache"))
     f = tmp_path / "data.csv"

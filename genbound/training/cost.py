@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import Tensor, nn
 
+from ..core.device import resolve_device
 from ..core.errors import GenboundError
 from ..data.datasets import default_dataset_for, get_dataset
 from ..methods.adapters import AdaptedLinear, attach_adapters
@@ -112,14 +113,14 @@ def load_splits_for(config: TrainConfig, progress: bool | None = False):
                        config.split_column).load(backbone, config.split_seed, config.max_length, progress=progress)
 
 
-def build_setting(config: TrainConfig, splits=None, device: torch.device | str = "cpu") -> Setting:
+def build_setting(config: TrainConfig, splits=None, device: torch.device | str | None = None) -> Setting:
     """Model, adapters, AdamW and the first training batch of ``config``, as
     :func:`genbound.training.train.train` builds them (same seed use: the head and factors from ``config.seed``,
-    the batch from ``epoch_order``)."""
+    the batch from ``epoch_order``). ``device`` None: the config's own (``--device``, auto by default)."""
     config.validate()
     if config.subspace_dim:
         raise GenboundError("genbound cost measures adapter training; drop --subspace-dim")
-    device = torch.device(device)
+    device = resolve_device(config.device) if device is None else torch.device(device)
     method = get_method(config.method)
     backbone = get_backbone(config.backbone, config.task)
     if splits is None:
