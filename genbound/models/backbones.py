@@ -43,6 +43,7 @@ from ..core.errors import GenboundError
 from ..core.fingerprint import file_fingerprint
 from .causal_lm import _conv1d_to_linear, build_causal_lm
 from .checks import (
+    architectures,
     check_model_folder,
     check_processor_folder,
     check_tokenizer_folder,
@@ -502,7 +503,7 @@ def _from_path(path: Path, task: str | None = None) -> Backbone:
     cfg = read_config(path)  # strict: bounded, UTF-8, no deep nesting
     _refuse_custom_code(path, cfg)
     check_model_folder(path, cfg)  # sizes typed and against the weights, before anything is allocated
-    archs = [str(a) for a in cfg.get("architectures") or []]
+    archs = architectures(cfg, path / "config.json")
     vision = cfg.get("model_type") in VISION_TYPES or any("ImageClassification" in a for a in archs)
     if task is None:
         task = "image-cls" if vision else "seq-cls"

@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from ..core.errors import CheckpointError, GenboundError
+from ..models.checks import architectures
 
 READ_TASKS = ("seq-cls", "image-cls", "causal-lm", "pooled")
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -66,7 +67,7 @@ def _config(folder: Path | str | None) -> dict:
         return {}
     try:
         cfg = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a deeply nested file: no task to read from it
         return {}
     return cfg if isinstance(cfg, dict) else {}
 
@@ -88,7 +89,7 @@ def peft_task(task_type: str | None, saved_modules: list[str], base_folder: Path
     saved = [m for m in saved_modules if m.split(".")[0] in HEAD_MODULES]
     if saved:
         return None, f"the adapter records no task_type and saves a classifier ({saved[0]})"
-    archs = [str(a) for a in _config(base_folder).get("architectures") or []]
+    archs = architectures(_config(base_folder), Path(base_folder) / "config.json")
     if any(a.endswith(CAUSAL_SUFFIXES) for a in archs):
         return "causal-lm", f"the adapter records no task_type and the base model is a {archs[0]}"
     what = f"a {archs[0]}" if archs else "not a causal LM by its config.json"
