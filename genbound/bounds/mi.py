@@ -131,9 +131,10 @@ PRESETS: dict[str, dict] = {
     # 768x2) = 592,130.
     "roberta-base": {"layers": "768x768*24", "rank": 16, "chain": 1, "q": 32, "sigma": 0.5, "n": 3668,
                      "head": 592130, "total": 124647170},
-    # genbound's default: all-MiniLM-L6-v2 query+value of 6 layers, BBC News 70% train split (1,558),
-    # linear head 384x5 + 5. total = the encoder without pooler (22,565,376) + head.
-    "minilm-bbc": {"layers": "384x384*12", "rank": 16, "chain": 1, "q": 32, "sigma": 0.5, "n": 1558,
+    # genbound's default: all-MiniLM-L6-v2 query+value of 6 layers, BBC News 70% train split of the
+    # deduplicated corpus (1,486; 1,558 before duplicates were removed), linear head 384x5 + 5. total = the
+    # encoder without pooler (22,565,376) + head.
+    "minilm-bbc": {"layers": "384x384*12", "rank": 16, "chain": 1, "q": 32, "sigma": 0.5, "n": 1486,
                    "head": 1925, "total": 22565376 + 1925},
 }
 PRESETS["roberta-base-like"] = PRESETS["roberta-base"]
