@@ -155,7 +155,7 @@ def cut_long_texts(texts: list[str], tok, max_length: int) -> list[str]:
         if cut is None:
             continue
         prefix = text[:cut]
-        if len(tok(prefix, add_special_tokens=False)["input_ids"]) > max_length:
+        if len(tok(prefix, add_special_tokens=False, verbose=False)["input_ids"]) > max_length:
             out[i] = prefix
     return out
 
