@@ -36,6 +36,7 @@ def test_every_command_json_names_its_source(tmp_path, capsys):
     seen["demo"] = _json(capsys, ["demo", "--backbone", "mlp", "--steps", "2", "--out", str(tmp_path / "demo"),
                                   "--json", "--no-progress"])
     seen["cost"] = _json(capsys, ["cost", run, "--json"])
+    seen["report"] = _json(capsys, ["report", run, "--out", str(tmp_path / "report"), "--json", "--no-progress"])
     assert set(seen) == set(COMMANDS), "a new command: add it here"
     for cmd, out in seen.items():
         assert "source" in out, cmd
@@ -43,6 +44,7 @@ def test_every_command_json_names_its_source(tmp_path, capsys):
     for cmd in ("evaluate", "export", "spectra", "bounds", "hessian", "landscape", "cost"):
         assert run in named[cmd], (cmd, named[cmd])
     assert run in named["compare"] and sub in named["compare"]
+    assert run in named["report"]
     assert sub in named["certify"] and "mlp" in named["certify"] and "digits" in named["certify"]
     assert "genbound" in named["list"]
     assert str(tmp_path / "demo") in named["demo"]

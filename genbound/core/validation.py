@@ -370,3 +370,15 @@ def validate_bounds_config(raw: Any, where: Path | str) -> BoundsConfigModel:
     """A ``genbound bounds --config`` file or preset."""
     return _validate(BoundsConfigModel, raw, where, "configuration",
                      "fix the value (see `genbound bounds --help`) or pass it as an option", GenboundError)
+
+
+def architectures(cfg: dict, where: str | Path = "config.json") -> list[str]:
+    """The class names under config.json's ``architectures`` (none: an empty list); anything but a list of
+    names is one :class:`GenboundError`, before any code iterates over it."""
+    archs = cfg.get("architectures")
+    if archs is None:
+        return []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise GenboundError(f"{where}: 'architectures' must be a list of class names, got {str(archs)[:60]}; save "
+                            "the model again with save_pretrained")
+    return list(archs)

@@ -73,7 +73,11 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("OPT", "opt", DECODER),
     Architecture("ViT", "vit", VISION),
     Architecture("Swin", "swin", VISION),
-    Architecture("ConvNeXt", "convnext", VISION, targets=("pwconv1", "pwconv2")),
+    Architecture("ConvNeXt", "convnext", VISION, targets=("pwconv1", "pwconv2"),
+                 expected_failures={(VISION[0], "certify", "ckpt"): (
+                     "the declared certificate grid (genbound/assets/certificate-grid.json) fixes the adapted layers "
+                     "to the default query / value projections; ConvNeXt has none and trains with --targets pwconv1 "
+                     "pwconv2, a setting a certificate would have to declare in the grid first")}),
 )
 
 

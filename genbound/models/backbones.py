@@ -41,9 +41,9 @@ from torch import Tensor, nn
 
 from ..core.errors import GenboundError
 from ..core.fingerprint import file_fingerprint
+from ..core.validation import architectures
 from .causal_lm import _conv1d_to_linear, build_causal_lm
 from .checks import (
-    architectures,
     check_model_folder,
     check_processor_folder,
     check_tokenizer_folder,

@@ -382,14 +382,3 @@ def open_image(path: str | Path):
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, MemoryError):
         raise GenboundError(f"{path} is not a readable image; remove it from the image folder") from None
 
-
-def architectures(cfg: dict, where: str | Path = "config.json") -> list[str]:
-    """The class names under config.json's ``architectures`` (none: an empty list); anything but a list of
-    names is one :class:`GenboundError`, before any code iterates over it."""
-    archs = cfg.get("architectures")
-    if archs is None:
-        return []
-    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-        raise GenboundError(f"{where}: 'architectures' must be a list of class names, got {str(archs)[:60]}; save "
-                            "the model again with save_pretrained")
-    return list(archs)

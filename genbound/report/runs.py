@@ -667,7 +667,8 @@ def report_kind():
 
 
 def report_dict(rep: SweepReport) -> dict:
-    return {"format": REPORT_FORMAT, **rep.to_dict()}
+    """The report as JSON; ``source`` names the runs read (as every command's JSON does)."""
+    return {"format": REPORT_FORMAT, "source": [r.path for r in rep.runs], **rep.to_dict()}
 
 
 def write_report(rep: SweepReport, out: str | os.PathLike, overwrite: bool = False, figures: bool = True,
@@ -675,19 +676,20 @@ def write_report(rep: SweepReport, out: str | os.PathLike, overwrite: bool = Fal
     """Write report.md, report.tex, report.json, report.html (and figures/) into ``out``, atomically as one
     folder, under genbound.core.output's policy for what may be replaced."""
     from ..core.atomic import atomic_directory, write_json, write_text
-    from ..core.output import check_replaceable, check_writable, replaceable, resolve_out
+    from ..core.output import check_replaceable, check_writable, replaceable, resolve_out, run_lock
 
     kind = report_kind()
     out = resolve_out(out)
-    check_replaceable(out, overwrite, kind, sources)
     check_writable(out)
-    try:
-        with atomic_directory(out, overwrite, may_replace=replaceable(kind)) as tmp:
-            images = write_figures(rep, tmp / "figures") if figures else {}
-            write_text(tmp / "report.md", to_markdown(rep))
-            write_text(tmp / "report.tex", to_latex(rep))
-            write_json(tmp / "report.json", report_dict(rep))
-            write_text(tmp / "report.html", to_html(rep, images))
-    except FileExistsError:
-        raise GenboundError(f"{out} was filled by someone else meanwhile; choose another --out") from None
+    with run_lock(out):  # one writer per output folder, as for train and export
+        check_replaceable(out, overwrite, kind, sources)
+        try:
+            with atomic_directory(out, overwrite, may_replace=replaceable(kind)) as tmp:
+                images = write_figures(rep, tmp / "figures") if figures else {}
+                write_text(tmp / "report.md", to_markdown(rep))
+                write_text(tmp / "report.tex", to_latex(rep))
+                write_json(tmp / "report.json", report_dict(rep))
+                write_text(tmp / "report.html", to_html(rep, images))
+        except FileExistsError:
+            raise GenboundError(f"{out} was filled by someone else meanwhile; choose another --out") from None
     return out

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from ..core.errors import CheckpointError, GenboundError
-from ..models.checks import architectures
+from ..core.validation import architectures
 
 READ_TASKS = ("seq-cls", "image-cls", "causal-lm", "pooled")
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
