@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GenboundError
+from .files import file_kind
 
 # The files of a genbound checkpoint (genbound.checkpoints.checkpoint): only a directory holding nothing else may be
 # replaced by --overwrite.
@@ -93,15 +94,7 @@ def foreign_entries(path: Path, kind: OutputKind = CHECKPOINT) -> list[str]:
 def _not_a_folder(path: Path) -> str | None:
     """What ``path`` is when it exists and is not a directory (a file, a device, a FIFO, a socket)."""
     mode = os.stat(path).st_mode if os.path.exists(path) else os.lstat(path).st_mode
-    if stat.S_ISDIR(mode):
-        return None
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a file"
+    return None if stat.S_ISDIR(mode) else file_kind(mode)
 
 
 def _within(inner: Path, outer: Path) -> bool:

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import GenboundError
+from ..core.files import file_kind
 from ..core.validation import MAX_SEED, read_json
-from ..models.checks import file_kind, open_image  # noqa: F401 (open_image: part of the data checks)
+from ..models.checks import open_image  # noqa: F401 (open_image: part of the data checks)
 
 MAX_ROW_BYTES = 256 << 20  # pyarrow's block must hold a whole row; no text example comes near this
 MAX_DATASET_FILES = 100_000

@@ -34,6 +34,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..core.errors import GenboundError
+from ..core.files import file_kind
 from ..core.readers import read_header
 from ..core.validation import read_json
 
@@ -172,19 +173,6 @@ def _regular(path: Path, what: str) -> None:
         return
     if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
         raise GenboundError(f"{path} is {file_kind(mode)}, not {what}; replace it with the file itself")
-
-
-def file_kind(mode: int) -> str:
-    """'a FIFO', 'a device', ... for a non-regular file's mode (never 'a folder' for something else)."""
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    return "not a regular file"
 
 
 def read_config(path: Path) -> dict:
