@@ -75,9 +75,9 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("Swin", "swin", VISION),
     Architecture("ConvNeXt", "convnext", VISION, targets=("pwconv1", "pwconv2"),
                  expected_failures={(VISION[0], "certify", "ckpt"): (
-                     "the declared certificate grid (genbound/assets/certificate-grid.json) fixes the adapted layers "
-                     "to the default query / value projections; ConvNeXt has none and trains with --targets pwconv1 "
-                     "pwconv2, a setting a certificate would have to declare in the grid first")}),
+                     "the declared certificate grid (genbound/assets/certificate-grid.json) names no target list, so "
+                     "a certified run adapts the query and value projections; ConvNeXt has none and trains with "
+                     "--targets pwconv1 pwconv2, which the grid would have to declare first")}),
 )
 
 
