@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from trainer_setup import SplitRows, lora_bert
 
 from genbound.checkpoints.checkpoint import load_checkpoint
 from genbound.cli import main
@@ -85,40 +86,20 @@ def test_trainer_callback_logs_to_tensorboard(tmp_path):
     spectra of the adapter the Trainer saved there (read by genbound.sources.peft_import)."""
     pytest.importorskip("peft")
     pytest.importorskip("tensorboard")
-    import torch
-    from peft import LoraConfig, get_peft_model
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
-    from genbound.data.datasets import get_dataset
-    from genbound.models.backbones import get_backbone
-    from genbound.models.tinymodels import make_pairs_csv, make_text_model
     from genbound.sources.peft_import import load_peft
     from genbound.training.hf_trainer import GenboundCallback
 
-    folder = make_text_model(tmp_path / "bert", "bert")
-    splits = get_dataset(str(make_pairs_csv(tmp_path / "p.csv", n=60)), ["s1", "s2"], "label", "split").load(
-        get_backbone(str(folder)), 0, 16)
-
-    class Rows(torch.utils.data.Dataset):
-        def __init__(self, split):
-            self.split = split
-
-        def __len__(self):
-            return len(self.split)
-
-        def __getitem__(self, i):
-            return {**{k: v[i] for k, v in self.split.features.items()}, "labels": self.split.labels[i]}
-
-    base = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
-    pm = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    folder, splits, pm = lora_bert(tmp_path)
     out = tmp_path / "run"
     args = TrainingArguments(output_dir=str(out), max_steps=4, per_device_train_batch_size=8, save_steps=4,
                              logging_steps=2, eval_strategy="steps", eval_steps=2, report_to=["tensorboard"],
                              seed=3, use_cpu=True, learning_rate=1e-2,
                              save_strategy="steps", disable_tqdm=True)
     cb = GenboundCallback(every=100, diagnostics_every=2)
-    Trainer(model=pm, args=args, train_dataset=Rows(splits.train), eval_dataset=Rows(splits.val),
+    Trainer(model=pm, args=args, train_dataset=SplitRows(splits.train), eval_dataset=SplitRows(splits.val),
             callbacks=[cb]).train()
     acc = EventAccumulator(str(out / "genbound" / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
@@ -179,14 +160,9 @@ def test_trainer_callback_logs_into_the_trainers_mlflow_run(tmp_path, monkeypatc
     pytest.importorskip("peft")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow = pytest.importorskip("mlflow")
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
-    from genbound.data.datasets import get_dataset
     from genbound.diagnostics.spectra import spectra
-    from genbound.models.backbones import get_backbone
-    from genbound.models.tinymodels import make_pairs_csv, make_text_model
     from genbound.sources.peft_import import load_peft
     from genbound.training.hf_trainer import GenboundCallback
 
@@ -194,24 +170,13 @@ def test_trainer_callback_logs_into_the_trainers_mlflow_run(tmp_path, monkeypatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "trainer")
-    folder = make_text_model(tmp_path / "bert", "bert")
-    splits = get_dataset(str(make_pairs_csv(tmp_path / "p.csv", n=60)), ["s1", "s2"], "label", "split").load(
-        get_backbone(str(folder)), 0, 16)
-
-    class Rows(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(splits.train)
-
-        def __getitem__(self, i):
-            return {**{k: v[i] for k, v in splits.train.features.items()}, "labels": splits.train.labels[i]}
-
-    base = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True)
-    pm = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    folder, splits, pm = lora_bert(tmp_path)
     out = tmp_path / "run"
     args = TrainingArguments(output_dir=str(out), max_steps=4, per_device_train_batch_size=8, save_steps=4,
                              logging_steps=2, report_to=["mlflow"], seed=3, use_cpu=True, learning_rate=1e-2,
                              save_strategy="steps", disable_tqdm=True)
-    Trainer(model=pm, args=args, train_dataset=Rows(), callbacks=[GenboundCallback(every=100)]).train()
+    Trainer(model=pm, args=args, train_dataset=SplitRows(splits.train),
+            callbacks=[GenboundCallback(every=100)]).train()
     client = mlflow.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("trainer").experiment_id])
     sp = spectra(load_peft(out / "checkpoint-4", resolve=False).layer_updates(), top_k=10)
