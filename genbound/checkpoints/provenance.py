@@ -44,6 +44,9 @@ from typing import Any
 
 from ..core.errors import CheckpointError, GenboundError
 from ..core.fingerprint import file_sha256
+from ..data.datafiles import content_digest, is_data_path
+from ..data.datasets import DATASETS
+from ..models.backbones import BACKBONES, get_backbone
 
 # Besides the weights file: the files that decide what the model computes on raw input.
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
@@ -98,8 +101,6 @@ def absolute(name: str, registry) -> str:
 
 def backbone_record(name: str, backbone) -> dict[str, Any]:
     """What a checkpoint records about its backbone: name or absolute path, fingerprint and per-file digests."""
-    from ..models.backbones import BACKBONES
-
     files = model_files(backbone)
     where = {"name": name} if name in BACKBONES else {"path": absolute(name, BACKBONES)}
     return {**where, "fingerprint": _combine(files), "files": files}
@@ -107,8 +108,6 @@ def backbone_record(name: str, backbone) -> dict[str, Any]:
 
 def dataset_record(name: str) -> dict[str, Any]:
     """What a checkpoint records about its data: a registered name, or the absolute path and its fingerprint."""
-    from ..data.datasets import DATASETS
-
     if name in DATASETS:
         return {"name": name}
     return {"path": absolute(name, DATASETS), "fingerprint": data_fingerprint(name)}
@@ -135,8 +134,6 @@ def same_backbone(a, b) -> bool | None:
 def dataset_identity(meta) -> str | None:
     """What says which data a source was trained or evaluated on: the recorded fingerprint, a registered
     name, or the fingerprint of the data file or folder the source names (None where it names none)."""
-    from ..data.datasets import DATASETS
-
     rec = (getattr(meta, "sources", None) or {}).get("dataset") or {}
     if rec.get("fingerprint"):
         return rec["fingerprint"]
@@ -170,8 +167,6 @@ def _differing(recorded: dict[str, str], now: dict[str, str]) -> str:
 def relocate_backbone(meta, where: Path | str, folder: str) -> None:
     """Point ``meta`` at the model folder (or registered name) ``folder`` if its fingerprint is the recorded
     one; refuse naming both fingerprints otherwise."""
-    from ..models.backbones import BACKBONES, get_backbone
-
     task = meta.hyperparameters.get("task") or ("pooled" if meta.backbone not in BACKBONES else None)
     rec = (meta.sources or {}).get("backbone") or {}
     if folder in BACKBONES or meta.backbone in BACKBONES:
@@ -203,9 +198,6 @@ def relocate_backbone(meta, where: Path | str, folder: str) -> None:
 def relocate_dataset(meta, where: Path | str, path: str) -> None:
     """Point ``meta`` at the data file or folder ``path`` if its fingerprint is the recorded one; refuse naming
     both fingerprints otherwise."""
-    from ..data.datafiles import content_digest, is_data_path
-    from ..data.datasets import DATASETS
-
     if path in DATASETS or meta.dataset in DATASETS:
         if path != meta.dataset:
             raise CheckpointError(f"{where}: --dataset {path} is not the checkpoint's dataset '{meta.dataset}'; "
@@ -238,8 +230,6 @@ def relocate(meta, where: Path | str, backbone: str | None = None, dataset: str 
 
 def missing_backbone(meta, where: Path | str) -> CheckpointError | None:
     """The error for a checkpoint whose recorded model folder is not here (moved), or None."""
-    from ..models.backbones import BACKBONES
-
     if meta.backbone in BACKBONES or Path(meta.backbone).exists():
         return None
     rec = (meta.sources or {}).get("backbone") or {}
@@ -250,8 +240,6 @@ def missing_backbone(meta, where: Path | str) -> CheckpointError | None:
 
 def missing_dataset(meta, where: Path | str | None = None) -> CheckpointError | None:
     """The error for a checkpoint whose recorded data file or folder is not here (moved), or None."""
-    from ..data.datasets import DATASETS
-
     if meta.dataset in DATASETS or Path(meta.dataset).exists():
         return None
     rec = (meta.sources or {}).get("dataset") or {}

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..core.device import where
 from ..core.errors import CheckpointError
-from ..data.datasets import get_dataset
+from ..data.datasets import LEGACY_INPUTS, get_dataset
 from ..models.backbones import Backbone, get_backbone
 from ..models.pretrained import pretrained_weights
 from .provenance import missing_backbone, missing_dataset
@@ -83,8 +83,6 @@ def check_splits(meta, path: Path | str, splits):
 def model_inputs(meta) -> tuple[str, ...]:
     """The model inputs the checkpoint was trained on: its record, or for a checkpoint that predates the record
     the ones genbound then fed every model (token ids and attention mask, pixel values, features)."""
-    from ..data.datasets import LEGACY_INPUTS
-
     recorded = (meta.hyperparameters or {}).get("model_inputs")
     return tuple(recorded) if isinstance(recorded, list) else LEGACY_INPUTS
 

@@ -41,6 +41,8 @@ from ..core.atomic import atomic_directory
 from ..core.errors import CheckpointError, GenboundError
 from ..core.readers import read_safetensors
 from ..core.validation import read_json, validate_train_state
+from ..data.datasets import DATASETS
+from ..models.backbones import BACKBONES
 
 STATE_FORMAT = "genbound-train-state"
 STATE_VERSION = 1
@@ -247,9 +249,6 @@ def _same_path(key: str, a: Any, b: Any) -> bool:
     themselves."""
     if key not in ("backbone", "dataset") or not isinstance(a, str) or not isinstance(b, str):
         return False
-    from ..data.datasets import DATASETS
-    from ..models.backbones import BACKBONES
-
     if {a, b} & (set(BACKBONES) | set(DATASETS)):
         return False
     return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from ..core.errors import GenboundError
 from ..core.fingerprint import file_fingerprint
 from ..core.validation import architectures
-from .causal_lm import _conv1d_to_linear, build_causal_lm
+from .causal_lm import CausalLM, _conv1d_to_linear, build_causal_lm
 from .checks import (
     check_model_folder,
     check_processor_folder,
@@ -52,6 +52,7 @@ from .checks import (
     read_config,
     require_weights,
 )
+from .hfmodels import empty_model, forward_inputs
 from .onnx_bert import L3_NAME, l3_folder
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"  # genbound/assets, shipped as package data
@@ -262,8 +263,6 @@ class Backbone:
         )
 
         if self.task == "causal-lm":
-            from .causal_lm import CausalLM
-
             return CausalLM(AutoModelForCausalLM.from_config(self.config()))
         if self.task in ("seq-cls", "image-cls"):
             auto = AutoModelForSequenceClassification if self.task == "seq-cls" else AutoModelForImageClassification
@@ -278,8 +277,6 @@ class Backbone:
 
     def model_inputs(self) -> tuple[str, ...]:
         """What the built model's forward accepts by name (genbound.models.hfmodels.forward_inputs)."""
-        from .hfmodels import empty_model, forward_inputs
-
         return forward_inputs(empty_model(self))
 
     def _build_task_model(self, num_labels: int, seed: int, attn_implementation: str) -> nn.Module:

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..core.errors import GenboundError
 from ..core.files import file_kind
-from ..core.readers import read_header
+from ..core.readers import DTYPES, read_header
 from ..core.validation import read_json
 
 MAX_WIDTH = 1 << 16  # the widest released transformers are 16-25 k
@@ -277,8 +277,6 @@ def _transformers_config(path: Path, model_type: str | None) -> None:
 
 def _model_dtypes() -> dict:
     import torch
-
-    from ..core.readers import DTYPES
 
     return {**DTYPES, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
             "BOOL": torch.bool}

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.readers import read_header
+
 # forward parameters that are not model inputs a processor returns: never fed from the data
 _NOT_INPUTS = {"self", "labels", "return_dict", "output_attentions", "output_hidden_states", "use_cache",
                "past_key_values", "cache", "cache_position", "inputs_embeds", "head_mask", "logits_to_keep",
@@ -122,8 +124,6 @@ def checkpoint_names(backbone) -> dict[str, str | None]:
 
 
 def _checkpoint_names(backbone) -> list[tuple[str, str | None]]:
-    from ..core.readers import read_header
-
     keys = list(read_header(Path(backbone.weights)))
     model = empty_model(backbone)
     if backbone.kind == "mlp":

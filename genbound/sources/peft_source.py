@@ -34,15 +34,17 @@ from ..checkpoints.checkpoint import load_checkpoint
 from ..checkpoints.provenance import backbone_record
 from ..core.device import where
 from ..core.errors import CheckpointError, GenboundError
+from ..data.datafiles import MissingColumnError
 from ..data.datasets import default_dataset_for, get_dataset
 from ..methods.adapters import AdaptedLinear, _parent
 from ..methods.catalogue import METHODS, get_method
 from ..methods.update import LayerUpdate
 from ..models.backbones import BACKBONES, get_backbone
+from ..models.hfmodels import empty_model
 from ..models.pretrained import pretrained_weights
 from .hypothesis import Hypothesis
 from .peft_import import PeftCheckpoint, is_peft_dir, load_peft
-from .tasks import check_checkpoint_task, peft_task
+from .tasks import check_checkpoint_task, peft_task, task_hint
 
 
 @dataclass
@@ -135,8 +137,6 @@ def _own_model(ck: PeftCheckpoint, base: str | None):
     in genbound, the head saved as ``head``), so that an export is evaluated on the model it was trained as."""
     if not base or base not in BACKBONES:
         return None
-    from ..models.hfmodels import empty_model
-
     bb = get_backbone(base)
     modules = dict(empty_model(bb).named_modules())
     if not all(li.module in modules for li in ck.meta.layers):
@@ -187,8 +187,6 @@ class PeftSource:
         keys may use older names)."""
         ck = self.peft
         # _own_model checked an own model's names against its modules already
-        from ..models.hfmodels import empty_model
-
         modules = None if self._own else dict(empty_model(self.backbone).named_modules())
         renamed = {}
         for li in ck.meta.layers:
@@ -242,9 +240,6 @@ class PeftSource:
 
     def load_splits(self):
         if self._splits is None:
-            from ..data.datafiles import MissingColumnError
-            from .tasks import task_hint
-
             try:
                 splits = self.data.load(self.backbone)
             except MissingColumnError as exc:  # data of another task: say which task was assumed and why
