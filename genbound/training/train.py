@@ -291,11 +291,82 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
         return _train(config, out, overwrite, splits, resume, save_every, monitor=monitor)
 
 
+# -- the run's phases: prepare the output, build, loop (with its events), finish -----------------------------
+
+
+@dataclass
+class _Run:
+    """Everything the phases share: what :func:`_build` made, and the loop's progress (what a saved state
+    holds and a resumed run restores)."""
+
+    config: TrainConfig
+    out: Path
+    state_dir: Path
+    save_every: int
+    overwrite: bool
+    group: dist_train.Group | None
+    monitor: object
+    device: torch.device
+    method: object
+    backbone: object
+    splits: object
+    model: nn.Module
+    layers: list[str]
+    shapes: list[tuple[int, int]]
+    adapters: dict[str, AdaptedLinear]
+    state: TrainState | None
+    spaces: list = field(default_factory=list)
+    dims: list[int] = field(default_factory=list)
+    n_train: int = 0
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    boundaries: set[int] = field(default_factory=set)
+    b_ratio: float = 1.0
+    counts: dict[str, int] = field(default_factory=dict)  # trainable / total / head parameters, as trained
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object = None
+    # progress
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+    running: float = 0.0
+    step_times: list[float] = field(default_factory=list)
+    seconds_before: float = 0.0
+    resumed_at: list[int] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    traj_steps: list[int] = field(default_factory=list)
+    snapshots: dict[str, Tensor] = field(default_factory=dict)
+    t_start: float = 0.0
+    train_seconds: float = 0.0  # the whole run's training time, resumed parts included; set when the loop ends
+
+    @property
+    def is_main(self) -> bool:
+        """This process evaluates for the trackers, saves the state and writes the checkpoint."""
+        return self.group is None or self.group.is_main
+
+
 def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int,
            group: dist_train.Group | None = None, monitor=None) -> TrainResult:
-    """:func:`train` once the output is resolved and its lock held."""
-    from tqdm.auto import tqdm
+    """:func:`train` once the output is resolved and its lock held: the four phases in order."""
+    finished = _prepare_output(config, out, overwrite, resume, group)
+    if finished is not None:
+        return finished
+    run = _build(config, out, overwrite, splits, resume, save_every, group, monitor)
+    score = evaluate if group is None else sharded_evaluate(group)
+    memory = PeakMemory(run.device)
+    _loop(run, score, memory)
+    return _finish(run, score, memory)
 
+
+# -- phase 1: the output -------------------------------------------------------------------------------
+
+
+def _prepare_output(config: TrainConfig, out: Path, overwrite: bool, resume: bool,
+                    group: dist_train.Group | None) -> TrainResult | None:
+    """Check that ``out`` may be written, and settle what is there: a finished checkpoint is returned as it
+    is under ``resume``; a saved state is kept for ``resume``, discarded under ``overwrite``, else refused;
+    stale temporaries of killed writes are removed."""
+    main = group is None or group.is_main
     if os.path.lexists(out) and not out.is_dir():
         check_replaceable(out, overwrite)  # a file, a device, a FIFO: refused in genbound.core.output's words
     state_dir = state_dir_for(out)
@@ -303,7 +374,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         meta = load_meta(out)
         check_config(meta.hyperparameters, {**asdict(config), "dataset": config.dataset or meta.dataset}, out,
                      keys=asdict(config))
-        if group is None or group.is_main:
+        if main:
             remove_state(state_dir)  # left over if a run was killed between its checkpoint and the cleanup
         return TrainResult(out, meta, meta.history)
     check_replaceable(out, overwrite)
@@ -312,35 +383,32 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
             raise GenboundError(f"an interrupted run of {out} saved its state in {state_dir}; pass --resume "
                                 "(resume=True from Python) to continue it or --overwrite (overwrite=True) to discard "
                                 "it and start again")
-        if group is None or group.is_main:
+        if main:
             remove_state(state_dir)
-    if group is None or group.is_main:
+    if main:
         _clean_stale(out)
+    return None
+
+
+# -- phase 2: build ------------------------------------------------------------------------------------
+
+
+def _build(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int,
+           group: dist_train.Group | None, monitor) -> _Run:
+    """The backbone, the data, the model with its adapters (and subspace), a saved state restored into them,
+    the step budget and the optimizer: everything the loop needs, in the order the random draws are made."""
+    state_dir = state_dir_for(out)
     device = resolve_device(config.device)
     if group is not None:
         device = group.device(device)  # cuda: this process's GPU (cuda:LOCAL_RANK)
     method = get_method(config.method)
-    backbone = get_backbone(config.backbone, config.task)
-    # A registry backbone (minilm, paraphrase-minilm-l3) records the task it was given (None), so that a sweep's
-    # planned configuration equals the recorded one; a model folder records the task it was built for.
-    config.task = backbone.task if backbone.kind == "hf" and backbone.name not in BACKBONES else config.task
-    if group is not None and backbone.task == "causal-lm":
-        # The process-sharded loss and evaluation weight examples, not target tokens.
-        raise GenboundError("a causal LM trains in one process (its token-level loss is not yet sharded over "
-                            "processes); run genbound train without torchrun")
-    if backbone.kind == "hf" and backbone.task == "pooled":  # before tokenizing: 20,000 tokens took minutes
-
-        positions = backbone_layout(backbone).max_positions
-        if not 2 <= config.max_length <= (positions or config.max_length):
-            raise GenboundError(f"--max-length {config.max_length} is outside 2..{positions}, the positions of "
-                                f"backbone '{config.backbone}'")
-    dataset_name = config.dataset or default_dataset_for(backbone)
-    config.dataset = dataset_name
+    backbone = _backbone(config, group)
+    config.dataset = config.dataset or default_dataset_for(backbone)
     state: TrainState | None = load_state(state_dir) if resume and state_dir.exists() else None
     if state is not None:
         check_config(state.config, asdict(config), state_dir)
     if splits is None:
-        splits = get_dataset(dataset_name, config.text_columns, config.label_column,
+        splits = get_dataset(config.dataset, config.text_columns, config.label_column,
                              config.split_column).load(backbone, config.split_seed, config.max_length,
                                                        progress=config.progress)
     torch.manual_seed(config.seed)  # dropout; everything else has its own generator
@@ -350,237 +418,330 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     shapes = [(modules[n].out_features, modules[n].in_features) for n in layers]
     method.check_rank(shapes, config.rank, config.chain)
     adapters = attach_adapters(model, method, layers, config.rank, config.alpha, config.seed, config.paca_columns)
+    run = _Run(config=config, out=out, state_dir=state_dir, save_every=save_every, overwrite=overwrite,
+               group=group, monitor=monitor, device=device, method=method, backbone=backbone, splits=splits,
+               model=model, layers=layers, shapes=shapes, adapters=adapters, state=state)
     if state is not None:
-        if set(state.links) != set(adapters):
-            raise GenboundError(f"{state_dir} holds adapters {sorted(state.links)}, this run {sorted(adapters)}; "
-                                "pass --overwrite (overwrite=True from Python) to discard the state")
-        expected = changing_tensors(model, list(adapters), not method.adapter)
-        if set(expected) != set(state.model):
-            raise GenboundError(f"{state_dir} does not hold this model's trained tensors; pass --overwrite "
-                                "(overwrite=True from Python) to discard the state")
-        restore_tensors(model, state.model, state_dir)
-        for name, ad in adapters.items():
-            ad.link = state.links[name]
-    spaces: list = []
+        _restore_tensors(run)
     if config.subspace_dim:
         if state is not None:
             raise GenboundError(f"{state_dir} holds a saved state, but subspace runs do not resume; pass --overwrite")
-        dims = link_dims(config.subspace_dim, config.chain if method.chained else 1)
-        spaces.append(attach_subspace(model, dims[0], config.seed, 0))
+        run.dims = link_dims(config.subspace_dim, config.chain if method.chained else 1)
+        run.spaces.append(attach_subspace(model, run.dims[0], config.seed, 0))
     model.to(device)
     check_free_space(out, _bytes_written(model, adapters, method.adapter, config.save_trajectory))
+    _budget(run)
+    run.optimizer = torch.optim.AdamW(param_groups(model, adapters, config.lr, run.b_ratio, config.weight_decay),
+                                      lr=config.lr, weight_decay=config.weight_decay)
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, warmup_linear(run.total_steps, config.warmup))
+    # Counted as trained: a subspace run trains only w (its d scalars), before finish bakes theta_0 + P w in.
+    run.counts = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                  "total": sum(p.numel() for p in model.parameters()),
+                  "head": sum(p.numel() for p in model.head.parameters())}
+    return run
 
-    n_train = len(splits.train)
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
-    total_steps = config.steps or config.epochs * steps_per_epoch
-    check_chain_steps(method.name, config.chain, total_steps)
-    boundaries = set(chain_boundaries(total_steps, config.chain)) if method.chained else set()
-    b_ratio = (config.lr_ratio or method.b_lr_ratio) if method.has_lr_ratio else 1.0
-    if state is not None:
-        check_progress(state, n_train, config.batch_size, total_steps, config.chain if method.chained else 1,
-                       state_dir)
 
-    def make_optimizer():
-        return torch.optim.AdamW(param_groups(model, adapters, config.lr, b_ratio, config.weight_decay),
-                                 lr=config.lr, weight_decay=config.weight_decay)
+def _backbone(config: TrainConfig, group: dist_train.Group | None):
+    """The backbone, refused early where the run cannot use it (before the data is tokenized)."""
+    backbone = get_backbone(config.backbone, config.task)
+    # A registry backbone (minilm, paraphrase-minilm-l3) records the task it was given (None), so that a sweep's
+    # planned configuration equals the recorded one; a model folder records the task it was built for.
+    config.task = backbone.task if backbone.kind == "hf" and backbone.name not in BACKBONES else config.task
+    if group is not None and backbone.task == "causal-lm":
+        # The process-sharded loss and evaluation weight examples, not target tokens.
+        raise GenboundError("a causal LM trains in one process (its token-level loss is not yet sharded over "
+                            "processes); run genbound train without torchrun")
+    if backbone.kind == "hf" and backbone.task == "pooled":  # before tokenizing: 20,000 tokens took minutes
+        positions = backbone_layout(backbone).max_positions
+        if not 2 <= config.max_length <= (positions or config.max_length):
+            raise GenboundError(f"--max-length {config.max_length} is outside 2..{positions}, the positions of "
+                                f"backbone '{config.backbone}'")
+    return backbone
 
-    optimizer = make_optimizer()
-    schedule = warmup_linear(total_steps, config.warmup)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total_params = sum(p.numel() for p in model.parameters())
-    head_params = sum(p.numel() for p in model.head.parameters())
 
-    snapshots: dict[str, Tensor] = {}
-    traj_steps: list[int] = []
-    every = config.trajectory_every or steps_per_epoch
+def _restore_tensors(run: _Run) -> None:
+    """A saved state's trained tensors and chain links into the freshly built model, refused when the state
+    was not made by this model."""
+    state, state_dir = run.state, run.state_dir
+    if set(state.links) != set(run.adapters):
+        raise GenboundError(f"{state_dir} holds adapters {sorted(state.links)}, this run {sorted(run.adapters)}; "
+                            "pass --overwrite (overwrite=True from Python) to discard the state")
+    expected = changing_tensors(run.model, list(run.adapters), not run.method.adapter)
+    if set(expected) != set(state.model):
+        raise GenboundError(f"{state_dir} does not hold this model's trained tensors; pass --overwrite "
+                            "(overwrite=True from Python) to discard the state")
+    restore_tensors(run.model, state.model, state_dir)
+    for name, ad in run.adapters.items():
+        ad.link = state.links[name]
 
-    def snapshot(step: int) -> None:
-        if config.save_trajectory and step not in traj_steps:
-            for k, v in trained_tensors(model, adapters, not method.adapter).items():
-                snapshots[f"step{step}/{k}"] = v.cpu()
-            traj_steps.append(step)
 
-    history: list[dict] = []
-    memory = PeakMemory(device)
-    model.train()
-    step, epoch, position, running, step_times = 0, 0, 0, 0.0, []
-    seconds_before, resumed_at = 0.0, []
-    if state is None:
-        snapshot(0)
+def _budget(run: _Run) -> None:
+    """Steps per epoch, the total, the chain's boundaries and the LoRA+ ratio; a saved state must fit them."""
+    config, method = run.config, run.method
+    run.n_train = len(run.splits.train)
+    run.steps_per_epoch = math.ceil(run.n_train / config.batch_size)
+    run.total_steps = config.steps or config.epochs * run.steps_per_epoch
+    check_chain_steps(method.name, config.chain, run.total_steps)
+    run.boundaries = set(chain_boundaries(run.total_steps, config.chain)) if method.chained else set()
+    run.b_ratio = (config.lr_ratio or method.b_lr_ratio) if method.has_lr_ratio else 1.0
+    if run.state is not None:
+        check_progress(run.state, run.n_train, config.batch_size, run.total_steps,
+                       config.chain if method.chained else 1, run.state_dir)
+
+
+def _restore_progress(run: _Run) -> None:
+    """A saved state's optimizer, schedule, position, history, snapshots and random state."""
+    state = run.state
+    try:
+        run.optimizer.load_state_dict(state.optimizer)
+        run.scheduler.load_state_dict(state.scheduler)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise GenboundError(f"{run.state_dir}: the optimizer state does not fit this run ({exc}); pass --overwrite "
+                            "(overwrite=True from Python) to discard the state") from None
+    run.step, run.epoch, run.position, run.running = state.step, state.epoch, state.position, state.running
+    run.history, run.traj_steps, run.snapshots = list(state.history), list(state.traj_steps), dict(state.snapshots)
+    run.seconds_before, run.resumed_at = state.train_seconds, [*state.resumed_at, state.step]
+    torch.set_rng_state(state.rng_cpu)
+    if state.rng_cuda is not None and run.device.type == "cuda":
+        torch.cuda.set_rng_state(state.rng_cuda, run.device)
+
+
+# -- phase 3: the loop and its events ------------------------------------------------------------------
+
+
+def _loop(run: _Run, score, memory: PeakMemory) -> None:
+    """Epochs of shuffled batches until the step budget is spent, each step followed by its events
+    (:func:`_after_step`), each epoch by validation and a saved state (:func:`_end_epoch`)."""
+    from tqdm.auto import tqdm
+
+    config = run.config
+    run.model.train()
+    if run.state is None:
+        _snapshot(run)
     else:
-        try:
-            optimizer.load_state_dict(state.optimizer)
-            scheduler.load_state_dict(state.scheduler)
-        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            raise GenboundError(f"{state_dir}: the optimizer state does not fit this run ({exc}); pass --overwrite "
-                                "(overwrite=True from Python) to discard the state") from None
-        step, epoch, position, running = state.step, state.epoch, state.position, state.running
-        history, traj_steps, snapshots = list(state.history), list(state.traj_steps), dict(state.snapshots)
-        seconds_before, resumed_at = state.train_seconds, [*state.resumed_at, state.step]
-        torch.set_rng_state(state.rng_cpu)
-        if state.rng_cuda is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(state.rng_cuda, device)
-    last_saved = step
-
-    def save(next_position: int) -> None:
-        nonlocal last_saved
-        if group is not None and not group.is_main:
-            return  # rank 0 saves the state, which every process holds alike
-        save_state(state_dir, TrainState(
-            config=asdict(config), step=step, epoch=epoch, position=min(next_position, n_train), running=running,
-            history=history, traj_steps=traj_steps, links={n: ad.link for n, ad in adapters.items()},
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng_cpu=torch.get_rng_state(),
-            rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            model=changing_tensors(model, list(adapters), not method.adapter), snapshots=snapshots,
-            train_seconds=seconds_before + time.perf_counter() - t_start, resumed_at=resumed_at,
-        ))
-        last_saved = step
-
-    score = evaluate if group is None else sharded_evaluate(group)
-    if monitor is not None and (group is None or group.is_main):
-        monitor.attach(model, splits.train, device)
+        _restore_progress(run)
+    if run.monitor is not None and run.is_main:
+        run.monitor.attach(run.model, run.splits.train, run.device)
     memory.start()
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {method.name}",
+    bar = tqdm(total=run.total_steps, initial=run.step, desc=f"train {run.method.name}",
                disable=None if config.progress is None else not config.progress, leave=False)
-    t_start = time.perf_counter()
+    run.t_start = time.perf_counter()
     # A state saved after the last step of an epoch but before its validation resumes inside that epoch.
-    in_epoch = position > 0
-    while step < total_steps or in_epoch:
+    in_epoch = run.position > 0
+    while run.step < run.total_steps or in_epoch:
         in_epoch = False
-        order = epoch_order(n_train, config.seed, epoch)
-        for start in range(position, n_train, config.batch_size):
-            if step >= total_steps:
+        order = epoch_order(run.n_train, config.seed, run.epoch)
+        for start in range(run.position, run.n_train, config.batch_size):
+            if run.step >= run.total_steps:
                 break
             t0 = time.perf_counter()
-            idx = order[start : start + config.batch_size]
-            n_batch = len(idx)
-            if group is not None:  # this process's slice of the global batch
-                idx = dist_train.local_batch(group, idx)
-            feats = {k: v[idx].to(device, non_blocking=True) for k, v in splits.train.features.items()}
-            labels = splits.train.labels[idx].to(device, non_blocking=True)
-            if group is None:
-                loss = mean_loss(model(**feats), labels)  # per example, or per target token (causal LM)
-            else:
-                trained = [p for p in model.parameters() if p.requires_grad]
-                loss = dist_train.slice_loss(model, feats, labels, n_batch, trained)
-            if group is None and not torch.isfinite(loss):
-                raise NonFiniteError(f"training loss became {float(loss.detach())} at step {step} (epoch {epoch}); "
-                                     "lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if group is not None:  # the global batch's mean gradient and loss, alike in every process
-                loss = dist_train.reduce_gradients(group, trained, loss)
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(f"training loss became {float(loss)} at step {step} (epoch {epoch}); "
-                                         "lower --lr")
-            if config.clip:
-                norm = nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.clip)
-                if not torch.isfinite(norm):
-                    raise NonFiniteError(f"the gradient norm became {float(norm)} at step {step} (epoch {epoch}); "
-                                         "lower --lr")
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step_times.append(time.perf_counter() - t0)
-            value = float(loss.detach())
-            running = 0.9 * running + 0.1 * value if step > 1 else value
+            value = _train_step(run, order[start : start + config.batch_size])
+            run.step += 1
+            if run.device.type == "cuda":
+                torch.cuda.synchronize(run.device)
+            run.step_times.append(time.perf_counter() - t0)
+            run.running = 0.9 * run.running + 0.1 * value if run.step > 1 else value
             bar.update(1)
-            bar.set_postfix(loss=f"{running:.3f}")
-            if monitor is not None and (group is None or group.is_main):
-                monitor.on_step(step, running, adapters)
-            if step in boundaries and spaces:
-                spaces.append(next_link_subspace(model, adapters, optimizer, dims[len(spaces)], config.seed,
-                                                 len(spaces)))
-            elif step in boundaries:
-                for ad in adapters.values():
-                    ad.next_link()
-                    for p in ad.trained_parameters().values():
-                        optimizer.state.pop(p, None)  # fresh optimizer state for the new link
-            if config.save_trajectory and step % every == 0:
-                snapshot(step)
-            if save_every and step % save_every == 0:
-                save(start + config.batch_size)
-        position = 0
-        epoch += 1
-        val = score(model, splits.val, config.eval_batch_size, device, "validation", progress=config.progress)
-        history.append({"epoch": epoch, "step": step, "train_loss_running": running,
-                        "val_loss": val.loss, "val_accuracy": val.accuracy})
-        if monitor is not None and (group is None or group.is_main):
-            monitor.on_epoch(step, val.loss, val.accuracy, adapters)
-        model.train()
-        if save_every:
-            save(0)
-    train_seconds = seconds_before + time.perf_counter() - t_start
-    peak = memory.peak_bytes()
+            bar.set_postfix(loss=f"{run.running:.3f}")
+            _after_step(run, start + config.batch_size)
+        _end_epoch(run, score)
+    run.train_seconds = run.seconds_before + time.perf_counter() - run.t_start
     bar.close()
-    if spaces:
-        detach_subspace(model)  # theta_0 + P w baked into plain parameters: the checkpoint's usual tensors
-    snapshot(step)
 
+
+def _train_step(run: _Run, idx: Tensor) -> float:
+    """One optimizer step on the batch ``idx`` (this process's slice of it under torchrun); returns the
+    batch's mean loss (the global batch's across processes). A non-finite loss or gradient norm stops the run."""
+    config, model, group = run.config, run.model, run.group
+    where = f"at step {run.step} (epoch {run.epoch}); lower --lr"
+    n_batch = len(idx)
+    if group is not None:  # this process's slice of the global batch
+        idx = dist_train.local_batch(group, idx)
+    feats = {k: v[idx].to(run.device, non_blocking=True) for k, v in run.splits.train.features.items()}
+    labels = run.splits.train.labels[idx].to(run.device, non_blocking=True)
+    if group is None:
+        loss = mean_loss(model(**feats), labels)  # per example, or per target token (causal LM)
+    else:
+        trained = [p for p in model.parameters() if p.requires_grad]
+        loss = dist_train.slice_loss(model, feats, labels, n_batch, trained)
+    if group is None and not torch.isfinite(loss):
+        raise NonFiniteError(f"training loss became {float(loss.detach())} {where}")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if group is not None:  # the global batch's mean gradient and loss, alike in every process
+        loss = dist_train.reduce_gradients(group, trained, loss)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"training loss became {float(loss)} {where}")
+    if config.clip:
+        norm = nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.clip)
+        if not torch.isfinite(norm):
+            raise NonFiniteError(f"the gradient norm became {float(norm)} {where}")
+    run.optimizer.step()
+    run.scheduler.step()
+    return float(loss.detach())
+
+
+def _after_step(run: _Run, next_position: int) -> None:
+    """The events after a step, in order: the trackers, a chain link's end, a trajectory snapshot, a saved
+    state (``next_position``: where in this epoch's order a resumed run goes on)."""
+    config = run.config
+    if run.monitor is not None and run.is_main:
+        run.monitor.on_step(run.step, run.running, run.adapters)
+    if run.step in run.boundaries:
+        _next_link(run)
+    if config.save_trajectory and run.step % (config.trajectory_every or run.steps_per_epoch) == 0:
+        _snapshot(run)
+    if run.save_every and run.step % run.save_every == 0:
+        _save_state(run, next_position)
+
+
+def _next_link(run: _Run) -> None:
+    """A chain boundary: every adapter merges its link into the base and starts fresh factors with fresh
+    optimizer state; a subspace run draws the next link's subspace instead."""
+    if run.spaces:
+        run.spaces.append(next_link_subspace(run.model, run.adapters, run.optimizer, run.dims[len(run.spaces)],
+                                             run.config.seed, len(run.spaces)))
+        return
+    for ad in run.adapters.values():
+        ad.next_link()
+        for p in ad.trained_parameters().values():
+            run.optimizer.state.pop(p, None)  # fresh optimizer state for the new link
+
+
+def _snapshot(run: _Run) -> None:
+    """The trained tensors at this step into the trajectory (once per step; only with save_trajectory)."""
+    if run.config.save_trajectory and run.step not in run.traj_steps:
+        for k, v in trained_tensors(run.model, run.adapters, not run.method.adapter).items():
+            run.snapshots[f"step{run.step}/{k}"] = v.cpu()
+        run.traj_steps.append(run.step)
+
+
+def _save_state(run: _Run, next_position: int) -> None:
+    """The full training state, atomically (genbound.checkpoints.resume); rank 0 alone, as every process
+    holds the same numbers."""
+    if not run.is_main:
+        return
+    device = run.device
+    save_state(run.state_dir, TrainState(
+        config=asdict(run.config), step=run.step, epoch=run.epoch, position=min(next_position, run.n_train),
+        running=run.running, history=run.history, traj_steps=run.traj_steps,
+        links={n: ad.link for n, ad in run.adapters.items()}, optimizer=run.optimizer.state_dict(),
+        scheduler=run.scheduler.state_dict(), rng_cpu=torch.get_rng_state(),
+        rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        model=changing_tensors(run.model, list(run.adapters), not run.method.adapter), snapshots=run.snapshots,
+        train_seconds=run.seconds_before + time.perf_counter() - run.t_start, resumed_at=run.resumed_at,
+    ))
+
+
+def _end_epoch(run: _Run, score) -> None:
+    """An epoch's end: validation into the history (and the trackers), then a saved state."""
+    config = run.config
+    run.position = 0
+    run.epoch += 1
+    val = score(run.model, run.splits.val, config.eval_batch_size, run.device, "validation",
+                progress=config.progress)
+    run.history.append({"epoch": run.epoch, "step": run.step, "train_loss_running": run.running,
+                        "val_loss": val.loss, "val_accuracy": val.accuracy})
+    if run.monitor is not None and run.is_main:
+        run.monitor.on_epoch(run.step, val.loss, val.accuracy, run.adapters)
+    run.model.train()
+    if run.save_every:
+        _save_state(run, 0)
+
+
+# -- phase 4: finish -----------------------------------------------------------------------------------
+
+
+def _finish(run: _Run, score, memory: PeakMemory) -> TrainResult:
+    """The final evaluation over the full splits, the checkpoint's record, and the checkpoint written
+    (rank 0) with the saved state removed."""
+    peak = memory.peak_bytes()
+    if run.spaces:
+        detach_subspace(run.model)  # theta_0 + P w baked into plain parameters: the checkpoint's usual tensors
+    _snapshot(run)
+    results = _final_evaluation(run, score)
+    if run.monitor is not None and run.is_main:
+        run.monitor.on_end(run.step, results, run.adapters)
+    meta = _checkpoint_meta(run, results, peak, memory.kind())
+    extra = None
+    if run.spaces:
+        meta.params.update(subspace_record(run.spaces))
+        extra = {SUBSPACE_FILE: {f"w.link{j}": sp.w.detach().cpu().clone() for j, sp in enumerate(run.spaces)}}
+    if not run.is_main:
+        run.group.barrier()  # rank 0 writes the checkpoint, the same for every process
+        return TrainResult(run.out, meta, run.history)
+    _write_checkpoint(run, meta, extra)
+    remove_state(run.state_dir)
+    if run.group is not None:
+        run.group.barrier()
+    return TrainResult(run.out, meta, run.history)
+
+
+def _final_evaluation(run: _Run, score) -> dict:
+    """Train / validation / test loss and accuracy in eval mode over the full splits, and the gaps
+    G = L_test - L_train and G_01 = acc_train - acc_test."""
     results = {}
     for split in ("train", "val", "test"):
-        ev = score(model, splits.split(split), config.eval_batch_size, device, f"the {split} split",
-                   progress=config.progress)
+        ev = score(run.model, run.splits.split(split), run.config.eval_batch_size, run.device,
+                   f"the {split} split", progress=run.config.progress)
         results[f"{split}_loss"] = ev.loss
         results[f"{split}_accuracy"] = ev.accuracy
     results["gap"] = results["test_loss"] - results["train_loss"]
     results["gap_01"] = results["train_accuracy"] - results["test_accuracy"]
-    if monitor is not None and (group is None or group.is_main):
-        monitor.on_end(step, results, adapters)
+    return results
 
+
+def _checkpoint_meta(run: _Run, results: dict, peak: int | None, peak_kind: str) -> CheckpointMeta:
+    """The checkpoint's record: the method, the model's layers, the data, every option, the parameter counts,
+    the cost of the run, the final evaluation and the history."""
+    config, method, backbone, model, splits = run.config, run.method, run.backbone, run.model, run.splits
+    step, train_seconds = run.step, run.train_seconds
+    trainable, total_params, head_params = run.counts["trainable"], run.counts["total"], run.counts["head"]
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     # Causal LM: results are per target token; the dataset card records the target-token counts.
     causal = backbone.task == "causal-lm"
-    meta = CheckpointMeta(
+    return CheckpointMeta(
         method=method.name, rank=config.rank, alpha=config.alpha,
         scale=method.scale(config.alpha, config.rank), chain=config.chain,
-        layers=[LayerInfo(n, o, i) for n, (o, i) in zip(layers, shapes)],
-        backbone=config.backbone, fingerprint=backbone.fingerprint, dataset=dataset_name,
+        layers=[LayerInfo(n, o, i) for n, (o, i) in zip(run.layers, run.shapes)],
+        backbone=config.backbone, fingerprint=backbone.fingerprint, dataset=config.dataset,
         split_seed=config.split_seed, max_length=config.max_length if backbone.kind == "hf" else None,
         # A causal LM's "classes" are its vocabulary: num_labels is its size, the class list stays empty.
         num_labels=model.head.out_features if causal else splits.num_labels,
         head_in_features=model.head.in_features, classes=splits.classes,
-        n_train=n_train, sizes=splits.sizes, dtype=dtype, seed=config.seed, paca_columns=config.paca_columns,
+        n_train=run.n_train, sizes=splits.sizes, dtype=dtype, seed=config.seed, paca_columns=config.paca_columns,
         split_digest=splits.digest(), dataset_card=splits.info.get("card", {}),
-        sources=sources_record(config.backbone, backbone, dataset_name),
+        sources=sources_record(config.backbone, backbone, config.dataset),
         head_bias=getattr(model.head, "bias", None) is not None,
-        hyperparameters={**asdict(config), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                         "b_lr_ratio_applied": b_ratio, "chain_boundaries": sorted(boundaries),
+        hyperparameters={**asdict(config), "total_steps": run.total_steps, "steps_per_epoch": run.steps_per_epoch,
+                         "b_lr_ratio_applied": run.b_ratio, "chain_boundaries": sorted(run.boundaries),
                          # what the model was fed (the processor's output it accepts): rebuilt alike
                          "model_inputs": sorted(splits.train.features)},
         params={"trainable": trainable, "total": total_params, "head": head_params,
-                "data_dependent": method.data_dependent_params(shapes, config.rank, config.chain, head_params,
+                "data_dependent": method.data_dependent_params(run.shapes, config.rank, config.chain, head_params,
                                                                total_params)},
-        metrics={"device": str(device), "steps": step, "train_seconds": train_seconds,
+        metrics={"device": str(run.device), "steps": step, "train_seconds": train_seconds,
                  "seconds_per_step": train_seconds / max(step, 1),
-                 "median_seconds_per_step": sorted(step_times)[len(step_times) // 2] if step_times else None,
+                 "median_seconds_per_step": sorted(run.step_times)[len(run.step_times) // 2]
+                 if run.step_times else None,
                  "examples_per_second": step * config.batch_size / train_seconds if train_seconds else None,
-                 "peak_memory_bytes": peak, "peak_memory_kind": memory.kind(),
-                 "torch": torch.__version__, "genbound": __version__, "resumed_at": resumed_at,
-                 **({"processes": group.world} if group is not None else {})},
-        results=results, history=history, trajectory_steps=sorted(traj_steps),
+                 "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
+                 "torch": torch.__version__, "genbound": __version__, "resumed_at": run.resumed_at,
+                 **({"processes": run.group.world} if run.group is not None else {})},
+        results=results, history=run.history, trajectory_steps=sorted(run.traj_steps),
     )
-    extra = None
-    if spaces:
-        meta.params.update(subspace_record(spaces))
-        extra = {SUBSPACE_FILE: {f"w.link{j}": sp.w.detach().cpu().clone() for j, sp in enumerate(spaces)}}
-    tensors = trained_tensors(model, adapters, not method.adapter)
-    if group is not None and not group.is_main:
-        group.barrier()  # rank 0 writes the checkpoint, the same for every process
-        return TrainResult(out, meta, history)
+
+
+def _write_checkpoint(run: _Run, meta: CheckpointMeta, extra: dict | None) -> None:
+    """The checkpoint, atomically; when it cannot be written the saved state is kept for ``--resume``."""
+    tensors = trained_tensors(run.model, run.adapters, not run.method.adapter)
     try:
-        save_checkpoint(out, meta, tensors, snapshots if config.save_trajectory else None, overwrite=overwrite,
-                        may_replace=may_replace, extra=extra)
+        save_checkpoint(run.out, meta, tensors, run.snapshots if run.config.save_trajectory else None,
+                        overwrite=run.overwrite, may_replace=may_replace, extra=extra)
     except GenboundError as exc:
-        if save_every and state_dir.is_dir() and not is_checkpoint(out):
+        if run.save_every and run.state_dir.is_dir() and not is_checkpoint(run.out):
             # The finished run's state: --resume writes it without training again.
-            raise GenboundError(f"{exc}; the trained state is kept in {state_dir}: move the files out of {out} "
-                                "and rerun with --resume to write the checkpoint without training again") from None
+            raise GenboundError(f"{exc}; the trained state is kept in {run.state_dir}: move the files out of "
+                                f"{run.out} and rerun with --resume to write the checkpoint without training "
+                                "again") from None
         raise
-    remove_state(state_dir)
-    if group is not None:
-        group.barrier()
-    return TrainResult(out, meta, history)
