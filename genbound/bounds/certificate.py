@@ -274,14 +274,7 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
     ``unions`` (genbound.bounds.union records) name the comparisons the certificate is part of; ``delta`` must
     then be the share their split gives."""
     device = where(device)  # a checkpoint is read onto the CPU
-
-    if int(levels) < 2:
-        raise GenboundError(f"a codebook needs at least 2 levels, got {levels}; pass --levels 2 or more")
-    delta = check_probability(delta, "delta", "--delta")
-    if qat_steps < 0:
-        raise GenboundError(f"--qat-steps must be 0 or more, got {qat_steps}")
-    if not (math.isfinite(qat_lr) and qat_lr > 0):  # a nan rate made the encoded message differ from the decoded
-        raise GenboundError(f"--qat-lr must be a finite positive number, got {qat_lr}")
+    delta = _check_options(levels, delta, qat_steps, qat_lr)
     ws = load_w(ckpt)
     m = ckpt.meta
     if (m.hyperparameters or {}).get("task") == "causal-lm":
@@ -301,37 +294,14 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
         if len(ws) > 1:
             raise GenboundError("the PAC-Bayes certificate handles single-link runs only; drop --pac-bayes for a "
                                 "chain")
-
         start = Replay(ckpt, device)
         start.set_w(ws[0])
         pb = subspace_pac_bayes(start.model, start.space, train_set, delta=delta, batch_size=bs, seed=seed,
                                 device=device, progress=progress, **(pac_bayes_options or {}))
     replay = Replay(ckpt, device)
-    replay.set_w(ws[0])
-    links: list[QuantizedVector] = []
-    for j, w in enumerate(ws):
-        if j:
-            replay.next_link()
-            replay.set_w(w)
-        centers, sym = entropy_constrained_kmeans(w, int(levels), rate)
-        if j == len(ws) - 1 and qat_steps > 0:
-            penalty = rate * float(w.double().pow(2).mean())
-            centers, sym = quantization_aware(replay.model, replay.space, centers.float(), train_set, qat_steps,
-                                              qat_lr, bs, seed, device, progress, penalty)
-        q = QuantizedVector.from_tensors(centers, sym)
-        links.append(q)
-        replay.set_w(q.values())
+    links = _quantize_links(replay, ws, int(levels), rate, qat_steps, qat_lr, train_set, bs, seed, device, progress)
     message = encode(links, grid, config)
-    # The model is rebuilt from the decoded message, never from the encoder's copy.
-    cfg, decoded = decode(message, grid)
-    if cfg != grid.config(grid.index(config)) or any(
-            not torch.equal(a.values(), b.values()) for a, b in zip(decoded, links)):
-        raise GenboundError("internal error: the decoded message differs from what was encoded")
-    model = Replay(ckpt, device)
-    model.set_w(decoded[0].values())
-    for q in decoded[1:]:
-        model.next_link()
-        model.set_w(q.values())
+    model = _decoded_model(ckpt, device, message, grid, config, links)
     # One pass per split gives both the 0-1 error and ln p(y | x) for the smoothed cross-entropy bound.
     train_lp, train_right = label_log_probs(model.model, train_set, ebs, device)
     train_error = 1.0 - float(train_right.double().mean())
@@ -359,20 +329,72 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
         n=n, delta=delta, kl_budget=occam_kl_budget(K, n, delta), chance_error=chance, vacuous=vacuous,
         verdict=verdict, grid=grid.to_dict(), grid_choices=grid.size, config=config,
         qat={"steps": int(qat_steps), "lr": float(qat_lr), "rate": float(rate), "batch_size": bs, "seed": int(seed)},
-        message_hex=message.data.hex(),
-        assumed={"i.i.d.": "training examples drawn i.i.d. from the test distribution",
-                 "grid": f"{', '.join(k for k, _ in grid.values)} coded in the message from the declared grid "
-                         f"(version {grid.version}); every other option fixed before training",
-                 "theta_0": "data-independent: pretrained weights, adapters and head drawn from the recorded seed"},
-        pac_bayes=pb, smoothed=smoothed, checkpoint=str(ckpt.path), checkpoint_digest=_file_digest(
-            Path(ckpt.path) / "genbound.json"), grid_version=grid.version, grid_digest=grid.digest,
-        unions=list(unions or []),
+        message_hex=message.data.hex(), assumed=_assumed(grid), pac_bayes=pb, smoothed=smoothed,
+        checkpoint=str(ckpt.path), checkpoint_digest=_file_digest(Path(ckpt.path) / "genbound.json"),
+        grid_version=grid.version, grid_digest=grid.digest, unions=list(unions or []),
         source={"checkpoint": str(getattr(ckpt, "path", "")), "backbone": m.backbone, "dataset": m.dataset,
                 "fingerprint": m.fingerprint},
     )
     cert.statement = statement(cert, m.dataset)
     cert.assumptions = assumptions(cert, grid)
     return cert
+
+
+def _check_options(levels: int, delta: float, qat_steps: int, qat_lr: float) -> float:
+    """The codebook and fine-tuning options refused before any work; returns the checked delta."""
+    if int(levels) < 2:
+        raise GenboundError(f"a codebook needs at least 2 levels, got {levels}; pass --levels 2 or more")
+    delta = check_probability(delta, "delta", "--delta")
+    if qat_steps < 0:
+        raise GenboundError(f"--qat-steps must be 0 or more, got {qat_steps}")
+    if not (math.isfinite(qat_lr) and qat_lr > 0):  # a nan rate made the encoded message differ from the decoded
+        raise GenboundError(f"--qat-lr must be a finite positive number, got {qat_lr}")
+    return delta
+
+
+def _quantize_links(replay: Replay, ws: list[Tensor], levels: int, rate: float, qat_steps: int, qat_lr: float,
+                    train_set, bs: int, seed: int, device: torch.device, progress) -> list[QuantizedVector]:
+    """Each link's w quantized by entropy-constrained k-means (the last link then fine-tuned on its codebook
+    when ``qat_steps`` > 0), replayed link by link so that every link starts where the quantized one ended."""
+    replay.set_w(ws[0])
+    links: list[QuantizedVector] = []
+    for j, w in enumerate(ws):
+        if j:
+            replay.next_link()
+            replay.set_w(w)
+        centers, sym = entropy_constrained_kmeans(w, levels, rate)
+        if j == len(ws) - 1 and qat_steps > 0:
+            penalty = rate * float(w.double().pow(2).mean())
+            centers, sym = quantization_aware(replay.model, replay.space, centers.float(), train_set, qat_steps,
+                                              qat_lr, bs, seed, device, progress, penalty)
+        q = QuantizedVector.from_tensors(centers, sym)
+        links.append(q)
+        replay.set_w(q.values())
+    return links
+
+
+def _decoded_model(ckpt, device: torch.device, message, grid: HyperGrid, config: dict[str, Any],
+                   links: list[QuantizedVector]) -> Replay:
+    """The model rebuilt from the decoded message, never from the encoder's copy; a message that does not
+    decode to what was encoded is an internal error."""
+    cfg, decoded = decode(message, grid)
+    if cfg != grid.config(grid.index(config)) or any(
+            not torch.equal(a.values(), b.values()) for a, b in zip(decoded, links)):
+        raise GenboundError("internal error: the decoded message differs from what was encoded")
+    model = Replay(ckpt, device)
+    model.set_w(decoded[0].values())
+    for q in decoded[1:]:
+        model.next_link()
+        model.set_w(q.values())
+    return model
+
+
+def _assumed(grid: HyperGrid) -> dict[str, str]:
+    """What the certificate assumes, in words."""
+    return {"i.i.d.": "training examples drawn i.i.d. from the test distribution",
+            "grid": f"{', '.join(k for k, _ in grid.values)} coded in the message from the declared grid "
+                    f"(version {grid.version}); every other option fixed before training",
+            "theta_0": "data-independent: pretrained weights, adapters and head drawn from the recorded seed"}
 
 
 def run_config(ckpt, levels: int, rate: float) -> dict[str, Any]:

@@ -454,14 +454,7 @@ def compare(
     path_a, path_b = (str(p) if isinstance(p, (str, Path)) else str(p.path) for p in given)
     a, b = (_load(p, backbone, data, task) if isinstance(p, (str, Path)) else p for p in given)
     why = mismatch(a, b)
-    banner = ""
-    if why is not None:
-        if not allow_mismatch:
-            raise GenboundError(f"{path_a} and {path_b} are not comparable: {why}; compare checkpoints of one "
-                                "backbone and dataset, or pass --allow-mismatch (allow_mismatch=True) to see "
-                                "them side by side without any value marked better")
-        banner = (f"MISMATCH: {why}. These are different tasks or models; no value is marked better and no row "
-                  "is a like-for-like comparison.")
+    banner = _mismatch_banner(why, path_a, path_b, allow_mismatch)
     # One run context per side, sharing a cache: the backbone is built and each dataset loaded once for both.
     cache = next((x.cache for x in (a, b) if isinstance(x, RunContext)), None) or BuildCache()
     a, b = (RunContext(x, device, cache) if is_full(x) and not isinstance(x, RunContext) else x for x in (a, b))
@@ -475,13 +468,7 @@ def compare(
     _estimate(a, b, hessian, landscape, samples, grid, device, seed, progress)
     stage = bar(total=len(chosen) + (figures is not None), desc="compare", unit="section", progress=progress,
                 leave=False)
-    rows: list[Row] = []
-    for name, section in chosen:
-        t = time.perf_counter()
-        rows += section(a, b, pair)
-        timing[name] = time.perf_counter() - t
-        stage.set_postfix_str(name, refresh=False)
-        stage.update(1)
+    rows = _run_sections(chosen, a, b, pair, stage, timing)
     if why is not None:  # not comparable: nothing is better
         for r in rows:
             r.better = None
@@ -499,6 +486,31 @@ def compare(
     stage.close()
     timing["total"] = time.perf_counter() - t0
     return report
+
+
+def _mismatch_banner(why: str | None, path_a: str, path_b: str, allow_mismatch: bool) -> str:
+    """The report's banner for checkpoints of different backbones or datasets (``why``), refused unless
+    ``allow_mismatch``; empty when they are comparable."""
+    if why is None:
+        return ""
+    if not allow_mismatch:
+        raise GenboundError(f"{path_a} and {path_b} are not comparable: {why}; compare checkpoints of one "
+                            "backbone and dataset, or pass --allow-mismatch (allow_mismatch=True) to see "
+                            "them side by side without any value marked better")
+    return (f"MISMATCH: {why}. These are different tasks or models; no value is marked better and no row "
+            "is a like-for-like comparison.")
+
+
+def _run_sections(chosen: list, a, b, pair: Pair, stage, timing: dict[str, float]) -> list[Row]:
+    """Every chosen section's rows in order, each section timed into ``timing`` and ticked on ``stage``."""
+    rows: list[Row] = []
+    for name, section in chosen:
+        t = time.perf_counter()
+        rows += section(a, b, pair)
+        timing[name] = time.perf_counter() - t
+        stage.set_postfix_str(name, refresh=False)
+        stage.update(1)
+    return rows
 
 
 # -- section helpers -------------------------------------------------------------------------------------------

@@ -97,8 +97,6 @@ def _adapter(ck) -> tuple[dict, dict[str, Tensor]]:
     causal = is_causal_model(pristine)  # a causal LM trains no head: nothing goes to modules_to_save
     task_model = isinstance(pristine, TaskClassifier) or causal
     model = ck.build_model("cpu")
-    updates = ck.layer_updates()
-    scale = float(meta.scale)
     fifo = set(getattr(pristine, "fan_in_fan_out", []))
     adapted = [li.name for li in meta.layers]
     if fifo and any((n in fifo) != (adapted[0] in fifo) for n in adapted):
@@ -108,6 +106,48 @@ def _adapter(ck) -> tuple[dict, dict[str, Tensor]]:
     def peft_name(name: str) -> str:
         return name[len("backbone."):] if task_model and name.startswith("backbone.") else name
 
+    tensors, ranks, alphas = _lora_tensors(ck, peft_name)
+    if causal:
+        saved, base_name, task_type = None, str(Path(backbone.folder).resolve()), "CAUSAL_LM"
+    elif task_model:
+        saved = _task_model_saved(model, tensors)
+        base_name = str(Path(backbone.folder).resolve())
+        # peft's SEQ_CLS wrapper calls forward with text inputs (input_ids=None, ...), which an image model's
+        # modules may not take: an image classifier's adapter is peft's plain PeftModel, as peft saves one
+        task_type = "SEQ_CLS" if backbone.task == "seq-cls" else None
+    else:
+        saved = ["head"]
+        for k, v in model.head.state_dict().items():
+            tensors[f"{PEFT_PREFIX}head.{k}"] = v.detach().to(torch.float32).contiguous()
+        base_name, task_type = meta.backbone, None
+    first = next(iter(ranks))
+    R, lora_alpha = ranks[first], alphas[first]
+    config = {
+        "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_name,
+        "r": R, "lora_alpha": lora_alpha, "lora_dropout": 0.0, "use_rslora": False,
+        "use_dora": ck.method.factor.peft_dora, "fan_in_fan_out": bool(fifo), "bias": "none",
+        "target_modules": sorted({peft_name(n) for n in adapted}), "modules_to_save": saved or None,
+        "rank_pattern": {k: v for k, v in ranks.items() if v != R},
+        "alpha_pattern": {k: v for k, v in alphas.items() if v != lora_alpha},
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "genbound": {
+            "method": meta.method, "rank": meta.rank, "chain": meta.chain, "alpha": meta.alpha,
+            "scale": float(meta.scale), "data_dependent": int(meta.params.get("data_dependent", 0)),
+            "params": dict(meta.params), "backbone": meta.backbone, "fingerprint": meta.fingerprint,
+            "dataset": meta.dataset, "n_train": meta.n_train, "split_seed": meta.split_seed,
+            "split_digest": meta.split_digest, "seed": meta.seed, "paca_columns": meta.paca_columns,
+            "genbound_names": task_model, "sources": meta.sources,
+        },
+    }
+    return config, tensors
+
+
+def _lora_tensors(ck, peft_name) -> tuple[dict[str, Tensor], dict[str, int], dict[str, float]]:
+    """Every adapted layer's update as peft's LoRA factors (and DoRA magnitude), keyed by peft's names, with
+    each layer's rank and alpha (alpha = scale * r, so that peft's alpha / r is the update's own scale)."""
+    meta = ck.meta
+    scale = float(meta.scale)
     tensors: dict[str, Tensor] = {}
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
@@ -115,7 +155,7 @@ def _adapter(ck) -> tuple[dict, dict[str, Tensor]]:
     # as peft's lora_magnitude_vector, the same one-norm-per-output-row convention
     # (genbound.methods.factors.dora_weight).
     dora = ck.method.factor.peft_dora
-    for name, u in updates.items():
+    for name, u in ck.layer_updates().items():
         if dora:
             t = ck.layer_tensors(name)
             r = int(t["A"].shape[0])
@@ -132,50 +172,20 @@ def _adapter(ck) -> tuple[dict, dict[str, Tensor]]:
         alphas[peft_name(name)] = float(u.scale) * int(u.B.shape[1])
         tensors[f"{PEFT_PREFIX}{peft_name(name)}.lora_A.weight"] = u.A.detach().to(torch.float32).contiguous()
         tensors[f"{PEFT_PREFIX}{peft_name(name)}.lora_B.weight"] = u.B.detach().to(torch.float32).contiguous()
-    if causal:
-        saved = None
-        base_name = str(Path(backbone.folder).resolve())
-        task_type = "CAUSAL_LM"
-    elif task_model:
-        head_top = model.head_path.split(".")[0]
-        # peft's SEQ_CLS adapter wraps every module whose name ends with classifier or score (DistilBERT's
-        # pre_classifier too) and loads each one's tensors: save them all, at their frozen values, plus the head's.
-        ends = (head_top, "classifier", "score")
-        wrapped = [n for n, _ in model.backbone.named_modules() if n and n.endswith(ends)]
-        saved = sorted(n for n in wrapped if not any(n.startswith(p + ".") for p in wrapped))  # outermost ones
-        for name in saved:
-            for k, v in model.backbone.get_submodule(name).state_dict().items():
-                tensors[f"{PEFT_PREFIX}{name}.{k}"] = v.detach().to(torch.float32).contiguous()
-        for k, v in model.head.state_dict().items():
-            tensors[f"{PEFT_PREFIX}{model.head_path}.{k}"] = v.detach().to(torch.float32).contiguous()
-        base_name = str(Path(backbone.folder).resolve())
-        # peft's SEQ_CLS wrapper calls forward with text inputs (input_ids=None, ...), which an image model's
-        # modules may not take: an image classifier's adapter is peft's plain PeftModel, as peft saves one
-        task_type = "SEQ_CLS" if backbone.task == "seq-cls" else None
-    else:
-        saved = ["head"]
-        for k, v in model.head.state_dict().items():
-            tensors[f"{PEFT_PREFIX}head.{k}"] = v.detach().to(torch.float32).contiguous()
-        base_name = meta.backbone
-        task_type = None
-    first = next(iter(ranks))
-    R, lora_alpha = ranks[first], alphas[first]
-    rank_pattern = {k: v for k, v in ranks.items() if v != R}
-    alpha_pattern = {k: v for k, v in alphas.items() if v != lora_alpha}
-    config = {
-        "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_name,
-        "r": R, "lora_alpha": lora_alpha, "lora_dropout": 0.0, "use_rslora": False, "use_dora": dora,
-        "fan_in_fan_out": bool(fifo), "bias": "none", "target_modules": sorted({peft_name(n) for n in adapted}),
-        "modules_to_save": saved or None, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
-        "init_lora_weights": True,
-        "inference_mode": True,
-        "genbound": {
-            "method": meta.method, "rank": meta.rank, "chain": meta.chain, "alpha": meta.alpha, "scale": scale,
-            "data_dependent": int(meta.params.get("data_dependent", 0)), "params": dict(meta.params),
-            "backbone": meta.backbone, "fingerprint": meta.fingerprint, "dataset": meta.dataset,
-            "n_train": meta.n_train, "split_seed": meta.split_seed, "split_digest": meta.split_digest,
-            "seed": meta.seed, "paca_columns": meta.paca_columns, "genbound_names": task_model,
-            "sources": meta.sources,
-        },
-    }
-    return config, tensors
+    return tensors, ranks, alphas
+
+
+def _task_model_saved(model, tensors: dict[str, Tensor]) -> list[str]:
+    """A task model's modules_to_save, their tensors added to ``tensors``: peft's SEQ_CLS adapter wraps every
+    module whose name ends with classifier or score (DistilBERT's pre_classifier too) and loads each one's
+    tensors, so all are saved at their frozen values, plus the trained head's."""
+    head_top = model.head_path.split(".")[0]
+    ends = (head_top, "classifier", "score")
+    wrapped = [n for n, _ in model.backbone.named_modules() if n and n.endswith(ends)]
+    saved = sorted(n for n in wrapped if not any(n.startswith(p + ".") for p in wrapped))  # outermost ones
+    for name in saved:
+        for k, v in model.backbone.get_submodule(name).state_dict().items():
+            tensors[f"{PEFT_PREFIX}{name}.{k}"] = v.detach().to(torch.float32).contiguous()
+    for k, v in model.head.state_dict().items():
+        tensors[f"{PEFT_PREFIX}{model.head_path}.{k}"] = v.detach().to(torch.float32).contiguous()
+    return saved

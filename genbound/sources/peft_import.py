@@ -426,6 +426,30 @@ class PeftCheckpoint:
         return out
 
 
+@dataclass
+class _LoraOptions:
+    """The adapter_config.json fields that shape the factors: default rank and alpha, their per-module
+    patterns, rsLoRA / DoRA / fan_in_fan_out, the bias mode and the modules saved whole."""
+
+    r0: int
+    a0: float
+    rank_pattern: dict
+    alpha_pattern: dict
+    rslora: bool
+    dora: bool
+    fifo: bool
+    bias_mode: str
+    mts: list[str]
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> _LoraOptions:
+        mts = cfg.get("modules_to_save") or []
+        return cls(r0=cfg["r"], a0=float(cfg["lora_alpha"]), rank_pattern=dict(cfg.get("rank_pattern") or {}),
+                   alpha_pattern=dict(cfg.get("alpha_pattern") or {}), rslora=bool(cfg.get("use_rslora")),
+                   dora=bool(cfg.get("use_dora")), fifo=bool(cfg.get("fan_in_fan_out")),
+                   bias_mode=str(cfg.get("bias") or "none"), mts=[mts] if isinstance(mts, str) else list(mts))
+
+
 def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftCheckpoint:
     """Read a peft LoRA adapter directory; ``backbone`` (a genbound name, folder or Backbone) overrides the
     recorded base model for naming and base weights. ``resolve=False`` keeps peft's module paths and resolves
@@ -439,16 +463,35 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
 
     # An adapter is a small fraction of its base model: its tensors may claim at most a small multiple of it.
     tensors, tensor_file = _load_tensors(path, max_tensor_bytes(backbone_layout(bb)) if bb is not None else None)
-    r0, a0 = cfg["r"], float(cfg["lora_alpha"])
-    rank_pattern = dict(cfg.get("rank_pattern") or {})
-    alpha_pattern = dict(cfg.get("alpha_pattern") or {})
-    rslora, dora = bool(cfg.get("use_rslora")), bool(cfg.get("use_dora"))
-    fifo = bool(cfg.get("fan_in_fan_out"))
-    bias_mode = str(cfg.get("bias") or "none")
-    mts = cfg.get("modules_to_save") or []
-    mts = [mts] if isinstance(mts, str) else list(mts)
+    opts = _LoraOptions.from_config(cfg)
     modules = _module_kinds(bb) if bb is not None else None
+    groups, extra, extra_params = _group_tensors(tensors, opts, path)
+    check_pattern_work([*opts.rank_pattern, *opts.alpha_pattern], list(groups), path / CONFIG_FILE)
 
+    layers: list[PeftLayer] = []
+    factors: dict[str, dict[str, Tensor]] = {}
+    adapter_params = 0
+    for module, g in groups.items():
+        layer = _peft_layer(module, g, opts, path, modules, bb)
+        layers.append(layer)
+        factors[layer.name] = {"A": g["lora_embedding_A" if layer.kind == "embedding" else "lora_A"],
+                               "B": g["lora_embedding_B" if layer.kind == "embedding" else "lora_B"]}
+        if opts.dora:
+            factors[layer.name]["magnitude"] = g["lora_magnitude_vector"].reshape(-1)
+        adapter_params += layer.rank * (layer.out_features + layer.in_features) + (layer.out_features if opts.dora
+                                                                                 else 0)
+    if len({li.name for li in layers}) != len(layers):
+        raise GenboundError(f"{path}: two adapted modules map onto one backbone layer")
+    meta = _peft_meta(cfg, opts, bb, layers, tensor_file, adapter_params, extra, extra_params)
+    _apply_genbound_record(cfg, meta, path)
+    return PeftCheckpoint(path, cfg, tensors, meta, factors, bb)
+
+
+def _group_tensors(tensors: dict[str, Tensor], opts: _LoraOptions,
+                   path: Path) -> tuple[dict[str, dict[str, Tensor]], list[str], int]:
+    """The adapter's tensors sorted: LoRA factors (and DoRA magnitudes) grouped by module, and the other
+    trained tensors (LoRA biases, trained biases, modules_to_save copies) listed with their scalar count;
+    anything else is refused, since it could not be accounted for."""
     groups: dict[str, dict[str, Tensor]] = {}
     extra: list[str] = []
     extra_params = 0
@@ -465,12 +508,8 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
                 continue
             groups.setdefault(module, {})[kind] = t
             continue
-        module = k.rsplit(".", 1)[0]
-        if _saved_module(module, mts):
-            extra.append(key)
-            extra_params += t.numel()
-            continue
-        if k.endswith(".bias") and bias_mode in ("all", "lora_only"):
+        if _saved_module(k.rsplit(".", 1)[0], opts.mts) or (k.endswith(".bias")
+                                                            and opts.bias_mode in ("all", "lora_only")):
             extra.append(key)
             extra_params += t.numel()
             continue
@@ -480,86 +519,84 @@ def load_peft(path: str | Path, backbone=None, resolve: bool = True) -> PeftChec
         )
     if not groups:
         raise GenboundError(f"{path}: the adapter holds no LoRA factors")
-    check_pattern_work([*rank_pattern, *alpha_pattern], list(groups), path / CONFIG_FILE)
+    return groups, extra, extra_params
 
-    layers: list[PeftLayer] = []
-    factors: dict[str, dict[str, Tensor]] = {}
-    adapter_params = 0
-    for module, g in groups.items():
-        emb = "lora_embedding_A" in g or "lora_embedding_B" in g
-        A = g.get("lora_embedding_A" if emb else "lora_A")
-        B = g.get("lora_embedding_B" if emb else "lora_B")
-        if A is None or B is None:
-            raise GenboundError(f"{path}: layer {module} has only one of its two LoRA factors")
-        if A.dim() != 2 or B.dim() != 2:
-            raise GenboundError(
-                f"{path}: layer {module} has {A.dim()}-D LoRA factors; LoRA on convolutions is not supported"
-            )
-        r = _pattern_value(rank_pattern, module, r0)
-        alpha = float(_pattern_value(alpha_pattern, module, a0))
-        if A.shape[0] != r or B.shape[1] != r:
-            raise GenboundError(
-                f"{path}: layer {module} has factors A {tuple(A.shape)} and B {tuple(B.shape)} but the config "
-                f"gives rank {r}; the adapter is inconsistent"
-            )
-        for label, t in (("A", A), ("B", B)):
-            if not t.is_floating_point():
-                raise GenboundError(f"{path}: layer {module}: factor {label} is not a floating-point tensor")
-            if not torch.isfinite(t).all():
-                raise GenboundError(f"{path}: layer {module}: factor {label} contains NaN or Inf")
-        n, m = int(B.shape[0]), int(A.shape[1])
-        has_mag = "lora_magnitude_vector" in g
-        if has_mag != dora:
-            raise GenboundError(
-                f"{path}: layer {module} {'has' if has_mag else 'lacks'} a DoRA magnitude but use_dora is {dora}"
-            )
-        if dora:
-            if emb:
-                raise GenboundError(f"{path}: layer {module}: DoRA on embeddings is not supported")
-            mag = g["lora_magnitude_vector"].reshape(-1)
-            if mag.numel() != n or not torch.isfinite(mag).all():
-                raise GenboundError(f"{path}: layer {module}: DoRA magnitude has {mag.numel()} entries, expected {n}")
-        scale = alpha / math.sqrt(r) if rslora else alpha / r
-        name = module
-        if modules is not None:
-            mapped = _map_name(module, modules, bb)
-            if mapped is None:
-                raise GenboundError(
-                    f"{path}: layer {module} is not a module of backbone '{bb.name}'; the adapter was made for "
-                    "another base model (pass --backbone)"
-                )
-            name = mapped
-        kind = "embedding" if emb else ("conv1d" if fifo else "linear")
-        layers.append(PeftLayer(name, module, kind, n, m, int(r), alpha, scale, emb or fifo, dora))
-        factors[name] = {"A": A, "B": B}
-        if dora:
-            factors[name]["magnitude"] = g["lora_magnitude_vector"].reshape(-1)
-        adapter_params += r * (n + m) + (n if dora else 0)
-    if len({li.name for li in layers}) != len(layers):
-        raise GenboundError(f"{path}: two adapted modules map onto one backbone layer")
 
-    label = ", ".join(x for x, on in (("rsLoRA", rslora), ("DoRA", dora)) if on)
+def _peft_layer(module: str, g: dict[str, Tensor], opts: _LoraOptions, path: Path, modules, bb) -> PeftLayer:
+    """One adapted module's record, its factors checked against the config (rank, DoRA, finite floats) and
+    its name mapped onto the backbone's modules when a backbone is resolved."""
+    emb = "lora_embedding_A" in g or "lora_embedding_B" in g
+    A = g.get("lora_embedding_A" if emb else "lora_A")
+    B = g.get("lora_embedding_B" if emb else "lora_B")
+    if A is None or B is None:
+        raise GenboundError(f"{path}: layer {module} has only one of its two LoRA factors")
+    if A.dim() != 2 or B.dim() != 2:
+        raise GenboundError(
+            f"{path}: layer {module} has {A.dim()}-D LoRA factors; LoRA on convolutions is not supported"
+        )
+    r = _pattern_value(opts.rank_pattern, module, opts.r0)
+    alpha = float(_pattern_value(opts.alpha_pattern, module, opts.a0))
+    if A.shape[0] != r or B.shape[1] != r:
+        raise GenboundError(
+            f"{path}: layer {module} has factors A {tuple(A.shape)} and B {tuple(B.shape)} but the config "
+            f"gives rank {r}; the adapter is inconsistent"
+        )
+    for label, t in (("A", A), ("B", B)):
+        if not t.is_floating_point():
+            raise GenboundError(f"{path}: layer {module}: factor {label} is not a floating-point tensor")
+        if not torch.isfinite(t).all():
+            raise GenboundError(f"{path}: layer {module}: factor {label} contains NaN or Inf")
+    n, m = int(B.shape[0]), int(A.shape[1])
+    dora = opts.dora
+    has_mag = "lora_magnitude_vector" in g
+    if has_mag != dora:
+        raise GenboundError(
+            f"{path}: layer {module} {'has' if has_mag else 'lacks'} a DoRA magnitude but use_dora is {dora}"
+        )
+    if dora:
+        if emb:
+            raise GenboundError(f"{path}: layer {module}: DoRA on embeddings is not supported")
+        mag = g["lora_magnitude_vector"].reshape(-1)
+        if mag.numel() != n or not torch.isfinite(mag).all():
+            raise GenboundError(f"{path}: layer {module}: DoRA magnitude has {mag.numel()} entries, expected {n}")
+    scale = alpha / math.sqrt(r) if opts.rslora else alpha / r
+    name = module
+    if modules is not None:
+        name = _map_name(module, modules, bb)
+        if name is None:
+            raise GenboundError(
+                f"{path}: layer {module} is not a module of backbone '{bb.name}'; the adapter was made for "
+                "another base model (pass --backbone)"
+            )
+    kind = "embedding" if emb else ("conv1d" if opts.fifo else "linear")
+    return PeftLayer(name, module, kind, n, m, int(r), alpha, scale, emb or opts.fifo, dora)
+
+
+def _peft_meta(cfg: dict, opts: _LoraOptions, bb, layers: list[PeftLayer], tensor_file: str, adapter_params: int,
+               extra: list[str], extra_params: int) -> PeftMeta:
+    """The adapter's record: method label (rsLoRA / DoRA), default rank and scale, the config's fields, the
+    base model's provenance and the trained-scalar counts (every stored scalar is data-dependent)."""
+    label = ", ".join(x for x, on in (("rsLoRA", opts.rslora), ("DoRA", opts.dora)) if on)
     fingerprint, sources = None, {}
     if bb is not None:
         from ..checkpoints.provenance import backbone_record
 
         fingerprint = bb.fingerprint
         sources = {"backbone": backbone_record(bb.name, bb)}
-    meta = PeftMeta(
+    r0, a0 = opts.r0, opts.a0
+    return PeftMeta(
         method=f"lora ({label})" if label else "lora",
-        rank=int(r0), alpha=a0, scale=a0 / math.sqrt(r0) if rslora else a0 / r0, chain=1, layers=layers,
+        rank=int(r0), alpha=a0, scale=a0 / math.sqrt(r0) if opts.rslora else a0 / r0, chain=1, layers=layers,
         backbone=bb.name if bb is not None else None, fingerprint=fingerprint,
         base_model=cfg.get("base_model_name_or_path"), peft_type="LORA", peft_version=cfg.get("peft_version"),
-        use_rslora=rslora, use_dora=dora, fan_in_fan_out=fifo, target_modules=cfg.get("target_modules"),
-        modules_to_save=mts, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, bias=bias_mode,
-        task_type=cfg.get("task_type"), tensor_file=tensor_file,
+        use_rslora=opts.rslora, use_dora=opts.dora, fan_in_fan_out=opts.fifo, target_modules=cfg.get("target_modules"),
+        modules_to_save=opts.mts, rank_pattern=opts.rank_pattern, alpha_pattern=opts.alpha_pattern,
+        bias=opts.bias_mode, task_type=cfg.get("task_type"), tensor_file=tensor_file,
         params={"adapter": int(adapter_params), "extra": int(extra_params),
                 "trainable": int(adapter_params + extra_params),
                 "data_dependent": int(adapter_params + extra_params)},
         extra_trained=extra, sources=sources,
     )
-    _apply_genbound_record(cfg, meta, path)
-    return PeftCheckpoint(path, cfg, tensors, meta, factors, bb)
 
 
 def _apply_genbound_record(cfg: dict, meta: PeftMeta, path: Path) -> None:
