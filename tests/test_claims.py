@@ -72,7 +72,9 @@ def test_second_invocation_trains_nothing_and_rebuilds_the_same_tables(report, m
     monkeypatch.setattr(analysis.fcmi, "run_one", _forbid)
     for module in (genbound.bounds.certificate, analysis.certificates):
         monkeypatch.setattr(module, "certify", _forbid)
-    monkeypatch.setattr(C, "run_measures", _forbid)
+    import analysis.claims.measures
+
+    monkeypatch.setattr(analysis.claims.measures, "run_measures", _forbid)  # where it is called from
     before = doc.read_text()
     assert C.main(["--preset", "tiny", "--out", str(out), "--doc", str(doc), "--no-progress", "--json"]) == 0
     second = json.loads((out / "claims.json").read_text())

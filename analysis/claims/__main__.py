@@ -1,0 +1,7 @@
+"""``python -m analysis.claims``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
