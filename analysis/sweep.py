@@ -47,6 +47,7 @@ from genbound.core.atomic import write_json, write_text
 from genbound.core.device import resolve_device
 from genbound.core.errors import GenboundError
 from genbound.core.render import print_json, to_jsonable
+from genbound.diagnostics.evaluate import evaluate_source
 from genbound.methods.catalogue import METHODS, get_method
 
 from . import tables as T
@@ -155,6 +156,20 @@ def cached_bounds(spec: RunSpec, out: Path, compression: bool, theorem1: bool, d
     return values, vacuous
 
 
+def cached_results(spec: RunSpec, out: Path, device: str) -> dict[str, Any]:
+    """The fit and gap of a run trained with ``--no-final-eval`` (whose checkpoint records none), measured by
+    genbound.diagnostics.evaluate.evaluate_source and cached in ``derived/<name>.fit.json`` while the checkpoint
+    is the same."""
+    cache = out / "derived" / f"{spec.name}.fit.json"
+    key = {"checkpoint": _meta_digest(spec.path)}
+    if (data := read_cache(cache, key, "results")) is not None:
+        return data["results"]
+    rep = evaluate_source(spec.path, resolve_device(device))
+    results = {k: v for k, v in rep.items() if k.endswith(("_loss", "_accuracy")) or k in ("gap", "gap_01")}
+    write_json(cache, {"key": key, "results": results})
+    return results
+
+
 def collect(specs: list[RunSpec], status: dict[str, str], out: Path, compression: bool = False,
             theorem1: bool = False, device: str = "cpu", progress: bool | None = None) -> list[RunRecord]:
     """A RunRecord per run: measured values from the checkpoint, bounds computed (or read from the cache)."""
@@ -173,7 +188,8 @@ def collect(specs: list[RunSpec], status: dict[str, str], out: Path, compression
             rec.status, rec.error = "missing", f"no matching checkpoint at {spec.path}"
         if rec.finished:
             meta = load_meta(spec.path)
-            rec.results = {k: v for k, v in meta.results.items() if isinstance(v, (int, float))}
+            results = meta.results if meta.final_eval else cached_results(spec, out, device)
+            rec.results = {k: v for k, v in results.items() if isinstance(v, (int, float))}
             rec.params = {k: int(v) for k, v in meta.params.items() if isinstance(v, (int, float))}
             rec.train_seconds = meta.metrics.get("train_seconds")
             rec.bounds, rec.vacuous = cached_bounds(spec, out, compression, theorem1, device)

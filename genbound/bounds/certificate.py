@@ -46,6 +46,7 @@ from ..core.device import where
 from ..core.errors import GenboundError
 from ..core.readers import read_safetensors
 from ..data.evalset import EvalSet
+from ..diagnostics.evaluate import skipped_final_eval, source_results
 from ..methods.adapters import attach_adapters, trained_tensors
 from ..methods.subspace import SUBSPACE_FILE, attach_subspace, detach_subspace, link_dims, set_w
 from ..models.losses import mean_loss
@@ -320,7 +321,9 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
     vacuous = bound >= chance
     verdict = (f"vacuous: {bound:.4g} >= {chance:.4g}, the error of a uniform random guess" if vacuous
                else f"non-vacuous: {bound:.4g} < {chance:.4g} (chance)")
-    res = m.results
+    # The unquantized model's errors, for comparison: recorded at training, or measured now for a run trained
+    # with --no-final-eval (never invented).
+    res = source_results(ckpt, device) if skipped_final_eval(m) else m.results
     cert = Certificate(
         method=m.method, d=config["subspace_dim"], dims=list(replay.dims), levels=int(levels), bound=bound, bits=K,
         bits_breakdown=message.bits.to_dict(), train_error=train_error, test_error=test_error,

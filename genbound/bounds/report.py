@@ -18,7 +18,7 @@ import torch
 from ..core.device import where
 from ..core.errors import GenboundError
 from ..core.render import latex_table, markdown_table, tex_escape, text_table
-from ..diagnostics.evaluate import source_results
+from ..diagnostics.evaluate import skipped_final_eval, source_results
 from ..methods.catalogue import get_method
 from ..sources.context import context_for
 from ..sources.hypothesis import from_checkpoint
@@ -152,7 +152,8 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
     device = where(device)  # a checkpoint is read onto the CPU
     ckpt = context_for(path, device)  # built once: the models, W0 and the data the bounds below share
     path = path if isinstance(path, (str, Path)) else ckpt.path  # a loaded checkpoint names its directory
-    if hasattr(ckpt, "results") and callable(ckpt.results):  # a peft source: N and the fit come from its data
+    # A peft source: N and the fit come from its data; a run trained with --no-final-eval: its fit is measured.
+    if (hasattr(ckpt, "results") and callable(ckpt.results)) or skipped_final_eval(ckpt.meta):
         ckpt.load_splits()
         source_results(ckpt, device)
     meta = ckpt.meta

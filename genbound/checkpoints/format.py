@@ -86,6 +86,8 @@ class CheckpointMeta:
     params: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
+    # False: trained with --no-final-eval, so ``results`` is empty: the losses were never computed (not zero)
+    final_eval: bool = True
     history: list[dict[str, Any]] = field(default_factory=list)
     trajectory_steps: list[int] = field(default_factory=list)
     genbound_version: str = __version__

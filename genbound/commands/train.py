@@ -28,6 +28,10 @@ def add_arguments(p) -> None:
                         "uninterrupted run on CPU); a finished checkpoint is kept as it is; without a state, start")
     p.add_argument("--save-every", type=int, default=None, metavar="N",
                    help="save the training state every N steps and at each epoch's end (default 50; 0: never)")
+    p.add_argument("--no-final-eval", action="store_true",
+                   help="skip the final evaluation of the full train / validation / test splits (for sweeps that "
+                        "evaluate later); the checkpoint then records final_eval: false and no losses, and "
+                        "`genbound evaluate` measures them")
     p.add_argument("--report-to", nargs="+", default=None, metavar="TRACKER",
                    help="log the loss and cheap diagnostics (||dW||, stable rank per layer, intruders, gap) to "
                         "tensorboard, mlflow and/or wandb (offline) during training; needs genbound[trackers]")
@@ -139,7 +143,8 @@ def run(args) -> int:
             monitor = _monitor(args, config)
         try:
             result = train(config, args.out, overwrite=args.overwrite, resume=args.resume,
-                           save_every=args.save_every, group=group, monitor=monitor)
+                           save_every=args.save_every, group=group, monitor=monitor,
+                           final_eval=not args.no_final_eval)
         finally:
             if monitor is not None:
                 monitor.close()
@@ -152,10 +157,14 @@ def run(args) -> int:
                     **meta.to_json()})
         return 0
     r = meta.results
-    rows = [[s, r[f"{s}_loss"], r[f"{s}_accuracy"]] for s in ("train", "val", "test")]
-    print(format_table(rows, ["split", "loss", "accuracy"]))
+    if meta.final_eval:
+        rows = [[s, r[f"{s}_loss"], r[f"{s}_accuracy"]] for s in ("train", "val", "test")]
+        print(format_table(rows, ["split", "loss", "accuracy"]))
+        fit = f"gap (test - train loss) {r['gap']:.4f}"
+    else:
+        fit = "final evaluation skipped (--no-final-eval; `genbound evaluate` measures it)"
     m = meta.metrics
-    print(f"\ngap (test - train loss) {r['gap']:.4f}; {meta.params['trainable']:,} trainable, "
+    print(f"\n{fit}; {meta.params['trainable']:,} trainable, "
           f"{meta.params['data_dependent']:,} data-dependent parameters; "
           f"{m['seconds_per_step']:.3f} s/step, peak memory {m['peak_memory_bytes'] / 2**20:.0f} MiB")
     if meta.hyperparameters.get("task") == "causal-lm":

@@ -141,6 +141,7 @@ class CheckpointMetaModel(_Model):
     params: dict[str, NonNeg] = {}
     metrics: dict[str, Any] = {}
     results: dict[str, Finite | None] = {}
+    final_eval: Annotated[bool, Field(strict=True)] = True  # False: --no-final-eval, results left empty
     history: list[dict[str, Any]] = []
     trajectory_steps: Annotated[list[NonNeg], Field(max_length=1 << 16)] = []
     genbound_version: Text = ""

@@ -101,9 +101,16 @@ def evaluate_source(source, device: torch.device | None = None, batch_size: int 
     return out
 
 
+def skipped_final_eval(meta) -> bool:
+    """Whether a genbound checkpoint was trained with ``--no-final-eval``: its record then holds no losses, and
+    a reader that needs them measures them (:func:`source_results`) or says they are missing."""
+    return getattr(meta, "final_eval", True) is False
+
+
 def source_results(source, device: torch.device | None = None) -> dict:
-    """Train / val / test loss and accuracy and the gap of a peft source on its data, measured once by
-    :func:`evaluate_source` and kept in its meta (a genbound checkpoint records its own at training)."""
+    """Train / val / test loss and accuracy and the gap of a peft source on its data (or of a genbound
+    checkpoint trained with ``--no-final-eval``), measured once by :func:`evaluate_source` and kept in its meta
+    in memory (a genbound checkpoint records its own at training)."""
     meta = source.meta
     if not getattr(meta, "results", None):
         rep = evaluate_source(source, device)

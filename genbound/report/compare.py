@@ -40,7 +40,7 @@ from ..core.device import where
 from ..core.errors import GenboundError
 from ..core.progress import bar, duration, say, shown, timed
 from ..core.render import cell, latex_table, markdown_table, md_escape, tex_escape, text_table, to_jsonable
-from ..diagnostics.evaluate import evaluate, source_results
+from ..diagnostics.evaluate import evaluate, skipped_final_eval, source_results
 from ..diagnostics.hessian import hessian_from_checkpoint
 from ..diagnostics.hessian.operator import HessianOperator
 from ..diagnostics.intruders import eps_sweep, intruders
@@ -223,7 +223,12 @@ def parameter_rows(a, b, pair: Pair) -> list[Row]:
 
 
 def fit_rows(a, b, pair: Pair) -> list[Row]:
-    """Train / test loss and accuracy and the gaps (docs/concepts.md, "Empirical generalization gap")."""
+    """Train / test loss and accuracy and the gaps (docs/concepts.md, "Empirical generalization gap"); a side
+    trained with --no-final-eval records none, so its fit is measured here."""
+    for side, label in ((a, "A"), (b, "B")):
+        if skipped_final_eval(side.meta):
+            source_results(side, pair.device)
+            pair.notes.append(f"{label} was trained with --no-final-eval: its fit and gap were measured here")
     ra, rb = getattr(a.meta, "results", {}) or {}, getattr(b.meta, "results", {}) or {}
     missing = "" if (ra and rb) else "a peft adapter records no results; pass --dataset to measure them"
     per = " (per target token)" if _causal(a, b) else ""  # a causal LM's fit is a mean over target tokens

@@ -246,6 +246,7 @@ def measure_run(path: Path, opts: ReportOptions, device, cache, progress: bool |
     """One run's record: recorded fit and parameter counts, the bounds, spectra and intruders, and the heavy
     measures asked for. A measure that cannot be computed for this run (a peft adapter without data) stays
     None with a note saying why."""
+    from ..diagnostics.evaluate import skipped_final_eval, source_results
     from ..diagnostics.intruders import intruders
     from ..diagnostics.spectra import spectra
     from ..sources.context import RunContext
@@ -259,6 +260,9 @@ def measure_run(path: Path, opts: ReportOptions, device, cache, progress: bool |
     kind = "genbound" if full else "peft"
     values: dict[str, float | None] = {k: None for k, *_ in MEASURES}
     notes: list[str] = []
+    if full and skipped_final_eval(meta):  # trained with --no-final-eval: the fit is measured here
+        source_results(ck, device)
+        notes.append("trained with --no-final-eval: fit and gap measured by the report")
     results = dict(getattr(meta, "results", None) or {})
     for k in ("test_accuracy", "train_accuracy", "test_loss", "train_loss", "gap", "gap_01"):
         values[k] = _finite(results.get(k))

@@ -3,7 +3,8 @@
 AdamW, linear warm-up then linear decay, gradient clipping, the LoRA+ learning-rate ratio applied once
 (lr(B) = ratio * lr(A)), the classification head trained for every method, validation each epoch, and at
 the end train / validation / test loss and accuracy in eval mode over the full splits with the empirical
-gap G = L_test - L_train. Chains of k links are spread evenly over the step budget: at each boundary every
+gap G = L_test - L_train (skipped with ``final_eval=False``, ``--no-final-eval``: the checkpoint then records
+that it holds no losses). Chains of k links are spread evenly over the step budget: at each boundary every
 adapter merges its link into the base weight and starts fresh factors with fresh optimizer state.
 
 Every random choice comes from ``seed`` (head, factors, selectors, data order, dropout) or ``split_seed``
@@ -260,7 +261,8 @@ def _absolute_paths(config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=None, resume: bool = False,
-          save_every: int | None = None, group: dist_train.Group | None = None, monitor=None) -> TrainResult:
+          save_every: int | None = None, group: dist_train.Group | None = None, monitor=None,
+          final_eval: bool = True) -> TrainResult:
     """Train ``config`` and write the checkpoint to ``out`` (atomically). ``splits`` may be passed to reuse
     an already tokenized dataset.
 
@@ -270,7 +272,9 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     fresh. Without ``resume`` an existing state is refused unless ``overwrite`` discards it. ``group``: this
     process's place among torchrun's processes (data-parallel, module docstring); None: one process.
     ``monitor``: a genbound.training.trackers.TrainMonitor that logs the loss and diagnostics to experiment trackers
-    (rank 0 only).
+    (rank 0 only). ``final_eval=False`` (``--no-final-eval``) skips the final evaluation of the full splits, for
+    sweeps that evaluate later: the checkpoint then records ``final_eval: false`` and no losses (never invented
+    ones), and whatever reads them measures them itself or says they are missing.
     """
     config.validate()
     _absolute_paths(config)
@@ -286,9 +290,9 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     if group is not None:
         return dist_train.train_replica(group, out, run_lock,
                                         lambda: _train(config, out, overwrite, splits, resume, save_every, group,
-                                                               monitor))
+                                                       monitor, final_eval))
     with run_lock(out):
-        return _train(config, out, overwrite, splits, resume, save_every, monitor=monitor)
+        return _train(config, out, overwrite, splits, resume, save_every, monitor=monitor, final_eval=final_eval)
 
 
 # -- the run's phases: prepare the output, build, loop (with its events), finish -----------------------------
@@ -346,7 +350,7 @@ class _Run:
 
 
 def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int,
-           group: dist_train.Group | None = None, monitor=None) -> TrainResult:
+           group: dist_train.Group | None = None, monitor=None, final_eval: bool = True) -> TrainResult:
     """:func:`train` once the output is resolved and its lock held: the four phases in order."""
     finished = _prepare_output(config, out, overwrite, resume, group)
     if finished is not None:
@@ -355,7 +359,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     score = evaluate if group is None else sharded_evaluate(group)
     memory = PeakMemory(run.device)
     _loop(run, score, memory)
-    return _finish(run, score, memory)
+    return _finish(run, score, memory, final_eval)
 
 
 # -- phase 1: the output -------------------------------------------------------------------------------
@@ -652,17 +656,18 @@ def _end_epoch(run: _Run, score) -> None:
 # -- phase 4: finish -----------------------------------------------------------------------------------
 
 
-def _finish(run: _Run, score, memory: PeakMemory) -> TrainResult:
-    """The final evaluation over the full splits, the checkpoint's record, and the checkpoint written
-    (rank 0) with the saved state removed."""
+def _finish(run: _Run, score, memory: PeakMemory, final_eval: bool = True) -> TrainResult:
+    """The final evaluation over the full splits (unless ``final_eval`` is False: then no results, and the
+    record says so), the checkpoint's record, and the checkpoint written (rank 0) with the saved state removed."""
     peak = memory.peak_bytes()
     if run.spaces:
         detach_subspace(run.model)  # theta_0 + P w baked into plain parameters: the checkpoint's usual tensors
     _snapshot(run)
-    results = _final_evaluation(run, score)
+    results = _final_evaluation(run, score) if final_eval else {}
     if run.monitor is not None and run.is_main:
         run.monitor.on_end(run.step, results, run.adapters)
     meta = _checkpoint_meta(run, results, peak, memory.kind())
+    meta.final_eval = final_eval
     extra = None
     if run.spaces:
         meta.params.update(subspace_record(run.spaces))
@@ -679,7 +684,8 @@ def _finish(run: _Run, score, memory: PeakMemory) -> TrainResult:
 
 def _final_evaluation(run: _Run, score) -> dict:
     """Train / validation / test loss and accuracy in eval mode over the full splits, and the gaps
-    G = L_test - L_train and G_01 = acc_train - acc_test."""
+    G = L_test - L_train and G_01 = acc_train - acc_test. ``score`` (genbound.diagnostics.evaluate) runs under
+    torch.no_grad at the inference batch size (``eval_batch_size``) on the already tokenized splits."""
     results = {}
     for split in ("train", "val", "test"):
         ev = score(run.model, run.splits.split(split), run.config.eval_batch_size, run.device,
