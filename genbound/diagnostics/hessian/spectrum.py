@@ -1,6 +1,6 @@
 """Hessian spectra of a model on a fixed evaluation set: extreme eigenvalues, trace and density.
 
-One Lanczos run from a Rademacher start (full re-orthogonalization) gives the top-k / bottom-k Ritz values
+One Lanczos run from a Rademacher start (partial re-orthogonalization) gives the top-k / bottom-k Ritz values
 with residual bounds; its Krylov basis is reused as the Hutch++ sketch for the trace (the exact part is
 sum_j alpha_j, free), and the run is one of the stochastic-Lanczos-quadrature samples of the density. See
 :mod:`.lanczos`, :mod:`.trace` and :mod:`.density` for the formulas and sources.
