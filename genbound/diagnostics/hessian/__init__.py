@@ -15,6 +15,7 @@ from .spectrum import (
     extreme_eigenvalues,
     hessian_from_checkpoint,
     hessian_spectrum,
+    planned_products,
     spectral_density,
     trace_estimate,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "hutchinson",
     "hutchpp",
     "lanczos",
+    "planned_products",
     "rademacher",
     "ritz_bounds",
     "select_parameters",
