@@ -112,3 +112,21 @@ def test_compare_prints_and_records_one_estimator(ckpt_dir, capsys):
     assert err.count("genbound: hessian: about") == 2  # each side's section, from its own first products
     assert err.index("compare --hessian: about") < err.index("genbound: hessian: about")
     assert rep.row("hessian", "eigenvalue 1").a is not None
+
+
+def test_landscape_estimate_is_within_2x_and_recorded(one_thread, capsys):
+    """The landscape's estimate comes from its first two chunks of grid points (kept as results), is printed
+    before the rest and recorded in the timing; predicted process CPU time within 2x of the whole call's."""
+    from genbound.diagnostics.landscape import coordinates, random_plane
+
+    model, es = _mlp(n=2048, d=128, h=256)
+    random_plane(model, coordinates(model), es, grid=3, seed=0, progress=False)  # warm up the process
+    c0 = time.process_time()
+    res = random_plane(model, coordinates(model), es, grid=19, seed=0, progress=True)
+    actual = time.process_time() - c0
+    err = capsys.readouterr().err
+    est = res.timing["estimate"]
+    assert "genbound: landscape: about" in err and "~361 grid points" in err
+    assert est["units"] == 361 and est["unit"] == "grid point"
+    assert actual > 1.0, "the work must be long enough for the ratio to mean something"
+    assert 0.5 <= est["cpu_seconds"] / actual <= 2.0, (est, actual)
