@@ -130,3 +130,17 @@ def test_landscape_estimate_is_within_2x_and_recorded(one_thread, capsys):
     assert est["units"] == 361 and est["unit"] == "grid point"
     assert actual > 1.0, "the work must be long enough for the ratio to mean something"
     assert 0.5 <= est["cpu_seconds"] / actual <= 2.0, (est, actual)
+
+
+def test_certify_announces_its_quantization_aware_training(ckpt_dir, capsys):
+    """certify prints the estimate of its quantization-aware training from the first two steps (which are
+    training steps: the certificate equals the one made without progress output)."""
+    from genbound.bounds.certificate import certify
+    from genbound.checkpoints.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(ckpt_dir("lora", subspace_dim=250, lr=0.3, steps=120))
+    cert = certify(ck, levels=3, qat_steps=30, progress=True)
+    err = capsys.readouterr().err
+    assert "genbound: certify: quantization-aware training: about" in err and "~30 training steps" in err
+    quiet = certify(ck, levels=3, qat_steps=30, progress=False)
+    assert cert.message_hex == quiet.message_hex and cert.bound == quiet.bound
