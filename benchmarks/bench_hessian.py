@@ -277,9 +277,10 @@ def main() -> None:
         "change 1e-3, up to 100 products per eigenvalue; Hutchinson until the running mean changes by less than "
         "1e-3, up to 100 probes); genbound runs its defaults (Lanczos with partial re-orthogonalization until every "
         "top-5 error bound min(res, res^2/gap) is below 1e-4 relative; Hutch++ on a Krylov sketch (the eigenvalue "
-        "run's basis, or a 10-step one for the trace alone) with Hutchinson on the remainder until the 95% "
-        "interval is within 5% (or 15%: the row 'trace, CI +-15%', about pyhessian's accuracy), at least 5 "
-        "probes; products through the cached first-order graph, as pyhessian). Errors are means over the "
+        "run's basis, or a 10-step one for the trace alone) with Hutchinson on the remainder, the probe count "
+        "fixed by a 10-probe pilot so that the 95% interval is about 5% (or 15%: the row 'trace, CI +-15%', "
+        "about pyhessian's accuracy), at most 100 probes; products through the cached first-order graph, as "
+        "pyhessian). Errors are means over the "
         "repetitions, against the float64 reference described in the script's docstring.",
         "",
         *(f"- {s}" for s in notes),
