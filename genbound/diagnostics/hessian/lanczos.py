@@ -8,7 +8,7 @@ off-diagonal beta_j, via H Q_m = Q_m T_m + beta_m q_(m+1) e_m^T (C. Lanczos, J. 
 In floating point the three-term recurrence loses orthogonality as soon as a Ritz value converges, which
 produces spurious copies of eigenvalues. Full re-orthogonalization (every new vector against the whole
 basis) prevents it at the cost of two passes over the m stored vectors per step, which for a 10^6-long
-basis costs as much as a fraction of the Hessian-vector product itself. The default here is H. D. Simon's
+basis costs a sizeable fraction of a Hessian-vector product. The default here is H. D. Simon's
 partial re-orthogonalization (Math. Comp. 42, 1984; "The Lanczos algorithm with partial
 reorthogonalization"): the level of orthogonality omega_(j,k) ~ q_j^T q_k is tracked by the scalar
 recurrence
@@ -19,7 +19,7 @@ recurrence
 (the last term models the rounding of one step, with the sign that makes |omega| grow: eps ||H||, or the
 measured |q_(j-1)^T H q_j - beta_(j-1)| when larger, which is what an autograd product's float32 sums and
 slight asymmetry contribute; with eps ||H|| alone the estimate fell 10-20x below the measured loss on a 10^6
-parameter MLP, with the measured term it stays above it), and the new vector
+parameter MLP, with the measured term it stayed above it in the runs checked), and the new vector
 is orthogonalized against the whole basis only when some |omega_(j+1,k)| exceeds ``orth_tol`` (default
 sqrt(eps)), together with the next one (Simon's rule: q_(j+2) inherits the loss from q_j). Simon's
 theorem: as long as the basis is semi-orthogonal (|q_j^T q_k| <= sqrt(eps)), T_m equals the projection of H
@@ -27,7 +27,11 @@ on span(Q_m) to working precision, so the Ritz values and the residual bounds be
 re-orthogonalization. Each orthogonalization is classical Gram-Schmidt against the basis in one matrix
 product, with a second pass when the first removed more than half of the vector's squared norm ("twice is
 enough", Giraud et al., Numer. Math. 101, 2005). ``reorth="full"`` does that at every step. The basis stays
-in the operator's dtype on its device; alpha, beta and everything derived from T_m are float64.
+in the operator's dtype on its device; alpha, beta and everything derived from T_m are float64. On the
+benchmark MLP the recurrence still asks for a pass on half the steps or more (the basis really does lose
+orthogonality within a few steps there: 7 of 16 steps at 256 samples, 54 of a density probe's 64), so
+partial and full measure about the same time there (docs/benchmarks.md); the passes are saved where the
+loss is slower.
 
 For a Ritz pair (theta_i, y_i = Q_m s_i) of T_m, ``||H y_i - theta_i y_i|| = |beta_m s_(m,i)|`` (up to
 working precision under semi-orthogonality), so ``|lambda - theta_i| <= |beta_m s_(m,i)|`` for some
