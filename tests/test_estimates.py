@@ -144,3 +144,20 @@ def test_certify_announces_its_quantization_aware_training(ckpt_dir, capsys):
     assert "genbound: certify: quantization-aware training: about" in err and "~30 training steps" in err
     quiet = certify(ck, levels=3, qat_steps=30, progress=False)
     assert cert.message_hex == quiet.message_hex and cert.bound == quiet.bound
+
+
+def test_hessian_cli_records_the_estimate_in_json(ckpt_dir, capsys):
+    """``genbound hessian --json``: the estimate record in the JSON on stdout (made whether or not the line is
+    shown: it costs nothing), with the count planned_products gives and the range that holds the run's."""
+    from genbound.cli import main
+
+    rc = main(["hessian", str(ckpt_dir("lora")), "--top-k", "2", "--trace", "--samples", "64", "--device", "cpu",
+               "--json"])
+    assert rc in (0, None)
+    out = capsys.readouterr().out
+    rep = json.loads(out)
+    exp, lo, hi, _ = planned_products(2, 0, trace=True)
+    est = rep["estimate"]
+    assert est["units"] == exp and est["units_min"] == lo and est["units_max"] == hi
+    assert est["unit"] == "Hessian-vector product" and est["seconds"] > 0
+    assert lo <= rep["n_hvp"] <= hi
