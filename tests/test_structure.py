@@ -242,9 +242,6 @@ def test_required_dependencies_are_what_the_library_imports():
 
 
 MAX_FUNCTION_LINES = 80
-# Functions still being split on another branch. The lead removes this allowlist when the estimates branch
-# (which splits the Hessian's lanczos() and hutchinson()) lands.
-LONG_FUNCTIONS_ALLOWED = {"lanczos", "hutchinson"}
 
 
 def _long_functions(root: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
@@ -262,7 +259,7 @@ def _long_functions(root: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
 
 
 def test_no_function_in_the_library_is_over_80_lines():
-    long = [f for f in _long_functions(PACKAGE) if f.split()[1] not in LONG_FUNCTIONS_ALLOWED]
+    long = _long_functions(PACKAGE)
     assert not long, "split these into named pieces: " + "; ".join(long)
 
 

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from ..core.device import where
 from ..core.errors import GenboundError
+from ..core.progress import Estimate, FirstCall, say
 from ..core.readers import read_safetensors
 from ..data.evalset import EvalSet
 from ..diagnostics.evaluate import skipped_final_eval, source_results
@@ -244,18 +245,26 @@ def quantization_aware(model: nn.Module, space, centers: Tensor, train: EvalSet,
     was = model.training
     model.train()
     n = len(train)
+
+    def step() -> None:
+        idx = torch.randperm(n, generator=g)[:batch_size]
+        feats = {k: v[idx].to(device) for k, v in train.features.items()}
+        labels = train.labels[idx].to(device)
+        sym = assign(space.w.detach(), c.detach(), penalty)
+        space.override = c[sym] + (space.w - space.w.detach())
+        loss = mean_loss(model(**feats), labels)  # per example, or per target token (causal LM)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    # The first two steps are timed (part of the training) and give the estimate printed before the rest.
+    timed = FirstCall(step, lambda wall, cpu: say(progress, Estimate(
+        "certify: quantization-aware training", "training step", steps, wall, cpu,
+        note=f"forward and backward on {batch_size} examples").line()))
     try:
         for _ in tqdm(range(steps), desc="quantization-aware training", leave=False,
                       disable=None if progress is None else not progress):
-            idx = torch.randperm(n, generator=g)[:batch_size]
-            feats = {k: v[idx].to(device) for k, v in train.features.items()}
-            labels = train.labels[idx].to(device)
-            sym = assign(space.w.detach(), c.detach(), penalty)
-            space.override = c[sym] + (space.w - space.w.detach())
-            loss = mean_loss(model(**feats), labels)  # per example, or per target token (causal LM)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            timed()
     finally:
         space.override = None
         model.train(was)

@@ -24,7 +24,7 @@ from .dataopts import add_data_options, add_source_options, source_from_args
 
 HELP = "Hessian spectrum of a checkpoint's loss: top eigenvalues (Lanczos), trace (Hutch++), density (SLQ)"
 DESCRIPTION = (
-    "Top-k (and bottom-k) Hessian eigenvalues by Lanczos with full re-orthogonalization and residual bounds, "
+    "Top-k (and bottom-k) Hessian eigenvalues by Lanczos with partial re-orthogonalization and residual bounds, "
     "the trace by Hutch++ with a 95 percent confidence interval, and the spectral density by stochastic Lanczos "
     "quadrature, of the mean cross-entropy on a seeded subset of the checkpoint's data."
 )

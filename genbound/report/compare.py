@@ -38,10 +38,10 @@ from ..bounds.mi import MIBound, mi_gap_bound
 from ..bounds.report import report_for_checkpoint
 from ..core.device import where
 from ..core.errors import GenboundError
-from ..core.progress import bar, duration, say, shown, timed
+from ..core.progress import Estimate, FirstCall, bar, duration, say, shown
 from ..core.render import cell, latex_table, markdown_table, md_escape, tex_escape, text_table, to_jsonable
 from ..diagnostics.evaluate import evaluate, skipped_final_eval, source_results
-from ..diagnostics.hessian import hessian_from_checkpoint
+from ..diagnostics.hessian import hessian_from_checkpoint, planned_products
 from ..diagnostics.hessian.operator import HessianOperator
 from ..diagnostics.intruders import eps_sweep, intruders
 from ..diagnostics.landscape import landscape_from_checkpoints
@@ -80,6 +80,7 @@ class CompareReport:
     figures: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     banner: str = ""  # set when different backbones or datasets were compared on purpose (allow_mismatch)
+    estimates: list[dict[str, Any]] = field(default_factory=list)  # printed before the slow sections
 
     def row(self, section: str, quantity: str) -> Row:
         for r in self.rows:
@@ -355,8 +356,8 @@ def hessian_rows(a, b, pair: Pair) -> list[Row]:
             pair.notes.append(f"{path}: Hessian needs the training data; a peft adapter records none")
             reps.append(None)
             continue
-        reps.append(hessian_from_checkpoint(ck, samples=pair.samples, device=pair.device, seed=pair.seed, top_k=3,
-                                            trace=True, density=True, progress=pair.progress))
+        reps.append(hessian_from_checkpoint(ck, samples=pair.samples, device=pair.device, seed=pair.seed,
+                                            progress=pair.progress, **HESSIAN_SETTINGS))
     pair.raw["hessian"] = reps
     top = [r.eigen.top if r is not None and r.eigen is not None else [] for r in reps]
     rows = []
@@ -470,7 +471,7 @@ def compare(
                 _same_backbone(a, b))
     chosen = SECTIONS + [(name, OPTIONAL_SECTIONS[name]) for name, on in (("hessian", hessian),
                                                                           ("landscape", landscape)) if on]
-    _estimate(a, b, hessian, landscape, samples, grid, device, seed, progress)
+    estimates = _estimate(a, b, hessian, landscape, samples, grid, device, seed, progress)
     stage = bar(total=len(chosen) + (figures is not None), desc="compare", unit="section", progress=progress,
                 leave=False)
     rows = _run_sections(chosen, a, b, pair, stage, timing)
@@ -481,7 +482,7 @@ def compare(
                            {"device": str(device), "top_k": top_k, "eps": eps, "seed": seed, "samples": samples,
                             "grid": grid, "hessian": hessian, "landscape": landscape,
                             "data_bounds": data_bounds, "pac_bayes": pac_bayes, "allow_mismatch": allow_mismatch},
-                           [], timing, banner)
+                           [], timing, banner, estimates)
     if figures is not None:
         t = time.perf_counter()
         report.figures = [str(p) for p in write_figures(report, pair.raw, figures)]
@@ -520,42 +521,57 @@ def _run_sections(chosen: list, a, b, pair: Pair, stage, timing: dict[str, float
 
 # -- section helpers -------------------------------------------------------------------------------------------
 
-# Hessian-vector products one checkpoint's Hessian section takes with compare's settings (top 3, trace, density
-# with 4 probes of 64 Lanczos steps): 64 steps shared by the eigenvalues and the first density probe, 3 x 64 for
-# the other probes, about 10 Hutch++ probes (266 measured on the mlp pair, tests/test_compare.py).
-HESSIAN_PRODUCTS = 64 + 3 * 64 + 10
+# The Hessian section's settings, read by the section and by its estimate (planned_products): one checkpoint
+# takes ~64 steps shared by the eigenvalues and the first density probe, 3 x 64 for the other probes and about 10
+# Hutch++ probes (266 measured on the mlp pair, tests/test_compare.py).
+HESSIAN_SETTINGS: dict[str, Any] = {"top_k": 3, "trace": True, "density": True}
 
 
-def _estimate(a, b, hessian: bool, landscape: bool, samples, grid: int, device, seed: int, progress) -> None:
-    """Print, before the slow sections start, how long they will take: one Hessian-vector product and one
-    forward pass over the ``samples`` examples are timed on A and scaled by the work each section needs."""
+def _unit_cost(fn: Callable[..., Any], *args: Any) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call of ``fn``, the cheaper of two (genbound.core.progress.FirstCall)."""
+    got: list[tuple[float, float]] = []
+    f = FirstCall(fn, lambda wall, cpu: got.append((wall, cpu)))
+    f(*args)
+    f(*args)
+    return got[0]
+
+
+def _estimate(a, b, hessian: bool, landscape: bool, samples, grid: int, device, seed: int,
+              progress) -> list[dict[str, Any]]:
+    """Print, before the slow sections start, how long they will take (genbound.core.progress.Estimate, the
+    estimator ``genbound hessian`` uses): a Hessian-vector product and a forward pass over the ``samples``
+    examples are timed on A and scaled by the work each section needs (the Hessian's count from
+    genbound.diagnostics.hessian.planned_products). The sections run later on models of their own, so these
+    two products and two forwards are spent on the estimate alone (under 1% of the sections' work); each
+    Hessian section then prints its own estimate from its first products. Returns the estimate records."""
     if not (hessian or landscape) or not shown(progress):
-        return
+        return []
     genbound = [ck for ck in (a, b) if is_full(ck)]
     if not genbound:
-        return
-    ck = genbound[0]
+        return []
+    ck, n = genbound[0], len(genbound)
     model = ck.build_model(device=device)
     evalset = ck.load_splits().split("train").subset(samples, seed)
-    parts, total = [], 0.0
+    ests = []
     if hessian:
         import torch
 
         op = HessianOperator(model, evalset, "trained", trained=ck.trained_parameter_names(model), device=device)
         v = torch.randn(1, op.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        t_hvp = timed(op.matmat, v.to(op.dtype))
-        sec = len(genbound) * HESSIAN_PRODUCTS * t_hvp
-        total += sec
-        parts.append(f"Hessian ~{duration(sec)} ({len(genbound)} x ~{HESSIAN_PRODUCTS} Hessian-vector products "
-                     f"at {t_hvp:.2g} s)")
+        wall, cpu = _unit_cost(op.matmat, v.to(op.dtype))
+        exp, lo, hi, note = planned_products(**HESSIAN_SETTINGS)
+        ests.append(Estimate("compare --hessian", "Hessian-vector product", n * exp, wall, cpu, n * lo, n * hi,
+                             f"{n} checkpoint(s) x ({note})"))
     if landscape:
-        t_fwd = timed(evaluate, model, evalset, 256, device)
-        points = len(genbound) * grid * grid + (grid if len(genbound) == 2 else 0)
-        sec = points * t_fwd
-        total += sec
-        parts.append(f"landscape at most ~{duration(sec)} ({points} grid points at {t_fwd:.2g} s per pass over "
-                     f"{len(evalset)} examples; batching makes it faster)")
-    say(progress, f"compare: the slow sections take about {duration(total)}: " + "; ".join(parts))
+        wall, cpu = _unit_cost(evaluate, model, evalset, 256, device)
+        points = n * grid * grid + (grid if n == 2 else 0)
+        ests.append(Estimate("compare --landscape", "forward pass", points, wall, cpu, None, points,
+                             f"one pass over {len(evalset)} examples per grid point at most; batching makes it "
+                             "faster"))
+    for e in ests:
+        say(progress, e.line())
+    say(progress, f"compare: the slow sections take about {duration(sum(e.seconds for e in ests))}")
+    return [e.record() for e in ests]
 
 
 def _bounds(ck, path, pair: Pair) -> SideBounds | None:

@@ -1,7 +1,7 @@
 """Hessian spectra of (fine-tuned) models: extreme eigenvalues, trace and spectral density.
 
 Matrix-free Hessian-vector products of the mean cross-entropy on a fixed evaluation set
-(:class:`HessianOperator`), Lanczos with full re-orthogonalization (:func:`lanczos`), Hutch++ /
+(:class:`HessianOperator`), Lanczos with partial re-orthogonalization (:func:`lanczos`), Hutch++ /
 Hutchinson traces with confidence intervals, and stochastic Lanczos quadrature densities, combined by
 :func:`hessian_spectrum` and :func:`hessian_from_checkpoint`.
 """
@@ -15,6 +15,7 @@ from .spectrum import (
     extreme_eigenvalues,
     hessian_from_checkpoint,
     hessian_spectrum,
+    planned_products,
     spectral_density,
     trace_estimate,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "hutchinson",
     "hutchpp",
     "lanczos",
+    "planned_products",
     "rademacher",
     "ritz_bounds",
     "select_parameters",

@@ -75,7 +75,9 @@ def rademacher(k: int, dim: int, generator: torch.Generator, dtype: torch.dtype,
 def _project_out(Z: Tensor, Q: Tensor | None) -> Tensor:
     """(I - Q^T Q) applied to the rows of Z, in place: one classical Gram-Schmidt pass. A random probe has
     no special alignment with Q (||Q z||^2 ~ m against ||z||^2 = dim), so there is no cancellation for a
-    second pass to repair; Q itself is orthonormal to working precision (Lanczos re-orthogonalizes)."""
+    second pass to repair. Q from Lanczos is semi-orthogonal (|q_j^T q_k| about sqrt(eps) at most, partial
+    re-orthogonalization): with Q Q^T = I + E, the estimator's expectation differs from tr(H) by tr(E^2 T) +
+    O(beta_m ||E||), second order in E (the first-order terms of tr(Q^T H Q) and tr(P H P) cancel)."""
     if Q is None or Q.shape[0] == 0:
         return Z
     return Z.addmm_(Z @ Q.T, Q, alpha=-1.0)
@@ -117,35 +119,17 @@ def hutchinson(
     pilot = max_probes if probes else min(max(int(min_probes), 2), max_probes)
     if max_probes < 2:
         raise ValueError("a confidence interval needs at least 2 probes")
-    samples: list[float] = []
-    scale: list[float] = []  # ||z|| ||H z|| per probe, for the rounding term
+    draws = _Probes(matmat, dim, gen, dtype, device, basis, batch)
     bar = tqdm(total=pilot, desc="trace", disable=None if progress is None else not progress, leave=False)
-
-    def draw(n_target: int) -> None:
-        while len(samples) < n_target:
-            k = min(batch, n_target - len(samples))
-            Z = _project_out(rademacher(k, dim, gen, dtype, device), basis)
-            HZ = matmat(Z)
-            samples.extend(_rowdots(HZ, Z))
-            scale.extend((Z.double().norm(dim=1) * HZ.double().norm(dim=1)).cpu().tolist())
-            bar.update(k)
-
     try:
-        draw(pilot)
+        draws.draw(pilot, bar)
         if not probes:
-            # Two stages (C. Stein, Ann. Math. Statist. 16, 1945): the pilot's spread fixes the probe count
-            # once, and the remaining probes are drawn without looking at their values. Stopping at the first
-            # probe whose running interval is narrow enough picks the runs whose spread happens to be low
-            # and under-covers (0.92-0.94 measured on power-law spectra with a 5-probe minimum).
-            est, half = _interval(samples, exact_part, confidence)
-            goal = rtol * abs(est)
-            need = pilot if half <= goal else math.ceil(pilot * (half / max(goal, 1e-300)) ** 2)
-            n_target = min(max(need, pilot), max_probes)
-            bar.total = n_target
+            bar.total = _probe_count(draws.samples, pilot, max_probes, rtol, exact_part, confidence)
             bar.refresh()
-            draw(n_target)
+            draws.draw(bar.total, bar)
     finally:
         bar.close()
+    samples, scale = draws.samples, draws.scale
     est, half = _interval(samples, exact_part, confidence)
     # Floating-point rounding of each sample z^T (P H P z), which the spread does not show when it is
     # systematic (a diagonal H gives identical Rademacher samples): pairwise summation bounds the dot
@@ -168,6 +152,40 @@ def hutchinson(
         seed=int(seed),
         wall_time=time.perf_counter() - t0,
     )
+
+
+class _Probes:
+    """Hutchinson samples z^T P H P z of projected Rademacher probes, drawn ``batch`` at a time, and the
+    ||z|| ||H z|| of each (for the rounding term)."""
+
+    def __init__(self, matmat: Matmat, dim: int, gen: torch.Generator, dtype: torch.dtype, device,
+                 basis: Tensor | None, batch: int):
+        self.matmat, self.dim, self.gen, self.dtype, self.device = matmat, dim, gen, dtype, device
+        self.basis, self.batch = basis, batch
+        self.samples: list[float] = []
+        self.scale: list[float] = []
+
+    def draw(self, n_target: int, bar) -> None:
+        while len(self.samples) < n_target:
+            k = min(self.batch, n_target - len(self.samples))
+            Z = _project_out(rademacher(k, self.dim, self.gen, self.dtype, self.device), self.basis)
+            HZ = self.matmat(Z)
+            self.samples.extend(_rowdots(HZ, Z))
+            self.scale.extend((Z.double().norm(dim=1) * HZ.double().norm(dim=1)).cpu().tolist())
+            bar.update(k)
+
+
+def _probe_count(samples: list[float], pilot: int, max_probes: int, rtol: float, exact_part: float,
+                 confidence: float) -> int:
+    """Stein's second stage (C. Stein, Ann. Math. Statist. 16, 1945): the pilot's spread fixes the probe
+    count once, n = pilot (half / (rtol |estimate|))^2, and the remaining probes are drawn without looking at
+    their values. Stopping at the first probe whose running interval is narrow enough picks the runs whose
+    spread happens to be low and under-covers (0.92-0.94 measured on power-law spectra with a 5-probe
+    minimum)."""
+    est, half = _interval(samples, exact_part, confidence)
+    goal = rtol * abs(est)
+    need = pilot if half <= goal else math.ceil(pilot * (half / max(goal, 1e-300)) ** 2)
+    return min(max(need, pilot), max_probes)
 
 
 def _interval(samples: list[float], exact_part: float, confidence: float) -> tuple[float, float]:

@@ -122,7 +122,7 @@ def landscape(model: nn.Module, coords: Mapping[str, Tensor], directions: Sequen
     timing = {"engine": vals.engine, "seconds": vals.seconds, "points": int(loss.numel()),
               "points_per_batch": vals.points_per_batch, "schedule": vals.schedule, "batch_size": vals.batch_size,
               "cached_layers": vals.cached_layers, "memoized_modules": vals.memoized, "calibration": vals.calibration,
-              "device": str(ev.device)}
+              "device": str(ev.device), "estimate": vals.estimate}
     if group is not None:
         timing["processes"] = group.world
     return Landscape("line" if len(directions) == 1 else "plane", directions_kind, space, axes, loss, acc,

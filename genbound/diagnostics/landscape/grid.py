@@ -67,6 +67,7 @@ from torch.nn import functional as F
 
 from ...core.device import where
 from ...core.errors import GenboundError
+from ...core.progress import Estimate, say
 from ...data.evalset import EvalSet
 from ...models.losses import count, point_scores
 from .memo import FoldMismatch, PrefixMemo, tensors_in
@@ -144,6 +145,7 @@ class PointValues:
     calibration: dict = field(default_factory=dict)  # a chunk of points vs single points, when timed
     schedule: str = "single"  # batched engine: "folded" (points in the batch dimension) or "vmap"
     memoized: list[str] = field(default_factory=list)  # modules run once per data batch (:mod:`.memo`)
+    estimate: dict | None = None  # the time estimate made from the first chunks (core.progress.Estimate)
 
 
 def _stacked_products(x: Tensor, weight: Tensor, bias: Tensor | None, k: int, out: int) -> Tensor:
@@ -577,6 +579,7 @@ class GridEvaluator:
             raise GenboundError(f"points must have shape (P, {self.k}), got {tuple(points.shape)}")
         t0 = time.perf_counter()
         P = points.shape[0]
+        self._estimate: Estimate | None = None
         self._loss = torch.zeros(P, dtype=torch.float64)
         for memo in self._memos.values():
             memo.hits = memo.misses = 0
@@ -613,6 +616,8 @@ class GridEvaluator:
                     start = a
                 step = chosen if engine == "batched" else 1
                 chunks = [(s, min(s + step, P)) for s in range(start, P, step)]
+                if bi == 0:
+                    chunks = self._announce(engine, points, chunks, feats, labels, P, len(batches))
                 self._run(engine, points, chunks, feats, labels)
         self._bar.close()
         for gl in self._grid_modules.values():
@@ -631,7 +636,28 @@ class GridEvaluator:
         schedule = ("folded" if self._fold is not None else "vmap") if engine == "batched" else "single"
         return PointValues(self._loss / n, self._correct / n, engine, time.perf_counter() - t0,
                            chosen if engine == "batched" else 1, self.batch_size, cached, calibration, schedule,
-                           memoized if engine == "batched" else [])
+                           memoized if engine == "batched" else [],
+                           self._estimate.record() if self._estimate is not None else None)
+
+    def _announce(self, engine: str, points: Tensor, chunks: list[tuple[int, int]], feats: dict[str, Tensor],
+                  labels: Tensor, P: int, n_batches: int) -> list[tuple[int, int]]:
+        """Time the first two chunks of the chosen schedule on the first data batch (real grid points: their
+        values are kept), print the estimate for the whole grid (genbound.core.progress.Estimate, one unit =
+        one grid point over the whole evaluation set) and return the chunks still to run. The cheaper of the
+        two per point: the first can carry one-time costs, as the schedule's warm-up does."""
+        self._estimate = None
+        per: list[tuple[float, float]] = []
+        for c in chunks[:2]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            self._run(engine, points, [c], feats, labels)
+            k = c[1] - c[0]
+            per.append(((time.perf_counter() - w0) / k, (time.process_time() - c0) / k))
+        if per:
+            wall, cpu = min(p[0] for p in per), min(p[1] for p in per)
+            self._estimate = Estimate("landscape", "grid point", P, wall * n_batches, cpu * n_batches, note=(
+                f"{n_batches} data batches of {self.batch_size} per point" if n_batches > 1 else ""))
+            say(self.progress, self._estimate.line())
+        return chunks[2:]
 
     def _run(self, engine: str, points: Tensor, chunks: Sequence[tuple[int, int]],
              feats: dict[str, Tensor], labels: Tensor) -> float:
