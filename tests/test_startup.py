@@ -90,3 +90,17 @@ def test_a_missing_package_is_listed_as_an_error(monkeypatch, capsys):
     assert rows["bbc"]["examples"] == 2122
     assert main(["list", "datasets"]) == 0
     assert "no-such-distribution-genbound" in capsys.readouterr().out
+
+
+def test_digits_read_without_scikit_learn_equal_its_loader():
+    # genbound reads the file sklearn.datasets.load_digits reads, without importing scikit-learn.
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from genbound.data.datasets import read_digits
+
+    pixels, target = read_digits()
+    d = load_digits()
+    assert pixels.shape == (1797, 64)
+    np.testing.assert_array_equal(pixels, d.data)
+    np.testing.assert_array_equal(target, d.target)
