@@ -16,7 +16,7 @@ from genbound.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "numpy", "scipy", "sklearn", "datasets", "pandas", "pyarrow", "transformers", "peft",
-         "safetensors", "tqdm", "matplotlib")
+         "safetensors", "tqdm", "matplotlib", "pydantic")
 
 _PROBE = """\
 import contextlib, io, json, sys
@@ -104,3 +104,10 @@ def test_digits_read_without_scikit_learn_equal_its_loader():
     assert pixels.shape == (1797, 64)
     np.testing.assert_array_equal(pixels, d.data)
     np.testing.assert_array_equal(target, d.target)
+
+
+def test_the_task_choices_of_the_parser_are_the_sources():
+    from genbound.commands.dataopts import READ_TASKS as parser_tasks
+    from genbound.sources.tasks import READ_TASKS
+
+    assert parser_tasks == READ_TASKS
