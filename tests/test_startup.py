@@ -111,3 +111,28 @@ def test_the_task_choices_of_the_parser_are_the_sources():
     from genbound.sources.tasks import READ_TASKS
 
     assert parser_tasks == READ_TASKS
+
+
+@pytest.mark.parametrize("name", ["mlp", "minilm"])
+def test_a_cached_model_layout_is_the_computed_one(tmp_path, monkeypatch, name):
+    from genbound.models import layout as L
+    from genbound.models.backbones import get_backbone
+
+    monkeypatch.setenv("GENBOUND_CACHE", str(tmp_path))
+    monkeypatch.setattr(L, "_MEMO", {})
+    backbone = get_backbone(name)
+    computed = L.compute_layout(backbone)
+    assert L.model_layout(backbone) == computed  # computed and written
+    entries = list((tmp_path / "layouts").glob("*.json"))
+    assert len(entries) == 1
+
+    def not_again(_):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(L, "_MEMO", {})
+    monkeypatch.setattr(L, "compute_layout", not_again)
+    assert L.model_layout(backbone) == computed  # read back from the file alone
+    entries[0].write_text("{not json")  # a damaged entry is recomputed, never trusted
+    monkeypatch.setattr(L, "_MEMO", {})
+    with pytest.raises(AssertionError, match="recomputed"):
+        L.model_layout(backbone)

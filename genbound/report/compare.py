@@ -51,7 +51,6 @@ from ..models.causal_lm import is_causal_meta
 from ..sources.context import BuildCache, RunContext
 from ..sources.protocol import is_full
 from ..sources.source import load_source
-from . import figures as F
 
 if TYPE_CHECKING:
     import torch
@@ -720,6 +719,8 @@ def to_latex(report: CompareReport) -> str:
 def write_figures(report: CompareReport, raw: dict, directory: str | Path) -> list[Path]:
     """The pair's figures: singular values per layer, intruders against eps, bound against gap, and with the
     optional sections the Hessian density, landscape contours and the A -> B interpolation."""
+    from . import figures as F  # matplotlib: imported only when figures are asked for (--figures)
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     methods = dict(zip(report.labels, (report.row("run", "method").a, report.row("run", "method").b)))
