@@ -136,3 +136,24 @@ def test_a_cached_model_layout_is_the_computed_one(tmp_path, monkeypatch, name):
     monkeypatch.setattr(L, "_MEMO", {})
     with pytest.raises(AssertionError, match="recomputed"):
         L.model_layout(backbone)
+
+
+@pytest.mark.parametrize("kind,task", [("gpt2", "causal-lm"), ("llama", "causal-lm"), ("bert", "seq-cls"),
+                                       ("vit", "image-cls")])
+def test_theorem1_text_from_the_cached_config_is_transformers(tmp_path, monkeypatch, kind, task):
+    # `bounds` describes the model from the configuration cached as plain data (no transformers import);
+    # the text must be the one transformers' own configuration object gives.
+    from genbound.bounds.architecture import describe
+    from genbound.models import layout as L
+    from genbound.models.backbones import get_backbone
+    from genbound.models.tinymodels import make_causal_lm, make_text_model, make_vit
+
+    monkeypatch.setenv("GENBOUND_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(L, "_MEMO", {})
+    folder = {"gpt2": lambda p: make_causal_lm(p, "gpt2"), "llama": lambda p: make_causal_lm(p, "llama"),
+              "bert": lambda p: make_text_model(p, "bert"), "vit": make_vit}[kind](tmp_path / kind)
+    backbone = get_backbone(str(folder), task)
+    layers = sorted(L.model_layout(backbone).linears)[:2]  # computed and written
+    monkeypatch.setattr(L, "_MEMO", {})
+    cached = L.model_layout(backbone).config  # read back from the file
+    assert describe(folder, layers, task, config=cached) == describe(folder, layers, task)
