@@ -41,7 +41,6 @@ from ..core.errors import GenboundError
 from ..core.progress import bar, duration, say, shown, timed
 from ..core.render import cell, latex_table, markdown_table, md_escape, tex_escape, text_table, to_jsonable
 from ..diagnostics.evaluate import evaluate, source_results
-from ..diagnostics.hessian import hessian_from_checkpoint
 from ..diagnostics.hessian.operator import HessianOperator
 from ..diagnostics.intruders import eps_sweep, intruders
 from ..diagnostics.landscape import landscape_from_checkpoints
@@ -343,6 +342,9 @@ def similarity_rows(a, b, pair: Pair) -> list[Row]:
 def hessian_rows(a, b, pair: Pair) -> list[Row]:
     """Top eigenvalues and the trace of the training loss's Hessian in the trained parameters
     (docs/concepts.md, "Hessian spectra"), on ``samples`` seeded training examples."""
+    # imported here, as in report/runs.py: only --hessian needs Lanczos, traces and densities (and their SciPy)
+    from ..diagnostics.hessian import hessian_from_checkpoint
+
     reps = []
     for ck, path in ((a, pair.path_a), (b, pair.path_b)):
         if not is_full(ck):
