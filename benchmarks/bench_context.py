@@ -49,7 +49,10 @@ def run_child(args: list[str], tree: Path) -> tuple[float, float, str]:
     t0 = time.perf_counter()
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-context-{os.getpid()}.out"
     with open(out_path, "w") as fh:
-        proc = subprocess.Popen([sys.executable, *args], env=_env(tree), stdout=fh, stderr=subprocess.PIPE)
+        # cwd is the tree: ``python -m`` puts the working directory first on sys.path, ahead of PYTHONPATH, so a
+        # run started elsewhere would import the genbound found there (e.g. this tree for both sides)
+        proc = subprocess.Popen([sys.executable, *args], env=_env(tree), stdout=fh, stderr=subprocess.PIPE,
+                                cwd=tree)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -107,7 +110,7 @@ def main() -> None:
         print("bench_context: skipped; it needs --before TREE --ckpt-a A --ckpt-b B (see its docstring)")
         return
     trees = {"before": Path(args.before).resolve(), "after": Path(args.after).resolve()}
-    a, b = args.ckpt_a, args.ckpt_b
+    a, b = str(Path(args.ckpt_a).resolve()), str(Path(args.ckpt_b).resolve())  # each child runs in its tree
     common = ["--device", "cpu", "--json", "--no-progress"]
     every = {
         "spectra": ("spectra --intruders (A)", (["spectra", a, "--intruders"], ("wall", "time"))),
