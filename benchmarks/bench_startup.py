@@ -65,7 +65,9 @@ def _env() -> dict:
 def child_cpu(args: list[str], expect: int = 0) -> float:
     """CPU seconds (user + system) of ``python args``: the change of RUSAGE_CHILDREN around it."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, *args], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # cwd ROOT: ``python -m`` puts the working directory ahead of PYTHONPATH on sys.path
+    proc = subprocess.run([sys.executable, *args], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          cwd=ROOT)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != expect:
         raise RuntimeError(f"python {' '.join(args)} exited {proc.returncode}, expected {expect}:\n"
@@ -77,7 +79,7 @@ def train_mlp(folder: Path) -> Path:
     out = folder / "mlp-lora"
     subprocess.run([sys.executable, "-m", "genbound", "train", "--backbone", "mlp", "--method", "lora", "--rank",
                     "4", "--steps", "5", "--out", str(out), "--no-progress", "--device", "cpu"],
-                   env=_env(), check=True, stdout=subprocess.DEVNULL)
+                   env=_env(), check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
     return out
 
 
@@ -142,7 +144,7 @@ def main() -> None:
         checkpoints = {"mlp-lora": train_mlp(Path(tmp))}
         for item in args.ckpt:
             label, _, path = item.partition("=")
-            checkpoints[label] = Path(path)
+            checkpoints[label] = Path(path).resolve()
         table = cases(checkpoints)
         if args.only:
             table = {k: v for k, v in table.items() if "import torch\"" in k or any(w in k for w in args.only)}
