@@ -10,7 +10,8 @@ same spectra and intruder counts; the same compare rows to 1e-6) so that a faste
 answer.
 
     python benchmarks/bench_context.py --before ../ctx-before --ckpt-a runs/lora --ckpt-b runs/cla \\
-        [--rounds 1] [--samples 32] [--grid 5] [--out benchmarks/results/context.md]
+        [--rounds 1] [--samples 32] [--grid 5] [--cases spectra compare compare-hessian]
+        [--out benchmarks/results/context.md]
 
 The checkpoints: two short MiniLM runs, e.g. ``genbound train --method lora --steps 10 --batch-size 8
 --max-length 64 --out runs/lora`` and the same with ``--method cla``.
@@ -48,7 +49,10 @@ def run_child(args: list[str], tree: Path) -> tuple[float, float, str]:
     t0 = time.perf_counter()
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-context-{os.getpid()}.out"
     with open(out_path, "w") as fh:
-        proc = subprocess.Popen([sys.executable, *args], env=_env(tree), stdout=fh, stderr=subprocess.PIPE)
+        # cwd is the tree: ``python -m`` puts the working directory first on sys.path, ahead of PYTHONPATH, so a
+        # run started elsewhere would import the genbound found there (e.g. this tree for both sides)
+        proc = subprocess.Popen([sys.executable, *args], env=_env(tree), stdout=fh, stderr=subprocess.PIPE,
+                                cwd=tree)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -98,21 +102,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--samples", type=int, default=32, help="compare --samples for the Hessian / landscape case")
     ap.add_argument("--grid", type=int, default=5, help="compare --grid for the landscape case")
+    ap.add_argument("--cases", nargs="+", choices=["spectra", "compare", "compare-hessian"],
+                    default=["spectra", "compare", "compare-hessian"], help="which rows to run (default all)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "context.md"))
     args = ap.parse_args()
     if not (args.before and args.ckpt_a and args.ckpt_b):  # run_all.py runs every script without arguments
         print("bench_context: skipped; it needs --before TREE --ckpt-a A --ckpt-b B (see its docstring)")
         return
     trees = {"before": Path(args.before).resolve(), "after": Path(args.after).resolve()}
-    a, b = args.ckpt_a, args.ckpt_b
+    a, b = str(Path(args.ckpt_a).resolve()), str(Path(args.ckpt_b).resolve())  # each child runs in its tree
     common = ["--device", "cpu", "--json", "--no-progress"]
-    cases = {
-        "spectra --intruders (A)": (["spectra", a, "--intruders"], ("wall", "time")),
-        "compare (default)": (["compare", a, b], ("timing", "time")),
-        f"compare --hessian --landscape (samples {args.samples}, grid {args.grid})":
-            (["compare", a, b, "--hessian", "--landscape", "--samples", str(args.samples), "--grid",
-              str(args.grid)], ("timing", "time", "wall")),
+    every = {
+        "spectra": ("spectra --intruders (A)", (["spectra", a, "--intruders"], ("wall", "time"))),
+        "compare": ("compare (default)", (["compare", a, b], ("timing", "time"))),
+        "compare-hessian": (f"compare --hessian --landscape (samples {args.samples}, grid {args.grid})",
+                            (["compare", a, b, "--hessian", "--landscape", "--samples", str(args.samples), "--grid",
+                              str(args.grid)], ("timing", "time", "wall"))),
     }
+    cases = dict(every[c] for c in args.cases)
     for tree in trees.values():  # warm the shared tokenization cache and the file system, untimed
         run_child(["-c", WARM.format(path=str(Path(a).resolve()))], tree)
     results: dict[str, dict[str, list[tuple[float, float]]]] = {c: {"before": [], "after": []} for c in cases}
@@ -142,7 +149,7 @@ def main() -> None:
         f"- before: tree {trees['before'].name}; after: tree {trees['after'].name}; checkpoints A = "
         f"{Path(a).name}, B = {Path(b).name}",
         f"- command: python benchmarks/bench_context.py --before BEFORE --ckpt-a A --ckpt-b B "
-        f"--rounds {args.rounds} --samples {args.samples} --grid {args.grid}",
+        f"--rounds {args.rounds} --samples {args.samples} --grid {args.grid} --cases {' '.join(args.cases)}",
         f"- each cell: median over {args.rounds} round(s) of one fresh process; CPU = user + system time of the "
         "process; the two trees alternate", "",
         "| command | CPU before (s) | CPU after (s) | CPU ratio | wall before (s) | wall after (s) | "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 # Convolutional vision models: no self-attention (their blocks are still residual and normalized).
@@ -47,10 +48,19 @@ def _adapted(layers: Sequence[str]) -> str:
     return ", ".join(kinds) + f" ({len(layers)} adapted map{'s' if len(layers) != 1 else ''})"
 
 
-def describe(folder: Path | str | None, layers: Sequence[str], task: str) -> tuple[str, list[str]]:
+def _plain_config(config: dict):
+    """The configuration as plain data (genbound.models.layout.ModelLayout.config) seen as attributes."""
+    return SimpleNamespace(model_type=config.get("model_type"), architectures=config.get("architectures")), \
+        SimpleNamespace(**config.get("text", {}))
+
+
+def describe(folder: Path | str | None, layers: Sequence[str], task: str,
+             config: dict | None = None) -> tuple[str, list[str]]:
     """(the chain of maps, the reasons Theorem 1 does not apply) of the transformer in model folder ``folder``,
-    built for ``task`` (seq-cls, image-cls, causal-lm, pooled) with adapters on ``layers``."""
-    got = _config(folder)
+    built for ``task`` (seq-cls, image-cls, causal-lm, pooled) with adapters on ``layers``. ``config``: the
+    folder's configuration already read as plain data (genbound.models.layout, cached on disk), which spares
+    importing transformers; the attributes read here go by their own names or their aliases alike."""
+    got = _plain_config(config) if config is not None else _config(folder)
     cfg, text = got if got is not None else (None, None)
     model_type = str(getattr(cfg, "model_type", "") or "transformer")
     arch = str((getattr(cfg, "architectures", None) or [model_type])[0])

@@ -53,6 +53,7 @@ from ..methods.subspace import SUBSPACE_FILE, attach_subspace, detach_subspace, 
 from ..models.losses import mean_loss
 from .codec import HyperGrid, QuantizedVector, decode, encode
 from .common import check_probability, kl_inverse_upper
+from .defaults import DEFAULT_LEVELS, DEFAULT_QAT_LR, DEFAULT_QAT_STEPS, DEFAULT_RATE
 from .occam import occam_bound, occam_kl_budget, quantize
 from .smoothed import ALPHA_GRID, label_log_probs, mean_smoothed, smoothed_bound
 from .subspace_pacbayes import subspace_pac_bayes
@@ -65,10 +66,6 @@ from .union import check_split
 GRID_FILE = Path(__file__).resolve().parent.parent / "assets" / "certificate-grid.json"
 DECLARED_GRID = HyperGrid.from_file(GRID_FILE)
 PAPER_METHODS = tuple(dict(DECLARED_GRID.values)["method"])
-DEFAULT_LEVELS = 5
-DEFAULT_QAT_STEPS = 30
-DEFAULT_QAT_LR = 0.01
-DEFAULT_RATE = 0.0  # entropy-constrained assignment: penalty = rate * mean(w^2) per bit
 
 
 @dataclass

@@ -20,6 +20,7 @@ from ..core.errors import GenboundError
 from ..core.render import latex_table, markdown_table, tex_escape, text_table
 from ..diagnostics.evaluate import skipped_final_eval, source_results
 from ..methods.catalogue import get_method
+from ..models.layout import model_layout
 from ..sources.context import context_for
 from ..sources.hypothesis import from_checkpoint
 from .architecture import describe
@@ -178,7 +179,8 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
             report.theorem1.assumed["G(dW) branch"] = ("not evaluated: Table 1 bounds an expectation of the 0-1 "
                                                       "loss, not G(dW) of the clipped loss")
         else:  # why not, said of this model (its config.json) and its adapted layers
-            chain, reasons = describe(backbone.folder, [li.name for li in meta.layers], backbone.task)
+            chain, reasons = describe(backbone.folder, [li.name for li in meta.layers], backbone.task,
+                                      config=model_layout(backbone).config)
             report.theorem1 = Theorem1Result(
                 applicable=False, form=theorem_form, layers=[], input_bound=None, loss_lipschitz=None,
                 n_train=meta.n_train, delta=delta, loss_range=m_clip, verdict="not applicable",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..core.errors import CheckpointError, GenboundError
 from ..models.backbones import get_backbone
-from ..models.hfmodels import empty_model, linear_shapes, max_positions
+from ..models.layout import model_layout
 
 # A checkpoint holds at most the backbone's weights (fft) plus a trajectory of snapshots; the tensor file
 # itself at most this multiple of the backbone, plus a fixed allowance for small models.
@@ -50,17 +50,17 @@ def backbone_layout(backbone) -> BackboneLayout:
     """The layout of a :class:`genbound.models.backbones.Backbone`, asked of the model itself: its modules built on the
     meta device (genbound.models.hfmodels.empty_model: names and shapes, nothing allocated), the head's input width
     from the head, the position table from ``config.get_text_config()``; only the byte size comes from the
-    weights file."""
+    weights file. The answers are cached on disk per backbone file and installed versions
+    (genbound.models.layout)."""
     try:
-        model = empty_model(backbone)
+        layout = model_layout(backbone)  # cached on disk: building it imports transformers' modeling code
     except GenboundError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers' own failure, in one line
         raise GenboundError(f"backbone '{backbone.name}': transformers cannot build it from its config "
                             f"({str(exc).splitlines()[0][:100]})") from None
-    linears = {n: s for n, s in linear_shapes(model).items() if n != "head" and not n.startswith("head.")}
-    positions = max_positions(backbone.config()) if backbone.kind == "hf" else None
-    return BackboneLayout(backbone.name, backbone.kind, linears, int(model.head.in_features), positions,
+    linears = {n: s for n, s in layout.linears.items() if n != "head" and not n.startswith("head.")}
+    return BackboneLayout(backbone.name, backbone.kind, linears, layout.head_in_features, layout.max_positions,
                           Path(backbone.weights).stat().st_size)
 
 

@@ -21,7 +21,7 @@ DESCRIPTION = __doc__
 
 
 def add_arguments(p) -> None:
-    from ..bounds.certificate import DEFAULT_LEVELS, DEFAULT_QAT_LR, DEFAULT_QAT_STEPS
+    from ..bounds.defaults import DEFAULT_LEVELS, DEFAULT_QAT_LR, DEFAULT_QAT_STEPS
 
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint trained with `genbound train --subspace-dim d`")
     p.add_argument("--levels", type=int, default=DEFAULT_LEVELS,

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from ..core.argtypes import seed_arg
-from ..sources.tasks import add_task_option
 from .common import add_device, add_json, add_progress, print_json, progress_of, resolve_device
-from .dataopts import add_data_options, data_choice
+from .dataopts import add_data_options, add_task_option, data_choice
 
 HELP = "compare two checkpoints (genbound or peft): fit, bounds, spectra, intruders, Hessian, landscape"
 DESCRIPTION = (

@@ -46,8 +46,6 @@ def add_relocation_options(p, dataset: bool = True) -> None:
 def add_source_options(p) -> None:
     """Options that turn a peft adapter into a full source (its base model folder, the data, the task) and point
     a moved genbound checkpoint at its model and data."""
-    from ..sources.tasks import add_task_option
-
     add_relocation_options(p)
     add_task_option(p)
     p.add_argument("--max-length", type=int, default=128, help="peft adapters: tokens per example (default 128)")
@@ -72,3 +70,16 @@ def data_choice(args):
 
     return DataChoice(args.dataset, args.text_columns, args.label_column, args.split_column,
                       getattr(args, "split_seed", 0), getattr(args, "max_length", 128))
+
+
+# genbound.sources.tasks.READ_TASKS, repeated so that --help does not import the sources layer (its JSON
+# validation imports pydantic: two thirds of `genbound --help`); tests/test_startup.py checks the two agree.
+READ_TASKS = ("seq-cls", "image-cls", "causal-lm", "pooled")
+
+
+def add_task_option(parser) -> None:
+    """``--task`` for a read-side command."""
+    parser.add_argument("--task", choices=list(READ_TASKS), default=None,
+                        help="the task the source is evaluated as: seq-cls, image-cls, causal-lm or pooled (default: "
+                             "the checkpoint's, or a peft adapter's task_type, its saved classifier, else the base "
+                             "model's config.json architectures)")

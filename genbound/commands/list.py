@@ -1,4 +1,6 @@
-"""``genbound list``: the backbones, datasets and methods genbound knows, with their sizes."""
+"""``genbound list``: the backbones, datasets and methods genbound knows, with their sizes, read from the
+registries recorded in package data (genbound.commands.listing), so that it imports no torch and loads no
+dataset."""
 
 from __future__ import annotations
 
@@ -13,31 +15,20 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    # The recorded registries (genbound.commands.listing): no torch imported, no dataset loaded.
     from .. import __version__
-    from ..core.errors import GenboundError
-    from ..data.datasets import DATASETS
-    from ..methods.catalogue import METHODS
-    from ..models.backbones import BACKBONES, get_backbone
+    from .listing import available, recorded
 
+    cards = recorded()
     out: dict = {"source": f"the registries of genbound {__version__}"}
-    if args.what in ("all", "backbones"):
+    for part in ("backbones", "datasets", "methods"):
+        if args.what not in ("all", part):
+            continue
         rows = []
-        for name in BACKBONES:
-            try:
-                rows.append(get_backbone(name).summary())
-            except GenboundError as exc:
-                rows.append({"name": name, "error": str(exc)})
-        out["backbones"] = rows
-    if args.what in ("all", "datasets"):
-        out["datasets"] = []
-        for name, spec in DATASETS.items():
-            raw, labels, classes = spec.loader()
-            out["datasets"].append(
-                {"name": name, "description": spec.description, "examples": len(raw), "classes": classes,
-                 "fits": spec.data_kind}
-            )
-    if args.what in ("all", "methods"):
-        out["methods"] = [m.summary() for m in METHODS.values()]
+        for card in cards[part]:
+            missing = available(card["name"]) if part != "methods" else None
+            rows.append({"name": card["name"], "error": missing} if missing else card)
+        out[part] = rows
     if args.json:
         print_json(out)
         return 0
@@ -46,7 +37,8 @@ def run(args) -> int:
                  b.get("description", b.get("error"))] for b in out["backbones"]]
         print(format_table(rows, ["backbone", "kind", "bytes", "targets", "description"]) + "\n")
     if "datasets" in out:
-        rows = [[d["name"], d["examples"], len(d["classes"]), d["fits"], d["description"]] for d in out["datasets"]]
+        rows = [[d["name"], d.get("examples"), len(d.get("classes", [])), d.get("fits"),
+                 d.get("description", d.get("error"))] for d in out["datasets"]]
         print(format_table(rows, ["dataset", "examples", "classes", "backbones", "description"]) + "\n")
     if "methods" in out:
         rows = [[m["name"], m["title"], m["family"], m["trained"], m["frozen"], m["chained"]] for m in out["methods"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..core.argtypes import seed_arg
 from .common import add_device, add_json, add_progress, format_table, print_json, progress_of, resolve_device
 from .dataopts import add_data_options, data_options
+from .listing import chained_method_names, method_names
 
 HELP = "fine-tune a backbone with one of the catalogue's methods and write a checkpoint"
 DESCRIPTION = (
@@ -51,10 +52,9 @@ def add_arguments(p) -> None:
 
 def add_setting_arguments(p, method_required: bool = True) -> None:
     """The options that describe a run (method, backbone, data, adapters, optimizer, seeds); ``genbound cost``
-    takes the same ones."""
-    from ..methods.catalogue import METHODS
-
-    p.add_argument("--method", required=method_required, help=f"one of: {', '.join(METHODS)}")
+    takes the same ones. The method names come from the recorded catalogue (genbound.commands.listing), so that
+    ``--help`` imports no torch."""
+    p.add_argument("--method", required=method_required, help=f"one of: {', '.join(method_names())}")
     p.add_argument("--backbone", default="minilm",
                    help="minilm (default), paraphrase-minilm-l3, mlp, or a model folder")
     p.add_argument("--dataset", default=None,
@@ -67,7 +67,7 @@ def add_setting_arguments(p, method_required: bool = True) -> None:
                         "or pooled (encoder, mean pooling, genbound's head)")
     p.add_argument("--rank", type=int, default=16, help="adapter rank r (default 16)")
     p.add_argument("--alpha", type=float, default=32.0, help="scale numerator: s = alpha / r (default 32)")
-    chained = ", ".join(m for m, spec in METHODS.items() if spec.chained)
+    chained = ", ".join(chained_method_names())
     p.add_argument("--chain", type=int, default=1, help=f"links k of a chained method ({chained})")
     budget = p.add_mutually_exclusive_group()
     # default None, not 1: argparse treats a value identical to the default as absent, so "--epochs 1 --steps 5"

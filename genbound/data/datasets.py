@@ -332,15 +332,35 @@ def load_bbc_dedup(folder: Path | None = None) -> tuple[list[str], np.ndarray, l
     return [texts[i] for i in keep], labels[keep], classes
 
 
+def _digits_file() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise GenboundError("the digits dataset needs scikit-learn's bundled digits.csv.gz; pip install scikit-learn")
+    return path
+
+
+def read_digits(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 8x8 digits (pixels 0-16, one row of 64 per image) and their labels, read from the
+    file ``sklearn.datasets.load_digits`` reads (datasets/data/digits.csv.gz: 64 pixel columns, then the label)
+    without importing scikit-learn, whose import (scipy, pandas) costs more than the rest of an mlp run's
+    start-up; tests/test_startup.py checks it equals ``load_digits()``."""
+    import gzip
+
+    with gzip.open(path or _digits_file(), "rt") as fh:
+        data = np.loadtxt(fh, delimiter=",")
+    return data[:, :-1], data[:, -1].astype(int)
+
+
 def load_digits_raw(source: bool = False) -> tuple[list, np.ndarray, list[str]]:
     """Digits 5-9 relabelled 0-4 (the fine-tuning task), or with ``source`` digits 0-4 (pretraining)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    keep = d.target < 5 if source else d.target >= 5
+    pixels, target = read_digits()
+    keep = target < 5 if source else target >= 5
     offset = 0 if source else 5
-    x = (d.data[keep] / 16.0).astype(np.float32)
-    y = (d.target[keep] - offset).astype(np.int64)
+    x = (pixels[keep] / 16.0).astype(np.float32)
+    y = (target[keep] - offset).astype(np.int64)
     return list(x), y, [str(i + offset) for i in range(5)]
 
 

@@ -37,7 +37,9 @@ _NOT_INPUTS = {"self", "labels", "return_dict", "output_attentions", "output_hid
                "decoder_inputs_embeds"}
 
 
-def _key(backbone) -> tuple:
+def state_key(backbone) -> tuple:
+    """What a backbone's built model depends on: its name, kind, task, weights file (path, size, modification
+    time) and config.json's modification time."""
     st = Path(backbone.weights).stat()
     folder = str(backbone.folder) if backbone.folder is not None else ""
     cfg = Path(folder) / "config.json" if folder else None
@@ -62,7 +64,7 @@ def empty_model(backbone, num_labels: int = 2) -> nn.Module:
     """genbound's model for ``backbone`` (the same wrapper :meth:`Backbone.build` makes: TaskClassifier,
     CausalLM, TextClassifier or MLPClassifier) with every tensor on the ``meta`` device: names and shapes only.
     Cached per backbone, weights file and config; callers must not modify it."""
-    key = (*_key(backbone), int(num_labels))
+    key = (*state_key(backbone), int(num_labels))
     if key not in _EMPTY:
         with torch.device("meta"):
             model = backbone.build_empty(int(num_labels))
@@ -117,7 +119,7 @@ def checkpoint_names(backbone) -> dict[str, str | None]:
     """Each key of the backbone's weights file -> the name of the parameter of genbound's model it loads into
     (``backbone.<path>`` for a transformers model, ``head.<...>`` for the head genbound trains), or None where
     it loads into nothing or only through a tensor conversion (transformers' own mapping, module docstring)."""
-    key = _key(backbone)
+    key = state_key(backbone)
     if key not in _NAMES:
         _remember(_NAMES, key, dict(_checkpoint_names(backbone)))
     return dict(_NAMES[key])

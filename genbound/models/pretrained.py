@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..core.errors import CheckpointError
 from ..core.readers import read_header, read_tensors
-from .hfmodels import checkpoint_names, empty_model
+from .layout import model_layout
 
 
 def pretrained_weights(backbone, layers: Sequence[tuple[str, int, int]]) -> dict[str, Tensor] | None:
@@ -32,8 +32,9 @@ def pretrained_weights(backbone, layers: Sequence[tuple[str, int, int]]) -> dict
     is not the layer's is a :class:`~genbound.core.errors.CheckpointError`."""
     path = Path(backbone.weights)
     header = read_header(path)
-    by_param = {param: key for key, param in checkpoint_names(backbone).items() if param is not None}
-    fifo = set(getattr(empty_model(backbone), "fan_in_fan_out", []))
+    layout = model_layout(backbone)  # checkpoint_names and the transposed layers, cached on disk
+    by_param = {param: key for key, param in layout.names.items() if param is not None}
+    fifo = set(layout.fan_in_fan_out)
     found: dict[str, tuple[str, bool]] = {}
     for name, n, m in layers:
         key = by_param.get(f"{name}.weight")

@@ -41,7 +41,6 @@ from ..core.errors import GenboundError
 from ..core.progress import Estimate, FirstCall, bar, duration, say, shown
 from ..core.render import cell, latex_table, markdown_table, md_escape, tex_escape, text_table, to_jsonable
 from ..diagnostics.evaluate import evaluate, skipped_final_eval, source_results
-from ..diagnostics.hessian import hessian_from_checkpoint, planned_products
 from ..diagnostics.hessian.operator import HessianOperator
 from ..diagnostics.intruders import eps_sweep, intruders
 from ..diagnostics.landscape import landscape_from_checkpoints
@@ -51,7 +50,6 @@ from ..models.causal_lm import is_causal_meta
 from ..sources.context import BuildCache, RunContext
 from ..sources.protocol import is_full
 from ..sources.source import load_source
-from . import figures as F
 
 if TYPE_CHECKING:
     import torch
@@ -350,6 +348,9 @@ def similarity_rows(a, b, pair: Pair) -> list[Row]:
 def hessian_rows(a, b, pair: Pair) -> list[Row]:
     """Top eigenvalues and the trace of the training loss's Hessian in the trained parameters
     (docs/concepts.md, "Hessian spectra"), on ``samples`` seeded training examples."""
+    # imported here, as in report/runs.py: only --hessian needs Lanczos, traces and densities (and their SciPy)
+    from ..diagnostics.hessian import hessian_from_checkpoint
+
     reps = []
     for ck, path in ((a, pair.path_a), (b, pair.path_b)):
         if not is_full(ck):
@@ -556,6 +557,9 @@ def _estimate(a, b, hessian: bool, landscape: bool, samples, grid: int, device, 
     if hessian:
         import torch
 
+        # imported here, as hessian_rows does: only --hessian needs the Lanczos and trace modules
+        from ..diagnostics.hessian import planned_products
+
         op = HessianOperator(model, evalset, "trained", trained=ck.trained_parameter_names(model), device=device)
         v = torch.randn(1, op.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         wall, cpu = _unit_cost(op.matmat, v.to(op.dtype))
@@ -753,6 +757,8 @@ def to_latex(report: CompareReport) -> str:
 def write_figures(report: CompareReport, raw: dict, directory: str | Path) -> list[Path]:
     """The pair's figures: singular values per layer, intruders against eps, bound against gap, and with the
     optional sections the Hessian density, landscape contours and the A -> B interpolation."""
+    from . import figures as F  # matplotlib: imported only when figures are asked for (--figures)
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     methods = dict(zip(report.labels, (report.row("run", "method").a, report.row("run", "method").b)))

@@ -30,14 +30,6 @@ CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 HEAD_MODULES = ("classifier", "score")
 
 
-def add_task_option(parser) -> None:
-    """``--task`` for a read-side command."""
-    parser.add_argument("--task", choices=list(READ_TASKS), default=None,
-                        help="the task the source is evaluated as: seq-cls, image-cls, causal-lm or pooled (default: "
-                             "the checkpoint's, or a peft adapter's task_type, its saved classifier, else the base "
-                             "model's config.json architectures)")
-
-
 def checkpoint_task(meta) -> str:
     """The task a genbound checkpoint was trained for (a registered backbone's own where none is recorded)."""
     from ..models.backbones import BACKBONES

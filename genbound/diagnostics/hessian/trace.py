@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats
+from scipy.special import stdtrit  # Student's t quantile; scipy.stats would cost more than torch's import
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -192,7 +192,7 @@ def _interval(samples: list[float], exact_part: float, confidence: float) -> tup
     x = np.asarray(samples, dtype=np.float64)
     n = len(x)
     est = float(exact_part + x.mean())
-    q = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1))
+    q = float(stdtrit(n - 1, 0.5 + confidence / 2))  # the t quantile t_{n-1}((1 + confidence) / 2)
     return est, q * float(x.std(ddof=1)) / math.sqrt(n)
 
 
