@@ -173,8 +173,12 @@ class HessianOperator:
         self.dtype = dtype or ref.dtype
         if not self.dtype.is_floating_point:
             raise GenboundError(f"parameters of dtype {self.dtype} have no Hessian; select floating-point ones")
+        # Only an explicit dtype casts the frozen tensors too: by default a frozen base held in lower
+        # precision (bf16 under float32 adapters) stays as it is instead of being copied in float32.
+        theta = {id(p) for n, p in model.named_parameters() if n in set(self.names)}
         moved = any(
-            t.device != self.device or (t.is_floating_point() and t.dtype != self.dtype)
+            t.device != self.device or (t.is_floating_point() and t.dtype != self.dtype
+                                        and (dtype is not None or id(t) in theta))
             for t in [*model.parameters(), *model.buffers()]
         )
         if moved:
