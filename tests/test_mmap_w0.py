@@ -141,10 +141,12 @@ def _child_delta(mode: str, adapter: Path, base: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak-RSS reset")
 def test_two_gigabyte_base_costs_its_adapted_matrices_only(tmp_path):
-    """~30 s: writing 1.9 GB of zeros and four children. The base (1.9 GB, bf16) is never loaded: reading
-    every W0 costs under 4 float32 copies of the largest adapted matrix, and ``spectra --intruders`` under 10
-    float64 copies (LAPACK's divide-and-conquer SVD of W0 alone takes ~7.75, measured), both far below the
-    base, and independent of the number of adapted layers."""
+    """Writes 1.9 GB of zeros and runs four children. The base (1.9 GB, bf16) is never loaded: reading every
+    W0 costs under 4 float32 copies of the largest adapted matrix, and ``spectra --intruders`` under 14
+    float64 copies: at 1024 x 1024 the dense path holds W0's SVD (U and V, 2 copies) and W0 + dW (1) while
+    LAPACK's divide-and-conquer SVD of W0 + dW takes about 7.75 more (measured), plus W0 in float32 and
+    float64 (1.5); 91 MiB = 11.4 copies was measured. Both bounds are far below the base (240 such copies),
+    and a run that kept every layer's SVD would pass the second one."""
     h, layers = 1024, 32
     mods = _modules([0, layers - 1], h, h)
     big = write_llama_base(tmp_path / "big", hidden=h, layers=layers, ffn=8192, heads=16, kv=16,
@@ -161,4 +163,4 @@ def test_two_gigabyte_base_costs_its_adapted_matrices_only(tmp_path):
     finally:
         (big / "model.safetensors").unlink()
     assert w0 < 4 * 4 * matrix, f"reading W0 took {w0 / 2**20:.1f} MiB"
-    assert full < 10 * 8 * matrix, f"spectra --intruders took {full / 2**20:.1f} MiB"
+    assert full < 14 * 8 * matrix, f"spectra --intruders took {full / 2**20:.1f} MiB"
