@@ -144,6 +144,10 @@ class HessianOperator:
     batches) fit ``cache_bytes`` (default 2 GiB, on CUDA a third of the free memory), else forward, falling
     back to reverse the first time an operation lacks a forward-mode rule. A cached operator is a snapshot:
     changing the model's weights in place afterwards makes autograd refuse the next product.
+
+    ``dtype``: the compute dtype, default that of the first selected parameter. Given, the whole model is
+    copied in it; not given, frozen tensors in another dtype (a bfloat16 base under float32 adapters) are
+    used as they are, and only selected parameters of another dtype make a copy.
     """
 
     def __init__(
