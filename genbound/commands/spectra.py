@@ -103,12 +103,13 @@ def run(args) -> int:
     report = spectra(updates, top_k=args.top_k, bins=args.bins, device=device, progress=progress_of(args))
     intr = None
     if args.intruders:
-        from ..diagnostics.intruders import intruders
+        from ..diagnostics.intruders import BaseSVDCache, intruders
 
         eps, sweep = _eps(args.eps)
         k = args.top_k if args.intruder_k is None else count_or_all(args.intruder_k, "--intruder-k")
+        # each W0 is decomposed once here, so none is kept: memory is one layer's, whatever the model's size
         intr = intruders(ckpt.base_weights(), updates, k=k, eps=eps, sweep=sweep, method=args.intruder_method,
-                         device=device, progress=progress_of(args))
+                         device=device, progress=progress_of(args), cache=BaseSVDCache(maxsize=0))
     meta = ckpt.meta
     header = {"source": str(path), "checkpoint": str(path), "format": kind, "method": meta.method, "rank": meta.rank,
               "alpha": meta.alpha, "backbone": meta.backbone, "layers": len(updates)}

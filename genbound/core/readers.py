@@ -9,14 +9,15 @@ kilobytes). The values are then refused if they are not finite or beyond any tra
 
 Used by :mod:`genbound.checkpoints.checkpoint`, :mod:`genbound.checkpoints.resume`,
 :mod:`genbound.sources.peft_import` and the run context
-(:mod:`genbound.sources.context`), which reads the pretrained W0 of single layers with :func:`read_tensors`.
+(:mod:`genbound.sources.context`), which reads the pretrained W0 of single layers with :func:`read_tensors`, or,
+for a base of gigabytes, one layer at a time as it is used (:class:`LazyTensors`).
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -123,13 +124,14 @@ def read_safetensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torc
     return tensors
 
 
-def read_tensors(path: Path, keys: Iterable[str], max_abs: float | None = MAX_ABS_VALUE) -> dict[str, Tensor]:
+def read_tensors(path: Path, keys: Iterable[str], max_abs: float | None = MAX_ABS_VALUE,
+                 header: dict | None = None) -> dict[str, Tensor]:
     """Only the tensors ``keys`` of a safetensors file (memory-mapped: the rest is never read), after the
-    header checks of :func:`read_header` and with the value checks of :func:`check_values`. A key the file
-    lacks is a :class:`~genbound.core.errors.CheckpointError`."""
+    header checks of :func:`read_header` (``header``: their result, already had) and with the value checks of
+    :func:`check_values`. A key the file lacks is a :class:`~genbound.core.errors.CheckpointError`."""
     from safetensors import SafetensorError, safe_open
 
-    header = read_header(path)
+    header = read_header(path) if header is None else header
     keys = list(keys)
     missing = [k for k in keys if k not in header]
     if missing:
@@ -142,3 +144,42 @@ def read_tensors(path: Path, keys: Iterable[str], max_abs: float | None = MAX_AB
         raise CheckpointError(f"{path}: cannot be read as safetensors ({first})") from None
     check_values(out, path, max_abs)
     return out
+
+
+class LazyTensors(Mapping):
+    """name -> one tensor of a safetensors file, read only when it is asked for and never kept.
+
+    The file is memory-mapped (``safetensors.safe_open``): reading one tensor touches that tensor's bytes only,
+    so the W0 of an adapted layer of a 7 B base costs that matrix, not the model, and the layers are held one
+    at a time by a caller that uses them in turn (the intruder diagnostic). ``keys`` maps each name to its key
+    in the file, ``transposed`` names those stored (in, out) (GPT-2's Conv1D); each tensor is returned as
+    ``dtype``, checked like :func:`read_tensors` (finite, at most ``max_abs``). The header is checked once,
+    on construction; a key the file lacks is a :class:`~genbound.core.errors.CheckpointError` there."""
+
+    def __init__(self, path: Path, keys: Mapping[str, str], transposed: Iterable[str] = (),
+                 dtype: torch.dtype = torch.float32, max_abs: float | None = MAX_ABS_VALUE):
+        self.path = Path(path)
+        self.header = read_header(self.path)
+        missing = [k for k in keys.values() if k not in self.header]
+        if missing:
+            raise CheckpointError(f"{self.path}: no tensor '{missing[0]}' ({len(missing)} missing)")
+        self.keys = dict(keys)
+        self.transposed = set(transposed)
+        self.dtype = dtype
+        self.max_abs = max_abs
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The tensor's shape as returned (from the header: nothing is read)."""
+        shape = tuple(self.header[self.keys[name]]["shape"])
+        return shape[::-1] if name in self.transposed else shape
+
+    def __getitem__(self, name: str) -> Tensor:
+        key = self.keys[name]  # KeyError for a name it does not hold, as a dict
+        t = read_tensors(self.path, [key], self.max_abs, header=self.header)[key]
+        return (t.T if name in self.transposed else t).to(self.dtype).contiguous()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)

@@ -74,15 +74,25 @@ def _digest(W: Tensor) -> str:
     t = W.detach().contiguous().cpu()
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{tuple(t.shape)}|{t.dtype}".encode())
-    h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b"")
+    if t.numel():  # the tensor's own buffer, not a bytes copy of it
+        h.update(t.view(torch.uint8).reshape(-1).numpy())
     return h.hexdigest()
 
 
-class BaseSVDCache:
-    """W0 -> thin SVD, computed once per distinct W0 (by content digest), device and dtype."""
+def _nbytes(b: BaseSVD) -> int:
+    return sum(t.numel() * t.element_size() for t in (b.U, b.S, b.V))
 
-    def __init__(self, maxsize: int = 256):
+
+class BaseSVDCache:
+    """W0 -> thin SVD, computed once per distinct W0 (by content digest), device and dtype.
+
+    At most ``maxsize`` entries and ``max_bytes`` of factors are kept, the oldest dropped first: the SVD of a
+    7 B model's 4096 x 4096 projection is 256 MiB in float64, so a count alone would let a run over 64
+    adapted layers hold 17 GB. ``max_bytes=0`` keeps nothing (one pass over a model's layers, each W0 once)."""
+
+    def __init__(self, maxsize: int = 256, max_bytes: int = 2 << 30):
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
         self._store: dict[tuple, BaseSVD] = {}
         self.hits = 0
         self.misses = 0
@@ -96,7 +106,10 @@ class BaseSVDCache:
         self.misses += 1
         U, S, Vh = torch.linalg.svd(W0.to(device, dtype), full_matrices=False)
         out = BaseSVD(U, S, Vh.T.contiguous())
-        if len(self._store) >= self.maxsize:
+        if self.maxsize < 1 or _nbytes(out) > self.max_bytes:
+            return out
+        while self._store and (len(self._store) >= self.maxsize
+                               or sum(map(_nbytes, self._store.values())) + _nbytes(out) > self.max_bytes):
             self._store.pop(next(iter(self._store)))
         self._store[key] = out
         return out

@@ -345,7 +345,9 @@ class DenseA(_Chained):
 
     def forward(self, ad, x):
         y = F.linear(x, ad.base.weight, ad.base.bias)
-        return y + ad.scale * F.linear(F.linear(x, ad.A), ad.B)
+        # A frozen base held in lower precision (bf16) under float32 factors: the update is computed in the
+        # factors' dtype and added in the base's (a no-op cast when both agree).
+        return y + (ad.scale * F.linear(F.linear(x.to(ad.A.dtype), ad.A), ad.B)).to(y.dtype)
 
     def current_delta(self, ad):
         return ad.scale * ad.B @ ad.A
@@ -668,7 +670,9 @@ class Pissa(Factor):
 
     def forward(self, ad, x):
         y = F.linear(x, ad.base.weight, ad.base.bias)
-        return y + ad.scale * F.linear(F.linear(x, ad.A), ad.B)
+        # A frozen base held in lower precision (bf16) under float32 factors: the update is computed in the
+        # factors' dtype and added in the base's (a no-op cast when both agree).
+        return y + (ad.scale * F.linear(F.linear(x.to(ad.A.dtype), ad.A), ad.B)).to(y.dtype)
 
     def current_delta(self, ad):
         return ad.scale * ad.B @ ad.A

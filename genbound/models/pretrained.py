@@ -15,19 +15,19 @@ projection), :func:`pretrained_weights` returns None so that the caller takes W0
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from ..core.errors import CheckpointError
-from ..core.readers import read_header, read_tensors
+from ..core.readers import LazyTensors, read_header
 from .layout import model_layout
 
 
-def pretrained_weights(backbone, layers: Sequence[tuple[str, int, int]]) -> dict[str, Tensor] | None:
-    """W0 (float32, (out, in)) of each ``(name, out, in)`` layer from ``backbone.weights``, or None where a
+def pretrained_weights(backbone, layers: Sequence[tuple[str, int, int]]) -> Mapping[str, Tensor] | None:
+    """W0 (float32, (out, in)) of each ``(name, out, in)`` layer from ``backbone.weights`` (a
+    :class:`~genbound.core.readers.LazyTensors`: each read when it is used), or None where a
     layer's weight is not stored as it is (the caller builds the model instead). A key found with a shape that
     is not the layer's is a :class:`~genbound.core.errors.CheckpointError`."""
     path = Path(backbone.weights)
@@ -47,9 +47,6 @@ def pretrained_weights(backbone, layers: Sequence[tuple[str, int, int]]) -> dict
                                   f"{' (stored transposed)' if transposed else ''}; the checkpoint was made for "
                                   "another backbone")
         found[name] = (key, transposed)
-    tensors = read_tensors(path, sorted({k for k, _ in found.values()}))
-    out = {}
-    for name, (key, transposed) in found.items():
-        W = tensors[key]
-        out[name] = (W.T if transposed else W).to(torch.float32).contiguous().clone()
-    return out
+    # read as each layer is used, one at a time: W0 of a base of gigabytes costs one matrix, not all of them
+    return LazyTensors(path, {name: key for name, (key, _) in found.items()},
+                       [name for name, (_, transposed) in found.items() if transposed])

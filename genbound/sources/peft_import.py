@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -391,8 +392,10 @@ class PeftCheckpoint:
         """peft records no data."""
         return None
 
-    def base_weights(self) -> dict[str, Tensor]:
-        """W0 of each adapted module, in the (out, in) orientation of :meth:`layer_updates`."""
+    def base_weights(self) -> Mapping[str, Tensor]:
+        """W0 of each adapted module, in the (out, in) orientation of :meth:`layer_updates`: memory-mapped from the
+        base's weights file and read as each layer is used (:class:`~genbound.core.readers.LazyTensors`; the
+        model is never built), or, where transformers converts a weight on loading, from the built model."""
         if self._backbone is None:
             raise GenboundError(
                 f"{self.path}: base model '{self.meta.base_model}' is not available offline; pass --backbone "
@@ -400,19 +403,25 @@ class PeftCheckpoint:
             )
         from torch import nn
 
-        from ..core.readers import read_tensors
+        from ..core.readers import LazyTensors
         from ..models.hfmodels import checkpoint_names
 
         bb = self._backbone
         by_param = {param: key for key, param in checkpoint_names(bb).items() if param is not None}
         keys = {li.name: by_param.get(f"{li.name}.weight") for li in self.meta.layers}
-        if all(keys.values()):  # every weight stored as it is: read those tensors only
-            stored = read_tensors(Path(bb.weights), sorted(set(keys.values())))
-            raw = {li.name: (stored[keys[li.name]], li.transposed) for li in self.meta.layers}
-        else:  # a weight transformers converts on loading: take it from the built model
-            mods = dict(bb.build(2, 0).named_modules())
-            raw = {li.name: (mods[li.name].weight.detach(), isinstance(mods[li.name], nn.Embedding))
-                   for li in self.meta.layers}
+        if all(keys.values()):  # every weight stored as it is: memory-mapped, each read when it is used
+            lazy = LazyTensors(Path(bb.weights), keys, [li.name for li in self.meta.layers if li.transposed])
+            for li in self.meta.layers:
+                if lazy.shape(li.name) != (li.out_features, li.in_features):
+                    raise GenboundError(
+                        f"layer {li.name}: backbone weight is {lazy.shape(li.name)} but the adapter's factors give "
+                        f"{li.out_features}x{li.in_features}; the adapter was made for another base model"
+                    )
+            return lazy
+        # a weight transformers converts on loading: take it from the built model
+        mods = dict(bb.build(2, 0).named_modules())
+        raw = {li.name: (mods[li.name].weight.detach(), isinstance(mods[li.name], nn.Embedding))
+               for li in self.meta.layers}
         out = {}
         for li in self.meta.layers:
             W, transposed = raw[li.name]

@@ -144,6 +144,10 @@ class HessianOperator:
     batches) fit ``cache_bytes`` (default 2 GiB, on CUDA a third of the free memory), else forward, falling
     back to reverse the first time an operation lacks a forward-mode rule. A cached operator is a snapshot:
     changing the model's weights in place afterwards makes autograd refuse the next product.
+
+    ``dtype``: the compute dtype, default that of the first selected parameter. Given, the whole model is
+    copied in it; not given, frozen tensors in another dtype (a bfloat16 base under float32 adapters) are
+    used as they are, and only selected parameters of another dtype make a copy.
     """
 
     def __init__(
@@ -173,8 +177,12 @@ class HessianOperator:
         self.dtype = dtype or ref.dtype
         if not self.dtype.is_floating_point:
             raise GenboundError(f"parameters of dtype {self.dtype} have no Hessian; select floating-point ones")
+        # Only an explicit dtype casts the frozen tensors too: by default a frozen base held in lower
+        # precision (bf16 under float32 adapters) stays as it is instead of being copied in float32.
+        theta = {id(p) for n, p in model.named_parameters() if n in set(self.names)}
         moved = any(
-            t.device != self.device or (t.is_floating_point() and t.dtype != self.dtype)
+            t.device != self.device or (t.is_floating_point() and t.dtype != self.dtype
+                                        and (dtype is not None or id(t) in theta))
             for t in [*model.parameters(), *model.buffers()]
         )
         if moved:
