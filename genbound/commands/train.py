@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from ..core.argtypes import seed_arg
-from .common import add_device, add_json, add_progress, format_table, print_json, progress_of, resolve_device
+from ..core.errors import GenboundError
+from .common import (
+    add_device,
+    add_json,
+    add_progress,
+    add_shard_argument,
+    format_table,
+    print_json,
+    progress_of,
+    resolve_device,
+)
 from .dataopts import add_data_options, data_options
 
 HELP = "fine-tune a backbone with one of the catalogue's methods and write a checkpoint"
@@ -28,6 +38,7 @@ def add_arguments(p) -> None:
                         "uninterrupted run on CPU); a finished checkpoint is kept as it is; without a state, start")
     p.add_argument("--save-every", type=int, default=None, metavar="N",
                    help="save the training state every N steps and at each epoch's end (default 50; 0: never)")
+    add_shard_argument(p)
     p.add_argument("--report-to", nargs="+", default=None, metavar="TRACKER",
                    help="log the loss and cheap diagnostics (||dW||, stable rank per layer, intruders, gap) to "
                         "tensorboard, mlflow and/or wandb (offline) during training; needs genbound[trackers]")
@@ -132,6 +143,9 @@ def run(args) -> int:
     config = config_from_args(args)
     config.save_trajectory, config.trajectory_every = args.save_trajectory, args.trajectory_every
     monitor = None
+    if args.shard != "none" and args.report_to:  # checked here, alike in every process: rank 0 alone has a monitor
+        raise GenboundError("--shard fsdp and --report-to do not go together (the trackers' diagnostics run forward "
+                            "passes on rank 0 alone); drop one")
     with launched(resolve_device(args.device)) as group:  # under torchrun: data-parallel over the processes
         if group is not None and not group.is_main:
             config.progress = False
@@ -139,7 +153,7 @@ def run(args) -> int:
             monitor = _monitor(args, config)
         try:
             result = train(config, args.out, overwrite=args.overwrite, resume=args.resume,
-                           save_every=args.save_every, group=group, monitor=monitor)
+                           save_every=args.save_every, group=group, monitor=monitor, shard=args.shard)
         finally:
             if monitor is not None:
                 monitor.close()

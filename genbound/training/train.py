@@ -68,6 +68,7 @@ from ..methods.subspace import (
 )
 from ..models.backbones import BACKBONES, get_backbone
 from ..models.losses import mean_loss
+from .sharded import place_model
 
 DEFAULT_SAVE_EVERY = 50
 
@@ -260,7 +261,8 @@ def _absolute_paths(config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=None, resume: bool = False,
-          save_every: int | None = None, group: dist_train.Group | None = None, monitor=None) -> TrainResult:
+          save_every: int | None = None, group: dist_train.Group | None = None, monitor=None,
+          shard: str | None = None) -> TrainResult:
     """Train ``config`` and write the checkpoint to ``out`` (atomically). ``splits`` may be passed to reuse
     an already tokenized dataset.
 
@@ -270,7 +272,8 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     fresh. Without ``resume`` an existing state is refused unless ``overwrite`` discards it. ``group``: this
     process's place among torchrun's processes (data-parallel, module docstring); None: one process.
     ``monitor``: a genbound.training.trackers.TrainMonitor that logs the loss and diagnostics to experiment trackers
-    (rank 0 only).
+    (rank 0 only). ``shard="fsdp"`` (with ``group``): the frozen base is sharded over the processes
+    (genbound.training.sharded).
     """
     config.validate()
     _absolute_paths(config)
@@ -286,13 +289,13 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     if group is not None:
         return dist_train.train_replica(group, out, run_lock,
                                         lambda: _train(config, out, overwrite, splits, resume, save_every, group,
-                                                               monitor))
+                                                               monitor, shard))
     with run_lock(out):
         return _train(config, out, overwrite, splits, resume, save_every, monitor=monitor)
 
 
 def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int,
-           group: dist_train.Group | None = None, monitor=None) -> TrainResult:
+           group: dist_train.Group | None = None, monitor=None, shard: str | None = None) -> TrainResult:
     """:func:`train` once the output is resolved and its lock held."""
     from tqdm.auto import tqdm
 
@@ -367,7 +370,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
             raise GenboundError(f"{state_dir} holds a saved state, but subspace runs do not resume; pass --overwrite")
         dims = link_dims(config.subspace_dim, config.chain if method.chained else 1)
         spaces.append(attach_subspace(model, dims[0], config.seed, 0))
-    model.to(device)
+    sharded = place_model(model, device, shard, group, method, bool(spaces), monitor)  # to device, or FSDP
     check_free_space(out, _bytes_written(model, adapters, method.adapter, config.save_trajectory))
 
     n_train = len(splits.train)
@@ -425,6 +428,9 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
 
     def save(next_position: int) -> None:
         nonlocal last_saved
+        # Sharded: the base weights are gathered whole, which every process must take part in.
+        tensors = changing_tensors(model, list(adapters), not method.adapter) if sharded or group is None or \
+            group.is_main else None
         if group is not None and not group.is_main:
             return  # rank 0 saves the state, which every process holds alike
         save_state(state_dir, TrainState(
@@ -432,12 +438,12 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
             history=history, traj_steps=traj_steps, links={n: ad.link for n, ad in adapters.items()},
             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng_cpu=torch.get_rng_state(),
             rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            model=changing_tensors(model, list(adapters), not method.adapter), snapshots=snapshots,
+            model=tensors, snapshots=snapshots,
             train_seconds=seconds_before + time.perf_counter() - t_start, resumed_at=resumed_at,
         ))
         last_saved = step
 
-    score = evaluate if group is None else sharded_evaluate(group)
+    score = evaluate if group is None else sharded_evaluate(group, lockstep=sharded)
     if monitor is not None and (group is None or group.is_main):
         monitor.attach(model, splits.train, device)
     memory.start()
@@ -463,7 +469,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
                 loss = mean_loss(model(**feats), labels)  # per example, or per target token (causal LM)
             else:
                 trained = [p for p in model.parameters() if p.requires_grad]
-                loss = dist_train.slice_loss(model, feats, labels, n_batch, trained)
+                loss = dist_train.slice_loss(model, feats, labels, n_batch, trained, lockstep=sharded)
             if group is None and not torch.isfinite(loss):
                 raise NonFiniteError(f"training loss became {float(loss.detach())} at step {step} (epoch {epoch}); "
                                      "lower --lr")
