@@ -259,6 +259,15 @@ with launched(torch.device("cpu")) as group:
         out["double_backward"] = "ran"
     except RuntimeError as exc:
         out["double_backward"] = str(exc)
+    try:
+        import torch.autograd.forward_ad as fwAD
+        with fwAD.dual_level():
+            th = {n: fwAD.make_dual(p.detach(), v[n]).requires_grad_() for n, p in model.named_parameters()
+                  if p.requires_grad}
+            torch.autograd.grad(loss(model, th), list(th.values()), create_graph=True)  # forward over reverse
+        out["forward_ad"] = "ran"
+    except RuntimeError as exc:
+        out["forward_ad"] = str(exc)
     if group.is_main:
         json.dump(out, open("probe.json", "w"))
 """
@@ -275,6 +284,7 @@ def test_what_fsdp2_supports_on_gloo(ckpt_dir, tmp_path):
     assert out["local_rows"] * 2 == out["rows"] == 128
     assert out["backward"] < 1e-12 and out["hvp_norm"] > 1e-3 and out["jvp_grad"] < 1e-12 * max(1.0, out["hvp_norm"])
     assert out["double_backward"] != "ran" and "storage" in out["double_backward"]
+    assert out["forward_ad"] != "ran" and "jvp" in out["forward_ad"]
 
 
 def test_sharded_hessian_equals_one_process(ckpt_dir, tmp_path):
