@@ -344,3 +344,65 @@ def test_shard_refusals(monkeypatch):
                                   ("lora", True, "subspace")):
         with pytest.raises(GenboundError, match=why):
             place_model(torch.nn.Linear(2, 2), torch.device("cpu"), "fsdp", two, get_method(method), subspace, None)
+
+
+def test_sharded_landscape_equals_one_process(ckpt_dir, tmp_path):
+    """--space factors on the mlp (its dw space covers every parameter, which leaves nothing to shard); 25
+    points split 13 / 12, so rank 1 evaluates one point more, discarded, to keep the gathers in step."""
+    from genbound.diagnostics.landscape import landscape_from_checkpoints
+
+    ckpt = ckpt_dir("lora")
+    _torchrun("-m", "genbound", "landscape", str(ckpt), "--grid", "5", "--samples", "300", "--batch-size", "100",
+              "--space", "factors", "--device", "cpu", "--no-progress", "--output", "two.json", "--shard", "fsdp",
+              cwd=tmp_path)
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["timing"]["processes"] == 2 and two["timing"]["shard"] == "fsdp"
+    one = landscape_from_checkpoints([ckpt], grid=5, samples=300, batch_size=100, space="factors",
+                                     device=torch.device("cpu"), engine="sequential", progress=False)
+    _close(two["loss"], one.loss.numpy(), 1e-5)
+    _close(two["accuracy"], one.accuracy.numpy(), 1e-12)
+    assert two["reference_loss"] == pytest.approx(one.reference_loss, rel=1e-6)
+
+
+_BERT = """
+import json, sys, torch
+from genbound.core.distributed import launched
+from genbound.diagnostics.hessian import hessian_from_checkpoint
+from genbound.diagnostics.landscape import landscape_from_checkpoints
+with launched(torch.device("cpu")) as group:
+    h = hessian_from_checkpoint(sys.argv[1], top_k=2, samples=41, batch_size=16, seed=1, progress=False,
+                                group=group, shard="fsdp")
+    scape = landscape_from_checkpoints([sys.argv[1]], grid=3, samples=41, batch_size=16, progress=False,
+                                       group=group, shard="fsdp")
+    if group.is_main:
+        json.dump({"top": h.eigen.top, "loss": h.loss, "scape": scape.loss.tolist(), "ref": scape.reference_loss},
+                  open("r.json", "w"))
+"""
+
+
+def test_sharded_transformer_hessian_and_landscape(tmp_path):
+    """A tiny BERT: its encoder layers (a ModuleList) are the sharded units and the root holds the embeddings;
+    the landscape's default dw space keeps the adapted query / value weights whole and shards the rest."""
+    from genbound.core.sharding import shard_units
+    from genbound.diagnostics.hessian import hessian_from_checkpoint
+    from genbound.diagnostics.landscape import landscape_from_checkpoints
+    from genbound.models.tinymodels import make_pairs_csv, make_text_model
+    from genbound.sources.context import context_for
+    from genbound.training.train import TrainConfig, train
+
+    bert, data = make_text_model(tmp_path / "bert", "bert"), make_pairs_csv(tmp_path / "p.csv", n=120)
+    ckpt = train(TrainConfig(method="lora", backbone=str(bert), dataset=str(data), text_columns=["s1", "s2"],
+                             label_column="label", split_column="split", rank=2, alpha=4.0, steps=6, batch_size=16,
+                             lr=1e-2, seed=0, progress=False), tmp_path / "ckpt").path
+    model = context_for(ckpt).build_model(torch.device("cpu"))
+    assert len(shard_units(model)) == len(model.backbone.bert.encoder.layer) == 2
+    (tmp_path / "job.py").write_text(_BERT)
+    _torchrun("job.py", str(ckpt), cwd=tmp_path)
+    two = json.loads((tmp_path / "r.json").read_text())
+    h = hessian_from_checkpoint(ckpt, top_k=2, samples=41, batch_size=16, seed=1, progress=False)
+    scape = landscape_from_checkpoints([ckpt], grid=3, samples=41, batch_size=16, engine="sequential",
+                                       progress=False)
+    _close(two["top"], h.eigen.top, 1e-4)
+    _close(two["loss"], h.loss, 1e-6)
+    _close(two["scape"], scape.loss.numpy(), 1e-5)
+    assert two["ref"] == pytest.approx(scape.reference_loss, rel=1e-6)

@@ -25,6 +25,7 @@ cuts each process's shard of an evaluation set into the same number of mini-batc
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 from torch import nn
@@ -57,30 +58,38 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def _frozen(module: nn.Module) -> bool:
-    return any(not p.requires_grad for p in module.parameters())
+def _frozen(module: nn.Module, kept: set[nn.Parameter]) -> bool:
+    return any(p not in kept for p in module.parameters())
 
 
-def shard_units(model: nn.Module) -> list[nn.Module]:
+def shard_units(model: nn.Module, kept: set[nn.Parameter] | None = None) -> list[nn.Module]:
     """The submodules sharded as one unit each: the elements of the outermost ``nn.ModuleList`` (in module
-    order) that hold frozen weights, else the top-level children that do."""
+    order) that hold parameters to shard (those not in ``kept``; default: the frozen ones), else the top-level
+    children that do."""
+    if kept is None:
+        kept = {p for p in model.parameters() if p.requires_grad}
     for _, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0:
-            return [m for m in module if _frozen(m)]
-    return [m for m in model.children() if _frozen(m)]
+            return [m for m in module if _frozen(m, kept)]
+    return [m for m in model.children() if _frozen(m, kept)]
 
 
-def shard_frozen(model: nn.Module, group: Group, device: torch.device) -> nn.Module:
+def shard_frozen(model: nn.Module, group: Group, device: torch.device, keep: Collection[str] | None = None
+                 ) -> nn.Module:
     """Shard the frozen parameters of ``model`` (in place) over ``group``'s processes with FSDP2; the
-    parameters with ``requires_grad`` stay whole and local (``ignored_params``), moved to ``device``; the
-    model may be on the CPU (built there, so that no device ever holds all of it). Returns ``model``."""
+    parameters with ``requires_grad`` (or those named in ``keep``) stay whole and local (``ignored_params``),
+    moved to ``device``; the model may be on the CPU (built there, so that no device ever holds all of it).
+    Returns ``model``."""
     from torch.distributed.device_mesh import init_device_mesh  # optional heavy: only under --shard fsdp
     from torch.distributed.fsdp import fully_shard
 
-    trained = {p for p in model.parameters() if p.requires_grad}
-    if not any(not p.requires_grad for p in model.parameters()):
-        raise GenboundError("--shard fsdp shards the frozen base, and this model trains every parameter (fft); "
-                            "use an adapter method or drop --shard")
+    if keep is None:
+        trained = {p for p in model.parameters() if p.requires_grad}
+    else:
+        trained = {p for n, p in model.named_parameters() if n in set(keep)}
+    if len(trained) == len(list(model.parameters())):
+        raise GenboundError("--shard fsdp shards the frozen base, and every parameter of this model is trained or "
+                            "perturbed (fft, --space all); use an adapter method or another space, or drop --shard")
     # The whole model may be built on the CPU: the trained parameters and the buffers move to the device here,
     # and fully_shard moves each process's pieces of the frozen weights to the mesh's device (cuda:LOCAL_RANK).
     with torch.no_grad():
@@ -91,7 +100,7 @@ def shard_frozen(model: nn.Module, group: Group, device: torch.device) -> nn.Mod
                 if b is not None:
                     module._buffers[name] = b.to(device)
     mesh = init_device_mesh(device.type, (group.world,))
-    for unit in shard_units(model):
+    for unit in shard_units(model, trained):
         # Resharded after its forward: the block's gathered weights are freed until its backward needs them.
         fully_shard(unit, mesh=mesh, reshard_after_forward=True,
                     ignored_params={p for p in unit.parameters() if p in trained})
