@@ -7,8 +7,8 @@ theta* + sum_i t_i d_i is evaluated as the ``sequential`` engine defines it (gri
 takes its contiguous share of the points, as without sharding, and the values are gathered exactly
 (genbound.core.distributed.Group.gather_rows). Each forward pass gathers the sharded weights, which every
 process must take part in, so a process with a shorter share evaluates its last point again (discarded) until
-every process has run as many passes. The batched engine's folded modules and caches work on a private copy
-of the model, which FSDP's hooks do not survive; they are not used here.
+every process has run as many passes. The batched engine (folded modules, prefix caches, a private deep copy
+of the model) has not been adapted to a sharded model and is not used here.
 """
 
 from __future__ import annotations
