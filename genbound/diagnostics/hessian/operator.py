@@ -198,9 +198,8 @@ class HessianOperator:
             t.device != self.device or (t.is_floating_point() and t.dtype != self.dtype)
             for t in [*model.parameters(), *model.buffers()]
         )
-        self.sharded = is_sharded(model)
-        if self.sharded:
-            mode = _sharded_mode(model, self.names, mode, moved)
+        self.sharded = is_sharded(model)  # FSDP (genbound.core.sharding): products forward-over-reverse
+        mode = _sharded_mode(model, self.names, mode, moved) if self.sharded else mode
         if moved:
             # A private copy on the target device/dtype, so the caller's model is not moved or cast.
             self._module = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
@@ -208,8 +207,8 @@ class HessianOperator:
         else:
             self._module = model
             self._own = False
-        # Sharded (FSDP) weights are left to the module, whose hooks gather them block by block.
-        state = {n: p.detach() for n, p in self._module.named_parameters() if n in self.names or not self.sharded}
+        state = {n: p.detach() for n, p in self._module.named_parameters()  # sharded ones: gathered by FSDP's hooks
+                 if n in self.names or not self.sharded}
         state.update({n: b.detach() for n, b in self._module.named_buffers()})
         self._theta = {n: state.pop(n) for n in self.names}
         self._frozen = state
