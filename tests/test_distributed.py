@@ -334,7 +334,7 @@ def test_sharded_training_equals_one_process(tmp_path):
         torch.testing.assert_close(ta[k], tb[k], rtol=1e-4, atol=1e-6)
 
 
-def test_shard_refusals(monkeypatch):
+def test_shard_refusals(tmp_path):
     from genbound.core.distributed import Group
     from genbound.core.errors import GenboundError
     from genbound.core.sharding import check_shard
@@ -343,6 +343,10 @@ def test_shard_refusals(monkeypatch):
 
     with pytest.raises(GenboundError, match="torchrun"):
         check_shard("fsdp", None)
+    from genbound.training.train import TrainConfig, train
+
+    with pytest.raises(GenboundError, match="torchrun"):  # one process: refused, not ignored
+        train(TrainConfig(method="lora", progress=False, **TRAIN), tmp_path / "one", shard="fsdp")
     assert not check_shard("none", None)
     two = Group(rank=0, world=2, local_rank=0, backend="gloo")
     for method, subspace, why in (("c3la", False, "merges"), ("fft", False, "every parameter"),

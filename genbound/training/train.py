@@ -291,7 +291,7 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
                                         lambda: _train(config, out, overwrite, splits, resume, save_every, group,
                                                                monitor, shard))
     with run_lock(out):
-        return _train(config, out, overwrite, splits, resume, save_every, monitor=monitor)
+        return _train(config, out, overwrite, splits, resume, save_every, monitor=monitor, shard=shard)
 
 
 def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int,
