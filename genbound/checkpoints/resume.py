@@ -84,10 +84,16 @@ class TrainState:
 def changing_tensors(model: nn.Module, adapter_names: list[str], full: bool) -> dict[str, Tensor]:
     """The entries of ``model.state_dict()`` that training may change: everything for fft; otherwise every
     tensor of each adapter (factors, selectors, past links and the base weight they were merged into) and
-    the head."""
+    the head. A weight sharded over processes (an FSDP DTensor, genbound.core.sharding) is gathered whole:
+    then every process must call this, alike."""
     prefixes = tuple(f"{n}." for n in adapter_names) + ("head.",)
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict(keep_vars=False).items()
+    return {k: _whole(v.detach()).to("cpu", copy=True) for k, v in model.state_dict(keep_vars=False).items()
             if full or k.startswith(prefixes)}
+
+
+def _whole(t: Tensor) -> Tensor:
+    # duck-typed: importing DTensor would load torch.distributed for every run
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 @torch.no_grad()

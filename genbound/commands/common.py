@@ -7,8 +7,8 @@ from ..core.errors import GenboundError
 from ..core.render import print_json, to_jsonable
 from ..core.render import text_table as format_table
 
-__all__ = ["add_device", "add_json", "count_or_all", "format_table", "positive_int", "print_json", "resolve_device",
-           "sample_count", "to_jsonable"]
+__all__ = ["add_device", "add_json", "add_shard_argument", "count_or_all", "format_table", "positive_int",
+           "print_json", "resolve_device", "sample_count", "to_jsonable"]
 
 
 def add_json(parser) -> None:
@@ -30,6 +30,14 @@ def add_device(parser) -> None:
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available; default)"
     )
+
+
+def add_shard_argument(parser) -> None:
+    # The choices of genbound.core.sharding.SHARD_CHOICES, written out: that module imports torch.
+    parser.add_argument("--shard", choices=["none", "fsdp"], default="none",
+                        help="under torchrun: fsdp shards the frozen base model over the processes "
+                             "(torch FSDP2 fully_shard; docs/scale.md, 'Sharded models (FSDP)'); none (default) "
+                             "keeps a whole copy in every process")
 
 
 def positive_int(text: str) -> int:

@@ -13,6 +13,7 @@ from .common import (
     add_device,
     add_json,
     add_progress,
+    add_shard_argument,
     format_table,
     positive_int,
     print_json,
@@ -53,6 +54,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tol", type=float, default=1e-4, help="relative error bound for the eigenvalues (1e-4)")
     p.add_argument("--max-steps", type=positive_int, default=100, help="most Lanczos steps for eigenvalues (100)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the subset and of every random probe (0)")
+    add_shard_argument(p)
     p.add_argument("--out", default=None, help="also write the JSON report to this file (atomically)")
     add_json(p)
     add_device(p)
@@ -85,6 +87,7 @@ def run(args) -> int:
             tol=args.tol, max_steps=args.max_steps, batch_size=args.batch_size, trace_rtol=args.trace_rtol,
             device=group.device(device) if group else device,
             progress=progress_of(args) if group is None or group.is_main else False, group=group,
+            shard=args.shard,
         )
     if group is not None and not group.is_main:
         return 0  # every process holds the same report; rank 0 writes and prints it

@@ -10,6 +10,7 @@ from .common import (
     add_device,
     add_json,
     add_progress,
+    add_shard_argument,
     format_table,
     print_json,
     progress_of,
@@ -57,6 +58,7 @@ def add_arguments(p) -> None:
     p.add_argument("--output", type=Path, default=None, help="also write the full result as JSON to this file")
     p.add_argument("--plot", type=Path, default=None, help="write a figure (png, pdf or svg) to this file")
     add_device(p)
+    add_shard_argument(p)
     add_json(p)
     add_progress(p)
 
@@ -91,6 +93,7 @@ def run(args) -> int:
             device=group.device(device) if group else device, engine=args.engine,
             points_per_batch=args.points_per_batch, batch_size=args.batch_size, basin_rise=args.basin_rise,
             progress=progress_of(args) if group is None or group.is_main else False, group=group,
+            shard=args.shard,
         )
     if group is not None and not group.is_main:
         return 0  # every process holds the whole slice; rank 0 writes and prints it

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from ..core.argtypes import seed_arg
-from .common import add_device, add_json, add_progress, format_table, print_json, progress_of, resolve_device
+from ..core.errors import GenboundError
+from .common import (
+    add_device,
+    add_json,
+    add_progress,
+    add_shard_argument,
+    format_table,
+    print_json,
+    progress_of,
+    resolve_device,
+)
 from .dataopts import add_data_options, data_options
 from .listing import chained_method_names, method_names
 
@@ -33,6 +43,7 @@ def add_arguments(p) -> None:
                    help="skip the final evaluation of the full train / validation / test splits (for sweeps that "
                         "evaluate later); the checkpoint then records final_eval: false and no losses, and "
                         "`genbound evaluate` measures them")
+    add_shard_argument(p)
     p.add_argument("--report-to", nargs="+", default=None, metavar="TRACKER",
                    help="log the loss and cheap diagnostics (||dW||, stable rank per layer, intruders, gap) to "
                         "tensorboard, mlflow and/or wandb (offline) during training; needs genbound[trackers]")
@@ -136,6 +147,9 @@ def run(args) -> int:
     config = config_from_args(args)
     config.save_trajectory, config.trajectory_every = args.save_trajectory, args.trajectory_every
     monitor = None
+    if args.shard != "none" and args.report_to:  # checked here, alike in every process: rank 0 alone has a monitor
+        raise GenboundError("--shard fsdp and --report-to do not go together (the trackers' diagnostics run forward "
+                            "passes on rank 0 alone); drop one")
     with launched(resolve_device(args.device)) as group:  # under torchrun: data-parallel over the processes
         if group is not None and not group.is_main:
             config.progress = False
@@ -144,7 +158,7 @@ def run(args) -> int:
         try:
             result = train(config, args.out, overwrite=args.overwrite, resume=args.resume,
                            save_every=args.save_every, group=group, monitor=monitor,
-                           final_eval=not args.no_final_eval)
+                           final_eval=not args.no_final_eval, shard=args.shard)
         finally:
             if monitor is not None:
                 monitor.close()

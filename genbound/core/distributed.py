@@ -218,10 +218,13 @@ def reduce_gradients(group: Group, params: Sequence[Tensor], loss: Tensor) -> Te
     return flat[-1]
 
 
-def slice_loss(model, feats: dict[str, Tensor], labels: Tensor, n_global: int, params: Sequence[Tensor]) -> Tensor:
+def slice_loss(model, feats: dict[str, Tensor], labels: Tensor, n_global: int, params: Sequence[Tensor],
+               lockstep: bool = False) -> Tensor:
     """:func:`summed_loss` of ``model`` on this process's slice; an empty slice (a last batch smaller than
-    the number of processes) contributes zero gradients without a forward pass on no examples."""
-    if labels.shape[0] == 0:
+    the number of processes) contributes zero gradients without a forward pass on no examples, unless
+    ``lockstep`` (an FSDP-sharded model, genbound.core.sharding): then its forward and backward run on no
+    examples, since every process must take part in the weight gathers they hold."""
+    if labels.shape[0] == 0 and not lockstep:
         return sum((p.sum() * 0.0 for p in params), torch.zeros((), device=labels.device))
     return summed_loss(model(**feats), labels, n_global)
 

@@ -20,6 +20,7 @@ from ..core.device import where as device_of
 from ..core.distributed import Group
 from ..core.errors import NonFiniteError
 from ..core.progress import bar
+from ..core.sharding import lockstep_slices
 from ..data.evalset import EvalSet
 from ..models.losses import correct as n_correct
 from ..models.losses import count, summed_loss
@@ -118,22 +119,43 @@ def source_results(source, device: torch.device | None = None) -> dict:
     return meta.results
 
 
-def sharded_evaluate(group: Group):
+def sharded_evaluate(group: Group, lockstep: bool = False):
     """:func:`genbound.diagnostics.evaluate.evaluate` with the examples shared out over the processes: each
     evaluates its
     shard, the summed losses and correct counts are added up, and every process gets the whole set's mean
-    (the same value in each, up to the order of the float additions the one-process mean)."""
+    (the same value in each, up to the order of the float additions the one-process mean). ``lockstep``: the
+    model's frozen base is FSDP-sharded (genbound.core.sharding), so every process runs the same number of
+    forward passes."""
     def score(model, data: EvalSet, batch_size: int = 64, device=None, where: str = "evaluation",
               progress: bool | None = False) -> Evaluation:
         share = group.shard(len(data))
         sl = slice(share.start, share.stop)
+        local = EvalSet({k: v[sl] for k, v in data.features.items()}, data.labels[sl])
         sums = [0.0, 0.0]
-        if len(share):
-            part = evaluate(model, EvalSet({k: v[sl] for k, v in data.features.items()}, data.labels[sl]),
-                            batch_size, device, where, progress=progress)
+        if lockstep:
+            sums = _lockstep_sums(model, local, batch_size, device, where, group)
+        elif len(share):
+            part = evaluate(model, local, batch_size, device, where, progress=progress)
             sums = [part.loss * part.n, float(round(part.accuracy * part.n))]
         total, correct = group.sum_floats(sums)
         n = len(data)
         return Evaluation(loss=total / n, accuracy=correct / n, error=1 - correct / n, n=n)
 
     return score
+
+
+def _lockstep_sums(model: nn.Module, data: EvalSet, batch_size: int, device, where: str, group: Group) -> list[float]:
+    """Summed loss and correct count of ``data`` in as many forward passes as every other process runs (each
+    gathers the sharded weights); a process whose shard has no examples left runs its pass on none."""
+    sums = [0.0, 0.0]
+    device = device_of(device, model)
+    for sl in lockstep_slices(len(data), batch_size, group):
+        chunk = EvalSet({k: v[sl] for k, v in data.features.items()}, data.labels[sl])
+        if len(chunk):
+            part = evaluate(model, chunk, len(chunk), device, where)
+            sums[0] += part.loss * part.n
+            sums[1] += float(round(part.accuracy * part.n))
+        else:
+            with torch.no_grad():
+                model(**{k: v.to(device) for k, v in chunk.features.items()})
+    return sums

@@ -69,6 +69,7 @@ from ..methods.subspace import (
 )
 from ..models.backbones import BACKBONES, get_backbone
 from ..models.losses import mean_loss
+from .sharded import place_model
 
 DEFAULT_SAVE_EVERY = 50
 
@@ -262,7 +263,7 @@ def _absolute_paths(config: TrainConfig) -> None:
 
 def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=None, resume: bool = False,
           save_every: int | None = None, group: dist_train.Group | None = None, monitor=None,
-          final_eval: bool = True) -> TrainResult:
+          final_eval: bool = True, shard: str | None = None) -> TrainResult:
     """Train ``config`` and write the checkpoint to ``out`` (atomically). ``splits`` may be passed to reuse
     an already tokenized dataset.
 
@@ -274,7 +275,8 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     ``monitor``: a genbound.training.trackers.TrainMonitor that logs the loss and diagnostics to experiment trackers
     (rank 0 only). ``final_eval=False`` (``--no-final-eval``) skips the final evaluation of the full splits, for
     sweeps that evaluate later: the checkpoint then records ``final_eval: false`` and no losses (never invented
-    ones), and whatever reads them measures them itself or says they are missing.
+    ones), and whatever reads them measures them itself or says they are missing. ``shard="fsdp"`` (with
+    ``group``): the frozen base is sharded over the processes (genbound.training.sharded).
     """
     config.validate()
     _absolute_paths(config)
@@ -290,9 +292,10 @@ def train(config: TrainConfig, out: str | Path, overwrite: bool = False, splits=
     if group is not None:
         return dist_train.train_replica(group, out, run_lock,
                                         lambda: _train(config, out, overwrite, splits, resume, save_every, group,
-                                                       monitor, final_eval))
+                                                       monitor, final_eval, shard))
     with run_lock(out):
-        return _train(config, out, overwrite, splits, resume, save_every, monitor=monitor, final_eval=final_eval)
+        return _train(config, out, overwrite, splits, resume, save_every, monitor=monitor, final_eval=final_eval,
+                      shard=shard)
 
 
 # -- the run's phases: prepare the output, build, loop (with its events), finish -----------------------------
@@ -342,6 +345,7 @@ class _Run:
     snapshots: dict[str, Tensor] = field(default_factory=dict)
     t_start: float = 0.0
     train_seconds: float = 0.0  # the whole run's training time, resumed parts included; set when the loop ends
+    sharded: bool = False  # the frozen base is sharded with FSDP (genbound.training.sharded)
 
     @property
     def is_main(self) -> bool:
@@ -350,13 +354,14 @@ class _Run:
 
 
 def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int,
-           group: dist_train.Group | None = None, monitor=None, final_eval: bool = True) -> TrainResult:
+           group: dist_train.Group | None = None, monitor=None, final_eval: bool = True,
+           shard: str | None = None) -> TrainResult:
     """:func:`train` once the output is resolved and its lock held: the four phases in order."""
     finished = _prepare_output(config, out, overwrite, resume, group)
     if finished is not None:
         return finished
-    run = _build(config, out, overwrite, splits, resume, save_every, group, monitor)
-    score = evaluate if group is None else sharded_evaluate(group)
+    run = _build(config, out, overwrite, splits, resume, save_every, group, monitor, shard)
+    score = evaluate if group is None else sharded_evaluate(group, lockstep=run.sharded)
     memory = PeakMemory(run.device)
     _loop(run, score, memory)
     return _finish(run, score, memory, final_eval)
@@ -398,7 +403,7 @@ def _prepare_output(config: TrainConfig, out: Path, overwrite: bool, resume: boo
 
 
 def _build(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool, save_every: int,
-           group: dist_train.Group | None, monitor) -> _Run:
+           group: dist_train.Group | None, monitor, shard: str | None = None) -> _Run:
     """The backbone, the data, the model with its adapters (and subspace), a saved state restored into them,
     the step budget and the optimizer: everything the loop needs, in the order the random draws are made."""
     state_dir = state_dir_for(out)
@@ -432,7 +437,7 @@ def _build(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
             raise GenboundError(f"{state_dir} holds a saved state, but subspace runs do not resume; pass --overwrite")
         run.dims = link_dims(config.subspace_dim, config.chain if method.chained else 1)
         run.spaces.append(attach_subspace(model, run.dims[0], config.seed, 0))
-    model.to(device)
+    run.sharded = place_model(model, device, shard, group, method, bool(run.spaces), monitor)  # to device, or FSDP
     check_free_space(out, _bytes_written(model, adapters, method.adapter, config.save_trajectory))
     _budget(run)
     run.optimizer = torch.optim.AdamW(param_groups(model, adapters, config.lr, run.b_ratio, config.weight_decay),
@@ -567,7 +572,7 @@ def _train_step(run: _Run, idx: Tensor) -> float:
         loss = mean_loss(model(**feats), labels)  # per example, or per target token (causal LM)
     else:
         trained = [p for p in model.parameters() if p.requires_grad]
-        loss = dist_train.slice_loss(model, feats, labels, n_batch, trained)
+        loss = dist_train.slice_loss(model, feats, labels, n_batch, trained, lockstep=run.sharded)
     if group is None and not torch.isfinite(loss):
         raise NonFiniteError(f"training loss became {float(loss.detach())} {where}")
     run.optimizer.zero_grad(set_to_none=True)
@@ -623,6 +628,9 @@ def _snapshot(run: _Run) -> None:
 def _save_state(run: _Run, next_position: int) -> None:
     """The full training state, atomically (genbound.checkpoints.resume); rank 0 alone, as every process
     holds the same numbers."""
+    # Sharded: the base weights are gathered whole, which every process must take part in.
+    tensors = changing_tensors(run.model, list(run.adapters), not run.method.adapter) if run.sharded or \
+        run.is_main else None
     if not run.is_main:
         return
     device = run.device
@@ -632,7 +640,7 @@ def _save_state(run: _Run, next_position: int) -> None:
         links={n: ad.link for n, ad in run.adapters.items()}, optimizer=run.optimizer.state_dict(),
         scheduler=run.scheduler.state_dict(), rng_cpu=torch.get_rng_state(),
         rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        model=changing_tensors(run.model, list(run.adapters), not run.method.adapter), snapshots=run.snapshots,
+        model=tensors, snapshots=run.snapshots,
         train_seconds=run.seconds_before + time.perf_counter() - run.t_start, resumed_at=run.resumed_at,
     ))
 

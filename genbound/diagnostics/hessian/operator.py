@@ -40,6 +40,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from ...core.device import where
 from ...core.distributed import Group
 from ...core.errors import GenboundError, NonFiniteError
+from ...core.sharding import is_sharded, lockstep_slices
 from ...data.evalset import EvalSet
 from ...models.losses import count, summed_loss
 
@@ -130,6 +131,26 @@ class HVPStats:
     seconds: float = 0.0
 
 
+def _sharded_mode(model: nn.Module, names: Sequence[str], mode: str, moved: bool) -> str:
+    """The product mode for a model whose frozen base is FSDP-sharded (genbound.core.sharding): forward
+    (jvp of grad), the one that runs through FSDP's gather hooks; the double backward does not (FSDP frees the
+    gathered weights after the first backward, which the second-order graph still needs)."""
+    from torch.distributed.tensor import DTensor  # loaded already: the model is sharded
+
+    params = dict(model.named_parameters())
+    sharded = [n for n in names if isinstance(params[n], DTensor)]
+    if sharded:
+        raise GenboundError(f"{sharded[0]} is sharded (--shard fsdp shards the frozen base); differentiate the "
+                            "trained parameters (--params trained) or drop --shard")
+    if mode in ("cached", "reverse"):
+        raise GenboundError(f"Hessian-vector products of mode {mode} (a double backward) do not run through an "
+                            "FSDP-sharded model; use mode forward or auto")
+    if moved:
+        raise GenboundError("a sharded model is computed on its own device and dtype; shard it after moving it "
+                            "(genbound.core.sharding.shard_frozen)")
+    return "forward"
+
+
 class HessianOperator:
     """Matrix-free H of the mean cross-entropy over ``evalset`` w.r.t. the parameters ``names``.
 
@@ -185,6 +206,8 @@ class HessianOperator:
                                         and (dtype is not None or id(t) in theta))
             for t in [*model.parameters(), *model.buffers()]
         )
+        self.sharded = is_sharded(model)  # FSDP (genbound.core.sharding): products forward-over-reverse
+        mode = _sharded_mode(model, self.names, mode, moved) if self.sharded else mode
         if moved:
             # A private copy on the target device/dtype, so the caller's model is not moved or cast.
             self._module = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
@@ -192,7 +215,8 @@ class HessianOperator:
         else:
             self._module = model
             self._own = False
-        state = {n: p.detach() for n, p in self._module.named_parameters()}
+        state = {n: p.detach() for n, p in self._module.named_parameters()  # sharded ones: gathered by FSDP's hooks
+                 if n in self.names or not self.sharded}
         state.update({n: b.detach() for n, b in self._module.named_buffers()})
         self._theta = {n: state.pop(n) for n in self.names}
         self._frozen = state
@@ -246,6 +270,15 @@ class HessianOperator:
 
     # -- the loss ----------------------------------------------------------------------------------
 
+    def _batches(self) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """This process's mini-batches; with a sharded model the same number in every process (each forward
+        all-gathers weights, genbound.core.sharding.lockstep_slices)."""
+        if not self.sharded:
+            yield from self._data.batches(self.batch_size)
+            return
+        for sl in lockstep_slices(len(self._data), self.batch_size, self.group):
+            yield {k: v[sl] for k, v in self._data.features.items()}, self._data.labels[sl]
+
     @contextlib.contextmanager
     def _context(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
@@ -286,7 +319,7 @@ class HessianOperator:
             return self._cached_value[0]
         total = 0.0
         with torch.no_grad(), self._context():
-            for feats, labels in self._data.batches(self.batch_size):
+            for feats, labels in self._batches():
                 total += float(self._batch_loss(self._theta, feats, labels))
         if self.group is not None:
             total = self.group.sum_floats([total])[0]
@@ -299,7 +332,7 @@ class HessianOperator:
             return self._cached_value[1]
         out = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
         with self._context():
-            for feats, labels in self._data.batches(self.batch_size):
+            for feats, labels in self._batches():
                 g = grad(self._batch_loss)(self._theta, feats, labels)
                 out += self.flatten(g)
         if self.group is not None:
@@ -415,7 +448,7 @@ class HessianOperator:
             return self._apply_cached(vs, k)
         out = torch.zeros_like(V)
         with self._context():
-            for feats, labels in self._data.batches(self.batch_size):
+            for feats, labels in self._batches():
                 part = None
                 if self.mode in ("auto", "forward"):
                     try:

@@ -22,6 +22,7 @@ from ...core.device import where
 from ...core.distributed import Group
 from ...core.errors import GenboundError
 from ...core.progress import Estimate, FirstCall, announce
+from ...core.sharding import check_shard, shard_frozen
 from ...data.evalset import EvalSet
 from ...sources.context import context_for
 from .density import DensityResult, slq_measure, smooth_density
@@ -424,16 +425,22 @@ def hessian_from_checkpoint(
     samples: int | None = 512,
     device: torch.device | None = None,
     seed: int = 0,
+    shard: str | None = None,
     **kw: Any,
 ) -> HessianReport:
     """:func:`hessian_spectrum` of a checkpoint (a path or a loaded checkpoint) on a seeded subset of
     ``samples`` examples of its recorded ``split`` (all of them when ``samples`` is None); by default on
     the parameters the checkpoint trained. ``ckpt`` may be a run context (genbound.sources.context), which keeps the
-    model and the data for the next diagnostic."""
+    model and the data for the next diagnostic. ``shard="fsdp"`` (with ``group``): the frozen base is sharded
+    over the processes (genbound.core.sharding) and the products are forward-over-reverse."""
     path = str(ckpt) if isinstance(ckpt, (str, Path)) else None
     device = where(device)  # a checkpoint is read onto the CPU
     ckpt = context_for(ckpt, device)
-    model = ckpt.build_model(device=device)
+    sharded = check_shard(shard, kw.get("group"))
+    # Sharded: built on the CPU, and only this process's piece of the frozen base goes to the device.
+    model = ckpt.build_model(device=torch.device("cpu") if sharded else device)
+    if sharded:
+        shard_frozen(model.to(dtype=kw.get("dtype") or next(model.parameters()).dtype), kw["group"], device)
     try:
         splits = ckpt.load_splits()
     except GenboundError:
@@ -457,5 +464,7 @@ def hessian_from_checkpoint(
     }
     if kw.get("group") is not None:
         report.source["processes"] = kw["group"].world
+    if sharded:
+        report.source["shard"] = "fsdp"
     return report
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from ...core.device import where
 from ...core.distributed import Group
 from ...core.errors import GenboundError
 from ...core.readers import read_safetensors
+from ...core.sharding import check_shard, shard_frozen
 from ...data.evalset import EvalSet
 from ...sources.context import contexts_for
 from ..evaluate import evaluate
@@ -31,6 +33,7 @@ from .directions import (
     random_directions,
 )
 from .grid import ENGINES, GridEvaluator, check_grid, check_span, grid_axis, grid_points
+from .sharded import sharded_point_values
 from .summaries import Summary, summarize
 
 if TYPE_CHECKING:
@@ -91,17 +94,24 @@ def landscape(model: nn.Module, coords: Mapping[str, Tensor], directions: Sequen
               radii: Sequence[float] | None = None, basin_threshold: float | None = None, basin_rise: float = 0.1,
               directions_kind: str = "custom", space: str | None = None, path: Tensor | None = None,
               path_labels: list[str] | None = None, source: dict | None = None,
-              group: Group | None = None) -> Landscape:
+              group: Group | None = None, shard: str | None = None) -> Landscape:
     """Evaluate loss and accuracy on a symmetric grid spanned by 1 or 2 ``directions`` around ``coords``.
 
     ``group`` (under torchrun, :mod:`genbound.core.distributed`): each process evaluates its contiguous share of
     the grid points on the whole evaluation set and the shares are gathered exactly, so every process holds
-    the whole slice; ``timing`` is that of rank 0's share."""
+    the whole slice; ``timing`` is that of rank 0's share. ``shard="fsdp"`` (with ``group``): ``model``'s
+    parameters other than the coordinates are sharded over the processes, in place (genbound.core.sharding;
+    points evaluated by :func:`genbound.diagnostics.landscape.sharded.sharded_point_values`)."""
     grid, span = check_grid(grid), check_span(span)
     if engine not in ENGINES:
         raise GenboundError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
     if len(directions) not in (1, 2):
         raise GenboundError(f"a slice has 1 or 2 directions, got {len(directions)}")
+    if check_shard(shard, group):
+        return _sharded_landscape(model, coords, directions, evalset, grid, span, device, batch_size, group,
+                                  radii=radii, basin_threshold=basin_threshold, basin_rise=basin_rise,
+                                  directions_kind=directions_kind, space=space, path=path, path_labels=path_labels,
+                                  source=source)
     ev = GridEvaluator(model, coords, [d.tensors for d in directions], evalset, device=device,
                        batch_size=batch_size, points_per_batch=points_per_batch, memory_budget=memory_budget,
                        cache_prefix=cache_prefix, progress=progress)
@@ -127,6 +137,39 @@ def landscape(model: nn.Module, coords: Mapping[str, Tensor], directions: Sequen
         timing["processes"] = group.world
     return Landscape("line" if len(directions) == 1 else "plane", directions_kind, space, axes, loss, acc,
                      [d.info for d in directions], cos, ref_loss, ref_acc, len(evalset), summary, timing,
+                     path, path_labels, dict(source or {}))
+
+
+def _sharded_landscape(model: nn.Module, coords: Mapping[str, Tensor], directions: Sequence[Direction],
+                       evalset: EvalSet, grid: int, span: float, device: torch.device | None, batch_size: int | None,
+                       group: Group, radii=None, basin_threshold=None, basin_rise: float = 0.1,
+                       directions_kind: str = "custom", space: str | None = None, path: Tensor | None = None,
+                       path_labels: list[str] | None = None, source: dict | None = None) -> Landscape:
+    """:func:`landscape` with everything but the coordinates sharded over ``group`` (FSDP2)."""
+    device = where(device, model)
+    shard_frozen(model, group, device, keep=list(coords))
+    centre = {n: t.detach().to(device) for n, t in coords.items()}
+    dirs = {n: torch.stack([d.tensors[n].detach().to(device, centre[n].dtype) for d in directions]) for n in centre}
+    axes = [grid_axis(grid, span) for _ in directions]
+    points = grid_points(axes)
+    data = evalset.to(device)
+    batch = int(batch_size) if batch_size else 256
+    t0 = time.perf_counter()
+    loss, acc = sharded_point_values(model, centre, dirs, points, data, batch, device, group)
+    seconds = time.perf_counter() - t0
+    shape = (grid,) * len(directions)
+    loss, acc = loss.view(shape), acc.view(shape)
+    own = dict(model.named_parameters())
+    with torch.no_grad():  # theta* into the model's own (unsharded) coordinates: the plain reference evaluation
+        for n, t in centre.items():
+            own[n].copy_(t)
+    ref = evaluate(model, data, batch_size=batch, device=device, where="the landscape centre")
+    cos = cosine(directions[0].tensors, directions[1].tensors) if len(directions) == 2 else None
+    summary = summarize(axes, loss, acc, radii, basin_threshold, basin_rise)
+    timing = {"engine": "sequential", "seconds": seconds, "points": int(loss.numel()), "points_per_batch": 1,
+              "batch_size": batch, "device": str(device), "processes": group.world, "shard": "fsdp"}
+    return Landscape("line" if len(directions) == 1 else "plane", directions_kind, space, axes, loss, acc,
+                     [d.info for d in directions], cos, ref.loss, ref.accuracy, len(evalset), summary, timing,
                      path, path_labels, dict(source or {}))
 
 
@@ -300,7 +343,9 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
     ckpts = contexts_for(given, device)  # one backbone build and one data load for all of them
     if directions == "interpolate":
         _check_compatible(ckpts, paths, space)
-    model, coords = checkpoint_space(ckpts[0], space, device)
+    # Sharded (kwargs shard="fsdp"): built on the CPU; only this process's pieces go to the device.
+    build_on = torch.device("cpu") if kwargs.get("shard") not in (None, "none") else device
+    model, coords = checkpoint_space(ckpts[0], space, build_on)
     splits = ckpts[0].load_splits()
     evalset = splits.split(split).subset(samples, seed)
     meta = ckpts[0].meta
@@ -319,7 +364,7 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
                          **kwargs)
     ends = []
     for ck, p in zip(ckpts[1:], paths[1:]):
-        other, other_coords = checkpoint_space(ck, space, device)
+        other, other_coords = checkpoint_space(ck, space, build_on)
         if list(other_coords) != list(coords):
             missing = sorted(set(coords) ^ set(other_coords))
             raise GenboundError(f"{p} has different coordinates in --space {space} ('{missing[0]}'); "
