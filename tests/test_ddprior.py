@@ -142,3 +142,26 @@ def test_cli_train_and_certify_with_a_prior_fraction(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--pac-bayes" in err
     assert main(["train", "--method", "lora", "--backbone", "mlp", "--steps", "2", "--prior-fraction", "1", "--out",
                  str(tmp_path / "x")]) == 2
+
+
+def test_analysis_certifies_a_prior_preset(tmp_path, monkeypatch):
+    """analysis.certificates on an mlp preset with a data-dependent centre: the run is trained on the prior part,
+    the report states the split, n and the ceiling, and the cached record is the certificate's."""
+    from analysis import certificates
+    from analysis.presets import Preset
+
+    preset = Preset("cert-mlp-prior", "mlp on the prior half of digits", backbone="mlp", dataset="digits", rank=4,
+                    alpha=8.0, chain=3, lr=0.3, lr_full=0.3, steps=120, batch_size=32,
+                    extra={"subspace_dim": 250, "prior_fraction": 0.5, "prior_seed": 0})
+    settings = {"levels": 3, "qat_steps": 5, "qat_lr": 0.01, "rate": 0.0, "delta": 0.05, "prior_fraction": 0.5,
+                "posterior_steps": 5, "posterior_lr": 0.01}
+    monkeypatch.setitem(certificates.PRESETS, "mlp-prior", (preset, settings))
+    doc = tmp_path / "cert.md"
+    assert certificates.main(["--preset", "mlp-prior", "--out", str(tmp_path / "out"), "--methods", "lora",
+                              "--doc", str(doc)]) == 0
+    cert = json.loads((tmp_path / "out" / "certificates.json").read_text())["certificates"]["lora"]
+    ck = load_checkpoint(tmp_path / "out" / "runs" / "lora-s0")
+    assert cert["prior"]["n_prior"] == ck.meta.n_train and cert["n"] == cert["prior"]["n_bound"]
+    text = doc.read_text()
+    assert f"**{cert['bound']:.3f}**" in text and "Data-dependent centre" in text
+    assert f"n = {cert['n']:,} bound-part examples" in text and "Ceiling" in text
