@@ -144,9 +144,7 @@ def test_the_default_subspace_run_certifies_and_reads_plainly(tmp_path, capsys):
 
 def test_best_of_two_reports_refuses_a_mix(tmp_path, capsys):
     from analysis import certificates
-    from analysis.certificates import QUESTIONS, split_settings
-
-    q = QUESTIONS["bbc-budgets"]
+    from analysis.certificates import split_settings
 
     def summary(name, preset, delta, unions, bound):
         cert = {"method": "lora", "bound": bound, "bits": 800, "train_error": 0.1, "delta": delta, "unions": unions,

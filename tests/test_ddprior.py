@@ -66,6 +66,7 @@ def test_centre_depends_only_on_the_prior_part(tmp_path, centre_run):
     run = train(_config(), tmp_path / "other", splits=other).path
     again = load_checkpoint(run)
     assert again.meta.split_digest == ck.meta.split_digest == prior_splits(splits, 0.5, 0).digest()
+    assert prior_splits(splits, 0.5, 0).info is not splits.info  # no cached digest of the full splits carried over
     assert torch.equal(load_w(again)[0], load_w(ck)[0])
     # a prior-part example does move it
     labels2 = tr.labels.clone()

@@ -71,7 +71,9 @@ def prior_splits(splits, fraction: float, seed: int):
     """``splits`` (genbound.data.datasets.Splits) with the training split cut to its prior part: what the centre
     is trained on (``genbound.training.train(config, out, splits=...)``). Validation and test are unchanged."""
     part = split_train(len(splits.train), fraction, seed)
-    return replace(splits, train=splits.train.index(part.prior))
+    # a fresh info dict: the full splits' cached digest (restore.check_splits) must not pass for the cut ones
+    info = {k: v for k, v in splits.info.items() if k != "_digest"}
+    return replace(splits, train=splits.train.index(part.prior), info=info)
 
 
 def check_fraction(fraction: float, declared: tuple[float, ...]) -> None:
