@@ -204,6 +204,15 @@ def _f(v: float | None, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _code_phrase(rows, settings: dict[str, Any]) -> str:
+    """How w was quantized; with a data-dependent centre and no posterior steps, nothing is (the centre is sent)."""
+    if "prior_fraction" in settings and not settings.get("posterior_steps"):
+        return ("the centre itself (no posterior steps: the difference from the centre is 0, one level, nothing "
+                "to quantize)")
+    return (f"{_levels_phrase(rows, settings)}, k-means then {settings['qat_steps']} steps of quantization-aware "
+            f"training (Adam, lr {settings['qat_lr']})")
+
+
 def _levels_phrase(rows, settings: dict[str, Any]) -> str:
     used = sorted({int(lv) for _, c in rows for lv in c.get("levels_tried", {str(c["levels"]): None})})
     if len(used) <= 1:
@@ -288,9 +297,7 @@ def report(preset: Preset, settings: dict[str, Any], specs, results: dict[str, A
     lines = [f"# Compression certificates per method ({preset.backbone} / {preset.dataset})", "",
              f"Written by `{command}`.", "",
              f"Setting: {preset.description}; learning rate of w {preset.lr}; seed 0. Certificate: "
-             f"{_levels_phrase(rows, settings)}, k-means then {settings['qat_steps']} steps of "
-             "quantization-aware training "
-             f"(Adam, lr {settings['qat_lr']}), range coding (constriction), delta = {settings['delta']:g}"
+             f"{_code_phrase(rows, settings)}, range coding (constriction), delta = {settings['delta']:g}"
              f"{_split_phrase(settings)}; the hyperparameter grid declared in genbound/assets/certificate-grid.json "
              f"(version {DECLARED_GRID.version}) has {DECLARED_GRID.size:,} choices (at most {DECLARED_GRID.bits} "
              f"bits in every message). {_n_phrase(rows)}; chance error "

@@ -76,7 +76,7 @@ def test_centre_depends_only_on_the_prior_part(tmp_path, centre_run):
     assert not torch.equal(load_w(load_checkpoint(moved))[0], load_w(ck)[0])
 
 
-def test_certificate_counts_the_bound_part_and_recomputes(centre_run):
+def test_certificate_counts_the_bound_part_and_recomputes(centre_run, tmp_path):
     ck, splits = centre_run
     cert = certify_prior(ck, splits, levels=3, posterior_steps=30, qat_steps=10, progress=False)
     d = json.loads(json.dumps(cert.to_dict()))  # what a JSON record holds
@@ -106,6 +106,19 @@ def test_certificate_counts_the_bound_part_and_recomputes(centre_run):
     err, bound = recompute_prior_bound(d, ck, splits)
     assert err == d["train_error"] and math.isclose(bound, d["bound"], abs_tol=1e-9)
     assert "bound-part training images" in d["statement"] and not d["vacuous"]
+    # tools/recheck_ddprior.py, which does not use bounds.ddprior, agrees (exit 0), and refuses an edited record
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("recheck_ddprior", Path(__file__).resolve().parent.parent / "tools"
+                                                  / "recheck_ddprior.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rec = tmp_path / "rec.json"
+    rec.write_text(json.dumps(d))
+    assert tool.main([str(rec), str(ck.path)]) == 0
+    rec.write_text(json.dumps(dict(d, train_error=d["train_error"] / 2)))
+    assert tool.main([str(rec), str(ck.path)]) == 1
 
 
 def test_fraction_union_is_paid_by_delta(centre_run):
