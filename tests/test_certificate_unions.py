@@ -27,11 +27,12 @@ def test_a_union_over_two_budgets_certifies_each_at_half_delta_and_a_report_refu
     from analysis.certificates import QUESTIONS, split_settings
 
     q = QUESTIONS["bbc-budgets"]
+    assert len(q.members) == 3  # the 32- and 128-token budgets and the data-dependent centre (minilm-ddprior)
     for preset in q.members:
         s = split_settings(preset)
-        assert s["delta"] == q.delta / 2 == 0.025
+        assert math.isclose(s["delta"], q.delta / 3)
         (rec,) = s["unions"]
-        assert rec["member"] == preset and rec["share"] == 0.5 and rec["members"] == list(q.members)
+        assert rec["member"] == preset and rec["share"] == 1 / 3 and rec["members"] == list(q.members)
     assert split_settings("mlp")["delta"] == 0.05 and split_settings("mlp")["unions"] == []
 
     # a real certificate under a two-budget union: delta / 2, the union recorded, the sentence says so
@@ -143,9 +144,7 @@ def test_the_default_subspace_run_certifies_and_reads_plainly(tmp_path, capsys):
 
 def test_best_of_two_reports_refuses_a_mix(tmp_path, capsys):
     from analysis import certificates
-    from analysis.certificates import QUESTIONS, split_settings
-
-    q = QUESTIONS["bbc-budgets"]
+    from analysis.certificates import split_settings
 
     def summary(name, preset, delta, unions, bound):
         cert = {"method": "lora", "bound": bound, "bits": 800, "train_error": 0.1, "delta": delta, "unions": unions,
@@ -154,11 +153,12 @@ def test_best_of_two_reports_refuses_a_mix(tmp_path, capsys):
         path.write_text(json.dumps({"preset": {"name": preset}, "certificates": {"lora": cert}}))
         return str(path)
 
-    short = summary("short", "cert-minilm", 0.025, split_settings("minilm")["unions"], 0.52)
-    long_ = summary("long", "cert-minilm-long", 0.025, split_settings("minilm-long")["unions"], 0.46)
+    third = split_settings("minilm")["delta"]
+    short = summary("short", "cert-minilm", third, split_settings("minilm")["unions"], 0.52)
+    long_ = summary("long", "cert-minilm-long", third, split_settings("minilm-long")["unions"], 0.46)
     assert certificates.main(["--best-of", short, long_]) == 0
     best = json.loads(capsys.readouterr().out)
-    assert best["bound"] == 0.46 and best["delta"] == q.delta / 2 and best["preset"] == "cert-minilm-long"
+    assert best["bound"] == 0.46 and best["delta"] == third and best["preset"] == "cert-minilm-long"
     old = summary("old", "cert-minilm", 0.05, [], 0.52)  # the short budget as first certified, at the full delta
     assert certificates.main(["--best-of", old, long_]) == 2
     err = capsys.readouterr().err

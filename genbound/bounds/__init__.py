@@ -7,6 +7,7 @@ common      kl, kl-inverse, Hoeffding, sigma from the loss range, q from the dty
 occam       compression (Occam) bound on the quantized model
 certificate subspace checkpoint -> quantized, arithmetic-coded message -> Occam bound on the decoded model
 smoothed    the prediction-smoothed cross-entropy bound from the same message (SubLoRA)
+ddprior     the same certificate around a data-dependent centre: a prior part trains it, the rest is counted
 pacbayes    PAC-Bayes bound with the prior at the data-independent initialization
 hypothesis  the coded tensors of a checkpoint and their data-independent start
 report      dataclasses for a configuration or checkpoints; Markdown / LaTeX Table 1

@@ -103,6 +103,7 @@ class Certificate:
     statement: str = ""  # the certificate in one plain sentence
     assumptions: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)  # the checkpoint certified: path, backbone, dataset
+    prior: dict[str, Any] | None = None  # a data-dependent centre's split and centre (genbound.bounds.ddprior)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,10 +230,11 @@ def entropy_constrained_kmeans(w: Tensor, levels: int, rate: float, iters: int =
 
 def quantization_aware(model: nn.Module, space, centers: Tensor, train: EvalSet, steps: int, lr: float,
                        batch_size: int, seed: int, device: torch.device, progress: bool | None = None,
-                       penalty: float = 0.0) -> tuple[Tensor, Tensor]:
+                       penalty: float = 0.0, offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Fine-tune w and the centroids c through q(w) = c[assign(w, c)] (straight-through to w, so
     assignments can change; the indexing sends each centroid its members' gradients); returns (centers,
-    symbols) of the final assignment."""
+    symbols) of the final assignment. With ``offset`` o the model sees o + q(w) (w quantized as a difference from
+    a data-dependent centre o, genbound.bounds.ddprior)."""
     from tqdm.auto import tqdm
 
     c = nn.Parameter(centers.to(device, torch.float32).clone())
@@ -248,7 +250,7 @@ def quantization_aware(model: nn.Module, space, centers: Tensor, train: EvalSet,
         feats = {k: v[idx].to(device) for k, v in train.features.items()}
         labels = train.labels[idx].to(device)
         sym = assign(space.w.detach(), c.detach(), penalty)
-        space.override = c[sym] + (space.w - space.w.detach())
+        space.override = c[sym] + (space.w - space.w.detach()) + (0 if offset is None else offset)
         loss = mean_loss(model(**feats), labels)  # per example, or per target token (causal LM)
         opt.zero_grad(set_to_none=True)
         loss.backward()

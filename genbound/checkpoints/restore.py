@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..core.device import where
 from ..core.errors import CheckpointError
 from ..data.datasets import LEGACY_INPUTS, get_dataset
+from ..data.prior_split import prior_splits
 from ..models.backbones import Backbone, get_backbone
 from ..models.pretrained import pretrained_weights
 from .provenance import missing_backbone, missing_dataset
@@ -88,9 +89,19 @@ def model_inputs(meta) -> tuple[str, ...]:
 
 
 def load_splits(meta, path: Path | str, backbone: Backbone):
-    """The dataset split the checkpoint was trained on (same name, split seed, max length and model inputs)."""
-    splits = dataset_spec(meta).load(backbone, meta.split_seed, meta.max_length or 128, inputs=model_inputs(meta))
-    return check_splits(meta, path, splits)
+    """The dataset split the checkpoint was trained on (same name, split seed, max length and model inputs; for a
+    run on the prior part of its training set, ``train --prior-fraction``, the training split cut to that part)."""
+    full = full_splits(meta, backbone)
+    fraction = (meta.hyperparameters or {}).get("prior_fraction")
+    if fraction is None:
+        return check_splits(meta, path, full)
+    return check_splits(meta, path, prior_splits(full, fraction, int(meta.hyperparameters.get("prior_seed", 0))))
+
+
+def full_splits(meta, backbone: Backbone):
+    """The recorded dataset's three splits, uncut and unchecked (:func:`load_splits` checks them; a certificate
+    with a data-dependent centre, genbound.bounds.ddprior, counts errors on the part the run did not see)."""
+    return dataset_spec(meta).load(backbone, meta.split_seed, meta.max_length or 128, inputs=model_inputs(meta))
 
 
 def pristine_model(meta, path: Path | str, backbone: Backbone) -> nn.Module:

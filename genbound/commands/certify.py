@@ -13,6 +13,7 @@ cross-entropy of the decoded model's prediction smoothed with the uniform one (S
 from __future__ import annotations
 
 from ..core.argtypes import positive_float_arg, seed_arg
+from ..core.errors import GenboundError
 from .common import add_device, add_json, format_table, print_json, resolve_device
 from .dataopts import add_relocation_options
 
@@ -21,7 +22,13 @@ DESCRIPTION = __doc__
 
 
 def add_arguments(p) -> None:
-    from ..bounds.defaults import DEFAULT_LEVELS, DEFAULT_QAT_LR, DEFAULT_QAT_STEPS
+    from ..bounds.defaults import (
+        DEFAULT_LEVELS,
+        DEFAULT_POSTERIOR_LR,
+        DEFAULT_POSTERIOR_STEPS,
+        DEFAULT_QAT_LR,
+        DEFAULT_QAT_STEPS,
+    )
 
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint trained with `genbound train --subspace-dim d`")
     p.add_argument("--levels", type=int, default=DEFAULT_LEVELS,
@@ -34,6 +41,16 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the fine-tuning batches and dropout (recorded)")
     p.add_argument("--pac-bayes", action="store_true",
                    help="also the PAC-Bayes bound with a learned Gaussian posterior over w (slower)")
+    p.add_argument("--prior-fraction", type=float, default=None, metavar="F",
+                   help="certify with a data-dependent coding centre: CKPT was trained with `genbound train "
+                        "--prior-fraction F` (a fraction declared in the certificate grid) and the error is counted "
+                        "on the other training examples only (genbound.bounds.ddprior)")
+    p.add_argument("--posterior-steps", type=int, default=DEFAULT_POSTERIOR_STEPS,
+                   help="with --prior-fraction: Adam steps from the centre on the whole training set, whose "
+                        "difference from the centre is coded as a second candidate "
+                        f"(default {DEFAULT_POSTERIOR_STEPS}: the centre alone)")
+    p.add_argument("--posterior-lr", type=positive_float_arg, default=DEFAULT_POSTERIOR_LR,
+                   help=f"their learning rate (default {DEFAULT_POSTERIOR_LR})")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_relocation_options(p)
     add_device(p)
@@ -46,9 +63,19 @@ def run(args) -> int:
 
     progress = False if args.no_progress else None
     ckpt = load_checkpoint(args.checkpoint, args.backbone, args.dataset)
-    cert = certify(ckpt, levels=args.levels, delta=args.delta, qat_steps=args.qat_steps, qat_lr=args.qat_lr,
-                   seed=args.seed, device=resolve_device(args.device), progress=progress,
-                   pac_bayes=args.pac_bayes)
+    if args.prior_fraction is not None:
+        from ..bounds.ddprior import certify_prior
+
+        if args.pac_bayes:
+            raise GenboundError("--pac-bayes is not available with --prior-fraction; drop one of them")
+        cert = certify_prior(ckpt, fraction=args.prior_fraction, levels=args.levels, delta=args.delta,
+                             posterior_steps=args.posterior_steps, posterior_lr=args.posterior_lr,
+                             qat_steps=args.qat_steps, qat_lr=args.qat_lr, seed=args.seed,
+                             device=resolve_device(args.device), progress=progress)
+    else:
+        cert = certify(ckpt, levels=args.levels, delta=args.delta, qat_steps=args.qat_steps, qat_lr=args.qat_lr,
+                       seed=args.seed, device=resolve_device(args.device), progress=progress,
+                       pac_bayes=args.pac_bayes)
     if args.json:
         print_json(cert.to_dict())
         return 0
@@ -60,7 +87,8 @@ def run(args) -> int:
             ["  counts", b["counts"]], ["  hyperparameter grid index", b["hyperparameters"]],
             ["  levels used + stream length", b["levels"] + b["stream_length"]],
             ["declared grid", f"version {cert.grid_version}, {cert.grid_digest[:19]}"],
-            ["training examples N", cert.n], ["delta", cert.delta],
+            ["training examples N" if cert.prior is None else "bound-part examples n (the rest chose the centre)",
+             cert.n], ["delta", cert.delta],
             ["train error (decoded model)", cert.train_error], ["certified test error", cert.bound],
             ["measured test error (decoded model)", cert.test_error],
             ["train / test error before quantization", f"{cert.train_error_trained:.4g} / "

@@ -106,6 +106,10 @@ def add_setting_arguments(p, method_required: bool = True) -> None:
                    help="train only w in theta = theta_0 + P w: P a seeded Kronecker projection of every trained "
                         "tensor (head included) onto d dimensions (split over a chain's links); needed by "
                         "`genbound certify`")
+    p.add_argument("--prior-fraction", type=float, default=None, metavar="F",
+                   help="train on the prior part only: the first round(F N) of a seeded permutation of the training "
+                        "split (seed 0, declared in the certificate grid); the run is then the data-dependent centre "
+                        "of `genbound certify --prior-fraction F`, which counts errors on the other examples")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--split-seed", type=seed_arg, default=0)
 
@@ -135,7 +139,8 @@ def config_from_args(args, method: str | None = None):
         batch_size=args.batch_size, max_length=args.max_length, warmup=args.warmup,
         weight_decay=args.weight_decay, clip=args.clip, targets=args.target_regex or args.targets,
         exclude=args.exclude, paca_columns=args.paca_columns, task=args.task, **data_options(args),
-        subspace_dim=args.subspace_dim, seed=args.seed, split_seed=args.split_seed, device=args.device,
+        subspace_dim=args.subspace_dim, prior_fraction=getattr(args, "prior_fraction", None), seed=args.seed,
+        split_seed=args.split_seed, device=args.device,
         progress=progress_of(args),
     )
 

@@ -56,6 +56,7 @@ from ..core.errors import GenboundError, NonFiniteError
 from ..core.output import check_free_space, check_replaceable, check_writable, may_replace, resolve_out, run_lock
 from ..core.validation import MAX_ALPHA
 from ..data.datasets import default_dataset_for, get_dataset
+from ..data.prior_split import check_prior_fraction, prior_splits
 from ..diagnostics.evaluate import evaluate, sharded_evaluate
 from ..methods.adapters import AdaptedLinear, attach_adapters, trained_tensors
 from ..methods.catalogue import METHODS, get_method, layer_generator
@@ -104,6 +105,8 @@ class TrainConfig:
     exclude: list[str] | str | None = None  # modules never adapted (same semantics as targets)
     paca_columns: str = "random"  # "random" (from the seed) or "first"
     subspace_dim: int | None = None  # train only w in theta = theta_0 + P w (genbound.methods.subspace)
+    prior_fraction: float | None = None  # train on the prior part of a seeded split only (genbound.data.prior_split)
+    prior_seed: int = 0  # that split's seed
     device: str = "cpu"
     save_trajectory: bool = False
     trajectory_every: int | None = None  # steps between snapshots; default once per epoch
@@ -142,6 +145,8 @@ class TrainConfig:
                                     "--subspace-dim d > 0")
             if self.save_trajectory:
                 raise GenboundError("--save-trajectory is not available with --subspace-dim; drop one of them")
+        if self.prior_fraction is not None:
+            check_prior_fraction(self.prior_fraction)
 
 
 @dataclass
@@ -420,6 +425,8 @@ def _build(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
         splits = get_dataset(config.dataset, config.text_columns, config.label_column,
                              config.split_column).load(backbone, config.split_seed, config.max_length,
                                                        progress=config.progress)
+    if config.prior_fraction is not None:  # a data-dependent centre sees the prior part only (bounds.ddprior)
+        splits = prior_splits(splits, config.prior_fraction, config.prior_seed)
     torch.manual_seed(config.seed)  # dropout; everything else has its own generator
     model = backbone.build(splits.num_labels, config.seed)
     layers = backbone.adaptable_layers(model, config.targets, config.exclude)
