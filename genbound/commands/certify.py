@@ -13,7 +13,7 @@ cross-entropy of the decoded model's prediction smoothed with the uniform one (S
 from __future__ import annotations
 
 from ..core.argtypes import positive_float_arg, seed_arg
-from .common import add_device, add_json, format_table, print_json, resolve_device
+from .common import add_device, add_dtype, add_json, format_table, print_json, resolve_device
 from .dataopts import add_relocation_options
 
 HELP = "certify the test error of a subspace-trained checkpoint (quantize, arithmetic-code, Occam bound)"
@@ -37,6 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_relocation_options(p)
     add_device(p)
+    add_dtype(p)
     add_json(p)
 
 
@@ -48,7 +49,7 @@ def run(args) -> int:
     ckpt = load_checkpoint(args.checkpoint, args.backbone, args.dataset)
     cert = certify(ckpt, levels=args.levels, delta=args.delta, qat_steps=args.qat_steps, qat_lr=args.qat_lr,
                    seed=args.seed, device=resolve_device(args.device), progress=progress,
-                   pac_bayes=args.pac_bayes)
+                   pac_bayes=args.pac_bayes, base_dtype=args.dtype)
     if args.json:
         print_json(cert.to_dict())
         return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core.argtypes import seed_arg
-from .common import add_device, add_json, add_progress, format_table, print_json, progress_of, resolve_device
+from .common import add_device, add_dtype, add_json, add_progress, format_table, print_json, progress_of, resolve_device
 from .dataopts import add_data_options, data_options
 
 HELP = "fine-tune a backbone with one of the catalogue's methods and write a checkpoint"
@@ -41,6 +41,7 @@ def add_arguments(p) -> None:
                    help="with --report-to: also log the top Hessian eigenvalue every K steps (Lanczos on 256 "
                         "seeded training examples; slower)")
     add_device(p)
+    add_dtype(p)
     add_json(p)
     add_progress(p)
 
@@ -121,6 +122,7 @@ def config_from_args(args, method: str | None = None):
         weight_decay=args.weight_decay, clip=args.clip, targets=args.target_regex or args.targets,
         exclude=args.exclude, paca_columns=args.paca_columns, task=args.task, **data_options(args),
         subspace_dim=args.subspace_dim, seed=args.seed, split_seed=args.split_seed, device=args.device,
+        base_dtype=args.dtype,
         progress=progress_of(args),
     )
 

@@ -38,6 +38,7 @@ from ..checkpoints import restore
 from ..checkpoints.checkpoint import Checkpoint
 from ..core.device import where
 from ..models.precision import cast_base, check_precision, dtype_name
+from .hypothesis import from_checkpoint
 from .source import load_source
 
 
@@ -124,6 +125,16 @@ class RunContext:
                 self.base_weights()
             self._updates = self.source.layer_updates()
         return self._updates
+
+    def hypothesis(self, device: torch.device | None = None):
+        """The trained hypothesis the bounds perturb (:mod:`genbound.sources.hypothesis`), its model in the
+        context's base dtype."""
+        device = self.device if device is None else where(device)
+        if hasattr(self.source, "hypothesis"):  # a peft source builds its own
+            hyp = self.source.hypothesis(device)
+            cast_base(hyp.model, self.dtype)
+            return hyp
+        return from_checkpoint(self, device)  # through this context's models, already cast
 
     # -- the data ------------------------------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ from ..methods.subspace import (
 )
 from ..models.backbones import BACKBONES, get_backbone
 from ..models.losses import mean_loss
+from ..models.precision import cast_base, check_precision
 
 DEFAULT_SAVE_EVERY = 50
 
@@ -103,6 +104,7 @@ class TrainConfig:
     paca_columns: str = "random"  # "random" (from the seed) or "first"
     subspace_dim: int | None = None  # train only w in theta = theta_0 + P w (genbound.methods.subspace)
     device: str = "cpu"
+    base_dtype: str = "float32"  # the frozen base's precision (genbound.models.precision); trained tensors float32
     save_trajectory: bool = False
     trajectory_every: int | None = None  # steps between snapshots; default once per epoch
     progress: bool | None = None  # tqdm; None hides it when not a terminal
@@ -350,6 +352,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     shapes = [(modules[n].out_features, modules[n].in_features) for n in layers]
     method.check_rank(shapes, config.rank, config.chain)
     adapters = attach_adapters(model, method, layers, config.rank, config.alpha, config.seed, config.paca_columns)
+    cast_base(model, check_precision(config.base_dtype, device))  # after attach: the trained tensors stay float32
     if state is not None:
         if set(state.links) != set(adapters):
             raise GenboundError(f"{state_dir} holds adapters {sorted(state.links)}, this run {sorted(adapters)}; "
@@ -531,7 +534,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     if monitor is not None and (group is None or group.is_main):
         monitor.on_end(step, results, adapters)
 
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    dtype = str(next(p for p in model.parameters() if p.requires_grad).dtype).replace("torch.", "")  # as stored
     # Causal LM: results are per target token; the dataset card records the target-token counts.
     causal = backbone.task == "causal-lm"
     meta = CheckpointMeta(
