@@ -158,3 +158,25 @@ def test_cli_records_dtype_and_budget(ckpt_dir, tmp_path, capsys):
     capsys.readouterr()
     meta = json.loads((out / "genbound.json").read_text())
     assert meta["hyperparameters"]["base_dtype"] == "bfloat16" and meta["dtype"] == "float32"
+
+
+def test_low_precision_products_chunked_and_cached_agree(bert_ckpt):
+    """A low-precision base takes autograd's products (torch.func's grad / jvp of the attention under autocast
+    fail on a dtype check in torch 2.13): recomputed per batch, they agree with the cached graph's and with
+    the gradient of the same pass, within the precision's rounding."""
+    ctx = context_for(bert_ckpt, dtype="bfloat16")
+    model = ctx.build_model()
+    evalset = ctx.load_splits().train.subset(12, 0)
+    cached = HessianOperator(model, evalset, batch_size=None, mode="cached")
+    chunked = HessianOperator(model, evalset, batch_size=5, mode="auto", cache_bytes=0)
+    V = torch.randn(2, cached.dim, generator=torch.Generator().manual_seed(1))
+    ref, got = cached.matmat(V), chunked.matmat(V)
+    assert chunked.mode == "reverse" and cached.mode == "cached"
+    tol = rounding_factor(model, 3) * unit_roundoff("bfloat16") * float(ref.norm(dim=1).max())
+    assert float((got - ref).norm(dim=1).max()) <= tol
+    g_cached = cached.loss_and_gradient()[1]
+    g_chunked = chunked.gradient()
+    assert float((g_chunked - g_cached).norm()) <= rounding_factor(model, 2) * unit_roundoff("bfloat16") * float(
+        g_cached.norm())
+    with pytest.raises(GenboundError, match="forward-mode"):
+        HessianOperator(model, evalset, batch_size=5, mode="forward").matvec(V[0])

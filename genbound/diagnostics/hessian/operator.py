@@ -179,6 +179,10 @@ class HessianOperator:
         if not self.dtype.is_floating_point:
             raise GenboundError(f"parameters of dtype {self.dtype} have no Hessian; select floating-point ones")
         self._module, self._own = self._private(model, mixed)
+        # torch.func's grad and jvp of the math attention kernel under autocast fail on a dtype check (torch
+        # 2.13: "expected scalar type Float but found BFloat16"); autograd's own double backward runs, so a
+        # low-precision base takes the reverse-mode products and an autograd gradient.
+        self._autograd_only = precision_of(self._module) != torch.float32
         state = {n: p.detach() for n, p in self._module.named_parameters()}
         state.update({n: b.detach() for n, b in self._module.named_buffers()})
         self._theta = {n: state.pop(n) for n in self.names}
@@ -349,7 +353,15 @@ class HessianOperator:
         out = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
         with self._context():
             for feats, labels in self._data.batches(self.batch_size):
-                g = grad(self._batch_loss)(self._theta, feats, labels)
+                if self._autograd_only:
+                    leaves = {n: t.detach().requires_grad_(True) for n, t in self._theta.items()}
+                    with torch.enable_grad():
+                        loss = self._batch_loss(leaves, feats, labels)
+                        gs = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True) \
+                            if loss.requires_grad else [None] * len(leaves)
+                    g = [gi if gi is not None else torch.zeros_like(t) for gi, t in zip(gs, leaves.values())]
+                else:
+                    g = grad(self._batch_loss)(self._theta, feats, labels)
                 out += self.flatten(g)
         if self.group is not None:
             self.group.all_reduce_sum(out)
@@ -466,6 +478,11 @@ class HessianOperator:
         with self._context():
             for feats, labels in self._data.batches(self.batch_size):
                 part = None
+                if self.mode in ("auto", "forward") and self._autograd_only:
+                    if self.mode == "forward":
+                        raise GenboundError("forward-mode Hessian products do not run through mixed precision; "
+                                            "use mode reverse (or auto) with a low-precision base")
+                    self.mode = "reverse"
                 if self.mode in ("auto", "forward"):
                     try:
                         if k == 1:
