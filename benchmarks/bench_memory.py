@@ -47,6 +47,26 @@ if ctx.device.type == "cuda":
     print("CUDA_PEAK", torch.cuda.max_memory_allocated())
 """
 
+# One reverse-mode Hessian-vector product over the batch, the encoder's layers plain or wrapped in
+# torch.utils.checkpoint (use_reentrant=False: double backward runs through it; torch.func's jvp refuses its
+# saved-tensor hooks, so forward mode cannot use it).
+HVP = """
+import functools, sys, torch
+from torch.utils.checkpoint import checkpoint
+from genbound.diagnostics.hessian import HessianOperator
+from genbound.sources.context import context_for
+ctx = context_for(sys.argv[1], sys.argv[3])
+model = ctx.build_model()
+if sys.argv[4] == "checkpointed":
+    for layer in model.backbone.encoder.layer:
+        layer.forward = functools.partial(lambda f, *a, **k: checkpoint(f, *a, use_reentrant=False, **k),
+                                          layer.forward)
+op = HessianOperator(model, ctx.load_splits().train.subset(int(sys.argv[2]), 0), batch_size=None, mode="reverse")
+op.matmat(torch.randn(1, op.dim, generator=torch.Generator().manual_seed(0)))
+if ctx.device.type == "cuda":
+    print("CUDA_PEAK", torch.cuda.max_memory_allocated())
+"""
+
 CUDA_PEAK = """
 import runpy, sys, torch
 sys.argv = sys.argv[1:]
@@ -104,12 +124,22 @@ def cases(a) -> list[tuple[str, list[str], str]]:
     return runs
 
 
+def checkpointing_cases(a) -> list[tuple[str, list[str], str]]:
+    ck, n, dev = str(a.ckpt), str(a.samples), a.device
+    return [("training step (float32 base)", ["-c", STEP, ck, n, dev, "float32", "step"],
+             f"one forward + backward + AdamW step on {n} examples")] + [
+        (f"one reverse-mode HVP, {how} encoder layers", ["-c", HVP, ck, n, dev, how],
+         f"HessianOperator(mode='reverse', one batch of {n}), layers {how}") for how in ("plain", "checkpointed")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", type=Path, required=False, default=None)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--budget", default="192MiB", help="the --max-memory of the budgeted runs")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="instead: one HVP with the encoder's layers plain or activation-checkpointed")
     ap.add_argument("--quick", action="store_true", help="run_all's smoke mode: skipped without --ckpt")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory.md")
     a = ap.parse_args()
@@ -118,17 +148,21 @@ def main() -> None:
         return
     cuda = a.device.startswith("cuda")
     rows = []
-    for label, child, shown in cases(a):
+    for label, child, shown in (checkpointing_cases(a) if a.checkpointing else cases(a)):
         mib, wall = run_peak(child, cuda)
         rows.append((label, mib, wall, shown))
         print(f"{label:55s} {mib:8.0f} MiB  {wall:6.1f} s", flush=True)
-    step = {d: next(m for lab, m, _, _ in rows if lab == f"training step ({d} base)") for d in ("float32", "bfloat16")}
-    lines = ["## Peak memory: Hessian and landscape against one training step (genbound --max-memory, --dtype)", "",
+    step = {d: next((m for lab, m, _, _ in rows if lab == f"training step ({d} base)"), None)
+            for d in ("float32", "bfloat16")}
+    step["bfloat16"] = step["bfloat16"] or step["float32"]
+    title = ("### Activation checkpointing of the frozen layers for a Hessian-vector product" if a.checkpointing
+             else "## Peak memory: Hessian and landscape against one training step (genbound --max-memory, --dtype)")
+    lines = [title, "",
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: "
              f"{platform.machine()}, {os.cpu_count()} CPUs (`nproc`), shared with other jobs; device {a.device}; "
              f"python {platform.python_version()}",
              f"- command: `python benchmarks/bench_memory.py --ckpt {a.ckpt} --samples {a.samples} --budget "
-             f"{a.budget} --device {a.device}`",
+             f"{a.budget} --device {a.device}" + (" --checkpointing`" if a.checkpointing else "`"),
              f"- checkpoint: MiniLM LoRA (query, value), {a.samples} examples at its sequence length; peak = "
              + ("torch.cuda.max_memory_allocated of the child" if cuda else "the child process's peak RSS "
                 "(ru_maxrss), interpreter and libraries included"),
@@ -137,6 +171,8 @@ def main() -> None:
     for label, mib, wall, shown in rows:
         ref = step["bfloat16" if "bfloat16" in label else "float32"]
         lines.append(f"| {label} | {mib:.0f} | {mib / ref:.2f}x | {wall:.1f} | `{shown}` |")
+    if a.checkpointing and a.out.name == "memory.md":
+        a.out = a.out.with_name("memory-checkpointing.md")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {a.out}")

@@ -326,9 +326,7 @@ def hessian_spectrum(
     ``density_steps`` long when the density is asked for) serves the eigenvalues, the Hutch++ sketch and
     one density probe. ``group`` (under torchrun, :mod:`genbound.core.distributed`): the evaluation set is
     sharded over the processes and every product summed over them; every process gets the same report.
-    ``memory_budget`` (bytes): the batch size and the graph cache chosen to fit it
-    (:class:`HessianOperator`); a model cast by :func:`genbound.models.precision.cast_base` keeps its
-    low-precision base and the error bounds carry its rounding (:class:`EigenResult`).
+    ``memory_budget`` (bytes): batches and graph cache fit to it; a low-precision base: :class:`EigenResult`.
     """
     if not (top_k or bottom_k or trace or density):
         raise GenboundError("nothing to compute: ask for top_k, bottom_k, trace or density")

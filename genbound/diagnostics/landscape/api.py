@@ -257,6 +257,12 @@ def _check_outside_space(model_a: nn.Module, model_b: nn.Module, coords: Coords,
                                 f"not move; {hint}")
 
 
+def _check_precision(space: str, base_dtype) -> None:
+    if space == "all" and dtype_name(base_dtype) != "float32":
+        raise GenboundError(f"--space all moves the frozen base weights, which {dtype_name(base_dtype)} cannot resolve "
+                            "along small steps; use --space dw or factors, or --dtype float32")
+
+
 def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directions: str | None = None, *,
                                space: str = "dw",
                                dims: int | None = None, grid: int = 21, span: float | None = None,
@@ -301,9 +307,7 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
     if samples is not None and samples <= 0:
         raise GenboundError(f"--samples must be positive, got {samples}; omit it to use the whole split")
     device = where(device)  # checkpoints are read onto the CPU
-    if space == "all" and dtype_name(base_dtype) != "float32":
-        raise GenboundError(f"--space all moves the frozen base weights, which {dtype_name(base_dtype)} cannot resolve "
-                            "along small steps; use --space dw or factors, or --dtype float32")
+    _check_precision(space, base_dtype)
     ckpts = contexts_for(given, device, dtype=base_dtype)  # one backbone build and one data load for all
     if directions == "interpolate":
         _check_compatible(ckpts, paths, space)
