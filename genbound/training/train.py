@@ -534,7 +534,7 @@ def _train(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     if monitor is not None and (group is None or group.is_main):
         monitor.on_end(step, results, adapters)
 
-    stored = next((p for p in model.parameters() if p.requires_grad), None) or next(model.parameters())
+    stored = next((p for p in model.parameters() if p.requires_grad), next(model.parameters()))
     dtype = str(stored.dtype).replace("torch.", "")  # of the stored (trained) tensors, not a low-precision base
     # Causal LM: results are per target token; the dataset card records the target-token counts.
     causal = backbone.task == "causal-lm"
