@@ -51,6 +51,7 @@ from ..diagnostics.evaluate import skipped_final_eval, source_results
 from ..methods.adapters import attach_adapters, trained_tensors
 from ..methods.subspace import SUBSPACE_FILE, attach_subspace, detach_subspace, link_dims, set_w
 from ..models.losses import mean_loss
+from ..models.precision import cast_base, dtype_name
 from .codec import HyperGrid, QuantizedVector, decode, encode
 from .common import check_probability, kl_inverse_upper
 from .defaults import DEFAULT_LEVELS, DEFAULT_QAT_LR, DEFAULT_QAT_STEPS, DEFAULT_RATE
@@ -148,7 +149,7 @@ class Replay:
     """The model of a subspace checkpoint rebuilt link by link from the seed and given w's (what a decoder
     does): pretrained backbone, seeded head and adapters, link j's subspace with w_j, merged, next link."""
 
-    def __init__(self, ckpt, device: torch.device | None = None):
+    def __init__(self, ckpt, device: torch.device | None = None, base_dtype: torch.dtype | str | None = None):
         device = where(device)  # a checkpoint is read onto the CPU
 
         self.ckpt = ckpt
@@ -158,7 +159,7 @@ class Replay:
                                         m.paca_columns)
         self.dims = link_dims(subspace_dim(ckpt), m.chain if ckpt.method.chained else 1)
         self.space = attach_subspace(model, self.dims[0], m.seed, 0)
-        self.model = model.to(device)
+        self.model = cast_base(model.to(device), base_dtype)  # the frozen base's precision (models.precision)
         self.device = torch.device(device)
         self.link = 0
 
@@ -277,11 +278,12 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
             device: torch.device | None = None, splits=None, grid: HyperGrid = DECLARED_GRID,
             progress: bool | None = None, measure_test: bool = True, pac_bayes: bool = False,
             pac_bayes_options: dict[str, Any] | None = None, alpha_grid=ALPHA_GRID,
-            unions: list[dict[str, Any]] | None = None) -> Certificate:
+            unions: list[dict[str, Any]] | None = None, base_dtype: torch.dtype | str | None = None) -> Certificate:
     """The certificate of the module docstring for a loaded subspace checkpoint ``ckpt``, with the
     prediction-smoothed cross-entropy bound (genbound.bounds.smoothed) from the same message as ``smoothed``.
     ``unions`` (genbound.bounds.union records) name the comparisons the certificate is part of; ``delta`` must
-    then be the share their split gives."""
+    then be the share their split gives. ``base_dtype``: the frozen base's precision of the replayed model
+    (genbound.models.precision), part of the hypothesis and recorded in ``source``."""
     device = where(device)  # a checkpoint is read onto the CPU
     delta = _check_options(levels, delta, qat_steps, qat_lr)
     ws = load_w(ckpt)
@@ -303,14 +305,14 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
         if len(ws) > 1:
             raise GenboundError("the PAC-Bayes certificate handles single-link runs only; drop --pac-bayes for a "
                                 "chain")
-        start = Replay(ckpt, device)
+        start = Replay(ckpt, device, base_dtype)
         start.set_w(ws[0])
         pb = subspace_pac_bayes(start.model, start.space, train_set, delta=delta, batch_size=bs, seed=seed,
                                 device=device, progress=progress, **(pac_bayes_options or {}))
-    replay = Replay(ckpt, device)
+    replay = Replay(ckpt, device, base_dtype)
     links = _quantize_links(replay, ws, int(levels), rate, qat_steps, qat_lr, train_set, bs, seed, device, progress)
     message = encode(links, grid, config)
-    model = _decoded_model(ckpt, device, message, grid, config, links)
+    model = _decoded_model(ckpt, device, message, grid, config, links, base_dtype)
     # One pass per split gives both the 0-1 error and ln p(y | x) for the smoothed cross-entropy bound.
     train_lp, train_right = label_log_probs(model.model, train_set, ebs, device)
     train_error = 1.0 - float(train_right.double().mean())
@@ -344,7 +346,7 @@ def certify(ckpt, levels: int = DEFAULT_LEVELS, delta: float = 0.05, qat_steps: 
         checkpoint=str(ckpt.path), checkpoint_digest=_file_digest(Path(ckpt.path) / "genbound.json"),
         grid_version=grid.version, grid_digest=grid.digest, unions=list(unions or []),
         source={"checkpoint": str(getattr(ckpt, "path", "")), "backbone": m.backbone, "dataset": m.dataset,
-                "fingerprint": m.fingerprint},
+                "fingerprint": m.fingerprint, "base_dtype": dtype_name(base_dtype)},
     )
     cert.statement = statement(cert, m.dataset)
     cert.assumptions = assumptions(cert, grid)
@@ -385,14 +387,14 @@ def _quantize_links(replay: Replay, ws: list[Tensor], levels: int, rate: float, 
 
 
 def _decoded_model(ckpt, device: torch.device, message, grid: HyperGrid, config: dict[str, Any],
-                   links: list[QuantizedVector]) -> Replay:
-    """The model rebuilt from the decoded message, never from the encoder's copy; a message that does not
-    decode to what was encoded is an internal error."""
+                   links: list[QuantizedVector], base_dtype: torch.dtype | str | None = None) -> Replay:
+    """The model rebuilt from the decoded message, never from the encoder's copy (its frozen base in
+    ``base_dtype``, as the encoder's); a message that does not decode to what was encoded is an internal error."""
     cfg, decoded = decode(message, grid)
     if cfg != grid.config(grid.index(config)) or any(
             not torch.equal(a.values(), b.values()) for a, b in zip(decoded, links)):
         raise GenboundError("internal error: the decoded message differs from what was encoded")
-    model = Replay(ckpt, device)
+    model = Replay(ckpt, device, base_dtype)
     model.set_w(decoded[0].values())
     for q in decoded[1:]:
         model.next_link()

@@ -21,8 +21,8 @@ from ..core.render import latex_table, markdown_table, tex_escape, text_table
 from ..diagnostics.evaluate import skipped_final_eval, source_results
 from ..methods.catalogue import get_method
 from ..models.layout import model_layout
+from ..models.precision import dtype_name
 from ..sources.context import context_for
-from ..sources.hypothesis import from_checkpoint
 from .architecture import describe
 from .common import bits_for_dtype, sigma_for_loss
 from .mi import BoundConfig, MIBound, method_bound, table1
@@ -146,12 +146,14 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
                           loss_lipschitz: float = CROSS_ENTROPY_LIPSCHITZ, theorem_form: str = "recursion",
                           theorem: bool = True, compression: bool = True, pac_bayes: bool = False,
                           pb_samples: int = 20, seed: int = 0, device: torch.device | None = None,
-                          progress: bool | None = None) -> BoundsReport:
+                          progress: bool | None = None, base_dtype: torch.dtype | str | None = None) -> BoundsReport:
     """All bounds for one checkpoint (a directory, a :class:`~genbound.checkpoints.checkpoint.Checkpoint` already
     loaded, or a run context, genbound.sources.context): its Table 1 row, Theorem 1 (mlp) or why not (transformer),
-    and the compression (default) and PAC-Bayes (``pac_bayes=True``) bounds on the real model."""
+    and the compression (default) and PAC-Bayes (``pac_bayes=True``) bounds on the real model. ``base_dtype``:
+    the frozen base's precision for the data-dependent bounds' forwards (genbound.models.precision; a given
+    context keeps its own), recorded in ``empirical``."""
     device = where(device)  # a checkpoint is read onto the CPU
-    ckpt = context_for(path, device)  # built once: the models, W0 and the data the bounds below share
+    ckpt = context_for(path, device, dtype=base_dtype)  # built once: the models, W0 and the data the bounds below share
     path = path if isinstance(path, (str, Path)) else ckpt.path  # a loaded checkpoint names its directory
     # A peft source: N and the fit come from its data; a run trained with --no-final-eval: its fit is measured.
     if (hasattr(ckpt, "results") and callable(ckpt.results)) or skipped_final_eval(ckpt.meta):
@@ -161,6 +163,7 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
     cfg = config_from_meta(meta, q=q, sigma=sigma, loss=loss, clip=clip, n=n, total=total, source=str(path))
     row = method_bound(get_method(meta.method), cfg, include_head)
     results = dict(getattr(meta, "results", {}) or {})
+    results["base_dtype"] = dtype_name(ckpt.dtype)
     report = BoundsReport(str(path), "checkpoint", cfg, include_head, [row], empirical=results)
     if "gap_01" in results:
         report.notes.append(f"measured 0-1 gap (test - train) {results['gap_01']:.4g} vs Table 1 bound "
@@ -186,7 +189,7 @@ def report_for_checkpoint(path, *, include_head: bool = True, q: float | None = 
                 n_train=meta.n_train, delta=delta, loss_range=m_clip, verdict="not applicable",
                 reasons=reasons, chain_of_maps=chain)
     if compression or pac_bayes:
-        hyp = ckpt.hypothesis(device) if hasattr(ckpt, "hypothesis") else from_checkpoint(ckpt, device)
+        hyp = ckpt.hypothesis(device)
         if compression:
             report.compression = compression_bound(hyp, splits.train, delta, device=device, progress=progress,
                                                    chance_error=chance)

@@ -233,6 +233,10 @@ def check_progress(state: TrainState, n_train: int, batch_size: int, total_steps
                         f"{total_steps} steps over {n_train} examples in batches of {batch_size}")
 
 
+# Options added after runs were recorded: a record without one ran with this value.
+ADDED_DEFAULTS = {"base_dtype": "float32"}
+
+
 def config_difference(saved: dict[str, Any], current: dict[str, Any],
                       keys: Iterable[str] | None = None) -> tuple[str, Any, Any] | None:
     """The first option (by name) whose saved value differs from the current one, as (name, saved,
@@ -244,8 +248,9 @@ def config_difference(saved: dict[str, Any], current: dict[str, Any],
     saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
     names = set(saved) | set(current) if keys is None else set(keys)
     for k in sorted(names - set(IGNORED_ON_RESUME)):
-        if saved.get(k) != current.get(k) and not _same_path(k, saved.get(k), current.get(k)):
-            return k, saved.get(k), current.get(k)
+        was, now = saved.get(k, ADDED_DEFAULTS.get(k)), current.get(k, ADDED_DEFAULTS.get(k))
+        if was != now and not _same_path(k, was, now):
+            return k, was, now
     return None
 
 

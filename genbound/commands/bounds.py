@@ -12,7 +12,7 @@ q, sigma (or loss "01" / "ce" with clip), n, head, total, name; flags override i
 from __future__ import annotations
 
 from ..core.argtypes import seed_arg
-from .common import add_device, add_json, print_json, resolve_device
+from .common import add_device, add_dtype, add_json, print_json, resolve_device
 from .dataopts import add_data_options, add_source_options, source_from_args
 
 HELP = "generalization bounds (the paper's Table 1, Theorem 1, compression, PAC-Bayes)"
@@ -56,6 +56,7 @@ def add_arguments(p) -> None:
     o.add_argument("--latex", metavar="FILE", help="write Table 1 as LaTeX booktabs ('-' for stdout)")
     o.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_device(o)
+    add_dtype(o)
 
 
 def _methods(args) -> list[str] | None:
@@ -92,7 +93,8 @@ def run(args) -> int:
                     n=args.n, total=args.total_params, delta=args.delta, input_bound=args.input_bound,
                     loss_lipschitz=args.loss_lipschitz, theorem_form=args.theorem_form, theorem=not args.no_theorem,
                     compression=not args.no_compression, pac_bayes=args.pac_bayes, pb_samples=args.pb_samples,
-                    seed=args.seed, device=device, progress=False if args.no_progress else None))
+                    seed=args.seed, device=device, progress=False if args.no_progress else None,
+                    base_dtype=args.dtype))
     else:
         sigma = args.sigma
         if sigma is None and (args.loss != "01" or args.clip is not None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ..core.argtypes import positive_float_arg, seed_arg
 from ..core.errors import GenboundError
-from .common import add_device, add_json, format_table, print_json, resolve_device
+from .common import add_device, add_dtype, add_json, format_table, print_json, resolve_device
 from .dataopts import add_relocation_options
 
 HELP = "certify the test error of a subspace-trained checkpoint (quantize, arithmetic-code, Occam bound)"
@@ -54,6 +54,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_relocation_options(p)
     add_device(p)
+    add_dtype(p)
     add_json(p)
 
 
@@ -68,6 +69,9 @@ def run(args) -> int:
 
         if args.pac_bayes:
             raise GenboundError("--pac-bayes is not available with --prior-fraction; drop one of them")
+        if args.dtype != "float32":
+            raise GenboundError(f"--dtype {args.dtype} is not available with --prior-fraction (its centre and "
+                                "posterior are replayed in float32); drop --dtype")
         cert = certify_prior(ckpt, fraction=args.prior_fraction, levels=args.levels, delta=args.delta,
                              posterior_steps=args.posterior_steps, posterior_lr=args.posterior_lr,
                              qat_steps=args.qat_steps, qat_lr=args.qat_lr, seed=args.seed,
@@ -75,7 +79,7 @@ def run(args) -> int:
     else:
         cert = certify(ckpt, levels=args.levels, delta=args.delta, qat_steps=args.qat_steps, qat_lr=args.qat_lr,
                        seed=args.seed, device=resolve_device(args.device), progress=progress,
-                       pac_bayes=args.pac_bayes)
+                       pac_bayes=args.pac_bayes, base_dtype=args.dtype)
     if args.json:
         print_json(cert.to_dict())
         return 0

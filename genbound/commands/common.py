@@ -3,12 +3,13 @@ printers (genbound.core.render) under the names the commands use. Nothing here i
 
 from __future__ import annotations
 
+from ..core.argtypes import size_arg
 from ..core.errors import GenboundError
 from ..core.render import print_json, to_jsonable
 from ..core.render import text_table as format_table
 
-__all__ = ["add_device", "add_json", "add_shard_argument", "count_or_all", "format_table", "positive_int",
-           "print_json", "resolve_device", "sample_count", "to_jsonable"]
+__all__ = ["add_device", "add_dtype", "add_json", "add_max_memory", "add_shard_argument", "count_or_all",
+           "format_table", "positive_int", "print_json", "resolve_device", "sample_count", "to_jsonable"]
 
 
 def add_json(parser) -> None:
@@ -38,6 +39,25 @@ def add_shard_argument(parser) -> None:
                         help="under torchrun: fsdp shards the frozen base model over the processes "
                              "(torch FSDP2 fully_shard; docs/scale.md, 'Sharded models (FSDP)'); none (default) "
                              "keeps a whole copy in every process")
+# The frozen base's precision (genbound.models.precision.BASE_DTYPES; listed here so the parser needs no torch).
+BASE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_dtype(parser) -> None:
+    parser.add_argument(
+        "--dtype", default="float32", choices=BASE_DTYPES,
+        help="precision of the frozen base weights and of the products through them (mixed precision: the "
+             "trained tensors, losses, gradients and the diagnostics' sums stay float32); default float32",
+    )
+
+
+def add_max_memory(parser) -> None:
+    parser.add_argument(
+        "--max-memory", type=size_arg, default=None, metavar="SIZE",
+        help="memory budget (e.g. 2GiB) for the model, its activations and cached graphs: picks the batch of "
+             "each forward and Hessian-vector product from a one-batch probe (results are unchanged: the sums "
+             "over the data are exact in any chunking); default: no budget",
+    )
 
 
 def positive_int(text: str) -> int:

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from ..core.argtypes import seed_arg
-from .common import add_device, add_json, add_progress, print_json, progress_of, resolve_device
+from .common import (
+    add_device,
+    add_dtype,
+    add_json,
+    add_max_memory,
+    add_progress,
+    print_json,
+    progress_of,
+    resolve_device,
+)
 from .dataopts import add_data_options, add_task_option, data_choice
 
 HELP = "compare two checkpoints (genbound or peft): fit, bounds, spectra, intruders, Hessian, landscape"
@@ -57,6 +66,8 @@ def add_arguments(p) -> None:
     add_data_options(p)
     p.add_argument("--seed", type=seed_arg, default=0)
     add_device(p)
+    add_dtype(p)
+    add_max_memory(p)
 
 
 OUT_SUFFIXES = (".json", ".md", ".tex", ".txt")
@@ -91,7 +102,7 @@ def run(args) -> int:
                      landscape=args.landscape, samples=args.samples, grid=args.grid, seed=args.seed,
                      n_train=args.n, backbone=args.backbone, figures=args.figures,
                      progress=progress_of(args), allow_mismatch=args.allow_mismatch,
-                     data=data_choice(args), task=args.task)
+                     data=data_choice(args), task=args.task, base_dtype=args.dtype, memory_budget=args.max_memory)
     if out is not None:
         suffix = out.suffix.lower()
         if suffix == ".json":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_device, add_json, format_table, print_json, resolve_device
+from .common import add_device, add_dtype, add_json, format_table, print_json, resolve_device
 from .dataopts import add_data_options, add_source_options, source_from_args
 
 HELP = "loss, accuracy and gap G = L_test - L_train of a genbound checkpoint or a peft adapter"
@@ -23,6 +23,7 @@ def add_arguments(p) -> None:
     add_data_options(p)
     p.add_argument("--batch-size", type=int, default=64)
     add_device(p)
+    add_dtype(p)
     add_json(p)
 
 
@@ -30,7 +31,7 @@ def run(args) -> int:
     from ..diagnostics.evaluate import evaluate_source
 
     src = source_from_args(args)
-    report = evaluate_source(src, resolve_device(args.device), args.batch_size)
+    report = evaluate_source(src, resolve_device(args.device), args.batch_size, base_dtype=args.dtype)
     if args.json:
         print_json(report)
         return 0
@@ -40,7 +41,7 @@ def run(args) -> int:
     print(format_table(rows, ["split", "loss", "accuracy", "sequences" if causal else "examples"]
                        + (["target tokens"] if causal else [])))
     print(f"\ngap G = L_test - L_train = {report['gap']:.6g} (per {report['unit']}); source: {report['kind']} "
-          f"{report['source']}, dataset {report['dataset']}")
+          f"{report['source']}, dataset {report['dataset']}, base weights {report['base_dtype']}")
     if causal:
         print(f"causal LM: {report['note']}")
     return 0

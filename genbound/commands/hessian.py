@@ -11,7 +11,9 @@ from ..core.argtypes import seed_arg
 from ..core.errors import GenboundError
 from .common import (
     add_device,
+    add_dtype,
     add_json,
+    add_max_memory,
     add_progress,
     add_shard_argument,
     format_table,
@@ -58,6 +60,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="also write the JSON report to this file (atomically)")
     add_json(p)
     add_device(p)
+    add_dtype(p)
+    add_max_memory(p)
     add_progress(p)
 
 
@@ -85,7 +89,7 @@ def run(args) -> int:
             top_k=args.top_k, bottom_k=args.bottom_k, trace=args.trace, trace_method=args.trace_method,
             density=args.density, density_probes=args.density_probes, density_steps=args.density_steps,
             tol=args.tol, max_steps=args.max_steps, batch_size=args.batch_size, trace_rtol=args.trace_rtol,
-            device=group.device(device) if group else device,
+            device=group.device(device) if group else device, base_dtype=args.dtype, memory_budget=args.max_memory,
             progress=progress_of(args) if group is None or group.is_main else False, group=group,
             shard=args.shard,
         )
@@ -127,5 +131,8 @@ def run(args) -> int:
         lo, hi = min(d.nodes), max(d.nodes)
         print(f"\ndensity: {len(d.nodes)} quadrature nodes on [{lo:.4g}, {hi:.4g}] from {d.n_probes} probes, "
               f"weights sum {d.dim:.6g}, smoothed with sigma {d.sigma:.3g} (use --json for the curve)")
-    print(f"\n{r.n_hvp} Hessian-vector products in {r.wall_time:.1f} s on {r.device} ({r.hvp_mode} mode)")
+    print(f"\n{r.n_hvp} Hessian-vector products in {r.wall_time:.1f} s on {r.device} ({r.hvp_mode} mode, batches of "
+          f"{r.batch_size}, base weights {r.base_dtype})")
+    if r.eigen is not None and r.eigen.rounding_error:
+        print(f"the error bounds include {r.eigen.rounding_error:.3g} for the {r.base_dtype} base's rounding")
     return 0

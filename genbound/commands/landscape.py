@@ -8,7 +8,9 @@ from ..core.argtypes import seed_arg
 from ..core.errors import GenboundError
 from .common import (
     add_device,
+    add_dtype,
     add_json,
+    add_max_memory,
     add_progress,
     add_shard_argument,
     format_table,
@@ -59,6 +61,8 @@ def add_arguments(p) -> None:
     p.add_argument("--plot", type=Path, default=None, help="write a figure (png, pdf or svg) to this file")
     add_device(p)
     add_shard_argument(p)
+    add_dtype(p)
+    add_max_memory(p)
     add_json(p)
     add_progress(p)
 
@@ -92,6 +96,7 @@ def run(args) -> int:
             samples=args.samples, split=args.split, seed=args.seed, normalization=args.normalization,
             device=group.device(device) if group else device, engine=args.engine,
             points_per_batch=args.points_per_batch, batch_size=args.batch_size, basin_rise=args.basin_rise,
+            base_dtype=args.dtype, memory_budget=args.max_memory,
             progress=progress_of(args) if group is None or group.is_main else False, group=group,
             shard=args.shard,
         )

@@ -6,6 +6,7 @@ from ..core.argtypes import seed_arg
 from ..core.errors import GenboundError
 from .common import (
     add_device,
+    add_dtype,
     add_json,
     add_progress,
     add_shard_argument,
@@ -57,6 +58,7 @@ def add_arguments(p) -> None:
                    help="with --report-to: also log the top Hessian eigenvalue every K steps (Lanczos on 256 "
                         "seeded training examples; slower)")
     add_device(p)
+    add_dtype(p)
     add_json(p)
     add_progress(p)
 
@@ -140,7 +142,7 @@ def config_from_args(args, method: str | None = None):
         weight_decay=args.weight_decay, clip=args.clip, targets=args.target_regex or args.targets,
         exclude=args.exclude, paca_columns=args.paca_columns, task=args.task, **data_options(args),
         subspace_dim=args.subspace_dim, prior_fraction=getattr(args, "prior_fraction", None), seed=args.seed,
-        split_seed=args.split_seed, device=args.device,
+        split_seed=args.split_seed, device=args.device, base_dtype=args.dtype,
         progress=progress_of(args),
     )
 

@@ -24,6 +24,7 @@ from ..core.sharding import lockstep_slices
 from ..data.evalset import EvalSet
 from ..models.losses import correct as n_correct
 from ..models.losses import count, summed_loss
+from ..models.precision import dtype_name
 from ..sources.context import context_for
 
 
@@ -70,14 +71,16 @@ def evaluate(
                       targets=targets if causal else None, unit="token" if causal else "example")
 
 
-def evaluate_source(source, device: torch.device | None = None, batch_size: int = 64) -> dict:
+def evaluate_source(source, device: torch.device | None = None, batch_size: int = 64,
+                    base_dtype: torch.dtype | str | None = None) -> dict:
     """Train / val / test loss and accuracy and the gap G = L_test - L_train of a genbound checkpoint or a
     peft source (genbound.sources.peft_source), in eval mode over the full splits. For classification every example
     is one sequence (or image) with one label, so losses and the gap are per sequence; for a causal LM they
     are per target token (``unit``, with the token counts in ``target_tokens``), while N (``n_train``, what a
     bound counts) is the number of training sequences either way. ``source`` may be a run context
-    (genbound.sources.context)."""
-    source = context_for(source, device)
+    (genbound.sources.context). ``base_dtype``: the frozen base's precision (genbound.models.precision; a
+    given context keeps its own), recorded as ``base_dtype``."""
+    source = context_for(source, device, dtype=base_dtype)
     model = source.build_model(device)
     device = next(model.parameters()).device
     splits = source.load_splits()
@@ -86,7 +89,7 @@ def evaluate_source(source, device: torch.device | None = None, batch_size: int 
                  "method": source.meta.method, "dataset": splits.name,
                  "task": "causal-lm" if causal else "classification", "unit": "token" if causal else "sequence",
                  "sizes": splits.sizes, "n_train": len(splits.train), "n_unit": "sequence",
-                 "classes": list(splits.classes)}
+                 "classes": list(splits.classes), "base_dtype": dtype_name(source.dtype)}
     if causal:
         out["target_tokens"] = {}
         out["note"] = ("losses, accuracies (next-token top-1) and the gap are means over target tokens (non-pad "

@@ -54,6 +54,7 @@ from .checks import (
 )
 from .hfmodels import empty_model, forward_inputs
 from .onnx_bert import L3_NAME, l3_folder
+from .precision import compute_precision, float_logits
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"  # genbound/assets, shipped as package data
 MLP_ASSET = ASSETS / "mlp-digits04.safetensors"
@@ -73,10 +74,11 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, **features: Tensor) -> Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **features).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return self.head(pooled)
+        with compute_precision(self, input_ids):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **features).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            return float_logits(self, self.head(pooled))
 
     def forward_target(self):
         """What ``forward`` passes its inputs to (genbound.models.hfmodels.forward_inputs): the encoder."""
@@ -97,7 +99,8 @@ class MLPClassifier(nn.Module):
         return torch.relu(self.fc2(torch.relu(self.fc1(x))))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+        with compute_precision(self, x):
+            return float_logits(self, self.head(self.features(x)))
 
 
 class _HeadSlot(nn.Module):
@@ -137,7 +140,8 @@ class TaskClassifier(nn.Module):
         self.fan_in_fan_out: list[str] = _conv1d_to_linear(model, prefix="backbone.")
 
     def forward(self, **features: Tensor) -> Tensor:
-        return self.backbone(**features).logits
+        with compute_precision(self, next(iter(features.values()), None)):
+            return float_logits(self, self.backbone(**features).logits)
 
     def forward_target(self):
         """What ``forward`` passes its inputs to (genbound.models.hfmodels.forward_inputs): the transformers model."""

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..core.errors import GenboundError
 from .checks import require_weights
+from .precision import compute_precision, float_logits
 
 TASK = "causal-lm"
 
@@ -65,7 +66,8 @@ class CausalLM(nn.Module):
         self.fan_in_fan_out: list[str] = _conv1d_to_linear(model, prefix="backbone.")
 
     def forward(self, **features: Tensor) -> Tensor:
-        return self.backbone(**features, use_cache=False).logits
+        with compute_precision(self, next(iter(features.values()), None)):
+            return float_logits(self, self.backbone(**features, use_cache=False).logits)
 
     def forward_target(self):
         """What ``forward`` passes its inputs to (genbound.models.hfmodels.forward_inputs): the transformers model."""

@@ -47,6 +47,7 @@ from ..diagnostics.landscape import landscape_from_checkpoints
 from ..diagnostics.similarity import compare_updates
 from ..diagnostics.spectra import spectra
 from ..models.causal_lm import is_causal_meta
+from ..models.precision import dtype_name
 from ..sources.context import BuildCache, RunContext
 from ..sources.protocol import is_full
 from ..sources.source import load_source
@@ -190,6 +191,7 @@ class Pair:
     n_train: int | None = None
     progress: bool | None = None
     same: str | None = None
+    memory_budget: int | None = None  # bytes for the Hessian's and the landscape's batches (--max-memory)
     notes: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -358,7 +360,8 @@ def hessian_rows(a, b, pair: Pair) -> list[Row]:
             reps.append(None)
             continue
         reps.append(hessian_from_checkpoint(ck, samples=pair.samples, device=pair.device, seed=pair.seed,
-                                            progress=pair.progress, **HESSIAN_SETTINGS))
+                                            progress=pair.progress, memory_budget=pair.memory_budget,
+                                            **HESSIAN_SETTINGS))
     pair.raw["hessian"] = reps
     top = [r.eigen.top if r is not None and r.eigen is not None else [] for r in reps]
     rows = []
@@ -378,7 +381,8 @@ def landscape_rows(a, b, pair: Pair) -> list[Row]:
     from A to B (docs/concepts.md, "Loss landscapes")."""
     out: dict[str, Any] = {}
     planes = []
-    opts = dict(grid=pair.grid, samples=pair.samples, seed=pair.seed, device=pair.device, progress=pair.progress)
+    opts = dict(grid=pair.grid, samples=pair.samples, seed=pair.seed, device=pair.device, progress=pair.progress,
+                memory_budget=pair.memory_budget)
     for ck, path in ((a, pair.path_a), (b, pair.path_b)):
         if not is_full(ck):
             pair.notes.append(f"{path}: landscapes need the training data; a peft adapter records none")
@@ -439,6 +443,8 @@ def compare(
     allow_mismatch: bool = False,
     data=None,
     task: str | None = None,
+    base_dtype: str | None = None,
+    memory_budget: int | None = None,
 ) -> CompareReport:
     """Compare two checkpoints (genbound or peft). ``data_bounds`` (default: on for the mlp backbone,
     off for transformers, where it costs minutes) adds the compression bound; ``pac_bayes`` the PAC-Bayes
@@ -448,7 +454,9 @@ def compare(
     ``data`` (a :class:`genbound.sources.peft_source.DataChoice` naming a dataset) makes a peft adapter a full source
     on its base model folder: its fit, gap, data-dependent bounds, Hessian and landscape are then measured.
     ``backbone`` / ``data.dataset`` also point a moved genbound checkpoint at its model and data (checked by
-    fingerprint); ``task`` is the task a peft adapter is evaluated as (genbound.sources.tasks).
+    fingerprint); ``task`` is the task a peft adapter is evaluated as (genbound.sources.tasks). ``base_dtype``:
+    the frozen base's precision (genbound.models.precision; contexts given keep their own); ``memory_budget``
+    (bytes): the Hessian's and the landscape's batches sized to it.
     ``path_a`` / ``path_b`` may also be sources or run contexts (genbound.sources.source, genbound.sources.context).
 
     Each section is a function (a, b, pair) -> rows (:data:`SECTIONS`); A and B are run contexts sharing one
@@ -464,12 +472,13 @@ def compare(
     banner = _mismatch_banner(why, path_a, path_b, allow_mismatch)
     # One run context per side, sharing a cache: the backbone is built and each dataset loaded once for both.
     cache = next((x.cache for x in (a, b) if isinstance(x, RunContext)), None) or BuildCache()
-    a, b = (RunContext(x, device, cache) if is_full(x) and not isinstance(x, RunContext) else x for x in (a, b))
+    a, b = (RunContext(x, device, cache, base_dtype) if is_full(x) and not isinstance(x, RunContext) else x
+            for x in (a, b))
     labels = [str(a.meta.method), str(b.meta.method)]
     if labels[0] == labels[1]:
         labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
     pair = Pair(path_a, path_b, device, top_k, eps, data_bounds, pac_bayes, samples, grid, seed, n_train, progress,
-                _same_backbone(a, b))
+                _same_backbone(a, b), memory_budget)
     chosen = SECTIONS + [(name, OPTIONAL_SECTIONS[name]) for name, on in (("hessian", hessian),
                                                                           ("landscape", landscape)) if on]
     estimates = _estimate(a, b, hessian, landscape, samples, grid, device, seed, progress)
@@ -482,7 +491,8 @@ def compare(
     report = CompareReport(path_a, path_b, labels, rows, pair.notes,
                            {"device": str(device), "top_k": top_k, "eps": eps, "seed": seed, "samples": samples,
                             "grid": grid, "hessian": hessian, "landscape": landscape,
-                            "data_bounds": data_bounds, "pac_bayes": pac_bayes, "allow_mismatch": allow_mismatch},
+                            "data_bounds": data_bounds, "pac_bayes": pac_bayes, "allow_mismatch": allow_mismatch,
+                            "base_dtype": dtype_name(base_dtype), "memory_budget": memory_budget},
                            [], timing, banner, estimates)
     if figures is not None:
         t = time.perf_counter()

@@ -13,7 +13,9 @@ this object each entry point rebuilt them: one ``genbound compare --hessian --la
 * the splits, shared by every context of the cache that names the same data, split seed, max length and
   tokenizer; tokenization itself is cached on disk across processes (:mod:`genbound.data.tokcache`);
 * the rebuilt models (with adapters, merged), handed out as copies, so that a diagnostic that perturbs
-  its model in place cannot change another's.
+  its model in place cannot change another's; with a base ``dtype`` (bfloat16, float16) their frozen
+  weights are cast to it and their forwards run in mixed precision (:func:`genbound.models.precision.cast_base`),
+  the trained tensors kept float32.
 
 The context offers the source's interface (``meta``, ``path``, ``method``, ``layer_updates``,
 ``base_weights``, ``load_splits``, ``initial_model``, ``build_model``, ...; everything else is the source's
@@ -35,6 +37,8 @@ from torch import Tensor, nn
 from ..checkpoints import restore
 from ..checkpoints.checkpoint import Checkpoint
 from ..core.device import where
+from ..models.precision import cast_base, check_precision, dtype_name
+from .hypothesis import from_checkpoint
 from .source import load_source
 
 
@@ -51,9 +55,11 @@ class RunContext:
     with its
     backbone, W0, splits and models built lazily and kept (module docstring)."""
 
-    def __init__(self, source: Any, device: torch.device | None = None, cache: BuildCache | None = None):
+    def __init__(self, source: Any, device: torch.device | None = None, cache: BuildCache | None = None,
+                 dtype: torch.dtype | str | None = None):
         self.source = source
         self.device = where(device)
+        self.dtype = check_precision(dtype, self.device)  # of the frozen base (genbound.models.precision)
         self.cache = cache if cache is not None else BuildCache()
         self._backbone = None
         self._w0: dict[str, Tensor] | None = None
@@ -62,7 +68,7 @@ class RunContext:
         self._models: dict[bool, nn.Module] = {}
 
     def __repr__(self) -> str:
-        return f"RunContext({self.source!r}, device={self.device})"
+        return f"RunContext({self.source!r}, device={self.device}, dtype={dtype_name(self.dtype)})"
 
     def __getattr__(self, name: str) -> Any:  # everything not cached here is the source's own
         if name == "source":
@@ -120,6 +126,16 @@ class RunContext:
             self._updates = self.source.layer_updates()
         return self._updates
 
+    def hypothesis(self, device: torch.device | None = None):
+        """The trained hypothesis the bounds perturb (:mod:`genbound.sources.hypothesis`), its model in the
+        context's base dtype."""
+        device = self.device if device is None else where(device)
+        if hasattr(self.source, "hypothesis"):  # a peft source builds its own
+            hyp = self.source.hypothesis(device)
+            cast_base(hyp.model, self.dtype)
+            return hyp
+        return from_checkpoint(self, device)  # through this context's models, already cast
+
     # -- the data ------------------------------------------------------------------------------------------
 
     def load_splits(self):
@@ -151,8 +167,8 @@ class RunContext:
         """A copy of the data-independent starting point (pretrained backbone, head from the seed)."""
         device = self.device if device is None else where(device)
         if not self._genbound():
-            return self.source.initial_model(device)
-        return copy.deepcopy(self._pristine()).to(device).eval()
+            return cast_base(self.source.initial_model(device), self.dtype)
+        return cast_base(copy.deepcopy(self._pristine()).to(device).eval(), self.dtype)
 
     def build_model(self, device: torch.device | None = None, merged: bool = False) -> nn.Module:
         """A copy of the fine-tuned model in eval mode (with adapters, or ``merged``: W0 + dW)."""
@@ -165,22 +181,22 @@ class RunContext:
                 self._models[merged] = self.source.build_model("cpu", merged=True)
             else:  # any object with build_model(device) is a source here
                 self._models[merged] = self.source.build_model("cpu")
-        return copy.deepcopy(self._models[merged]).to(device).eval()
+        return cast_base(copy.deepcopy(self._models[merged]).to(device).eval(), self.dtype)
 
 
 def context_for(source: Any, device: torch.device | None = None, cache: BuildCache | None = None,
-                backbone: str | None = None, data=None) -> RunContext:
+                backbone: str | None = None, data=None, dtype: torch.dtype | str | None = None) -> RunContext:
     """``source`` as a run context: a context is returned as it is; a path or a loaded source is wrapped
-    (a path loaded by :func:`genbound.sources.source.load_source`)."""
+    (a path loaded by :func:`genbound.sources.source.load_source`) with the base ``dtype``."""
     if isinstance(source, RunContext):
         return source
     if isinstance(source, (str, Path)):
         source = load_source(source, backbone, data)
-    return RunContext(source, device, cache)
+    return RunContext(source, device, cache, dtype)
 
 
 def contexts_for(sources, device: torch.device | None = None, backbone: str | None = None,
-                 data=None) -> list[RunContext]:
+                 data=None, dtype: torch.dtype | str | None = None) -> list[RunContext]:
     """One context per source, sharing one :class:`BuildCache` (contexts given keep their own)."""
     cache = next((s.cache for s in sources if isinstance(s, RunContext)), None) or BuildCache()
-    return [context_for(s, device, cache, backbone, data) for s in sources]
+    return [context_for(s, device, cache, backbone, data, dtype) for s in sources]

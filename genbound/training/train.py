@@ -70,6 +70,7 @@ from ..methods.subspace import (
 )
 from ..models.backbones import BACKBONES, get_backbone
 from ..models.losses import mean_loss
+from ..models.precision import cast_base, check_precision
 from .sharded import place_model
 
 DEFAULT_SAVE_EVERY = 50
@@ -108,6 +109,7 @@ class TrainConfig:
     prior_fraction: float | None = None  # train on the prior part of a seeded split only (genbound.data.prior_split)
     prior_seed: int = 0  # that split's seed
     device: str = "cpu"
+    base_dtype: str = "float32"  # the frozen base's precision (genbound.models.precision); trained tensors float32
     save_trajectory: bool = False
     trajectory_every: int | None = None  # steps between snapshots; default once per epoch
     progress: bool | None = None  # tqdm; None hides it when not a terminal
@@ -434,6 +436,7 @@ def _build(config: TrainConfig, out: Path, overwrite: bool, splits, resume: bool
     shapes = [(modules[n].out_features, modules[n].in_features) for n in layers]
     method.check_rank(shapes, config.rank, config.chain)
     adapters = attach_adapters(model, method, layers, config.rank, config.alpha, config.seed, config.paca_columns)
+    cast_base(model, check_precision(config.base_dtype, device))  # after attach: the trained tensors stay float32
     run = _Run(config=config, out=out, state_dir=state_dir, save_every=save_every, overwrite=overwrite,
                group=group, monitor=monitor, device=device, method=method, backbone=backbone, splits=splits,
                model=model, layers=layers, shapes=shapes, adapters=adapters, state=state)
@@ -718,7 +721,8 @@ def _checkpoint_meta(run: _Run, results: dict, peak: int | None, peak_kind: str)
     config, method, backbone, model, splits = run.config, run.method, run.backbone, run.model, run.splits
     step, train_seconds = run.step, run.train_seconds
     trainable, total_params, head_params = run.counts["trainable"], run.counts["total"], run.counts["head"]
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    stored = next((p for p in model.parameters() if p.requires_grad), next(model.parameters()))
+    dtype = str(stored.dtype).replace("torch.", "")  # of the stored (trained) tensors, not a low-precision base
     # Causal LM: results are per target token; the dataset card records the target-token counts.
     causal = backbone.task == "causal-lm"
     return CheckpointMeta(

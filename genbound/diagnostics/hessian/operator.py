@@ -43,6 +43,7 @@ from ...core.errors import GenboundError, NonFiniteError
 from ...core.sharding import is_sharded, lockstep_slices
 from ...data.evalset import EvalSet
 from ...models.losses import count, summed_loss
+from ...models.precision import cast_base, precision_of
 
 ParamSelection = str | Sequence[str] | None
 
@@ -185,6 +186,7 @@ class HessianOperator:
         probe_batch: int | None = None,
         cache_bytes: int | None = None,
         group: Group | None = None,
+        memory_budget: int | None = None,
     ):
         if mode not in ("auto", "cached", "forward", "reverse"):
             raise GenboundError(
@@ -195,26 +197,25 @@ class HessianOperator:
         self.names = select_parameters(model, params, trained)
         ref = dict(model.named_parameters())[self.names[0]]
         self.device = where(device, ref)
-        self.dtype = dtype or ref.dtype
+        # A model whose frozen base is low precision (genbound.models.precision) keeps it so; the selected
+        # parameters, the vectors and every product are float32 (a low-precision selected one is upcast).
+        # So does a frozen base held in another dtype than the selected parameters without the mark (bf16 under
+        # float32 adapters, built by hand): only an explicit ``dtype`` casts the frozen tensors too.
+        theta = {id(p) for n, p in model.named_parameters() if n in set(self.names)}
+        mixed = dtype is None and (precision_of(model) != torch.float32 or any(
+            t.is_floating_point() and t.dtype != ref.dtype and id(t) not in theta
+            for t in [*model.parameters(), *model.buffers()]))
+        self.dtype = dtype or (torch.float32 if ref.dtype in (torch.bfloat16, torch.float16) else ref.dtype)
         if not self.dtype.is_floating_point:
             raise GenboundError(f"parameters of dtype {self.dtype} have no Hessian; select floating-point ones")
-        # Only an explicit dtype casts the frozen tensors too: by default a frozen base held in lower
-        # precision (bf16 under float32 adapters) stays as it is instead of being copied in float32.
-        theta = {id(p) for n, p in model.named_parameters() if n in set(self.names)}
-        moved = any(
-            t.device != self.device or (t.is_floating_point() and t.dtype != self.dtype
-                                        and (dtype is not None or id(t) in theta))
-            for t in [*model.parameters(), *model.buffers()]
-        )
         self.sharded = is_sharded(model)  # FSDP (genbound.core.sharding): products forward-over-reverse
-        mode = _sharded_mode(model, self.names, mode, moved) if self.sharded else mode
-        if moved:
-            # A private copy on the target device/dtype, so the caller's model is not moved or cast.
-            self._module = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
-            self._own = True
-        else:
-            self._module = model
-            self._own = False
+        if self.sharded:
+            mode = _sharded_mode(model, self.names, mode, self._needs_copy(model, mixed))
+        self._module, self._own = self._private(model, mixed)
+        # torch.func's grad and jvp of the math attention kernel under autocast fail on a dtype check (torch
+        # 2.13: "expected scalar type Float but found BFloat16"); autograd's own double backward runs, so a
+        # low-precision base takes the reverse-mode products and an autograd gradient.
+        self._autograd_only = precision_of(self._module) != torch.float32
         state = {n: p.detach() for n, p in self._module.named_parameters()  # sharded ones: gathered by FSDP's hooks
                  if n in self.names or not self.sharded}
         state.update({n: b.detach() for n, b in self._module.named_buffers()})
@@ -255,6 +256,73 @@ class HessianOperator:
         self.probe_batch = int(probe_batch) if probe_batch else (1 if self.device.type == "cpu" else 8)
         self._vmap_ok = True
         self.stats = HVPStats()
+        self.memory_budget = int(memory_budget) if memory_budget else None
+        if self.memory_budget:
+            self._fit_budget(self.memory_budget)
+
+    def _needs_copy(self, model: nn.Module, mixed: bool) -> bool:
+        """Whether ``model`` is off the device or (outside a mixed-precision base) off the dtype."""
+        tensors = [*model.parameters(), *model.buffers()]
+        if mixed:
+            selected = dict(model.named_parameters())
+            return not (all(t.device == self.device for t in tensors) and all(
+                selected[n].dtype == self.dtype for n in self.names))
+        return not all(t.device == self.device and (not t.is_floating_point() or t.dtype == self.dtype)
+                       for t in tensors)
+
+    def _private(self, model: nn.Module, mixed: bool) -> tuple[nn.Module, bool]:
+        """The module the products run on: ``model`` itself when it is on the device in the dtype, else a
+        private copy (so the caller's model is not moved or cast); the second item says which."""
+        if not self._needs_copy(model, mixed):
+            return model, False
+        if mixed:
+            module = copy.deepcopy(model).to(device=self.device).eval()
+            params = dict(module.named_parameters())
+            for n in self.names:
+                params[n].data = params[n].data.to(self.dtype)
+            return module, True
+        # The whole model in one dtype (a float64 check): no mixed precision left on the copy.
+        return cast_base(copy.deepcopy(model).to(device=self.device, dtype=self.dtype), None).eval(), True
+
+    def _saved_bytes(self, feats: dict[str, Tensor], labels: Tensor) -> int:
+        """Bytes of the tensors the first-order graph of one batch saves (the gradient built with
+        ``create_graph``), each storage counted once and the model's own weights not at all."""
+        own = {t.untyped_storage().data_ptr() for t in [*self._theta.values(), *self._frozen.values()]}
+        seen: set[int] = set()
+        total = [0]
+
+        def pack(t: Tensor) -> Tensor:
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in own and ptr not in seen:
+                seen.add(ptr)
+                total[0] += t.untyped_storage().nbytes()
+            return t
+
+        leaves = {n: t.detach().requires_grad_(True) for n, t in self._theta.items()}
+        with self._context(), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            _grad_or_none(self._batch_loss(leaves, feats, labels), list(leaves.values()))
+        return total[0]
+
+    def _fit_budget(self, budget: int) -> None:
+        """Batch size and graph cache within ``budget`` bytes for the weights, one product's graphs and the
+        cached graphs. One probe batch of 4 examples measures the first-order graph's saved tensors per
+        example, g; a product holds that graph and the second-order pass through it, which saves about as much
+        again plus the products' vectors, so a batch of B takes ~3 g B. B is the largest that fits next to the
+        weights; the graph cache (mode auto) gets what is left. The data are summed over batches with 1/N
+        weights, so the result does not depend on B (up to the order of float additions)."""
+        weights = sum(t.numel() * t.element_size() for t in self._module.parameters())
+        weights += sum(t.numel() * t.element_size() for t in self._module.buffers())
+        feats, labels = next(iter(self._data.batches(min(4, len(self._data)))))
+        per_example = max(self._saved_bytes(feats, labels) / len(labels), 1.0)
+        room = budget - weights
+        if room < 3 * per_example:
+            raise GenboundError(f"--max-memory {budget / 2**20:.0f} MiB does not hold the model ({weights / 2**20:.0f}"
+                                f" MiB) and one example's Hessian-vector product ({3 * per_example / 2**20:.1f} "
+                                "MiB); raise it, or pass --dtype bfloat16 to halve the weights")
+        self.batch_size = max(1, min(self.batch_size, int(room // (3 * per_example))))
+        self._local_batches = -(-len(self._data) // self.batch_size)
+        self.cache_bytes = int(room - 3 * per_example * self.batch_size)
+        self.saved_per_example = per_example
 
     # -- layout ------------------------------------------------------------------------------------
 
@@ -333,7 +401,15 @@ class HessianOperator:
         out = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
         with self._context():
             for feats, labels in self._batches():
-                g = grad(self._batch_loss)(self._theta, feats, labels)
+                if self._autograd_only:
+                    leaves = {n: t.detach().requires_grad_(True) for n, t in self._theta.items()}
+                    with torch.enable_grad():
+                        loss = self._batch_loss(leaves, feats, labels)
+                        gs = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True) \
+                            if loss.requires_grad else [None] * len(leaves)
+                    g = [gi if gi is not None else torch.zeros_like(t) for gi, t in zip(gs, leaves.values())]
+                else:
+                    g = grad(self._batch_loss)(self._theta, feats, labels)
                 out += self.flatten(g)
         if self.group is not None:
             self.group.all_reduce_sum(out)
@@ -450,6 +526,11 @@ class HessianOperator:
         with self._context():
             for feats, labels in self._batches():
                 part = None
+                if self.mode in ("auto", "forward") and self._autograd_only:
+                    if self.mode == "forward":
+                        raise GenboundError("forward-mode Hessian products do not run through mixed precision; "
+                                            "use mode reverse (or auto) with a low-precision base")
+                    self.mode = "reverse"
                 if self.mode in ("auto", "forward"):
                     try:
                         if k == 1:

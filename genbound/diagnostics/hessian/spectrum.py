@@ -24,6 +24,7 @@ from ...core.errors import GenboundError
 from ...core.progress import Estimate, FirstCall, announce
 from ...core.sharding import check_shard, shard_frozen
 from ...data.evalset import EvalSet
+from ...models.precision import dtype_name, precision_error, precision_of
 from ...sources.context import context_for
 from .density import DensityResult, slq_measure, smooth_density
 from .lanczos import LanczosRun, lanczos, ritz_bounds
@@ -49,6 +50,10 @@ class EigenResult:
     the error becomes ``|theta - rho| + min(r, r^2 / gap)`` with rho = y^T H y / y^T y and r = ||H y - rho y||
     / ||y|| in float64: a bound on the distance from theta to an eigenvalue of the float64 Hessian, so it
     includes the working precision (the float64 rounding itself, ~1e-16 relative, is not counted).
+    With a low-precision frozen base (``base_dtype`` bfloat16 or float16, :mod:`genbound.models.precision`)
+    every error also carries ``rounding_error`` = c u ||H|| (||H|| <= max|theta| + its bound;
+    :func:`genbound.models.precision.precision_error`), so that it bounds the distance to the eigenvalue of
+    the float32 model's Hessian (Weyl's inequality); ``precision`` then ends in ``+<dtype> rounding``.
     """
 
     top: list[float]
@@ -64,6 +69,7 @@ class EigenResult:
     seed: int
     wall_time: float
     precision: str = "working"  # what the error bounds cover (class docstring)
+    rounding_error: float = 0.0  # the low-precision base's share of every error (class docstring)
 
 
 @dataclass
@@ -89,6 +95,8 @@ class HessianReport:
     loss_unit: str = "example"  # the loss is a mean per example, or per target token (a causal LM)
     n_targets: int | None = None  # target tokens the mean runs over (causal LM)
     estimate: dict[str, Any] | None = None  # the time estimate made after the first product (Estimate.record)
+    base_dtype: str = "float32"  # of the frozen base weights (genbound.models.precision)
+    memory_budget: int | None = None  # bytes (--max-memory) the batch size was chosen for
 
 
 def _extreme(run: LanczosRun, top_k: int, bottom_k: int) -> dict[str, np.ndarray]:
@@ -148,6 +156,10 @@ def extreme_eigenvalues(
         idx = np.concatenate([e["top"], e["bottom"]]).astype(int)
         err[idx] = _float64_bounds(op, run, th, idx)
         precision = "float64-checked"
+    rounding = _rounding(op, th, err)
+    if rounding:
+        err = err + rounding
+        precision += f"+{dtype_name(precision_of(op._module))} rounding"
     result = EigenResult(
         top=th[e["top"]].tolist(),
         top_residuals=res[e["top"]].tolist(),
@@ -162,8 +174,19 @@ def extreme_eigenvalues(
         seed=int(seed),
         wall_time=time.perf_counter() - t0,
         precision=precision,
+        rounding_error=rounding,
     )
     return result, run
+
+
+def _rounding(op: HessianOperator, theta: np.ndarray, err: np.ndarray) -> float:
+    """c u ||H|| of a low-precision base (0 for float32), with ||H|| bounded by the largest |Ritz value| plus
+    its Lanczos error (the Ritz values of the extreme ends of the spectrum are the best-converged)."""
+    if precision_of(op._module) == torch.float32:
+        return 0.0
+    ends = [int(np.argmax(theta)), int(np.argmin(theta))]
+    norm = max(abs(float(theta[i])) + float(err[i]) for i in ends)
+    return precision_error(op._module, norm)
 
 
 def _float64_bounds(op: HessianOperator, run: LanczosRun, theta: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -347,6 +370,7 @@ def hessian_spectrum(
     precision_check: bool = False,
     progress: bool | None = None,
     group: Group | None = None,
+    memory_budget: int | None = None,
 ) -> HessianReport:
     """Top-k / bottom-k eigenvalues, trace and spectral density of H = nabla^2 L on ``evalset``.
 
@@ -355,12 +379,13 @@ def hessian_spectrum(
     ``density_steps`` long when the density is asked for) serves the eigenvalues, the Hutch++ sketch and
     one density probe. ``group`` (under torchrun, :mod:`genbound.core.distributed`): the evaluation set is
     sharded over the processes and every product summed over them; every process gets the same report.
+    ``memory_budget`` (bytes): batches and graph cache fit to it; a low-precision base: :class:`EigenResult`.
     """
     if not (top_k or bottom_k or trace or density):
         raise GenboundError("nothing to compute: ask for top_k, bottom_k, trace or density")
     t0 = time.perf_counter()
     op = HessianOperator(model, evalset, params, trained=trained, batch_size=batch_size, device=device,
-                         dtype=dtype, mode=mode, probe_batch=probe_batch, group=group)
+                         dtype=dtype, mode=mode, probe_batch=probe_batch, group=group, memory_budget=memory_budget)
     loss, gradient = op.loss_and_gradient()  # in cached mode, from the pass that builds the graph
     grad_norm = float(gradient.double().norm())
     plan = planned_products(top_k, bottom_k, trace=trace, density=density, max_steps=max_steps,
@@ -386,6 +411,8 @@ def hessian_spectrum(
         seed=int(seed),
         device=str(op.device),
         dtype=str(op.dtype).replace("torch.", ""),
+        base_dtype=dtype_name(precision_of(op._module)),
+        memory_budget=op.memory_budget,
         hvp_mode=op.mode,
         batch_size=op.batch_size,
         eigen=eig,
@@ -426,17 +453,23 @@ def hessian_from_checkpoint(
     device: torch.device | None = None,
     seed: int = 0,
     shard: str | None = None,
+    base_dtype: torch.dtype | str | None = None,
     **kw: Any,
 ) -> HessianReport:
     """:func:`hessian_spectrum` of a checkpoint (a path or a loaded checkpoint) on a seeded subset of
     ``samples`` examples of its recorded ``split`` (all of them when ``samples`` is None); by default on
     the parameters the checkpoint trained. ``ckpt`` may be a run context (genbound.sources.context), which keeps the
     model and the data for the next diagnostic. ``shard="fsdp"`` (with ``group``): the frozen base is sharded
-    over the processes (genbound.core.sharding) and the products are forward-over-reverse."""
+    over the processes (genbound.core.sharding) and the products are forward-over-reverse. ``base_dtype``: the
+    frozen base's precision (:mod:`genbound.models.precision`; a given context keeps its own)."""
     path = str(ckpt) if isinstance(ckpt, (str, Path)) else None
     device = where(device)  # a checkpoint is read onto the CPU
-    ckpt = context_for(ckpt, device)
     sharded = check_shard(shard, kw.get("group"))
+    if sharded and dtype_name(base_dtype) != "float32":
+        # A sharded model takes forward-mode products, which torch 2.13 does not run through an autocast base.
+        raise GenboundError(f"--shard fsdp with --dtype {dtype_name(base_dtype)}: sharded products are forward "
+                            "mode, which a low-precision base does not run; use --dtype float32 or drop --shard")
+    ckpt = context_for(ckpt, device, dtype=base_dtype)
     # Sharded: built on the CPU, and only this process's piece of the frozen base goes to the device.
     model = ckpt.build_model(device=torch.device("cpu") if sharded else device)
     if sharded:

@@ -19,6 +19,7 @@ from ...core.errors import GenboundError
 from ...core.readers import read_safetensors
 from ...core.sharding import check_shard, shard_frozen
 from ...data.evalset import EvalSet
+from ...models.precision import dtype_name
 from ...sources.context import contexts_for
 from ..evaluate import evaluate
 from .directions import (
@@ -299,12 +300,19 @@ def _check_outside_space(model_a: nn.Module, model_b: nn.Module, coords: Coords,
                                 f"not move; {hint}")
 
 
+def _check_precision(space: str, base_dtype) -> None:
+    if space == "all" and dtype_name(base_dtype) != "float32":
+        raise GenboundError(f"--space all moves the frozen base weights, which {dtype_name(base_dtype)} cannot resolve "
+                            "along small steps; use --space dw or factors, or --dtype float32")
+
+
 def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directions: str | None = None, *,
                                space: str = "dw",
                                dims: int | None = None, grid: int = 21, span: float | None = None,
                                samples: int | None = 512, split: str = "train", seed: int = 0,
                                normalization: str = "filter", one_d: str = "zero",
-                               device: torch.device | None = None, **kwargs) -> Landscape:
+                               device: torch.device | None = None, base_dtype: torch.dtype | str | None = None,
+                               **kwargs) -> Landscape:
     """A slice around the first checkpoint of ``paths`` (directories, or checkpoints already loaded).
 
     ``directions``: "random" (one checkpoint; ``dims`` 1 or 2, default 2), "pca" (one checkpoint saved
@@ -312,7 +320,9 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
     interpolate for several checkpoints, else random. ``space``: dw, factors or all. Evaluation on a
     seeded subset of ``samples`` examples (None: the whole split) of ``split`` of the first checkpoint's
     data. ``span`` defaults to 1 (random, interpolate) or the trajectory's reach (pca). Run contexts
-    (genbound.sources.context) may stand for checkpoints; paths share one context cache."""
+    (genbound.sources.context) may stand for checkpoints; paths share one context cache. ``base_dtype``: the
+    frozen base's precision (genbound.models.precision; contexts given keep their own); ``memory_budget``
+    (bytes, in ``kwargs``) sizes the batches and points per forward (:func:`landscape`)."""
     given = list(paths)
     paths = [str(p) if isinstance(p, (str, Path)) else str(p.path) for p in given]
     if not 1 <= len(paths) <= 3:
@@ -340,7 +350,8 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
     if samples is not None and samples <= 0:
         raise GenboundError(f"--samples must be positive, got {samples}; omit it to use the whole split")
     device = where(device)  # checkpoints are read onto the CPU
-    ckpts = contexts_for(given, device)  # one backbone build and one data load for all of them
+    _check_precision(space, base_dtype)
+    ckpts = contexts_for(given, device, dtype=base_dtype)  # one backbone build and one data load for all
     if directions == "interpolate":
         _check_compatible(ckpts, paths, space)
     # Sharded (kwargs shard="fsdp"): built on the CPU; only this process's pieces go to the device.
@@ -351,7 +362,8 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
     meta = ckpts[0].meta
     source = {"checkpoints": paths, "method": meta.method, "backbone": meta.backbone, "dataset": meta.dataset,
               "split": split, "samples": len(evalset), "sample_seed": seed, "split_size": len(splits.split(split)),
-              "recorded_loss": meta.results.get(f"{split}_loss")}
+              "recorded_loss": meta.results.get(f"{split}_loss"), "base_dtype": dtype_name(ckpts[0].dtype),
+              "memory_budget": kwargs.get("memory_budget")}
     kwargs.setdefault("space", space)
     kwargs.setdefault("device", device)
     if directions == "random":
