@@ -203,7 +203,8 @@ def _third_party_imports(folders: list[str]) -> set[str]:
             for module in _imported_modules(path):
                 top = module.split(".")[0]
                 if top and top not in sys.stdlib_module_names and top not in ("genbound", "analysis", "__future__") \
-                        and not (folder == "tests" and (ROOT / "tests" / f"{top}.py").exists()):  # a test module
+                        and not (folder == "tests" and any((ROOT / local / f"{top}.py").exists()
+                                                           for local in ("tests", "benchmarks"))):  # ours
                     out.add(top)
     return out
 

@@ -474,9 +474,7 @@ def compare(
     cache = next((x.cache for x in (a, b) if isinstance(x, RunContext)), None) or BuildCache()
     a, b = (RunContext(x, device, cache, base_dtype) if is_full(x) and not isinstance(x, RunContext) else x
             for x in (a, b))
-    labels = [str(a.meta.method), str(b.meta.method)]
-    if labels[0] == labels[1]:
-        labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
+    labels = _labels(a, b)
     pair = Pair(path_a, path_b, device, top_k, eps, data_bounds, pac_bayes, samples, grid, seed, n_train, progress,
                 _same_backbone(a, b), memory_budget)
     chosen = SECTIONS + [(name, OPTIONAL_SECTIONS[name]) for name, on in (("hessian", hessian),
@@ -503,6 +501,12 @@ def compare(
     stage.close()
     timing["total"] = time.perf_counter() - t0
     return report
+
+
+def _labels(a, b) -> list[str]:
+    """The two columns' names: the methods, marked (A) and (B) when they are the same."""
+    labels = [str(a.meta.method), str(b.meta.method)]
+    return [f"{labels[0]} (A)", f"{labels[1]} (B)"] if labels[0] == labels[1] else labels
 
 
 def _mismatch_banner(why: str | None, path_a: str, path_b: str, allow_mismatch: bool) -> str:

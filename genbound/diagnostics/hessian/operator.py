@@ -152,6 +152,20 @@ def _sharded_mode(model: nn.Module, names: Sequence[str], mode: str, moved: bool
     return "forward"
 
 
+def _mixed_base(model: nn.Module, names: Sequence[str]) -> bool:
+    """Whether ``model``'s frozen base is held in another precision than its selected parameters: cast by
+    genbound.models.precision (marked), or by hand (bf16 under float32 adapters). Such a base is kept as it is;
+    the selected parameters, the vectors and every product are float32 (a low-precision selected one is upcast),
+    and only an explicit ``dtype`` casts the frozen tensors too."""
+    if precision_of(model) != torch.float32:
+        return True
+    params = dict(model.named_parameters())
+    theta = {id(params[n]) for n in names}
+    ref = params[names[0]].dtype
+    return any(t.is_floating_point() and t.dtype != ref and id(t) not in theta
+               for t in [*model.parameters(), *model.buffers()])
+
+
 class HessianOperator:
     """Matrix-free H of the mean cross-entropy over ``evalset`` w.r.t. the parameters ``names``.
 
@@ -197,14 +211,7 @@ class HessianOperator:
         self.names = select_parameters(model, params, trained)
         ref = dict(model.named_parameters())[self.names[0]]
         self.device = where(device, ref)
-        # A model whose frozen base is low precision (genbound.models.precision) keeps it so; the selected
-        # parameters, the vectors and every product are float32 (a low-precision selected one is upcast).
-        # So does a frozen base held in another dtype than the selected parameters without the mark (bf16 under
-        # float32 adapters, built by hand): only an explicit ``dtype`` casts the frozen tensors too.
-        theta = {id(p) for n, p in model.named_parameters() if n in set(self.names)}
-        mixed = dtype is None and (precision_of(model) != torch.float32 or any(
-            t.is_floating_point() and t.dtype != ref.dtype and id(t) not in theta
-            for t in [*model.parameters(), *model.buffers()]))
+        mixed = dtype is None and _mixed_base(model, self.names)
         self.dtype = dtype or (torch.float32 if ref.dtype in (torch.bfloat16, torch.float16) else ref.dtype)
         if not self.dtype.is_floating_point:
             raise GenboundError(f"parameters of dtype {self.dtype} have no Hessian; select floating-point ones")

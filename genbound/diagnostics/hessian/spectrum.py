@@ -401,25 +401,13 @@ def hessian_spectrum(
         if timer.bar is not None:
             timer.bar.close()
     return HessianReport(
-        params=list(op.names),
-        dim=op.dim,
-        n_examples=op.n_examples,
+        params=list(op.names), dim=op.dim, n_examples=op.n_examples,
         loss_unit="token" if evalset.labels.dim() == 2 else "example",
         n_targets=op.n_targets if evalset.labels.dim() == 2 else None,
-        loss=loss,
-        grad_norm=grad_norm,
-        seed=int(seed),
-        device=str(op.device),
-        dtype=str(op.dtype).replace("torch.", ""),
-        base_dtype=dtype_name(precision_of(op._module)),
-        memory_budget=op.memory_budget,
-        hvp_mode=op.mode,
-        batch_size=op.batch_size,
-        eigen=eig,
-        trace=tr,
-        density=dens,
-        n_hvp=op.stats.n_hvp,
-        wall_time=time.perf_counter() - t0,
+        loss=loss, grad_norm=grad_norm, seed=int(seed), device=str(op.device),
+        dtype=str(op.dtype).replace("torch.", ""), base_dtype=dtype_name(precision_of(op._module)),
+        memory_budget=op.memory_budget, hvp_mode=op.mode, batch_size=op.batch_size,
+        eigen=eig, trace=tr, density=dens, n_hvp=op.stats.n_hvp, wall_time=time.perf_counter() - t0,
         estimate=timer.estimate.record() if timer.estimate is not None else None,
     )
 

@@ -306,25 +306,10 @@ def _check_precision(space: str, base_dtype) -> None:
                             "along small steps; use --space dw or factors, or --dtype float32")
 
 
-def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directions: str | None = None, *,
-                               space: str = "dw",
-                               dims: int | None = None, grid: int = 21, span: float | None = None,
-                               samples: int | None = 512, split: str = "train", seed: int = 0,
-                               normalization: str = "filter", one_d: str = "zero",
-                               device: torch.device | None = None, base_dtype: torch.dtype | str | None = None,
-                               **kwargs) -> Landscape:
-    """A slice around the first checkpoint of ``paths`` (directories, or checkpoints already loaded).
-
-    ``directions``: "random" (one checkpoint; ``dims`` 1 or 2, default 2), "pca" (one checkpoint saved
-    with its trajectory) or "interpolate" (two checkpoints: line A-B; three: plane A, B, C). The default is
-    interpolate for several checkpoints, else random. ``space``: dw, factors or all. Evaluation on a
-    seeded subset of ``samples`` examples (None: the whole split) of ``split`` of the first checkpoint's
-    data. ``span`` defaults to 1 (random, interpolate) or the trajectory's reach (pca). Run contexts
-    (genbound.sources.context) may stand for checkpoints; paths share one context cache. ``base_dtype``: the
-    frozen base's precision (genbound.models.precision; contexts given keep their own); ``memory_budget``
-    (bytes, in ``kwargs``) sizes the batches and points per forward (:func:`landscape`)."""
-    given = list(paths)
-    paths = [str(p) if isinstance(p, (str, Path)) else str(p.path) for p in given]
+def _checked_request(paths: list[str], directions: str | None, space: str, dims: int | None, grid: int,
+                     span: float | None, samples: int | None) -> str:
+    """The directions kind (default: interpolate for several checkpoints, else random), after every argument
+    of :func:`landscape_from_checkpoints` is checked against the others; a bad one is a one-line error."""
     if not 1 <= len(paths) <= 3:
         raise GenboundError(f"give 1 to 3 checkpoints, got {len(paths)}")
     directions = directions or ("interpolate" if len(paths) > 1 else "random")
@@ -349,6 +334,29 @@ def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directi
         check_span(span)
     if samples is not None and samples <= 0:
         raise GenboundError(f"--samples must be positive, got {samples}; omit it to use the whole split")
+    return directions
+
+
+def landscape_from_checkpoints(paths: Sequence[str | Path | Checkpoint], directions: str | None = None, *,
+                               space: str = "dw",
+                               dims: int | None = None, grid: int = 21, span: float | None = None,
+                               samples: int | None = 512, split: str = "train", seed: int = 0,
+                               normalization: str = "filter", one_d: str = "zero",
+                               device: torch.device | None = None, base_dtype: torch.dtype | str | None = None,
+                               **kwargs) -> Landscape:
+    """A slice around the first checkpoint of ``paths`` (directories, or checkpoints already loaded).
+
+    ``directions``: "random" (one checkpoint; ``dims`` 1 or 2, default 2), "pca" (one checkpoint saved
+    with its trajectory) or "interpolate" (two checkpoints: line A-B; three: plane A, B, C). The default is
+    interpolate for several checkpoints, else random. ``space``: dw, factors or all. Evaluation on a
+    seeded subset of ``samples`` examples (None: the whole split) of ``split`` of the first checkpoint's
+    data. ``span`` defaults to 1 (random, interpolate) or the trajectory's reach (pca). Run contexts
+    (genbound.sources.context) may stand for checkpoints; paths share one context cache. ``base_dtype``: the
+    frozen base's precision (genbound.models.precision; contexts given keep their own); ``memory_budget``
+    (bytes, in ``kwargs``) sizes the batches and points per forward (:func:`landscape`)."""
+    given = list(paths)
+    paths = [str(p) if isinstance(p, (str, Path)) else str(p.path) for p in given]
+    directions = _checked_request(paths, directions, space, dims, grid, span, samples)
     device = where(device)  # checkpoints are read onto the CPU
     _check_precision(space, base_dtype)
     ckpts = contexts_for(given, device, dtype=base_dtype)  # one backbone build and one data load for all
