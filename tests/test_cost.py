@@ -206,3 +206,15 @@ def test_square_saved_tensors_are_counted_apart():
     loss.backward()
     assert saved.square == F32 * T * T
     assert saved.frozen == F32 * (T * HIDDEN + T * T)  # tanh's output (also the product's input) and the softmax
+
+
+def test_cost_of_a_bfloat16_base_is_measured_in_it(capsys):
+    # cost builds the step as train does, --dtype included: the frozen base in bfloat16 (trained tensors float32)
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        assert main(["cost", "--backbone", "mlp", "--method", "lora", "--rank", "4", "--device", "cpu",
+                     "--dtype", dtype, "--json"]) == 0
+        runs[dtype] = json.loads(capsys.readouterr().out)["methods"]["lora"]
+    assert runs["bfloat16"]["setting"]["base_dtype"] == "bfloat16"
+    assert runs["float32"]["setting"]["base_dtype"] == "float32"
+    assert runs["bfloat16"]["memory"]["saved_frozen_bytes"] < runs["float32"]["memory"]["saved_frozen_bytes"]

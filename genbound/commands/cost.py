@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ..core.errors import GenboundError
-from .common import add_device, add_json, format_table, positive_int, print_json, resolve_device
+from .common import add_device, add_dtype, add_json, format_table, positive_int, print_json, resolve_device
 from .train import add_setting_arguments, config_from_args
 
 HELP = "count a method's saved-activation, parameter and optimizer bytes and FLOPs per step; time two methods paired"
@@ -34,6 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--level", type=float, default=0.95, help="the ratio interval's level (default 0.95)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
     add_device(p)
+    add_dtype(p)
     add_json(p)
 
 

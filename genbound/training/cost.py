@@ -60,6 +60,7 @@ from ..methods.adapters import AdaptedLinear, attach_adapters
 from ..methods.catalogue import get_method
 from ..models.backbones import get_backbone
 from ..models.losses import mean_loss
+from ..models.precision import cast_base, check_precision
 from .train import TrainConfig, epoch_order, param_groups
 
 __all__ = ["FlopCost", "MemoryCost", "Setting", "TimingCost", "as_dict", "build_setting", "config_from_checkpoint",
@@ -90,7 +91,8 @@ class Setting:
                 "rank": self.config.rank, "alpha": self.config.alpha, "chain": self.config.chain,
                 "batch_size": int(self.labels.shape[0]),
                 "feature_shapes": {k: list(v.shape) for k, v in self.features.items()},
-                "adapted_layers": list(self.adapters), "device": str(self.device), "seed": self.config.seed}
+                "adapted_layers": list(self.adapters), "device": str(self.device), "seed": self.config.seed,
+                "base_dtype": self.config.base_dtype}
 
 
 def config_from_checkpoint(path) -> TrainConfig:
@@ -133,6 +135,7 @@ def build_setting(config: TrainConfig, splits=None, device: torch.device | str |
     method.check_rank([(modules[n].out_features, modules[n].in_features) for n in layers], config.rank,
                       config.chain)
     adapters = attach_adapters(model, method, layers, config.rank, config.alpha, config.seed, config.paca_columns)
+    cast_base(model, check_precision(config.base_dtype, device))  # as train does: the trained tensors stay float32
     model.to(device)
     model.train()
     b_ratio = (config.lr_ratio or method.b_lr_ratio) if method.has_lr_ratio else 1.0
