@@ -164,22 +164,33 @@ def _use_data(path: Path, backbone) -> None:
         assert int(part.labels.min()) >= 0 and int(part.labels.max()) < c
 
 
+def _campaign(name: str, mutation, examples: int, trial, record_property) -> tuple[FastTally, int]:
+    """Run ``examples`` hypothesis draws of ``mutation`` (kind, rnd, value); each gets a fresh temporary folder,
+    in which ``trial(tmp, kind, rnd, value)`` writes its input and returns (what was done, the use to tally).
+    Returns the tally and the memory growth it recorded."""
+    tally = FastTally(name)
+
+    @settings(max_examples=examples, **SETTINGS)
+    @given(m=mutation)
+    def one(m):
+        with tempfile.TemporaryDirectory() as tmp:
+            what, use = trial(Path(tmp), *m)
+            tally.run(what, use)
+
+    one()
+    return tally, tally.finish(record_property)
+
+
 def test_fuzzed_data_files_load_or_raise_one_line(world, record_property):
     from genbound.models.backbones import get_backbone
 
     backbone = get_backbone(str(world["folder"]))
-    tally = FastTally("data files")
 
-    @settings(max_examples=DATA_EXAMPLES, **SETTINGS)
-    @given(m=data_mutation())
-    def one(m):
-        kind, rnd, value = m
-        with tempfile.TemporaryDirectory() as tmp:
-            path, what = _write_data(Path(tmp), world["rows"], kind, rnd, value)
-            tally.run(what, lambda: _use_data(path, backbone))
+    def trial(tmp, kind, rnd, value):
+        path, what = _write_data(tmp, world["rows"], kind, rnd, value)
+        return what, lambda: _use_data(path, backbone)
 
-    one()
-    grown = tally.finish(record_property)
+    tally, grown = _campaign("data files", data_mutation(), DATA_EXAMPLES, trial, record_property)
     assert tally.counts["refused"] > 0 and tally.counts["accepted"] > 0
     assert grown < MAX_GROWTH
 
@@ -284,20 +295,12 @@ def _use_model(folder: Path, task: str | None = None) -> None:
 
 
 def test_fuzzed_model_folders_build_or_raise_one_line(world, record_property):
-    tally = FastTally("model folders")
+    def trial(tmp, kind, rnd, value):
+        f = tmp / "model"
+        shutil.copytree(world["folder"], f)
+        return _mutate_folder(f, kind, rnd, value), lambda: _use_model(f)
 
-    @settings(max_examples=MODEL_EXAMPLES, **SETTINGS)
-    @given(m=model_mutation())
-    def one(m):
-        kind, rnd, value = m
-        with tempfile.TemporaryDirectory() as tmp:
-            f = Path(tmp) / "model"
-            shutil.copytree(world["folder"], f)
-            what = _mutate_folder(f, kind, rnd, value)
-            tally.run(what, lambda: _use_model(f))
-
-    one()
-    grown = tally.finish(record_property)
+    tally, grown = _campaign("model folders", model_mutation(), MODEL_EXAMPLES, trial, record_property)
     assert tally.counts["refused"] > 0
     assert grown < MAX_GROWTH
 
@@ -390,20 +393,13 @@ def _use_adapter(ad: Path, base: Path) -> None:
 
 
 def test_fuzzed_peft_adapters_on_a_model_folder_build_or_raise_one_line(world, record_property):
-    tally = FastTally("peft adapters on model folders")
+    def trial(tmp, kind, rnd, value):
+        ad, base = tmp / "adapter", tmp / "model"
+        shutil.copytree(world["adapter"], ad)
+        shutil.copytree(world["folder"], base)
+        return _mutate_adapter(ad, base, kind, rnd, value), lambda: _use_adapter(ad, base)
 
-    @settings(max_examples=PEFT_EXAMPLES, **SETTINGS)
-    @given(m=peft_mutation())
-    def one(m):
-        kind, rnd, value = m
-        with tempfile.TemporaryDirectory() as tmp:
-            ad, base = Path(tmp) / "adapter", Path(tmp) / "model"
-            shutil.copytree(world["adapter"], ad)
-            shutil.copytree(world["folder"], base)
-            what = _mutate_adapter(ad, base, kind, rnd, value)
-            tally.run(what, lambda: _use_adapter(ad, base))
-
-    one()
-    grown = tally.finish(record_property)
+    tally, grown = _campaign("peft adapters on model folders", peft_mutation(), PEFT_EXAMPLES, trial,
+                             record_property)
     assert tally.counts["refused"] > 0 and tally.counts["accepted"] > 0
     assert grown < MAX_GROWTH
