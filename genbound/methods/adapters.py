@@ -143,11 +143,6 @@ class AdaptedLinear(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent_name, _, child = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), child
-
-
 def attach_adapters(
     model: nn.Module,
     method: Method,
@@ -167,12 +162,11 @@ def attach_adapters(
         p.requires_grad_(False)
     adapters: dict[str, AdaptedLinear] = {}
     for name in layers:
-        parent, child = _parent(model, name)
-        base = getattr(parent, child)
+        base = model.get_submodule(name)
         if not isinstance(base, nn.Linear):
             raise GenboundError(f"layer '{name}' is a {type(base).__name__}, not a Linear; pick Linear targets")
         adapter = AdaptedLinear(base, method, name, rank, alpha, seed, paca_columns)
-        setattr(parent, child, adapter)
+        model.set_submodule(name, adapter)
         adapters[name] = adapter
     for p in model.head.parameters():
         p.requires_grad_(True)
@@ -187,8 +181,7 @@ def find_adapters(model: nn.Module) -> dict[str, AdaptedLinear]:
 def merge_adapters(model: nn.Module) -> nn.Module:
     """Replace every AdaptedLinear by its merged Linear (W0 + dW), in place; returns the model."""
     for name, adapter in find_adapters(model).items():
-        parent, child = _parent(model, name)
-        setattr(parent, child, adapter.merged())
+        model.set_submodule(name, adapter.merged())
     return model
 
 

@@ -135,8 +135,7 @@ class TaskClassifier(nn.Module):
             raise GenboundError(f"the head '{head_path}' of this model is a {type(head).__name__}, not a Linear; "
                                 "this architecture is not supported")
         self.head = head
-        parent_name, _, child = head_path.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, _HeadSlot(self))
+        model.set_submodule(head_path, _HeadSlot(self))
         self.fan_in_fan_out: list[str] = _conv1d_to_linear(model, prefix="backbone.")
 
     def forward(self, **features: Tensor) -> Tensor:

@@ -132,6 +132,5 @@ def _conv1d_to_linear(model: nn.Module, prefix: str = "") -> list[str]:
             lin.weight.copy_(conv.weight.t())
             if conv.bias is not None:
                 lin.bias.copy_(conv.bias)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, lin)
+        model.set_submodule(name, lin)
     return [prefix + n for n in names]

@@ -36,7 +36,7 @@ from ..core.device import where
 from ..core.errors import CheckpointError, GenboundError
 from ..data.datafiles import MissingColumnError
 from ..data.datasets import default_dataset_for, get_dataset
-from ..methods.adapters import AdaptedLinear, _parent
+from ..methods.adapters import AdaptedLinear
 from ..methods.catalogue import METHODS, get_method
 from ..methods.update import LayerUpdate
 from ..models.backbones import BACKBONES, get_backbone
@@ -330,8 +330,7 @@ class PeftSource:
             with torch.no_grad():
                 ad.A.copy_(factors[li.name]["A"].to(ad.A.dtype))
                 ad.B.copy_(factors[li.name]["B"].to(ad.B.dtype))
-            parent, child = _parent(model, li.name)
-            setattr(parent, child, ad)
+            model.set_submodule(li.name, ad)
         self._restore_extra(model)
         return model.to(where(device)).eval()
 

@@ -508,10 +508,6 @@ class GridEvaluator:
         if self._fold is not None:
             return self._folded()
         model = self._structural_copy()
-        own = dict(model.named_parameters()) | dict(model.named_buffers())
-        with torch.no_grad():
-            for n in self.names:  # tensors that do not move sit at the centre; moving ones are passed in
-                own[n].copy_(self.centre[n])
         self._grid_modules = {}
         if self.cache_prefix and _is_batched is not None:
             for mname in self._eligible:
@@ -521,8 +517,7 @@ class GridEvaluator:
                 dbias = self.dirs.get(bname)
                 gl = _GridLinear(self.centre[wname], bias, self.dirs[wname], dbias)
                 gl.to(self.device)
-                parent_name, _, child = mname.rpartition(".")
-                setattr(model.get_submodule(parent_name) if parent_name else model, child, gl)
+                model.set_submodule(mname, gl)
                 self._grid_modules[mname] = gl
         self._install_memos(model, folded=False)
         self._batched_model = model
@@ -531,16 +526,18 @@ class GridEvaluator:
     def _structural_copy(self) -> nn.Module:
         """A copy of the private model's modules that shares its tensors (no second copy of the weights):
         the batched engine replaces modules and instance attributes, never tensors, and sets coordinates
-        to the centre, which is where the sequential engine's tensors are read from anyway."""
+        to the centre, which is where the sequential engine's tensors are read from anyway: tensors that do not
+        move sit at the centre, moving ones are passed in."""
         shared = {id(t): t for t in (*self.model.parameters(), *self.model.buffers())}
-        return copy.deepcopy(self.model, shared)
+        model = copy.deepcopy(self.model, shared)
+        own = dict(model.named_parameters()) | dict(model.named_buffers())
+        with torch.no_grad():
+            for n in self.names:
+                own[n].copy_(self.centre[n])
+        return model
 
     def _folded(self) -> nn.Module:
         model = self._structural_copy()
-        own = dict(model.named_parameters()) | dict(model.named_buffers())
-        with torch.no_grad():
-            for n in self.names:  # tensors that do not move sit at the centre
-                own[n].copy_(self.centre[n])
         self._grid_modules = {}
         for mname in self._fold:
             lin = model.get_submodule(mname)
@@ -550,8 +547,7 @@ class GridEvaluator:
             bias = self.centre.get(bname, lin.bias.detach() if lin.bias is not None else None)
             shared = self.cache_prefix and mname in self._eligible
             fl = _FoldedLinear(weight, bias, dweight, self.dirs.get(bname), shared).to(self.device)
-            parent_name, _, child = mname.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, fl)
+            model.set_submodule(mname, fl)
             self._grid_modules[mname] = fl
         self._install_memos(model, folded=True)
         self._batched_model = model
