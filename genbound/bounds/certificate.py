@@ -54,7 +54,7 @@ from ..models.losses import mean_loss
 from ..models.precision import cast_base, dtype_name
 from .codec import HyperGrid, QuantizedVector, decode, encode
 from .common import check_probability, kl_inverse_upper
-from .defaults import DEFAULT_LEVELS, DEFAULT_QAT_LR, DEFAULT_QAT_STEPS, DEFAULT_RATE
+from .defaults import DEFAULT_LEVELS, DEFAULT_QAT_LR, DEFAULT_QAT_STEPS, DEFAULT_RATE, GRID_FILE
 from .occam import occam_bound, occam_kl_budget, quantize
 from .smoothed import ALPHA_GRID, label_log_probs, mean_smoothed, smoothed_bound
 from .subspace_pacbayes import subspace_pac_bayes
@@ -64,7 +64,6 @@ from .union import check_split
 # every certificate pays and what a message's configuration code means (its digest is in every certificate).
 # The method axis is the eleven methods of the paper, as they stood when the grid was fixed; methods added to
 # the catalogue since are outside it (a new grid would have to be declared first).
-GRID_FILE = Path(__file__).resolve().parent.parent / "assets" / "certificate-grid.json"
 DECLARED_GRID = HyperGrid.from_file(GRID_FILE)
 PAPER_METHODS = tuple(dict(DECLARED_GRID.values)["method"])
 

@@ -30,7 +30,6 @@ examples do, that n is |S_b|, and that the reported message decodes to a model w
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import replace
 from typing import Any
@@ -60,7 +59,7 @@ from .certificate import (
 )
 from .codec import HyperGrid, QuantizedVector, decode, encode
 from .common import check_probability
-from .defaults import DEFAULT_POSTERIOR_LR, DEFAULT_POSTERIOR_STEPS
+from .defaults import DEFAULT_POSTERIOR_LR, DEFAULT_POSTERIOR_STEPS, grid_section
 from .occam import occam_bound, occam_kl_budget
 from .smoothed import label_log_probs
 from .union import Union, check_split
@@ -68,7 +67,7 @@ from .union import Union, check_split
 
 def declared_prior(path=GRID_FILE) -> dict[str, Any]:
     """The "prior" section of the declared grid file: ``fractions`` (tuple) and ``split_seed``."""
-    data = json.loads(open(path, encoding="utf-8").read()).get("prior")
+    data = grid_section("prior", path)
     if not isinstance(data, dict) or not data.get("fractions") or "split_seed" not in data:
         raise GenboundError(f"{path} declares no data-dependent prior (a 'prior' section with fractions and "
                             "split_seed)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..bounds.defaults import grid_section
 from ..core.argtypes import seed_arg
 from ..core.errors import GenboundError
 from .common import (
@@ -118,15 +119,10 @@ def add_setting_arguments(p, method_required: bool = True) -> None:
 
 def default_lr(subspace_dim: int | None) -> float:
     """5e-4, or for a subspace run the declared certificate grid's training default (so that the default run
-    is one `genbound certify` accepts; genbound/assets/certificate-grid.json, read as JSON so that --help
-    imports no torch)."""
+    is one `genbound certify` accepts; genbound.bounds.defaults reads it without torch, for --help)."""
     if subspace_dim is None:
         return 5e-4
-    import json
-    from pathlib import Path
-
-    grid = Path(__file__).resolve().parent.parent / "assets" / "certificate-grid.json"
-    return float(json.loads(grid.read_text(encoding="utf-8"))["train_defaults"]["lr"])
+    return float(grid_section("train_defaults")["lr"])
 
 
 def config_from_args(args, method: str | None = None):
