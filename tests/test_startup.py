@@ -113,6 +113,16 @@ def test_the_task_choices_of_the_parser_are_the_sources():
     assert parser_tasks == READ_TASKS
 
 
+def test_the_dtype_and_shard_choices_of_the_parser_are_the_library_s():
+    from genbound.commands.common import BASE_DTYPES as parser_dtypes
+    from genbound.commands.common import SHARD_CHOICES as parser_shards
+    from genbound.core.sharding import SHARD_CHOICES
+    from genbound.models.precision import BASE_DTYPES
+
+    assert parser_dtypes == BASE_DTYPES
+    assert parser_shards == SHARD_CHOICES
+
+
 @pytest.mark.parametrize("name", ["mlp", "minilm"])
 def test_a_cached_model_layout_is_the_computed_one(tmp_path, monkeypatch, name):
     from genbound.models import layout as L

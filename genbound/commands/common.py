@@ -33,13 +33,18 @@ def add_device(parser) -> None:
     )
 
 
+# genbound.core.sharding.SHARD_CHOICES, written out here so the parser needs no torch (tests/test_startup.py
+# checks that the two agree).
+SHARD_CHOICES = ("none", "fsdp")
+
+
 def add_shard_argument(parser) -> None:
-    # The choices of genbound.core.sharding.SHARD_CHOICES, written out: that module imports torch.
-    parser.add_argument("--shard", choices=["none", "fsdp"], default="none",
+    parser.add_argument("--shard", choices=SHARD_CHOICES, default="none",
                         help="under torchrun: fsdp shards the frozen base model over the processes "
                              "(torch FSDP2 fully_shard; docs/scale.md, 'Sharded models (FSDP)'); none (default) "
                              "keeps a whole copy in every process")
-# The frozen base's precision (genbound.models.precision.BASE_DTYPES; listed here so the parser needs no torch).
+# The frozen base's precision (genbound.models.precision.BASE_DTYPES; listed here so the parser needs no torch,
+# and checked against it by tests/test_startup.py).
 BASE_DTYPES = ("float32", "bfloat16", "float16")
 
 
