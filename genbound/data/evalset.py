@@ -31,7 +31,7 @@ class EvalSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def index(self, idx: Tensor) -> EvalSet:
+    def index(self, idx: Tensor | slice) -> EvalSet:
         """The examples at positions ``idx``, in that order."""
         return EvalSet({k: v[idx] for k, v in self.features.items()}, self.labels[idx])
 

@@ -133,7 +133,7 @@ def sharded_evaluate(group: Group, lockstep: bool = False):
               progress: bool | None = False) -> Evaluation:
         share = group.shard(len(data))
         sl = slice(share.start, share.stop)
-        local = EvalSet({k: v[sl] for k, v in data.features.items()}, data.labels[sl])
+        local = data.index(sl)
         sums = [0.0, 0.0]
         if lockstep:
             sums = _lockstep_sums(model, local, batch_size, device, where, group)
@@ -153,7 +153,7 @@ def _lockstep_sums(model: nn.Module, data: EvalSet, batch_size: int, device, whe
     sums = [0.0, 0.0]
     device = device_of(device, model)
     for sl in lockstep_slices(len(data), batch_size, group):
-        chunk = EvalSet({k: v[sl] for k, v in data.features.items()}, data.labels[sl])
+        chunk = data.index(sl)
         if len(chunk):
             part = evaluate(model, chunk, len(chunk), device, where)
             sums[0] += part.loss * part.n

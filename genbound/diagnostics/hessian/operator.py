@@ -241,7 +241,7 @@ class HessianOperator:
                                     f"{group.world} processes; pass more --samples or start fewer processes")
             shard = group.shard(len(evalset))
             sl = slice(shard.start, shard.stop)
-            evalset = EvalSet({k: v[sl] for k, v in evalset.features.items()}, evalset.labels[sl])
+            evalset = evalset.index(sl)
         self.batch_size = int(batch_size) if batch_size else self.n_examples
         if self.batch_size <= 0:
             raise GenboundError(f"batch size must be positive, got {batch_size}")
