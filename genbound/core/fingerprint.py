@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .atomic import write_text
+from .cachedir import cache_dir
 
 CHUNK = 1 << 22
 
@@ -22,17 +23,10 @@ CHUNK = 1 << 22
 # -- hashing ---------------------------------------------------------------------------------------------
 
 
-def _cache_dir() -> Path | None:
-    root = os.environ.get("GENBOUND_CACHE")
-    if root and root.lower() in ("off", "0", "none"):
-        return None
-    return (Path(root) if root else Path.home() / ".cache" / "genbound") / "fingerprints"
-
-
 @lru_cache(maxsize=256)
 def _digest(path: str, size: int, mtime_ns: int, ino: int, dev: int) -> str:
     key = hashlib.sha256(f"v1|{path}|{size}|{mtime_ns}|{ino}|{dev}".encode()).hexdigest()
-    cache = _cache_dir()
+    cache = cache_dir("fingerprints")
     entry = cache / key if cache is not None else None
     if entry is not None:
         try:

@@ -16,7 +16,6 @@ Location: ``$GENBOUND_CACHE/tokens`` or ``~/.cache/genbound/tokens``; ``GENBOUND
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,17 +24,11 @@ import torch
 from torch import Tensor
 
 from ..core.atomic import atomic_file
+from ..core.cachedir import cache_dir
 
 VERSION = "2"  # 2: the tokenizer's whole output, not input_ids and attention_mask only
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "spiece.model", "tokenizer.model", "config.json")
-
-
-def cache_dir() -> Path | None:
-    root = os.environ.get("GENBOUND_CACHE")
-    if root and root.lower() in ("off", "0", "none"):
-        return None
-    return (Path(root) if root else Path.home() / ".cache" / "genbound") / "tokens"
 
 
 def cache_key(folder: Path, raw: list, max_length: int, variant: str = "") -> str:
@@ -56,7 +49,7 @@ def cached_tokens(folder: Path, raw: list, max_length: int,
                   tokenize: Callable[[], dict[str, Tensor]], variant: str = "") -> dict[str, Tensor]:
     """``tokenize()``'s result for these texts, read from the cache when present, else computed and stored;
     ``variant`` names a tokenizer setting outside its files (the padding side)."""
-    directory = cache_dir()
+    directory = cache_dir("tokens")
     if directory is None:
         return tokenize()
     try:

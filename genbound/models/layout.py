@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
 from ..core.atomic import write_text
+from ..core.cachedir import cache_dir
 from .hfmodels import checkpoint_names, empty_model, linear_shapes, max_positions, state_key, text_config
 
 LAYOUT_VERSION = 2
@@ -40,13 +40,6 @@ class ModelLayout:
     # transformers' configuration as plain data (kind "hf"): model_type, architectures and the text part's
     # attributes ("text": config.get_text_config().to_dict()); None for the mlp
     config: dict | None = None
-
-
-def _cache_dir() -> Path | None:
-    root = os.environ.get("GENBOUND_CACHE")
-    if root and root.lower() in ("off", "0", "none"):
-        return None
-    return (Path(root) if root else Path.home() / ".cache" / "genbound") / "layouts"
 
 
 def _version(dist: str) -> str:
@@ -66,7 +59,7 @@ def _source_digest() -> str:
 
 
 def _entry(backbone) -> Path | None:
-    cache = _cache_dir()
+    cache = cache_dir("layouts")
     if cache is None:
         return None
     key = json.dumps([LAYOUT_VERSION, list(state_key(backbone)), _version("torch"), _version("transformers"),

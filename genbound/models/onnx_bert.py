@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -49,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.atomic import atomic_directory
+from ..core.cachedir import cache_dir
 from ..core.errors import GenboundError
 from ..core.fingerprint import file_fingerprint
 
@@ -287,14 +287,6 @@ def l3_onnx_path() -> Path:
     raise GenboundError(f"{L3_DISTRIBUTION} {dist.version} has no {L3_ONNX}; reinstall it ({INSTALL_HINT})")
 
 
-def cache_root() -> Path | None:
-    """``$GENBOUND_CACHE/backbones`` or ``~/.cache/genbound/backbones``; None when ``GENBOUND_CACHE=off``."""
-    root = os.environ.get("GENBOUND_CACHE")
-    if root and root.lower() in ("off", "0", "none"):
-        return None
-    return (Path(root) if root else Path.home() / ".cache" / "genbound") / "backbones"
-
-
 _TEMP: dict[str, Path] = {}
 
 
@@ -307,7 +299,7 @@ def l3_folder(tokenizer_folder: Path) -> Path:
     once (about a second) and cached atomically; concurrent processes converge on one folder."""
     onnx_path = l3_onnx_path()
     sha = file_fingerprint(onnx_path).split(":", 1)[1]
-    root = cache_root()
+    root = cache_dir("backbones")
     if root is None:
         if sha not in _TEMP:
             tmp = Path(tempfile.mkdtemp(prefix="genbound-l3-"))
