@@ -267,7 +267,9 @@ def test_lock_is_held_by_a_training_subprocess(tmp_path):
 
     out = tmp_path / "ck"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "genbound.cli", *TRAIN[:-1], "400", "--out", str(out)], env=env,
+    # far more steps than it can take before it is killed: on a loaded machine 400 finished before the second
+    # process had started, which then met the finished checkpoint instead of the lock
+    first = subprocess.Popen([sys.executable, "-m", "genbound.cli", *TRAIN[:-1], "1000000", "--out", str(out)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         lock = tmp_path / ".ck.train.lock"
@@ -276,6 +278,7 @@ def test_lock_is_held_by_a_training_subprocess(tmp_path):
             time.sleep(0.05)
         second = subprocess.run([sys.executable, "-m", "genbound.cli", *TRAIN, "--out", str(out), "--resume"],
                                 env=env, capture_output=True, text=True, timeout=120)
+        assert first.poll() is None, "the first run ended before the second was refused"
         assert second.returncode == 2 and "another genbound run" in second.stderr, second.stderr
     finally:
         first.kill()
