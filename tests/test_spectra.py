@@ -186,7 +186,7 @@ def _w0(n, m, seed, decay=0.97):
 
 
 @pytest.mark.parametrize("shape", [(40, 40), (60, 30), (30, 60), (90, 70)])
-@pytest.mark.parametrize("method", ["krylov", "dense", "auto"])
+@pytest.mark.parametrize("method", ["krylov", "dense", "auto", "gram"])
 def test_intruder_scores_equal_brute_force(shape, method):
     n, m = shape
     for seed, size in ((0, 0.05), (1, 0.6), (2, 3.0)):  # small to dominant updates: 0 to many intruders
@@ -202,6 +202,54 @@ def test_intruder_scores_equal_brute_force(shape, method):
             assert int((sc < eps).sum()) == int((ref < eps).sum())
         if method == "krylov":
             assert used.startswith("krylov")
+        if method == "gram":
+            assert used == "gram"
+
+
+@pytest.mark.parametrize("n, m", [(50, 40), (40, 50)])
+def test_gram_path_finds_the_planted_intruder(n, m):
+    """The Gram path's two orientations: n > m (the right Gram and the division by sigma_i) and n < m."""
+    W0 = _w0(n, m, 7)
+    U, S0, Vh = torch.linalg.svd(W0, full_matrices=True)
+    # a dominant update along W0's weakest input direction, written out along a direction W0 misses (n > m) or,
+    # where U0 spans everything (n < m), along an even mix of its 5 weakest (|cos| 1/sqrt(5) with each);
+    # brute force is the reference either way
+    out = U[:, -1:] if n > m else U[:, -5:].sum(1, keepdim=True) / 5**0.5
+    u = LayerUpdate("p", n, m, 1.0, 5.0 * out, Vh[-1:, :])
+    rep = intruders({"p": W0}, {"p": u}, k=10, eps=0.5, method="gram", progress=False)
+    ref, Sref = brute_force_scores(W0, u.materialize(), 10)
+    assert rep.layers[0].method == "gram" and rep.layers[0].null_directions == 0
+    torch.testing.assert_close(torch.tensor(rep.layers[0].scores, dtype=torch.float64), ref, rtol=0, atol=1e-9)
+    torch.testing.assert_close(torch.tensor(rep.layers[0].singular_values, dtype=torch.float64), Sref)
+    assert rep.total == int((ref < 0.5).sum()) >= 1
+
+
+def test_gram_path_on_a_rank_deficient_tall_base_leaves_out_its_null_directions():
+    """W0 of rank 20 in 60 x 30: the 10 null u0_i are arbitrary in a thin SVD, so they are counted, left out of
+    the maximum, and the scores are finite, in [0, 1], and equal the brute-force ones over the resolved u0_i."""
+    g = torch.Generator().manual_seed(3)
+    W0 = torch.randn(60, 20, generator=g, dtype=torch.float64) @ torch.randn(20, 30, generator=g, dtype=torch.float64)
+    u = LayerUpdate("d", 60, 30, 0.5, torch.randn(60, 4, generator=g, dtype=torch.float64),
+                    torch.randn(4, 30, generator=g, dtype=torch.float64))
+    rep = intruders({"d": W0}, {"d": u}, k=5, method="gram", progress=False)
+    lay = rep.layers[0]
+    assert lay.null_directions == 10
+    sc = torch.tensor(lay.scores, dtype=torch.float64)
+    assert torch.isfinite(sc).all() and (sc >= 0).all() and (sc <= 1 + 1e-9).all()
+    U0 = torch.linalg.svd(W0, full_matrices=False)[0][:, :20]
+    Uw = torch.linalg.svd(W0 + u.materialize(), full_matrices=False)[0][:, :5]
+    torch.testing.assert_close(sc, (Uw.T @ U0).abs().amax(dim=1), rtol=0, atol=1e-8)
+
+
+def test_auto_takes_gram_for_one_use_and_krylov_for_a_kept_svd(monkeypatch):
+    import genbound.diagnostics.intruders as mod
+
+    monkeypatch.setattr(mod, "DENSE_MAX", 16)
+    W0, u = _w0(40, 40, 2), synthetic_update("lora", 40, 40)
+    assert layer_scores(W0, u, 5, "auto", cache=BaseSVDCache(maxsize=0))[2] == "gram"
+    assert layer_scores(W0, u, 5, "auto", cache=BaseSVDCache())[2].startswith("krylov")
+    assert layer_scores(W0, u, None, "gram")[2] == "dense"  # k = all: nothing to save
+    assert layer_scores(W0, synthetic_update("fft", 40, 40), 5, "gram")[2] == "dense"  # dW is itself dense
 
 
 def test_intruders_found_where_planted_and_k_all():
@@ -232,12 +280,13 @@ def test_base_svd_is_computed_once_per_backbone_layer():
     assert cache.misses == 1 and cache.hits == 2
 
 
-def test_intruders_on_selector_and_fft_updates():
+@pytest.mark.parametrize("path", ["krylov", "gram"])
+def test_intruders_on_selector_and_fft_updates(path):
     W0 = _w0(48, 40, 5)
     for method in ("cla", "rc3la", "paca", "fft", "cola"):
         u = synthetic_update(method, 48, 40)
         ref, _ = brute_force_scores(W0, u.materialize(), 10)
-        sc, *_ = layer_scores(W0, u, 10, "krylov", cache=BaseSVDCache(), tol=1e-12)
+        sc, *_ = layer_scores(W0, u, 10, path, cache=BaseSVDCache(), tol=1e-12)
         torch.testing.assert_close(sc, ref, rtol=0, atol=1e-6)
 
 
@@ -363,5 +412,7 @@ def test_cuda_matches_cpu():
     a = layer_scores(W0, u, 10, "krylov", device="cuda", cache=BaseSVDCache())[0].cpu()
     b = layer_scores(W0, u, 10, "dense")[0]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    c = layer_scores(W0, u, 10, "gram", device="cuda")[0].cpu()
+    torch.testing.assert_close(c, b, rtol=0, atol=1e-6)
     sim = layer_similarity(u, u, device="cuda")
     assert sim.overlap == pytest.approx(1.0)

@@ -123,6 +123,13 @@ def test_the_dtype_and_shard_choices_of_the_parser_are_the_library_s():
     assert parser_shards == SHARD_CHOICES
 
 
+def test_the_intruder_methods_of_the_parser_are_the_library_s():
+    from genbound.commands.spectra import INTRUDER_METHODS
+    from genbound.diagnostics.intruders import METHODS
+
+    assert INTRUDER_METHODS == METHODS
+
+
 @pytest.mark.parametrize("name", ["mlp", "minilm"])
 def test_a_cached_model_layout_is_the_computed_one(tmp_path, monkeypatch, name):
     from genbound.models import layout as L

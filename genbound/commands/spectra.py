@@ -21,6 +21,8 @@ from .common import (
     resolve_device,
 )
 
+# genbound.diagnostics.intruders.METHODS, written out so the parser needs no torch (tests/test_startup.py checks)
+INTRUDER_METHODS = ("auto", "krylov", "dense", "gram")
 HELP = "singular-value spectra of the weight updates (and intruder dimensions) of a checkpoint or peft adapter"
 DESCRIPTION = (
     "Per-layer spectra of dW = s B A from the factors: spectral and Frobenius norm, stable and effective rank, "
@@ -59,8 +61,9 @@ def add_arguments(p) -> None:
                    help="singular vectors of W0 + dW examined, an integer or 'all' (default: --top-k)")
     p.add_argument("--eps", default="0.5",
                    help="intruder threshold in (0, 1] (0.5), a comma list, or 'sweep' / 'sweep:N' over (0, 1]")
-    p.add_argument("--intruder-method", choices=["auto", "krylov", "dense"], default="auto",
-                   help="top-k of W0 + dW by Krylov on W0's cached SVD, by dense SVD, or auto by size")
+    p.add_argument("--intruder-method", choices=INTRUDER_METHODS, default="auto",
+                   help="top-k of W0 + dW by Krylov on W0's SVD, by dense SVD, by one in-place Gram matrix (gram: "
+                        "the least memory), or auto (dense up to 512, gram above)")
     p.add_argument("--bins", type=int, default=20, help="histogram bins of the spectral density (20)")
     p.add_argument("--backbone", default=None,
                    help="for a peft adapter: the base model (minilm, mlp or a model folder), if not recorded; for a "
@@ -75,6 +78,22 @@ def add_arguments(p) -> None:
 
 def _fmt_fit(d) -> str:
     return f"{d.power_law.alpha:.3g}" if d.power_law is not None else "not fitted"
+
+
+def _intruders(args, ckpt, updates, device):
+    """The intruder report of ``--intruders``."""
+    from ..core.readers import LazyTensors
+    from ..diagnostics.intruders import BaseSVDCache, intruders
+
+    eps, sweep = _eps(args.eps)
+    k = args.top_k if args.intruder_k is None else count_or_all(args.intruder_k, "--intruder-k")
+    # each W0 is decomposed once here, so none is kept: memory is one layer's, whatever the model's size;
+    # a base read from its file is handed over as views of the mapped file, which the Gram path reads in
+    # blocks, so W0 itself costs no copy
+    w0 = ckpt.base_weights()
+    w0 = w0.as_stored() if isinstance(w0, LazyTensors) else w0
+    return intruders(w0, updates, k=k, eps=eps, sweep=sweep, method=args.intruder_method, device=device,
+                     progress=progress_of(args), cache=BaseSVDCache(maxsize=0))
 
 
 def run(args) -> int:
@@ -101,15 +120,7 @@ def run(args) -> int:
         ckpt = load_any(path, backbone=args.backbone)
     updates = ckpt.layer_updates()
     report = spectra(updates, top_k=args.top_k, bins=args.bins, device=device, progress=progress_of(args))
-    intr = None
-    if args.intruders:
-        from ..diagnostics.intruders import BaseSVDCache, intruders
-
-        eps, sweep = _eps(args.eps)
-        k = args.top_k if args.intruder_k is None else count_or_all(args.intruder_k, "--intruder-k")
-        # each W0 is decomposed once here, so none is kept: memory is one layer's, whatever the model's size
-        intr = intruders(ckpt.base_weights(), updates, k=k, eps=eps, sweep=sweep, method=args.intruder_method,
-                         device=device, progress=progress_of(args), cache=BaseSVDCache(maxsize=0))
+    intr = _intruders(args, ckpt, updates, device) if args.intruders else None
     meta = ckpt.meta
     header = {"source": str(path), "checkpoint": str(path), "format": kind, "method": meta.method, "rank": meta.rank,
               "alpha": meta.alpha, "backbone": meta.backbone, "layers": len(updates)}

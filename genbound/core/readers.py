@@ -35,15 +35,34 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
           "I64": torch.int64}
 
 
+CHECK_CHUNK = 1 << 18  # elements per block of the value checks
+
+
+def _blocks(t: Tensor, size: int = CHECK_CHUNK):
+    """Flat blocks of ``t``: checking a 7 B model's matrix whole would cost 1.7 float32 copies of temporaries."""
+    flat = t.detach().reshape(-1)
+    return (flat[i:i + size] for i in range(0, flat.numel(), size))
+
+
+def all_finite(t: Tensor) -> bool:
+    """torch.isfinite(t).all(), block by block."""
+    return all(bool(torch.isfinite(b).all()) for b in _blocks(t))
+
+
+def abs_max(t: Tensor) -> float:
+    """max |t| (0 for an empty tensor), block by block."""
+    return max((float(b.abs().max()) for b in _blocks(t)), default=0.0)
+
+
 def check_values(tensors: dict[str, Tensor], where: Path | str, max_abs: float | None = MAX_ABS_VALUE) -> None:
     """Refuse NaN, Inf and (with ``max_abs``) implausibly large values in floating-point tensors."""
     for key, t in tensors.items():
         if not t.is_floating_point() or not t.numel():
             continue
-        if not torch.isfinite(t).all():
+        if not all_finite(t):
             raise CheckpointError(f"{where}: tensor '{key}' contains NaN or Inf")
         if max_abs is not None:
-            peak = float(t.detach().abs().max())
+            peak = abs_max(t)
             if peak > max_abs:
                 raise CheckpointError(f"{where}: tensor '{key}' holds a value of magnitude {peak:.3g}, beyond any "
                                       f"trained weight ({max_abs:.0e}); the file is corrupt")
@@ -154,10 +173,15 @@ class LazyTensors(Mapping):
     at a time by a caller that uses them in turn (the intruder diagnostic). ``keys`` maps each name to its key
     in the file, ``transposed`` names those stored (in, out) (GPT-2's Conv1D); each tensor is returned as
     ``dtype``, checked like :func:`read_tensors` (finite, at most ``max_abs``). The header is checked once,
-    on construction; a key the file lacks is a :class:`~genbound.core.errors.CheckpointError` there."""
+    on construction; a key the file lacks is a :class:`~genbound.core.errors.CheckpointError` there.
+
+    ``dtype=None`` (:meth:`as_stored`): each tensor is a read-only view of the mapped file in its stored dtype,
+    transposed as a view, with no copy at all: its pages are the file's, which the kernel reads on demand and
+    may drop again. For a consumer that reads the matrix in blocks (the Gram path of the intruder
+    diagnostic), W0 then costs no memory of its own."""
 
     def __init__(self, path: Path, keys: Mapping[str, str], transposed: Iterable[str] = (),
-                 dtype: torch.dtype = torch.float32, max_abs: float | None = MAX_ABS_VALUE):
+                 dtype: torch.dtype | None = torch.float32, max_abs: float | None = MAX_ABS_VALUE):
         self.path = Path(path)
         self.header = read_header(self.path)
         missing = [k for k in keys.values() if k not in self.header]
@@ -173,10 +197,37 @@ class LazyTensors(Mapping):
         shape = tuple(self.header[self.keys[name]]["shape"])
         return shape[::-1] if name in self.transposed else shape
 
+    def as_stored(self) -> LazyTensors:
+        """The same names, each a memory-mapped view in the file's dtype (``dtype=None``)."""
+        return LazyTensors(self.path, self.keys, self.transposed, None, self.max_abs)
+
+    def _mapped(self, key: str) -> Tensor | None:
+        """A view of tensor ``key`` on the mapped file, or None where its bytes are not aligned to its dtype."""
+        import numpy as np
+
+        info = self.header[key]
+        dtype = DTYPES[info["dtype"]]
+        start, end = info["data_offsets"]
+        with open(self.path, "rb") as fh:
+            offset = 8 + struct.unpack("<Q", fh.read(8))[0] + start
+        if offset % dtype.itemsize or end == start:
+            return None
+        # mode "c" (copy-on-write) gives a writable array, which torch.from_numpy wants, that never writes back
+        raw = np.memmap(self.path, dtype=np.uint8, mode="c", offset=offset, shape=(end - start,))
+        return torch.from_numpy(raw).view(dtype).reshape(info["shape"])
+
     def __getitem__(self, name: str) -> Tensor:
         key = self.keys[name]  # KeyError for a name it does not hold, as a dict
-        t = read_tensors(self.path, [key], self.max_abs, header=self.header)[key]
-        return (t.T if name in self.transposed else t).to(self.dtype).contiguous()
+        t = self._mapped(key) if self.dtype is None else None
+        if t is None:
+            t = read_tensors(self.path, [key], self.max_abs, header=self.header)[key]
+        else:
+            check_values({key: t}, self.path, self.max_abs)
+        t = t.T if name in self.transposed else t
+        return t if self.dtype is None else t.to(self.dtype).contiguous()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.keys  # Mapping's default would read the tensor to answer
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys)

@@ -26,12 +26,17 @@ Computation. A dense SVD of every W0 + dW costs O(n m p) per layer and checkpoin
 
 ``method="dense"``: SVD of the materialised W0 + dW, scored against the cached U0 (also used for k = all,
 where nothing is saved); this alone halves the per-checkpoint cost of the two-SVD computation peft's
-helper does. ``method="auto"`` takes the dense path up to min(n, m) = ``DENSE_MAX`` and the Krylov path
-above. Why (benchmarks/results/spectra.md, 2-core CPU): pretrained weights have close top singular values
+helper does. ``method="gram"`` (:mod:`genbound.diagnostics.gram_intruders`): two in-place symmetric
+eigenproblems in one Gram buffer of W0's shorter side, for a W0 decomposed once only; it never holds U0, V0
+or an SVD workspace. ``method="auto"`` takes the dense path up to min(n, m) = ``DENSE_MAX``; above it, the
+Krylov path when the cache keeps W0's SVD for reuse, else the Gram path. Why (benchmarks/results/spectra.md,
+2-core CPU): pretrained weights have close top singular values
 (MiniLM's attention: sigma_2 / sigma_1 ~ 0.99), so the Krylov basis grows to ~40% of K before the top 10
 converge to 1e-8; on MiniLM's 384 x 384 query and on 128 x 128 it was slower than one dense SVD, while on
-1024 x 1024 (basis 74) it was 4.6x faster than the cached dense path and 11.6x faster than two dense SVDs.
-Both paths are checked against a brute-force dense computation in the tests.
+1024 x 1024 (basis 74) it was 4.6x faster than the cached dense path and 11.6x faster than two dense SVDs,
+once W0's SVD is cached. Without that reuse, the SVD of W0 is most of the Krylov path's cost and its
+memory (11.2 float32 copies of the largest matrix against the Gram path's 2.1, docs/scale.md).
+Every path is checked against a brute-force dense computation in the tests.
 """
 
 from __future__ import annotations
@@ -45,9 +50,12 @@ from torch import Tensor
 
 from ..core.device import where
 from ..core.errors import GenboundError
+from ..core.readers import all_finite
 from ..methods.update import LayerUpdate
+from .gram_intruders import gram_scores
 from .spectra import with_factors
 
+METHODS = ("auto", "krylov", "dense", "gram")
 DENSE_MAX = 512  # min(n, m) at or below which "auto" takes the dense path (see the benchmark)
 OVERSAMPLE = 8
 
@@ -97,6 +105,11 @@ class BaseSVDCache:
         self.hits = 0
         self.misses = 0
 
+    @property
+    def keeps(self) -> bool:
+        """Whether a decomposition is kept for reuse (else every W0 is decomposed for one use only)."""
+        return self.maxsize >= 1 and self.max_bytes > 0
+
     def get(self, W0: Tensor, device: torch.device | None = None, dtype: torch.dtype = torch.float64) -> BaseSVD:
         device = where(device, W0)
         key = (_digest(W0), str(torch.device(device)), str(dtype))
@@ -130,9 +143,12 @@ class LayerIntruders:
     singular_values: list[float]  # top-k singular values of W0 + dW
     count: int  # scores below eps
     counts: dict[str, int]  # per eps of the sweep (keys formatted with repr of the float)
-    method: str  # "krylov" or "dense"
+    method: str  # "krylov", "krylov->dense(K)", "gram" or "dense"
     residual: float | None  # Krylov: max_j ||K v_j - sigma_j u_j|| / sigma_1; dense: None
     basis_size: int | None  # Krylov: columns of the final basis
+    # Gram path on a tall W0 (n > m): directions of W0 with sigma_i^2 <= r eps sigma_1^2, numerically null,
+    # whose u0_i the thin SVD would pick arbitrarily; they are left out of the maximum (gram_intruders)
+    null_directions: int = 0
 
 
 @dataclass
@@ -269,28 +285,41 @@ def layer_scores(W0: Tensor, u: LayerUpdate, k: int | None = 10, method: str = "
                                                                                  int | None]:
     """(scores, top singular values of W0 + dW, method used, residual, basis size) for one layer.
 
-    ``k=None`` means all min(n, m) left singular vectors (always the dense path).
+    ``k=None`` means all min(n, m) left singular vectors (always the dense path). ``method``: "dense", "krylov",
+    "gram" (:mod:`~genbound.diagnostics.gram_intruders`) or "auto": dense up to min(n, m) = DENSE_MAX;
+    above, Krylov when ``cache`` keeps W0's SVD for reuse (the default cache: several checkpoints of one
+    backbone), else gram, which needs a tenth of the memory and is as fast for one use.
     """
-    if method not in ("auto", "krylov", "dense"):
-        raise GenboundError(f"intruder method must be auto, krylov or dense, got '{method}'")
+    return _layer(W0, u, k, method, device, dtype, cache, tol)[:5]
+
+
+def _layer(W0: Tensor, u: LayerUpdate, k: int | None, method: str, device: torch.device | None,
+           dtype: torch.dtype, cache: BaseSVDCache | None, tol: float) -> tuple[Tensor, Tensor, str, float | None,
+                                                                                int | None, int]:
+    """:func:`layer_scores` and the count of W0's null directions left out (the Gram path's)."""
+    if method not in METHODS:
+        raise GenboundError(f"intruder method must be one of {', '.join(METHODS)}, got '{method}'")
     if tuple(W0.shape) != u.shape:
         raise GenboundError(
             f"layer {u.name}: base weight of shape {tuple(W0.shape)} does not match the update's "
             f"{u.out_features}x{u.in_features}; is this checkpoint for this backbone?"
         )
-    if not torch.isfinite(W0).all():
+    if not all_finite(W0):
         raise GenboundError(f"layer {u.name}: base weight contains NaN or Inf")
     if k is not None and k < 1:
         raise GenboundError(f"intruder k must be at least 1 (or 'all'), got {k}")
     device = where(device, u, W0)
     v = with_factors(u, device, dtype)
-    W0 = W0.to(device, dtype)
     p = min(u.shape)
     kk = p if k is None else min(int(k), p)
+    store = DEFAULT_CACHE if cache is None else cache
+    if k is not None and v.factored and (method == "gram" or (method == "auto" and p > DENSE_MAX and not store.keeps)):
+        got = gram_scores(W0.to(device), v.to(device, torch.float64), kk)
+        return got.scores.to(dtype), got.singular_values.to(dtype), "gram", None, None, got.unresolved
+    W0 = W0.to(device, dtype)
     use_dense = method == "dense" or k is None or not v.factored or (method == "auto" and p <= DENSE_MAX)
     if not use_dense:
-        cache = DEFAULT_CACHE if cache is None else cache
-        base = cache.get(W0, device, dtype)
+        base = store.get(W0, device, dtype)
         core = _core(base, v)
         got = _krylov_top_left(core, kk, tol, max_basis=max(kk + 1, min(core.ql, core.qr) // 2))
         if got is None:
@@ -298,16 +327,15 @@ def layer_scores(W0: Tensor, u: LayerUpdate, k: int | None = 10, method: str = "
             Uk, Sk, _ = torch.linalg.svd(core.dense(), full_matrices=False)
             Uk, Sk = Uk[:, :kk], Sk[:kk]
             scores = Uk[: base.S.numel()].abs().amax(dim=0)
-            return scores, Sk, "krylov->dense(K)", None, None
+            return scores, Sk, "krylov->dense(K)", None, None, 0
         Uk, Sk, res, nb = got
-        return Uk[: base.S.numel()].abs().amax(dim=0), Sk, "krylov", res, nb
+        return Uk[: base.S.numel()].abs().amax(dim=0), Sk, "krylov", res, nb, 0
     if cache is not None or method != "dense":
-        base = (DEFAULT_CACHE if cache is None else cache).get(W0, device, dtype)
-        U0 = base.U
+        U0 = store.get(W0, device, dtype).U
     else:
         U0 = torch.linalg.svd(W0, full_matrices=False)[0]
     U, S, _ = torch.linalg.svd(W0 + v.materialize(), full_matrices=False)
-    return (U[:, :kk].T @ U0).abs().amax(dim=1), S[:kk], "dense", None, None
+    return (U[:, :kk].T @ U0).abs().amax(dim=1), S[:kk], "dense", None, None, 0
 
 
 def _eps_key(e: float) -> str:
@@ -346,11 +374,11 @@ def intruders(base_weights: Mapping[str, Tensor], updates: Mapping[str, LayerUpd
         u = updates[name]
         if u.name != name:
             u = u.renamed(name)
-        scores, S, used, res, nb = layer_scores(base_weights[name], u, k, method, device, dtype, cache, tol)
+        scores, S, used, res, nb, null = _layer(base_weights[name], u, k, method, device, dtype, cache, tol)
         sc = scores.cpu()
         counts = {_eps_key(e): int((sc < e).sum()) for e in grid}
         layers.append(LayerIntruders(name, int(sc.numel()), sc.tolist(), S.cpu().tolist(),
-                                     counts[_eps_key(eps)], counts, used, res, nb))
+                                     counts[_eps_key(eps)], counts, used, res, nb, null))
     total_by_eps = {_eps_key(e): sum(lay.counts[_eps_key(e)] for lay in layers) for e in grid}
     return IntruderReport(
         layers=layers, k="all" if k is None else int(k), eps=float(eps), total=total_by_eps[_eps_key(eps)],
