@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import CheckpointError, GenboundError
+from ..core.shards import weights_bytes
 from ..models.backbones import get_backbone
 from ..models.layout import model_layout
 
@@ -61,7 +62,7 @@ def backbone_layout(backbone) -> BackboneLayout:
                             f"({str(exc).splitlines()[0][:100]})") from None
     linears = {n: s for n, s in layout.linears.items() if n != "head" and not n.startswith("head.")}
     return BackboneLayout(backbone.name, backbone.kind, linears, layout.head_in_features, layout.max_positions,
-                          Path(backbone.weights).stat().st_size)
+                          weights_bytes(Path(backbone.weights)))
 
 
 def layout_for(name: str, task: str | None = None) -> BackboneLayout | None:

@@ -44,6 +44,7 @@ from typing import Any
 
 from ..core.errors import CheckpointError, GenboundError
 from ..core.fingerprint import file_sha256
+from ..core.shards import weight_files
 from ..data.datafiles import content_digest, is_data_path
 from ..data.datasets import DATASETS
 from ..models.backbones import BACKBONES, get_backbone
@@ -63,7 +64,8 @@ def _combine(entries: dict[str, str]) -> str:
 
 def model_files(backbone) -> dict[str, str]:
     """{file name: "sha256:…"} of a backbone's weights file and the model files beside it (:data:`MODEL_FILES`)."""
-    files = {Path(backbone.weights).name: "sha256:" + file_sha256(backbone.weights)}
+    weights = Path(backbone.weights)
+    files = {f.name: "sha256:" + file_sha256(f) for f in sorted({weights, *weight_files(weights)})}  # index + shards
     folder = getattr(backbone, "folder", None)
     if folder is not None:
         for name in MODEL_FILES:

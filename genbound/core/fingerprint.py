@@ -58,3 +58,16 @@ def file_sha256(path: str | Path) -> str:
 def file_fingerprint(path: Path) -> str:
     """``sha256:<hex>`` of a weights file (:func:`file_sha256`: streamed and cached)."""
     return "sha256:" + file_sha256(path)
+
+
+def weights_fingerprint(path: Path) -> str:
+    """:func:`file_fingerprint` of a weights file; of a sharded checkpoint's index, ``sha256:<hex>`` of the
+    index's and every shard's sha256, each with its file name, so that changing any shard changes it."""
+    from .shards import is_index, weight_files
+
+    if not is_index(path):
+        return file_fingerprint(path)
+    h = hashlib.sha256()
+    for f in [Path(path), *weight_files(Path(path))]:
+        h.update(f.name.encode("utf-8", "surrogatepass") + b"\0" + file_sha256(f).encode() + b"\n")
+    return "sha256:" + h.hexdigest()

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError
+from .shards import is_index, read_index
 from .validation import parse_json
 
 MAX_HEADER_BYTES = 64 << 20
@@ -108,6 +109,27 @@ def read_header(path: Path, max_bytes: int | None = None, dtypes: dict | None = 
     return header
 
 
+def model_header(path: Path, dtypes: dict | None = None) -> dict[str, dict]:
+    """Every tensor's header entry (:func:`read_header`) of a safetensors file or of all the shards of an
+    index, each with ``"file"``: the file that holds it. A shard holding a tensor the index maps elsewhere,
+    or lacking one it maps to it, is a :class:`~genbound.core.errors.CheckpointError`."""
+    if not is_index(path):
+        return {k: {**info, "file": Path(path)} for k, info in read_header(Path(path), dtypes=dtypes).items()}
+    where = read_index(path)
+    out: dict[str, dict] = {}
+    for shard in sorted(set(where.values())):
+        for key, info in read_header(shard, dtypes=dtypes).items():
+            if where.get(key) != shard:
+                raise CheckpointError(f"{shard} holds tensor '{key}', which {path.name} maps to "
+                                      f"{where[key].name if key in where else 'no shard'}; the index is stale")
+            out[key] = {**info, "file": shard}
+    lost = [k for k in where if k not in out]
+    if lost:
+        raise CheckpointError(f"{where[lost[0]]} lacks tensor '{lost[0]}' that {path.name} maps to it "
+                              f"({len(lost)} such); the index is stale")
+    return out
+
+
 def read_safetensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
                      allow_extra_prefix: str | None = None, max_abs: float | None = MAX_ABS_VALUE,
                      max_bytes: int | None = None) -> dict[str, Tensor]:
@@ -182,8 +204,8 @@ class LazyTensors(Mapping):
 
     def __init__(self, path: Path, keys: Mapping[str, str], transposed: Iterable[str] = (),
                  dtype: torch.dtype | None = torch.float32, max_abs: float | None = MAX_ABS_VALUE):
-        self.path = Path(path)
-        self.header = read_header(self.path)
+        self.path = Path(path)  # a safetensors file, or a sharded checkpoint's index (each key read from its shard)
+        self.header = model_header(self.path)
         missing = [k for k in keys.values() if k not in self.header]
         if missing:
             raise CheckpointError(f"{self.path}: no tensor '{missing[0]}' ({len(missing)} missing)")
@@ -208,21 +230,23 @@ class LazyTensors(Mapping):
         info = self.header[key]
         dtype = DTYPES[info["dtype"]]
         start, end = info["data_offsets"]
-        with open(self.path, "rb") as fh:
+        with open(info["file"], "rb") as fh:
             offset = 8 + struct.unpack("<Q", fh.read(8))[0] + start
         if offset % dtype.itemsize or end == start:
             return None
         # mode "c" (copy-on-write) gives a writable array, which torch.from_numpy wants, that never writes back
-        raw = np.memmap(self.path, dtype=np.uint8, mode="c", offset=offset, shape=(end - start,))
+        raw = np.memmap(info["file"], dtype=np.uint8, mode="c", offset=offset, shape=(end - start,))
         return torch.from_numpy(raw).view(dtype).reshape(info["shape"])
 
     def __getitem__(self, name: str) -> Tensor:
         key = self.keys[name]  # KeyError for a name it does not hold, as a dict
+        file = self.header[key]["file"]
         t = self._mapped(key) if self.dtype is None else None
         if t is None:
-            t = read_tensors(self.path, [key], self.max_abs, header=self.header)[key]
+            own = {k: v for k, v in self.header.items() if v["file"] == file}
+            t = read_tensors(file, [key], self.max_abs, header=own)[key]
         else:
-            check_values({key: t}, self.path, self.max_abs)
+            check_values({key: t}, file, self.max_abs)
         t = t.T if name in self.transposed else t
         return t if self.dtype is None else t.to(self.dtype).contiguous()
 

@@ -40,7 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from ..core.errors import GenboundError
-from ..core.fingerprint import file_fingerprint
+from ..core.fingerprint import weights_fingerprint
+from ..core.shards import INDEX_NAME, weights_bytes
 from ..core.validation import architectures
 from .causal_lm import CausalLM, _conv1d_to_linear, build_causal_lm
 from .checks import (
@@ -48,6 +49,7 @@ from .checks import (
     check_processor_folder,
     check_tokenizer_folder,
     check_vocabulary,
+    model_weights,
     open_image,
     read_config,
     require_weights,
@@ -176,7 +178,7 @@ class Backbone:
 
     name: str
     kind: str  # "hf" (a transformers model) or "mlp"
-    weights: Path  # the safetensors file whose sha256 is the fingerprint
+    weights: Path  # the safetensors file (or a sharded checkpoint's index) whose sha256 is the fingerprint
     targets: tuple[str, ...]  # default adapted Linear layers, matched on the module name's last part
     description: str = ""
     folder: Path | None = None  # the Hugging Face model folder (kind "hf")
@@ -186,7 +188,7 @@ class Backbone:
 
     @property
     def fingerprint(self) -> str:
-        return file_fingerprint(self.weights)
+        return weights_fingerprint(self.weights)
 
     def build(self, num_labels: int, seed: int = 0, attn_implementation: str = "sdpa") -> nn.Module:
         """The pretrained network with a fresh linear head of ``num_labels`` outputs drawn from ``seed`` (a
@@ -392,7 +394,7 @@ class Backbone:
             "kind": self.kind,
             "description": self.description,
             "weights": str(self.weights),
-            "weights_bytes": self.weights.stat().st_size if self.weights.exists() else None,
+            "weights_bytes": weights_bytes(self.weights) if self.weights.exists() else None,
             "default_targets": list(self.targets),
             "data_kind": self.data_kind,
             "task": self.task,
@@ -490,16 +492,11 @@ def _from_path(path: Path, task: str | None = None) -> Backbone:
         )
     if not (path / "config.json").is_file():
         raise GenboundError(
-            f"'{path}' is not a Hugging Face model folder: it needs config.json and model.safetensors "
+            f"'{path}' is not a Hugging Face model folder: it needs config.json and model.safetensors (or a "
+            f"sharded {INDEX_NAME}) "
             f"(known backbones: {', '.join(BACKBONES)})"
         )
-    if not (path / "model.safetensors").is_file():
-        other = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.index.json"))
-        raise GenboundError(
-            f"'{path}' has no model.safetensors" + (f" (it has {', '.join(other)}, which genbound does not load: "
-                                                    "a pickle can execute code)" if other else "")
-            + "; save the model with save_pretrained(..., safe_serialization=True) into one file"
-        )
+    weights = model_weights(path)
     cfg = read_config(path)  # strict: bounded, UTF-8, no deep nesting
     _refuse_custom_code(path, cfg)
     check_model_folder(path, cfg)  # sizes typed and against the weights, before anything is allocated
@@ -517,7 +514,7 @@ def _from_path(path: Path, task: str | None = None) -> Backbone:
     return Backbone(
         name=str(path.resolve()),
         kind="hf",
-        weights=path / "model.safetensors",
+        weights=weights,
         folder=path,
         targets=FOLDER_TARGETS,
         description=f"local Hugging Face model folder {path} ({task})",

@@ -35,7 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..core.errors import GenboundError
 from ..core.files import file_kind
-from ..core.readers import DTYPES, read_header
+from ..core.readers import DTYPES, model_header
+from ..core.shards import INDEX_NAME, is_index, weight_files
 from ..core.validation import read_json
 
 MAX_WIDTH = 1 << 16  # the widest released transformers are 16-25 k
@@ -185,6 +186,22 @@ def read_config(path: Path) -> dict:
     return raw
 
 
+def model_weights(folder: Path) -> Path:
+    """A model folder's weights: model.safetensors, or the index of a sharded one
+    (model.safetensors.index.json with its model-0000N-of-0000M.safetensors shards, as ``save_pretrained``
+    writes a large model). Pickled weights (``*.bin``) are refused: unpickling can execute code."""
+    if (folder / "model.safetensors").is_file():
+        return folder / "model.safetensors"
+    if (folder / INDEX_NAME).is_file():
+        return folder / INDEX_NAME
+    other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.bin.index.json"))
+    raise GenboundError(
+        f"'{folder}' has neither model.safetensors nor {INDEX_NAME}"
+        + (f" (it has {', '.join(other)}, which genbound does not load: a pickle can execute code)" if other else "")
+        + "; save the model with save_pretrained(..., safe_serialization=True)"
+    )
+
+
 def check_model_folder(path: Path, cfg: dict | None = None) -> dict:
     """Refuse a model folder whose config or weights cannot be the model it describes (module docstring);
     return its config."""
@@ -216,11 +233,12 @@ def check_model_folder(path: Path, cfg: dict | None = None) -> dict:
     if sizes.image_size and sizes.patch_size and sizes.patch_size > sizes.image_size:
         raise GenboundError(f"{where}: patch_size {sizes.patch_size} exceeds image_size {sizes.image_size}")
     _transformers_config(path, model_type)
-    weights = path / "model.safetensors"
-    _regular(weights, "a safetensors file")
+    weights = model_weights(path)
+    for f in sorted({weights, *weight_files(weights)}):
+        _regular(f, "a sharded checkpoint's index" if is_index(f) else "a safetensors file")
+        refuse_sparse(f)
     memory = machine_memory()
-    refuse_sparse(weights)
-    header = read_header(weights, dtypes=MODEL_DTYPES)
+    header = model_header(weights, dtypes=MODEL_DTYPES)
     numel = sum(math.prod(info["shape"]) for info in header.values())
     claimed = sum(info["data_offsets"][1] - info["data_offsets"][0] for info in header.values())
     if memory and claimed > MEMORY_FRACTION * memory:

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.readers import read_header
+from ..core.readers import model_header
+from ..core.shards import weight_files
 
 # forward parameters that are not model inputs a processor returns: never fed from the data
 _NOT_INPUTS = {"self", "labels", "return_dict", "output_attentions", "output_hidden_states", "use_cache",
@@ -39,13 +40,13 @@ _NOT_INPUTS = {"self", "labels", "return_dict", "output_attentions", "output_hid
 
 def state_key(backbone) -> tuple:
     """What a backbone's built model depends on: its name, kind, task, weights file (path, size, modification
-    time) and config.json's modification time."""
-    st = Path(backbone.weights).stat()
+    time; for a sharded checkpoint its index's and every shard's) and config.json's modification time."""
+    files = sorted({Path(backbone.weights), *weight_files(backbone.weights)})
+    stats = tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     folder = str(backbone.folder) if backbone.folder is not None else ""
     cfg = Path(folder) / "config.json" if folder else None
     cfg_m = cfg.stat().st_mtime_ns if cfg is not None and cfg.is_file() else 0
-    return (backbone.name, backbone.kind, backbone.task, str(backbone.weights), folder, st.st_size, st.st_mtime_ns,
-            cfg_m)
+    return (backbone.name, backbone.kind, backbone.task, str(backbone.weights), folder, stats, cfg_m)
 
 
 _CACHE_SIZE = 32
@@ -126,7 +127,7 @@ def checkpoint_names(backbone) -> dict[str, str | None]:
 
 
 def _checkpoint_names(backbone) -> list[tuple[str, str | None]]:
-    keys = list(read_header(Path(backbone.weights)))
+    keys = list(model_header(Path(backbone.weights)))
     model = empty_model(backbone)
     if backbone.kind == "mlp":
         params = {n for n, _ in model.named_parameters()}

@@ -21,7 +21,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ..core.errors import CheckpointError
-from ..core.readers import LazyTensors, read_header
+from ..core.readers import LazyTensors, model_header
 from .layout import model_layout
 
 
@@ -31,7 +31,7 @@ def pretrained_weights(backbone, layers: Sequence[tuple[str, int, int]]) -> Mapp
     layer's weight is not stored as it is (the caller builds the model instead). A key found with a shape that
     is not the layer's is a :class:`~genbound.core.errors.CheckpointError`."""
     path = Path(backbone.weights)
-    header = read_header(path)
+    header = model_header(path)  # of the file, or of every shard of a sharded checkpoint
     layout = model_layout(backbone)  # checkpoint_names and the transposed layers, cached on disk
     by_param = {param: key for key, param in layout.names.items() if param is not None}
     fifo = set(layout.fan_in_fan_out)

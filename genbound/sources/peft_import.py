@@ -56,6 +56,7 @@ from torch import Tensor
 from ..checkpoints.claims import backbone_layout, max_tensor_bytes
 from ..core.errors import CheckpointError, GenboundError
 from ..core.readers import check_values, read_safetensors
+from ..core.shards import INDEX_NAME
 from ..core.validation import check_pattern_work, read_json, validate_peft_config
 from ..methods.catalogue import METHODS, get_method
 from ..methods.factors import dora_weight
@@ -282,7 +283,7 @@ def _resolve_backbone(backbone, base_model: str | None):
                 return minilm
         except GenboundError:
             pass
-        if (p / "config.json").is_file() and (p / "model.safetensors").is_file():
+        if (p / "config.json").is_file() and ((p / "model.safetensors").is_file() or (p / INDEX_NAME).is_file()):
             return get_backbone(str(p))
     return None
 
