@@ -325,13 +325,85 @@ def test_sharded_training_equals_one_process(tmp_path):
     from genbound.checkpoints.checkpoint import load_meta, read_safetensors
 
     a, b = load_meta(tmp_path / "two"), load_meta(one)
-    assert a.metrics["processes"] == 2 and [h["step"] for h in a.history] == [h["step"] for h in b.history] == [12, 14]
+    assert a.metrics["processes"] == 2 and a.metrics["shard"] == "fsdp" and [h["step"] for h in a.history] == [h["step"] for h in b.history] == [12, 14]
     for key in ("train_loss", "val_loss", "test_loss"):
         assert abs(a.results[key] - b.results[key]) < 1e-5, key
     ta, tb = read_safetensors(tmp_path / "two" / "tensors.safetensors"), read_safetensors(one / "tensors.safetensors")
     assert set(ta) == set(tb)
     for k in ta:
         torch.testing.assert_close(ta[k], tb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_a_state_resumes_with_the_base_sharded(tmp_path, monkeypatch):
+    """A run killed after its state at step 20 resumes with --shard fsdp in 2 processes: what the state holds
+    (trained tensors, optimizer, data order, random streams) is whole in every process, the frozen base is
+    sharded on loading, and the run ends where the uninterrupted one-process run ends."""
+    from genbound.training import train as train_module
+    from genbound.training.train import TrainConfig, state_dir_for, train
+
+    config = dict(method="lora", progress=False, **TRAIN)
+    one = train(TrainConfig(**config), tmp_path / "one", save_every=10).path
+
+    class Killed(BaseException):
+        pass
+
+    original = train_module.save_state
+
+    def save_then_die(path, state):
+        original(path, state)
+        if state.step == 20:
+            raise Killed
+
+    monkeypatch.setattr(train_module, "save_state", save_then_die)
+    with pytest.raises(Killed):
+        train(TrainConfig(**config), tmp_path / "two", save_every=10)
+    monkeypatch.undo()
+    done = _torchrun("-m", "genbound", "train", *_train_args("lora"), "--out", "two", "--resume",
+                     "--save-every", "10", "--shard", "fsdp", cwd=tmp_path)
+    out = json.loads(done.stdout)
+    assert out["metrics"]["resumed_at"] == [20] and out["metrics"]["processes"] == 2
+    assert out["metrics"]["shard"] == "fsdp"
+    assert not state_dir_for(tmp_path / "two").exists()
+    _same_training(tmp_path / "two", one)
+
+
+KILL_AT_STATE = """
+import os
+import genbound.training.train as train_module
+
+_save = train_module.save_state
+
+
+def _save_then_die(path, state):
+    _save(path, state)
+    if state.step == int(os.environ["GENBOUND_TEST_KILL_AT"]):
+        os._exit(3)  # killed right after writing this state, as a preempted job is
+
+
+train_module.save_state = _save_then_die
+"""
+
+
+def test_a_sharded_state_resumes_sharded(tmp_path):
+    """A 2-process --shard fsdp run killed right after its state at step 20 (a sitecustomize in the workers
+    makes rank 0 exit there) resumes sharded and ends where the uninterrupted one-process run ends."""
+    from genbound.training.train import TrainConfig, state_dir_for, train
+
+    one = train(TrainConfig(method="lora", progress=False, **TRAIN), tmp_path / "one", save_every=10).path
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AT_STATE)
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "genbound",
+            "train", *_train_args("lora"), "--out", "two", "--save-every", "10", "--shard", "fsdp"]
+    env = {**_env(), "PYTHONPATH": f"{hook}{os.pathsep}{_env()['PYTHONPATH']}", "GENBOUND_TEST_KILL_AT": "20"}
+    killed = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0 and state_dir_for(tmp_path / "two").is_dir(), killed.stderr[-2000:]
+    done = _torchrun("-m", "genbound", "train", *_train_args("lora"), "--out", "two", "--resume",
+                     "--save-every", "10", "--shard", "fsdp", cwd=tmp_path)
+    out = json.loads(done.stdout)
+    assert out["metrics"]["resumed_at"] == [20] and out["metrics"]["shard"] == "fsdp"
+    assert not state_dir_for(tmp_path / "two").exists()
+    _same_training(tmp_path / "two", one)
 
 
 def test_shard_refusals(tmp_path):

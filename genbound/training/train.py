@@ -752,7 +752,8 @@ def _checkpoint_meta(run: _Run, results: dict, peak: int | None, peak_kind: str)
                  "examples_per_second": step * config.batch_size / train_seconds if train_seconds else None,
                  "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
                  "torch": torch.__version__, "genbound": __version__, "resumed_at": run.resumed_at,
-                 **({"processes": run.group.world} if run.group is not None else {})},
+                 **({"processes": run.group.world, "shard": "fsdp" if run.sharded else "none"}
+                    if run.group is not None else {})},
         results=results, history=run.history, trajectory_steps=sorted(run.traj_steps),
     )
 
