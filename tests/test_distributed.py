@@ -325,7 +325,8 @@ def test_sharded_training_equals_one_process(tmp_path):
     from genbound.checkpoints.checkpoint import load_meta, read_safetensors
 
     a, b = load_meta(tmp_path / "two"), load_meta(one)
-    assert a.metrics["processes"] == 2 and a.metrics["shard"] == "fsdp" and [h["step"] for h in a.history] == [h["step"] for h in b.history] == [12, 14]
+    assert a.metrics["processes"] == 2 and a.metrics["shard"] == "fsdp"
+    assert [h["step"] for h in a.history] == [h["step"] for h in b.history] == [12, 14]
     for key in ("train_loss", "val_loss", "test_loss"):
         assert abs(a.results[key] - b.results[key]) < 1e-5, key
     ta, tb = read_safetensors(tmp_path / "two" / "tensors.safetensors"), read_safetensors(one / "tensors.safetensors")
