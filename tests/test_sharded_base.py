@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from llama_files import write_llama_base, write_lora_adapter  # noqa: E402
 
-MODS = {f"model.layers.{i}.self_attn.{p}": (64 if p == "q_proj" else 32, 64) for i in (0, 1) for p in ("q_proj", "v_proj")}
+MODS = {f"model.layers.{i}.self_attn.{p}": (64 if p == "q_proj" else 32, 64)
+        for i in (0, 1) for p in ("q_proj", "v_proj")}
 
 
 @pytest.fixture(scope="module")
