@@ -173,9 +173,12 @@ def test_training_under_torchrun_equals_one_process(tmp_path, method, extra):
     _same_training(tmp_path / "two", one)
 
 
-def test_a_one_process_state_resumes_under_torchrun(tmp_path, monkeypatch):
+@pytest.mark.parametrize("shard", ["none", "fsdp"])
+def test_a_one_process_state_resumes_under_torchrun(tmp_path, monkeypatch, shard):
     """A run killed after its state at step 20 (monkeypatched kill) resumes in 2 processes, which read the
-    state alike and end where the uninterrupted one-process run ends; rank 0 removes the state."""
+    state alike and end where the uninterrupted one-process run ends; rank 0 removes the state. With
+    ``--shard fsdp`` the frozen base is sharded on loading: what the state holds (trained tensors, optimizer,
+    data order, random streams) is whole in every process."""
     from genbound.training import train as train_module
     from genbound.training.train import TrainConfig, state_dir_for, train
 
@@ -198,8 +201,9 @@ def test_a_one_process_state_resumes_under_torchrun(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert state_dir_for(tmp_path / "two").is_dir()
     done = _torchrun("-m", "genbound", "train", *_train_args("lora"), "--out", "two", "--resume",
-                     "--save-every", "10", cwd=tmp_path)
-    assert json.loads(done.stdout)["metrics"]["resumed_at"] == [20]
+                     "--save-every", "10", "--shard", shard, cwd=tmp_path)
+    metrics = json.loads(done.stdout)["metrics"]
+    assert metrics["resumed_at"] == [20] and metrics["processes"] == 2 and metrics["shard"] == shard
     assert not state_dir_for(tmp_path / "two").exists()
     _same_training(tmp_path / "two", one)
 
@@ -333,39 +337,6 @@ def test_sharded_training_equals_one_process(tmp_path):
     assert set(ta) == set(tb)
     for k in ta:
         torch.testing.assert_close(ta[k], tb[k], rtol=1e-4, atol=1e-6)
-
-
-def test_a_state_resumes_with_the_base_sharded(tmp_path, monkeypatch):
-    """A run killed after its state at step 20 resumes with --shard fsdp in 2 processes: what the state holds
-    (trained tensors, optimizer, data order, random streams) is whole in every process, the frozen base is
-    sharded on loading, and the run ends where the uninterrupted one-process run ends."""
-    from genbound.training import train as train_module
-    from genbound.training.train import TrainConfig, state_dir_for, train
-
-    config = dict(method="lora", progress=False, **TRAIN)
-    one = train(TrainConfig(**config), tmp_path / "one", save_every=10).path
-
-    class Killed(BaseException):
-        pass
-
-    original = train_module.save_state
-
-    def save_then_die(path, state):
-        original(path, state)
-        if state.step == 20:
-            raise Killed
-
-    monkeypatch.setattr(train_module, "save_state", save_then_die)
-    with pytest.raises(Killed):
-        train(TrainConfig(**config), tmp_path / "two", save_every=10)
-    monkeypatch.undo()
-    done = _torchrun("-m", "genbound", "train", *_train_args("lora"), "--out", "two", "--resume",
-                     "--save-every", "10", "--shard", "fsdp", cwd=tmp_path)
-    out = json.loads(done.stdout)
-    assert out["metrics"]["resumed_at"] == [20] and out["metrics"]["processes"] == 2
-    assert out["metrics"]["shard"] == "fsdp"
-    assert not state_dir_for(tmp_path / "two").exists()
-    _same_training(tmp_path / "two", one)
 
 
 KILL_AT_STATE = """
