@@ -369,6 +369,40 @@ def test_peft_spectra_equal_peft_delta(request, cell):
     _check_spectra(rep, _delta_singular_values(_peft_model(cell, cell.adapter)))
 
 
+def _brute_force_intruders(pm, k: int = 10) -> dict[str, torch.Tensor]:
+    """Top-k intruder scores of every LoRA layer from dense SVDs of the base weight and of the base weight plus
+    peft's own get_delta_weight, in the (out, in) orientation (a Conv1D's fan_in_fan_out transposed)."""
+    from peft.tuners.lora import LoraLayer
+
+    from genbound.diagnostics.intruders import brute_force_scores
+
+    out = {}
+    for name, mod in pm.named_modules():
+        if isinstance(mod, LoraLayer) and "default" in getattr(mod, "lora_A", {}):
+            with torch.no_grad():
+                w0, dw = mod.get_base_layer().weight.double(), mod.get_delta_weight("default").double()
+            if getattr(mod, "fan_in_fan_out", False):
+                w0, dw = w0.T, dw.T
+            out[f"backbone.{name.removeprefix('base_model.model.')}"] = brute_force_scores(w0, dw, k)[0]
+    return out
+
+
+@pytest.mark.parametrize("path", ["gram", "krylov"])
+def test_peft_intruders_equal_brute_force(request, cell, path):
+    """Every intruder path on W0 read from the model folder (memory-mapped, GPT-2's Conv1D transposed as a
+    view) against dense SVDs of transformers' weights and peft's own merge."""
+    _expect(request, cell, "spectra", "peft")
+    cell.build()
+    rep = json.loads(_ok(["spectra", cell.adapter, "--backbone", cell.model, "--intruders", "--intruder-method", path,
+                          "--json"]))
+    want = _brute_force_intruders(_peft_model(cell, cell.adapter))
+    got = {lay["name"]: lay for lay in rep["intruders"]["layers"]}
+    assert set(got) == set(want)
+    for name, ref in want.items():
+        assert got[name]["method"].startswith(path), got[name]["method"]
+        torch.testing.assert_close(torch.tensor(got[name]["scores"], dtype=torch.float64), ref, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("command", ["bounds", "hessian", "landscape"])
 def test_peft_read_side_commands(request, cell, command):
     _expect(request, cell, command, "peft")
