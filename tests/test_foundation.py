@@ -94,7 +94,7 @@ def test_fingerprint_names_the_weights(tmp_path):
     assert bb.fingerprint.startswith("sha256:") and len(bb.fingerprint) == 7 + 64
     other = tmp_path / "w.safetensors"
     other.write_bytes(bb.weights.read_bytes() + b" ")
-    from genbound.models.backbones import file_fingerprint
+    from genbound.core.fingerprint import file_fingerprint
 
     assert file_fingerprint(other) != bb.fingerprint
 
