@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import shutil
 import signal
 import struct
+import sys
 import tempfile
 import time
 import zipfile
@@ -40,6 +40,10 @@ from genbound.core.errors import GenboundError
 from genbound.diagnostics.evaluate import evaluate
 from genbound.sources.peft_import import load_peft
 from genbound.testing import make_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import rss  # noqa: E402  (tests/rss.py)
 
 MAX_EXAMPLES = 200
 PER_EXAMPLE_SECONDS = 20  # an alarm, so a hang fails instead of blocking the suite
@@ -355,7 +359,7 @@ class Tally:
         self.name = name
         self.counts = {"tried": 0, "accepted": 0, "refused": 0, "crashed": 0, "hung": 0}
         self.failures: list[str] = []
-        self.rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.rss_before = rss.start()
         self.t0 = time.perf_counter()
 
     def run(self, what: str, fn) -> None:
@@ -382,7 +386,7 @@ class Tally:
             signal.signal(signal.SIGALRM, old)
 
     def finish(self, record_property) -> int:
-        grown = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.rss_before)
+        grown = max(0, rss.peak() - self.rss_before)
         c = self.counts
         line = (f"fuzz {self.name}: {c['tried']} inputs tried in {time.perf_counter() - self.t0:.0f} s: "
                 f"{c['refused']} refused cleanly, {c['accepted']} accepted, {c['crashed']} crashed, {c['hung']} hung; "

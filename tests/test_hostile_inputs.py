@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import shutil
 import signal
 import struct
+import sys
 import zipfile
 from pathlib import Path
 
@@ -25,6 +25,10 @@ from genbound.checkpoints.checkpoint import load_checkpoint, read_safetensors
 from genbound.cli import main
 from genbound.core.errors import CheckpointError, GenboundError
 from genbound.sources.peft_import import load_peft
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import rss  # noqa: E402  (tests/rss.py)
 
 
 def _copy(src: Path, dst: Path, edit=None, tensors=None) -> Path:
@@ -48,10 +52,6 @@ def _cli_one_line(capsys, *argv: str) -> str:
     return lines[0]
 
 
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 class _Alarm:
     """A hang fails the test instead of blocking the suite."""
 
@@ -70,9 +70,7 @@ class _Alarm:
         signal.signal(signal.SIGALRM, self.old)
         return False
 
-
 # -- genbound.json -----------------------------------------------------------------------------------------
-
 
 @pytest.mark.parametrize("alpha", [1e300, 0.0, -8.0])
 def test_alpha_out_of_range_is_refused(ckpt_dir, tmp_path, capsys, alpha):
@@ -85,13 +83,11 @@ def test_alpha_out_of_range_is_refused(ckpt_dir, tmp_path, capsys, alpha):
         load_checkpoint(d)
     _cli_one_line(capsys, "spectra", str(d))
 
-
 def test_training_refuses_zero_or_negative_alpha(tmp_path, capsys):
     for alpha in ("0", "-8"):
         line = _cli_one_line(capsys, "train", "--method", "lora", "--backbone", "mlp", "--alpha", alpha,
                              "--steps", "2", "--out", str(tmp_path / "x"))
         assert "alpha" in line
-
 
 def test_dtype_other_than_the_backbones_is_refused(ckpt_dir, tmp_path):
     def to64(t):
@@ -103,7 +99,6 @@ def test_dtype_other_than_the_backbones_is_refused(ckpt_dir, tmp_path):
     with pytest.raises(CheckpointError, match="dtype float64 differs from the backbone's float32"):
         load_checkpoint(d)
 
-
 def test_head_width_contradicting_the_backbone_is_refused(ckpt_dir, tmp_path):
     def head64(t):
         t["head.weight"] = t["head.weight"][:, :64].contiguous()
@@ -111,7 +106,6 @@ def test_head_width_contradicting_the_backbone_is_refused(ckpt_dir, tmp_path):
     d = _copy(ckpt_dir("lora"), tmp_path / "ck", lambda m: m.update(head_in_features=64), head64)
     with pytest.raises(CheckpointError, match="head_in_features 64"):
         load_checkpoint(d)
-
 
 def test_a_layer_named_like_the_head_is_refused(ckpt_dir, tmp_path):
     def extra(t):
@@ -122,7 +116,6 @@ def test_a_layer_named_like_the_head_is_refused(ckpt_dir, tmp_path):
               lambda m: m["layers"].append({"name": "head", "out_features": 5, "in_features": 128}), extra)
     with pytest.raises(CheckpointError, match="named like the classification head"):
         load_checkpoint(d)
-
 
 @pytest.mark.parametrize("max_length", [1000, 20_000, 1 << 20])
 def test_max_length_beyond_the_position_table_is_refused_before_tokenizing(max_length):
@@ -139,14 +132,12 @@ def test_max_length_beyond_the_position_table_is_refused_before_tokenizing(max_l
     Meta.max_length = 512
     assert check_meta_claims(Meta, "ck").max_positions == 512
 
-
 def test_escape_sequences_from_metadata_never_reach_the_terminal(ckpt_dir, tmp_path, capsys):
     d = _copy(ckpt_dir("lora"), tmp_path / "ck", lambda m: m.update(method="\x1b[2J\x1b[31mlora"))
     line = _cli_one_line(capsys, "spectra", str(d))
     assert "\x1b" not in line and "control character" in line
     err = GenboundError("unknown method '\x1b[31mx'")
     assert "\x1b" not in str(err) and "\\x1b" in str(err)
-
 
 def test_duplicate_selector_columns_are_refused_at_load(ckpt_dir, tmp_path, capsys):
     def dup(t):
@@ -158,7 +149,6 @@ def test_duplicate_selector_columns_are_refused_at_load(ckpt_dir, tmp_path, caps
     with pytest.raises(CheckpointError, match="selects a column twice"):
         load_checkpoint(d)
     _cli_one_line(capsys, "spectra", str(d))
-
 
 def test_singular_values_with_repeated_columns_never_build_a_selector():
     """Checked against the dense matrix on a small case, and on a claimed width of 2^40 columns (a dense
@@ -177,9 +167,7 @@ def test_singular_values_with_repeated_columns_never_build_a_selector():
     huge = LayerUpdate("x", 5, 1 << 40, 0.5, B, None, torch.tensor([0, 0, (1 << 40) - 1, 5]))
     assert singular_values(huge).numel() == 4
 
-
 # -- size bombs ---------------------------------------------------------------------------------------------
-
 
 def test_cla_checkpoint_claiming_a_huge_layer_is_refused_before_allocating(ckpt_dir, tmp_path, capsys):
     def edit(m):
@@ -188,12 +176,11 @@ def test_cla_checkpoint_claiming_a_huge_layer_is_refused_before_allocating(ckpt_
         m["scale"] = m["alpha"] / 1024
 
     d = _copy(ckpt_dir("cla"), tmp_path / "ck", edit)
-    before = _peak_rss()
+    before = rss.start()
     with _Alarm(60), pytest.raises(CheckpointError, match="backbone"):
         load_checkpoint(d)
     _cli_one_line(capsys, "spectra", str(d))
-    assert _peak_rss() - before < 256 << 20
-
+    assert rss.peak() - before < 256 << 20
 
 def _sparse_safetensors(path: Path, key: str, shape: tuple[int, ...]) -> None:
     nbytes = math.prod(shape) * 4
@@ -204,12 +191,11 @@ def _sparse_safetensors(path: Path, key: str, shape: tuple[int, ...]) -> None:
     with open(path, "r+b") as fh:
         fh.truncate(8 + len(header) + nbytes)  # a hole: kilobytes on disk, gigabytes claimed
 
-
 def test_sparse_fft_file_claiming_a_huge_layer_is_refused_before_reading(ckpt_dir, tmp_path, capsys):
     d = _copy(ckpt_dir("fft"), tmp_path / "ck",
               lambda m: m["layers"][0].update(out_features=23170, in_features=23170))
     _sparse_safetensors(d / "tensors.safetensors", "model.fc1.weight", (23170, 23170))
-    before = _peak_rss()
+    before = rss.start()
     with _Alarm(60), pytest.raises(CheckpointError):
         load_checkpoint(d)
     # The same claim as an extra tensor beside a genuine metadata file: refused by the size bound.
@@ -220,8 +206,7 @@ def test_sparse_fft_file_claiming_a_huge_layer_is_refused_before_reading(ckpt_di
     with pytest.raises(CheckpointError, match="claim"):
         read_safetensors(d2 / "tensors.safetensors", max_bytes=64 << 20)
     _cli_one_line(capsys, "spectra", str(d2))
-    assert _peak_rss() - before < 256 << 20
-
+    assert rss.peak() - before < 256 << 20
 
 @pytest.fixture(scope="module")
 def peft_dir(tmp_path_factory):
@@ -236,7 +221,6 @@ def peft_dir(tmp_path_factory):
     pm.save_pretrained(root / "peft")
     return root / "peft"
 
-
 def test_zip_bomb_adapter_bin_is_refused_before_loading(peft_dir, tmp_path, capsys):
     d = tmp_path / "bomb"
     d.mkdir()
@@ -249,12 +233,11 @@ def test_zip_bomb_adapter_bin_is_refused_before_loading(peft_dir, tmp_path, caps
             dst.writestr(info.filename, src.read(info.filename))
     plain.unlink()
     assert (d / "adapter_model.bin").stat().st_size < 1 << 20
-    before = _peak_rss()
+    before = rss.start()
     with pytest.raises(CheckpointError, match="zip bomb"):
         load_peft(d)
     _cli_one_line(capsys, "spectra", str(d))
-    assert _peak_rss() - before < 24 << 20
-
+    assert rss.peak() - before < 24 << 20
 
 @pytest.mark.parametrize("field, value", [("lora_alpha", 1e308), ("alpha_pattern", {"fc1": 1e308}),
                                           ("lora_alpha", -1), ("r", True), ("rank_pattern", {"fc1": "4"})])
@@ -267,7 +250,6 @@ def test_adapter_config_values_out_of_range_are_refused(peft_dir, tmp_path, caps
     with pytest.raises(GenboundError, match=field):
         load_peft(d)
     _cli_one_line(capsys, "spectra", str(d))
-
 
 def test_rank_pattern_work_is_bounded_in_total(tmp_path):
     """300 patterns with two quantifiers each over 200 module names of 240 characters: about 12 minutes of
@@ -290,9 +272,7 @@ def test_rank_pattern_work_is_bounded_in_total(tmp_path):
     with _Alarm(60):
         assert len(load_peft(d).meta.layers) == 200
 
-
 # -- bounds configurations ------------------------------------------------------------------------------------
-
 
 @pytest.mark.parametrize("edit", [{"q": "abc"}, {"head": "1925x"}, {"rank": 1.5}, {"q": 1e400}, {"layers": "9" * 5000},
                                   {"layers": "768x768*99999999"}, {"n": True}, {"sigma": None, "loss": 3}])
@@ -303,20 +283,16 @@ def test_bad_bounds_configs_are_one_line(tmp_path, capsys, edit):
     (tmp_path / "cfg.json").write_text(text)
     _cli_one_line(capsys, "bounds", "--config", str(tmp_path / "cfg.json"))
 
-
 def test_bounds_config_without_n_takes_the_option(tmp_path, capsys):
     (tmp_path / "cfg.json").write_text(json.dumps({"layers": "768x768*24", "rank": 16}))
     assert main(["bounds", "--config", str(tmp_path / "cfg.json"), "--n", "3668", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)["reports"][0]
     assert report["config"]["n_train"] == 3668 if "config" in report else "3668" in json.dumps(report)
 
-
 # -- the training state (.<name>.state/state.json) ---------------------------------------------------------------
-
 
 class _Killed(BaseException):
     pass
-
 
 @pytest.fixture(scope="module")
 def saved_state(tmp_path_factory):
@@ -342,7 +318,6 @@ def saved_state(tmp_path_factory):
         train_module.save_state = original
     return out, state_dir_for(out)
 
-
 def _state_case(saved_state, tmp_path, edit_json=None, edit_tensors=None):
     from genbound.checkpoints.resume import state_dir_for
 
@@ -359,7 +334,6 @@ def _state_case(saved_state, tmp_path, edit_json=None, edit_tensors=None):
         save_file(t, str(st), metadata={"format": "genbound-train-state"})
     return new_out
 
-
 def _edit_field(key, value):
     def edit(text):
         js = json.loads(text)
@@ -368,11 +342,9 @@ def _edit_field(key, value):
 
     return edit
 
-
 def _with_lr(optimizer, lr):
     optimizer["param_groups"][0]["lr"] = lr
     return optimizer
-
 
 STATE_CASES = {
     "running-nan": lambda t: t.replace('"running": ', '"running": NaN, "x": '),
@@ -389,14 +361,12 @@ STATE_CASES = {
     "optimizer-lr-string": lambda t: _edit_field("optimizer", _with_lr(json.loads(t)["optimizer"], "nan"))(t),
 }
 
-
 @pytest.mark.parametrize("case", sorted(STATE_CASES))
 def test_corrupt_resume_state_is_refused_like_a_checkpoint(saved_state, tmp_path, capsys, case):
     out = _state_case(saved_state, tmp_path, STATE_CASES[case])
     line = _cli_one_line(capsys, "train", "--method", "lora", "--backbone", "mlp", "--dataset", "digits", "--rank",
                          "4", "--alpha", "8", "--steps", "45", "--lr", "1e-2", "--out", str(out), "--resume")
     assert "delete it" in line
-
 
 def test_short_rng_state_is_refused(saved_state, tmp_path):
     from genbound.checkpoints.resume import load_state, state_dir_for
@@ -408,19 +378,16 @@ def test_short_rng_state_is_refused(saved_state, tmp_path):
     with pytest.raises(CheckpointError, match="RNG state"):
         load_state(state_dir_for(out))
 
-
 def test_a_genuine_state_still_resumes(saved_state, tmp_path, capsys):
     out = _state_case(saved_state, tmp_path)
     assert main(["train", "--method", "lora", "--backbone", "mlp", "--dataset", "digits", "--rank", "4", "--alpha",
                  "8", "--steps", "45", "--lr", "1e-2", "--out", str(out), "--resume"]) == 0
     assert "resumed from the saved state at step(s) 10" in capsys.readouterr().out
 
-
 def test_hessian_top_k_beyond_what_is_available_says_so(ckpt_dir, capsys):
     assert main(["hessian", str(ckpt_dir("lora")), "--top-k", "5000", "--samples", "32", "--max-steps", "10"]) == 0
     err = capsys.readouterr().err
     assert "--top-k 5000 is more than the 10 eigenvalues available" in err, err
-
 
 @pytest.mark.parametrize("length", ["20000", "1048576", "1"])
 def test_training_refuses_a_max_length_beyond_the_position_table(tmp_path, capsys, monkeypatch, length):

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import struct
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -21,6 +22,10 @@ import torch
 
 from genbound.core.errors import GenboundError
 from genbound.models.backbones import get_backbone
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import rss  # noqa: E402  (tests/rss.py)
 
 # -- helpers ----------------------------------------------------------------------------------------------
 
@@ -494,7 +499,6 @@ def test_certify_refuses_an_edited_subspace_dim_in_one_line(ckpt_dir, tmp_path, 
 
 
 def test_sparse_adapter_without_a_base_is_refused_before_allocating(tmp_path):
-    import resource
 
     from peft import LoraConfig, get_peft_model
 
@@ -512,9 +516,9 @@ def test_sparse_adapter_without_a_base_is_refused_before_allocating(tmp_path):
     f.write_bytes(data)
     with open(f, "r+b") as fh:
         fh.truncate(len(data) + 4 * n)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = rss.start()
     one_line(lambda: load_peft(tmp_path / "ad", None, resolve=False), "sparse file")
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before < 256 << 20
+    assert rss.peak() - before < 256 << 20
 
 
 def test_huge_landscape_grid_is_refused_before_allocating():
