@@ -210,7 +210,7 @@ def test_two_gigabyte_base_costs_its_adapted_matrices_only(tmp_path):
     """Writes the 2.1 GB base (:func:`write_two_gigabyte_base`) and runs four children. The base is never
     loaded: reading every W0 costs under 4 float32 copies of the largest adapted matrix, and the whole of
     ``spectra --intruders`` (its Gram path on views of the mapped file: one float64 Gram of the shorter side,
-    0.73 copies here, 2 for a square matrix) under 4 as well; about 2.3 were measured, against 11 for the
+    0.73 copies here, 2 for a square matrix) under 4 as well; about 2 were measured, against 10 for the
     Krylov path and 15 for the dense one, which hold W0's SVD and LAPACK's workspace
     (benchmarks/bench_intruder_memory.py). The matrices are kept above glibc's largest dynamic mmap threshold
     (32 MiB), so that freed buffers go back to the system instead of the heap and the peak measures the

@@ -35,7 +35,7 @@ Krylov path when the cache keeps W0's SVD for reuse, else the Gram path. Why (be
 converge to 1e-8; on MiniLM's 384 x 384 query and on 128 x 128 it was slower than one dense SVD, while on
 1024 x 1024 (basis 74) it was 4.6x faster than the cached dense path and 11.6x faster than two dense SVDs,
 once W0's SVD is cached. Without that reuse, the SVD of W0 is most of the Krylov path's cost and its
-memory (11.2 float32 copies of the largest matrix against the Gram path's 2.1, docs/scale.md).
+memory (10.2 float32 copies of the largest matrix against the Gram path's 1.9, docs/scale.md).
 Every path is checked against a brute-force dense computation in the tests.
 """
 
@@ -288,7 +288,7 @@ def layer_scores(W0: Tensor, u: LayerUpdate, k: int | None = 10, method: str = "
     ``k=None`` means all min(n, m) left singular vectors (always the dense path). ``method``: "dense", "krylov",
     "gram" (:mod:`~genbound.diagnostics.gram_intruders`) or "auto": dense up to min(n, m) = DENSE_MAX;
     above, Krylov when ``cache`` keeps W0's SVD for reuse (the default cache: several checkpoints of one
-    backbone), else gram, which needs a tenth of the memory and is as fast for one use.
+    backbone), else gram, which needs a fifth of the memory and was 2.2x faster for one use (docs/scale.md).
     """
     return _layer(W0, u, k, method, device, dtype, cache, tol)[:5]
 
