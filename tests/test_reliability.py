@@ -138,7 +138,7 @@ def test_killed_training_subprocess_resumes_bit_identical(tmp_path):
     processes train concurrently into one sweep directory, each with its own state beside its checkpoint:
     neither clobbers the other, and nothing but the two checkpoints is left at the end."""
     args = ["--method", "cola", "--backbone", "mlp", "--dataset", "digits", "--rank", "4", "--alpha", "8",
-            "--chain", "3", "--steps", "200", "--batch-size", "32", "--lr", "1e-2", "--seed", "0",
+            "--chain", "3", "--steps", "3000", "--batch-size", "32", "--lr", "1e-2", "--seed", "0",
             "--save-every", "20", "--device", "cpu"]
     cmd = [sys.executable, "-m", "genbound.cli", "train", *args]
     sweep = tmp_path / "sweep"
@@ -155,7 +155,9 @@ def test_killed_training_subprocess_resumes_bit_identical(tmp_path):
                 step = json.loads(state.read_text())["step"]
             except (OSError, ValueError, KeyError):
                 step = 0
-            if step >= 80:  # past the chain boundary at step 67
+            # past the chain boundary at step 1000; a step of the mlp takes about 1 ms, so the 1,950 or more
+            # left outlast the random wait (with 200 steps the run once finished inside it, on a quiet machine)
+            if step >= 1050:
                 time.sleep(random.Random().uniform(0.0, 0.4))  # anywhere between two saves
                 killed_after = step
                 victim.send_signal(signal.SIGKILL)
@@ -168,7 +170,7 @@ def test_killed_training_subprocess_resumes_bit_identical(tmp_path):
     assert killed_after is not None and victim.returncode == -signal.SIGKILL, victim.stderr.read()
     assert not (sweep / "run").exists(), "a killed run must leave no checkpoint"
     saved = json.loads(state.read_text())
-    assert 80 <= saved["step"] < 200 and saved["links"] and all(v >= 1 for v in saved["links"].values())
+    assert 1050 <= saved["step"] < 3000 and saved["links"] and all(v >= 1 for v in saved["links"].values())
     resumed = subprocess.run([*cmd, "--out", str(sweep / "run"), "--resume"], env=_env(), capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
