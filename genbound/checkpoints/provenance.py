@@ -44,7 +44,7 @@ from typing import Any
 
 from ..core.errors import CheckpointError, GenboundError
 from ..core.fingerprint import file_sha256
-from ..core.shards import weight_files
+from ..core.shards import weight_paths
 from ..data.datafiles import content_digest, is_data_path
 from ..data.datasets import DATASETS
 from ..models.backbones import BACKBONES, get_backbone
@@ -64,8 +64,7 @@ def _combine(entries: dict[str, str]) -> str:
 
 def model_files(backbone) -> dict[str, str]:
     """{file name: "sha256:…"} of a backbone's weights file and the model files beside it (:data:`MODEL_FILES`)."""
-    weights = Path(backbone.weights)
-    files = {f.name: "sha256:" + file_sha256(f) for f in sorted({weights, *weight_files(weights)})}  # index + shards
+    files = {f.name: "sha256:" + file_sha256(f) for f in weight_paths(Path(backbone.weights))}  # index + shards
     folder = getattr(backbone, "folder", None)
     if folder is not None:
         for name in MODEL_FILES:

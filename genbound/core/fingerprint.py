@@ -63,11 +63,11 @@ def file_fingerprint(path: Path) -> str:
 def weights_fingerprint(path: Path) -> str:
     """:func:`file_fingerprint` of a weights file; of a sharded checkpoint's index, ``sha256:<hex>`` of the
     index's and every shard's sha256, each with its file name, so that changing any shard changes it."""
-    from .shards import is_index, weight_files
+    from .shards import is_index, weight_paths
 
     if not is_index(path):
         return file_fingerprint(path)
     h = hashlib.sha256()
-    for f in [Path(path), *weight_files(Path(path))]:
+    for f in weight_paths(Path(path)):
         h.update(f.name.encode("utf-8", "surrogatepass") + b"\0" + file_sha256(f).encode() + b"\n")
     return "sha256:" + h.hexdigest()

@@ -58,6 +58,11 @@ def weight_files(path: Path) -> list[Path]:
     return sorted(set(read_index(path).values())) if is_index(path) else [Path(path)]
 
 
+def weight_paths(path: Path) -> list[Path]:
+    """Every file the weights depend on: ``path`` itself, then, for an index, the shards it names (sorted)."""
+    return [Path(path), *weight_files(path)] if is_index(path) else [Path(path)]
+
+
 def weights_bytes(path: Path) -> int:
     """Bytes of a model's weights: the file, or every shard of an index."""
     return sum(f.stat().st_size for f in weight_files(Path(path)))

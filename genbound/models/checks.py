@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..core.errors import GenboundError
 from ..core.files import file_kind
 from ..core.readers import DTYPES, model_header
-from ..core.shards import INDEX_NAME, is_index, weight_files
+from ..core.shards import INDEX_NAME, is_index, weight_paths
 from ..core.validation import read_json
 
 MAX_WIDTH = 1 << 16  # the widest released transformers are 16-25 k
@@ -186,14 +186,18 @@ def read_config(path: Path) -> dict:
     return raw
 
 
+def find_weights(folder: Path) -> Path | None:
+    """model.safetensors, else model.safetensors.index.json, in ``folder``; None if it holds neither."""
+    return next((f for f in (folder / "model.safetensors", folder / INDEX_NAME) if f.is_file()), None)
+
+
 def model_weights(folder: Path) -> Path:
     """A model folder's weights: model.safetensors, or the index of a sharded one
     (model.safetensors.index.json with its model-0000N-of-0000M.safetensors shards, as ``save_pretrained``
     writes a large model). Pickled weights (``*.bin``) are refused: unpickling can execute code."""
-    if (folder / "model.safetensors").is_file():
-        return folder / "model.safetensors"
-    if (folder / INDEX_NAME).is_file():
-        return folder / INDEX_NAME
+    found = find_weights(folder)
+    if found is not None:
+        return found
     other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.bin.index.json"))
     raise GenboundError(
         f"'{folder}' has neither model.safetensors nor {INDEX_NAME}"
@@ -234,7 +238,7 @@ def check_model_folder(path: Path, cfg: dict | None = None) -> dict:
         raise GenboundError(f"{where}: patch_size {sizes.patch_size} exceeds image_size {sizes.image_size}")
     _transformers_config(path, model_type)
     weights = model_weights(path)
-    for f in sorted({weights, *weight_files(weights)}):
+    for f in weight_paths(weights):
         _regular(f, "a sharded checkpoint's index" if is_index(f) else "a safetensors file")
         refuse_sparse(f)
     memory = machine_memory()

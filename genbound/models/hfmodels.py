@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..core.readers import model_header
-from ..core.shards import weight_files
+from ..core.shards import weight_paths
 
 # forward parameters that are not model inputs a processor returns: never fed from the data
 _NOT_INPUTS = {"self", "labels", "return_dict", "output_attentions", "output_hidden_states", "use_cache",
@@ -41,8 +41,7 @@ _NOT_INPUTS = {"self", "labels", "return_dict", "output_attentions", "output_hid
 def state_key(backbone) -> tuple:
     """What a backbone's built model depends on: its name, kind, task, weights file (path, size, modification
     time; for a sharded checkpoint its index's and every shard's) and config.json's modification time."""
-    files = sorted({Path(backbone.weights), *weight_files(backbone.weights)})
-    stats = tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    stats = tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in weight_paths(Path(backbone.weights)))
     folder = str(backbone.folder) if backbone.folder is not None else ""
     cfg = Path(folder) / "config.json" if folder else None
     cfg_m = cfg.stat().st_mtime_ns if cfg is not None and cfg.is_file() else 0

@@ -56,13 +56,12 @@ from torch import Tensor
 from ..checkpoints.claims import backbone_layout, max_tensor_bytes
 from ..core.errors import CheckpointError, GenboundError
 from ..core.readers import check_values, read_safetensors
-from ..core.shards import INDEX_NAME
 from ..core.validation import check_pattern_work, read_json, validate_peft_config
 from ..methods.catalogue import METHODS, get_method
 from ..methods.factors import dora_weight
 from ..methods.update import LayerUpdate
 from ..models.backbones import Backbone, get_backbone
-from ..models.checks import refuse_sparse
+from ..models.checks import find_weights, refuse_sparse
 
 CONFIG_FILE = "adapter_config.json"
 SAFETENSORS_FILE = "adapter_model.safetensors"
@@ -283,7 +282,7 @@ def _resolve_backbone(backbone, base_model: str | None):
                 return minilm
         except GenboundError:
             pass
-        if (p / "config.json").is_file() and ((p / "model.safetensors").is_file() or (p / INDEX_NAME).is_file()):
+        if (p / "config.json").is_file() and find_weights(p) is not None:
             return get_backbone(str(p))
     return None
 
